@@ -1,0 +1,187 @@
+"""Conversations and every WhatsApp message in and out (DESIGN §3, §6, §7)."""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from clinics.models import Clinic, Patient
+
+
+class WebhookEvent(models.Model):
+    """A raw webhook POST exactly as received, kept before the webhook answers."""
+
+    received_at = models.DateTimeField(default=timezone.now)
+    body = models.TextField()
+    signature_valid = models.BooleanField(default=False)
+    clinic = models.ForeignKey(
+        Clinic, on_delete=models.SET_NULL, null=True, blank=True, related_name="webhook_events"
+    )
+    processed_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["received_at"], name="webhook_received")]
+
+    def __str__(self) -> str:
+        return f"webhook {self.pk} {self.received_at:%Y-%m-%d %H:%M:%S}"
+
+
+class ConversationMode(models.TextChoices):
+    BOT = "bot", _("bot")
+    HUMAN = "human", _("staff")
+
+
+class Conversation(models.Model):
+    """One per patient phone per clinic. `state` and `context` are the engine's memory."""
+
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="conversations")
+    wa_id = models.CharField(_("WhatsApp number"), max_length=20)
+    contact_name = models.CharField(_("WhatsApp profile name"), max_length=200, blank=True)
+    patient = models.ForeignKey(
+        Patient, on_delete=models.SET_NULL, null=True, blank=True, related_name="conversations"
+    )
+    state = models.CharField(max_length=32, default="START")
+    context = models.JSONField(default=dict, blank=True)
+    mode = models.CharField(max_length=8, choices=ConversationMode.choices, default="bot")
+    assigned_to = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="assigned_conversations",
+    )
+    needs_staff = models.BooleanField(_("asked for a person"), default=False)
+    urgent = models.BooleanField(_("urgent"), default=False)
+    rate_limited_until = models.DateTimeField(null=True, blank=True)
+    last_inbound_at = models.DateTimeField(null=True, blank=True)
+    last_activity_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    llm_prompt_tokens = models.PositiveIntegerField(default=0)
+    llm_completion_tokens = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-last_activity_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["clinic", "wa_id"], name="conversation_unique_phone")
+        ]
+        indexes = [
+            models.Index(fields=["clinic", "-last_activity_at"], name="conv_clinic_activity"),
+            models.Index(
+                fields=["last_activity_at"], name="conv_open_activity", condition=Q(closed_at=None)
+            ),
+            models.Index(fields=["patient"], name="conv_patient"),
+        ]
+
+    def __str__(self) -> str:
+        return f"conversation {self.pk} ({self.clinic.slug})"
+
+    @property
+    def session_id(self) -> str:
+        """The seed's session id: the patient's WhatsApp number (`sophia:*:{session_id}`).
+
+        Redis values keyed by it carry the clinic id, so one phone talking to two clinics never
+        reads the other clinic's cached state.
+        """
+        return self.wa_id
+
+    @property
+    def masked_wa_id(self) -> str:
+        return f"…{self.wa_id[-4:]}"
+
+
+class Direction(models.TextChoices):
+    IN = "in", _("inbound")
+    OUT = "out", _("outbound")
+
+
+class MessageStatus(models.TextChoices):
+    # inbound
+    RECEIVED = "received", _("received")
+    PROCESSED = "processed", _("processed")
+    # outbound, in delivery order; `rank` keeps statuses from moving backwards
+    QUEUED = "queued", _("queued")
+    SENDING = "sending", _("sending")
+    SENT = "sent", _("sent")
+    DELIVERED = "delivered", _("delivered")
+    READ = "read", _("read")
+    FAILED = "failed", _("failed")
+
+
+OUTBOUND_STATUS_RANK = {
+    MessageStatus.QUEUED: 0,
+    MessageStatus.SENDING: 1,
+    MessageStatus.SENT: 2,
+    MessageStatus.DELIVERED: 3,
+    MessageStatus.READ: 4,
+}
+
+
+class Message(models.Model):
+    """Every message in and out. Outbound rows are the outbox the worker sends and retries."""
+
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="messages")
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    direction = models.CharField(max_length=3, choices=Direction.choices)
+    # WhatsApp's id: unique, so a redelivered inbound message is stored once.
+    wa_message_id = models.CharField(max_length=128, unique=True, null=True, blank=True)
+    kind = models.CharField(max_length=24, default="text")
+    text = models.TextField(blank=True)
+    # Inbound: the message object as received. Outbound: the Graph API request body.
+    payload = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=10, choices=MessageStatus.choices)
+    wa_timestamp = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    # Outbox bookkeeping.
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    error_code = models.CharField(max_length=16, blank=True)
+    error = models.TextField(blank=True)
+    sent_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="sent_messages",
+    )
+    webhook_event = models.ForeignKey(
+        WebhookEvent, on_delete=models.SET_NULL, null=True, blank=True, related_name="messages"
+    )
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(fields=["conversation", "created_at", "id"], name="msg_conversation"),
+            # Turns waiting to run: inbound messages not yet processed.
+            models.Index(
+                fields=["conversation", "id"],
+                name="msg_inbound_pending",
+                condition=Q(direction="in", status="received"),
+            ),
+            # The outbox: outbound messages still to send, by due time.
+            models.Index(
+                fields=["next_attempt_at"],
+                name="msg_outbox_due",
+                condition=Q(direction="out", status__in=["queued", "sending"]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.direction} {self.kind} {self.status}"
+
+
+class PeriodicJob(models.Model):
+    """When each periodic job next runs; claimed by a conditional UPDATE so one worker runs it."""
+
+    name = models.CharField(max_length=64, unique=True)
+    next_run_at = models.DateTimeField(default=timezone.now)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.name

@@ -1,0 +1,398 @@
+"""The scheduling domain (DESIGN §3). Only clinics.services changes bookings."""
+
+import datetime as dt
+import zoneinfo
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+document_validator = RegexValidator(
+    r"^\d{8,15}$", _("The document number must have 8 to 15 digits, with no other characters.")
+)
+
+
+def validate_time_zone(value: str) -> None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValidationError(_("Unknown time zone: %(tz)s"), params={"tz": value}) from exc
+
+
+class Clinic(models.Model):
+    slug = models.SlugField(unique=True)
+    name = models.CharField(_("name"), max_length=200)
+    phone_number_id = models.CharField(_("WhatsApp phone number id"), max_length=32, unique=True)
+    whatsapp_access_token = models.CharField(
+        _("WhatsApp access token (overrides the global one)"), max_length=512, blank=True
+    )
+    time_zone = models.CharField(
+        _("time zone"), max_length=64, default="America/Bogota", validators=[validate_time_zone]
+    )
+    address = models.CharField(_("address"), max_length=300, blank=True)
+    opening_hours = models.TextField(_("opening hours"), blank=True)
+    what_to_bring = models.TextField(_("what to bring"), blank=True)
+    emergency_line = models.CharField(_("emergency line"), max_length=40, default="123")
+    self_registration = models.BooleanField(_("patients may self-register"), default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.time_zone)
+
+
+class Specialty(models.Model):
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="specialties")
+    slug = models.SlugField()
+    name = models.CharField(_("name"), max_length=120)
+    triage_keywords = models.TextField(
+        _("triage keywords"),
+        blank=True,
+        help_text=_(
+            "Words or phrases, one per line or comma separated, that point to this specialty."
+        ),
+    )
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "specialties"
+        constraints = [
+            models.UniqueConstraint(fields=["clinic", "slug"], name="specialty_unique_slug")
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def keyword_list(self) -> list[str]:
+        raw = self.triage_keywords.replace("\n", ",")
+        return [k.strip() for k in raw.split(",") if k.strip()]
+
+
+class Doctor(models.Model):
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="doctors")
+    full_name = models.CharField(_("full name"), max_length=200)
+    specialties = models.ManyToManyField(Specialty, related_name="doctors")
+    active = models.BooleanField(_("active"), default=True)
+
+    class Meta:
+        ordering = ["full_name"]
+
+    def __str__(self) -> str:
+        return self.full_name
+
+
+class Schedule(models.Model):
+    """A doctor's weekly template; slots are generated from it in the clinic's time zone."""
+
+    doctor = models.ForeignKey(Doctor, on_delete=models.CASCADE, related_name="schedules")
+    # ISO weekdays as Python counts them: 0 = Monday … 6 = Sunday.
+    weekdays = models.JSONField(_("weekdays (0 = Monday)"), default=list)
+    start_time = models.TimeField(_("start time"))
+    end_time = models.TimeField(_("end time"))
+    slot_minutes = models.PositiveSmallIntegerField(_("slot minutes"), default=20)
+    valid_from = models.DateField(_("valid from"))
+    valid_to = models.DateField(_("valid to"), null=True, blank=True)
+
+    class Meta:
+        ordering = ["doctor", "start_time"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(end_time__gt=models.F("start_time")), name="schedule_end_after_start"
+            ),
+            models.CheckConstraint(
+                condition=Q(slot_minutes__gte=5) & Q(slot_minutes__lte=480),
+                name="schedule_slot_minutes_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.doctor} {self.weekdays} {self.start_time}-{self.end_time}"
+
+    def clean(self) -> None:
+        if not isinstance(self.weekdays, list) or not all(
+            isinstance(d, int) and 0 <= d <= 6 for d in self.weekdays
+        ):
+            raise ValidationError({"weekdays": _("Weekdays must be a list of numbers 0–6.")})
+        if self.valid_to and self.valid_to < self.valid_from:
+            raise ValidationError({"valid_to": _("The end date is before the start date.")})
+
+    def applies_on(self, day: dt.date) -> bool:
+        return (
+            day.weekday() in self.weekdays
+            and day >= self.valid_from
+            and (self.valid_to is None or day <= self.valid_to)
+        )
+
+
+class BlockedPeriod(models.Model):
+    """A holiday (whole clinic, doctor empty) or a doctor's absence; no slots inside it."""
+
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="blocked_periods")
+    doctor = models.ForeignKey(
+        Doctor, on_delete=models.CASCADE, null=True, blank=True, related_name="blocked_periods"
+    )
+    starts_at = models.DateTimeField(_("starts at"))
+    ends_at = models.DateTimeField(_("ends at"))
+    reason = models.CharField(_("reason"), max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["starts_at"]
+        indexes = [models.Index(fields=["clinic", "starts_at", "ends_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(ends_at__gt=models.F("starts_at")), name="blocked_end_after_start"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.reason or 'blocked'} {self.starts_at:%Y-%m-%d %H:%M}"
+
+
+class SlotStatus(models.TextChoices):
+    FREE = "free", _("free")
+    HELD = "held", _("held")
+    BOOKED = "booked", _("booked")
+    BLOCKED = "blocked", _("blocked")
+
+
+class Slot(models.Model):
+    """A bookable time of one doctor, stored in UTC.
+
+    `held_until` mirrors the live SlotHold so availability is one indexed query: a held slot whose
+    hold has expired counts as free without any job having to run.
+    """
+
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="slots")
+    doctor = models.ForeignKey(Doctor, on_delete=models.CASCADE, related_name="slots")
+    start_at = models.DateTimeField(_("starts at"))
+    end_at = models.DateTimeField(_("ends at"))
+    status = models.CharField(max_length=8, choices=SlotStatus.choices, default=SlotStatus.FREE)
+    held_until = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["start_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["doctor", "start_at"], name="slot_unique_doctor_start"),
+            models.CheckConstraint(
+                condition=Q(end_at__gt=models.F("start_at")), name="slot_end_after_start"
+            ),
+        ]
+        indexes = [
+            # Available-slot pages: keyset on (start_at, id) over bookable slots only.
+            models.Index(
+                fields=["clinic", "start_at", "id"],
+                name="slot_bookable_keyset",
+                condition=Q(status__in=["free", "held"]),
+            ),
+            models.Index(
+                fields=["doctor", "start_at", "id"],
+                name="slot_doctor_bookable_keyset",
+                condition=Q(status__in=["free", "held"]),
+            ),
+            models.Index(fields=["clinic", "start_at"], name="slot_clinic_start"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.doctor} {self.start_at:%Y-%m-%d %H:%M} ({self.status})"
+
+    def is_bookable(self, now: dt.datetime | None = None) -> bool:
+        now = now or timezone.now()
+        if self.status == SlotStatus.FREE:
+            return True
+        return self.status == SlotStatus.HELD and (
+            self.held_until is None or self.held_until <= now
+        )
+
+
+class SlotHold(models.Model):
+    """A short reservation while a patient confirms; expires by itself."""
+
+    slot = models.ForeignKey(Slot, on_delete=models.CASCADE, related_name="holds")
+    holder = models.CharField(max_length=120, help_text="who holds it, e.g. conversation:42")
+    patient = models.ForeignKey(
+        "Patient", on_delete=models.CASCADE, null=True, blank=True, related_name="holds"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    released_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["expires_at"], name="hold_live_expiry", condition=Q(released_at=None)
+            ),
+            models.Index(fields=["holder", "slot"], name="hold_holder_slot"),
+        ]
+
+    def __str__(self) -> str:
+        return f"hold {self.slot_id} by {self.holder} until {self.expires_at:%H:%M:%S}"
+
+
+class Patient(models.Model):
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="patients")
+    document = models.CharField(
+        _("document number"), max_length=15, validators=[document_validator]
+    )
+    full_name = models.CharField(_("full name"), max_length=200)
+    birth_date = models.DateField(_("date of birth"), null=True, blank=True)
+    whatsapp_id = models.CharField(_("WhatsApp number"), max_length=20, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["full_name"]
+        constraints = [
+            models.UniqueConstraint(fields=["clinic", "document"], name="patient_unique_document"),
+            models.CheckConstraint(
+                condition=Q(document__regex=r"^[0-9]{8,15}$"), name="patient_document_digits"
+            ),
+        ]
+        indexes = [models.Index(fields=["clinic", "whatsapp_id"], name="patient_clinic_wa")]
+
+    def __str__(self) -> str:
+        return self.full_name
+
+    @property
+    def masked_document(self) -> str:
+        """For logs and lists: never the whole document."""
+        return f"…{self.document[-3:]}"
+
+
+class AppointmentStatus(models.TextChoices):
+    BOOKED = "booked", _("booked")
+    CONFIRMED = "confirmed", _("confirmed")
+    CANCELLED = "cancelled", _("cancelled")
+    ATTENDED = "attended", _("attended")
+    NO_SHOW = "no_show", _("no show")
+
+
+# Statuses that occupy the slot: everything but cancelled.
+OCCUPYING_STATUSES = [
+    AppointmentStatus.BOOKED,
+    AppointmentStatus.CONFIRMED,
+    AppointmentStatus.ATTENDED,
+    AppointmentStatus.NO_SHOW,
+]
+# Statuses a patient can still cancel or reschedule.
+UPCOMING_STATUSES = [AppointmentStatus.BOOKED, AppointmentStatus.CONFIRMED]
+
+
+class AppointmentSource(models.TextChoices):
+    BOT = "bot", _("WhatsApp bot")
+    STAFF = "staff", _("staff")
+    API = "api", _("API")
+
+
+class Appointment(models.Model):
+    """A patient's booking of one slot.
+
+    Doctor, patient and times are copied from the slot so the database itself can refuse
+    overlaps (exclusion constraints cannot follow joins); see migration 0002.
+    """
+
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="appointments")
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="appointments")
+    slot = models.ForeignKey(Slot, on_delete=models.PROTECT, related_name="appointments")
+    doctor = models.ForeignKey(Doctor, on_delete=models.PROTECT, related_name="appointments")
+    specialty = models.ForeignKey(
+        Specialty, on_delete=models.PROTECT, null=True, blank=True, related_name="appointments"
+    )
+    start_at = models.DateTimeField()
+    end_at = models.DateTimeField()
+    status = models.CharField(
+        max_length=10, choices=AppointmentStatus.choices, default=AppointmentStatus.BOOKED
+    )
+    patient_notes = models.TextField(_("reported symptoms"), blank=True)
+    source = models.CharField(max_length=8, choices=AppointmentSource.choices)
+    cancel_reason = models.CharField(_("cancel reason"), max_length=300, blank=True)
+    rescheduled_from = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="rescheduled_to"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["start_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["slot"],
+                condition=~Q(status="cancelled"),
+                name="appointment_one_active_per_slot",
+            ),
+            models.CheckConstraint(
+                condition=Q(end_at__gt=models.F("start_at")), name="appointment_end_after_start"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["patient", "status", "start_at"], name="appt_patient_status"),
+            models.Index(fields=["clinic", "start_at"], name="appt_clinic_start"),
+            models.Index(fields=["clinic", "status", "start_at"], name="appt_clinic_status"),
+            models.Index(fields=["doctor", "start_at"], name="appt_doctor_start"),
+            models.Index(fields=["created_at"], name="appt_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.patient} {self.start_at:%Y-%m-%d %H:%M} ({self.status})"
+
+    @property
+    def is_upcoming(self) -> bool:
+        return self.status in UPCOMING_STATUSES and self.start_at > timezone.now()
+
+
+class AuditEvent(models.Model):
+    """Who changed what, when, from what to what. Written by services only."""
+
+    class ActorType(models.TextChoices):
+        PATIENT = "patient", _("patient (bot)")
+        STAFF = "staff", _("staff")
+        API = "api", _("API key")
+        SYSTEM = "system", _("system")
+
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="audit_events")
+    actor_type = models.CharField(max_length=8, choices=ActorType.choices)
+    actor_id = models.CharField(max_length=64, blank=True)
+    actor_label = models.CharField(max_length=200, blank=True)
+    action = models.CharField(max_length=64)
+    object_type = models.CharField(max_length=64)
+    object_id = models.CharField(max_length=64)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [
+            models.Index(fields=["clinic", "at"], name="audit_clinic_at"),
+            models.Index(fields=["object_type", "object_id"], name="audit_object"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.actor_type} {self.action} {self.object_type}"
+
+
+class StaffMembership(models.Model):
+    class Role(models.TextChoices):
+        RECEPTIONIST = "receptionist", _("receptionist")
+        ADMIN = "admin", _("clinic admin")
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+    )
+    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.RECEPTIONIST)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "clinic"], name="membership_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.clinic} ({self.role})"

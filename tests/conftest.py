@@ -1,0 +1,144 @@
+"""Shared fixtures: two clinics with staff each, an outsider, a bookable agenda.
+
+Tests run on real PostgreSQL and Redis (`make test` sets DATABASE_URL / REDIS_URL and starts
+both with scripts/ensure-services).
+"""
+
+import datetime as dt
+
+import pytest
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from clinics.models import (
+    Clinic,
+    Doctor,
+    Patient,
+    Schedule,
+    Slot,
+    Specialty,
+    StaffMembership,
+)
+
+PASSWORD = "test-password-123"
+
+
+@pytest.fixture(autouse=True)
+def _flush_redis():
+    """Each test starts with an empty Redis database (tests use their own db number)."""
+    if settings.REDIS_URL:
+        import redis
+
+        client = redis.Redis.from_url(settings.REDIS_URL)
+        client.flushdb()
+        client.close()
+    yield
+
+
+def make_clinic(slug: str, phone_number_id: str, **extra) -> Clinic:
+    return Clinic.objects.create(
+        slug=slug,
+        name=extra.pop("name", f"Clínica {slug.title()}"),
+        phone_number_id=phone_number_id,
+        address=extra.pop("address", "Calle 100 # 15-20, Bogotá"),
+        opening_hours=extra.pop("opening_hours", "Lunes a sábado, 7:00 a 18:00"),
+        emergency_line=extra.pop("emergency_line", "123"),
+        **extra,
+    )
+
+
+def make_user(username: str, clinic: Clinic | None = None, role: str = "receptionist"):
+    user = get_user_model().objects.create_user(username=username, password=PASSWORD)
+    if clinic is not None:
+        StaffMembership.objects.create(user=user, clinic=clinic, role=role)
+    return user
+
+
+def make_slots(doctor: Doctor, start: dt.datetime, count: int, minutes: int = 20) -> list[Slot]:
+    return Slot.objects.bulk_create(
+        Slot(
+            clinic=doctor.clinic,
+            doctor=doctor,
+            start_at=start + dt.timedelta(minutes=minutes * i),
+            end_at=start + dt.timedelta(minutes=minutes * (i + 1)),
+        )
+        for i in range(count)
+    )
+
+
+@pytest.fixture
+def clinic(db) -> Clinic:
+    return make_clinic("demo", "100000000000001", name="Clínica Sophia Demo")
+
+
+@pytest.fixture
+def other_clinic(db) -> Clinic:
+    return make_clinic("norte", "100000000000002", name="Clínica Norte")
+
+
+@pytest.fixture
+def specialty(clinic) -> Specialty:
+    return Specialty.objects.create(
+        clinic=clinic,
+        slug="medicina-general",
+        name="Medicina General",
+        triage_keywords="fiebre, gripa, dolor de cabeza, malestar",
+    )
+
+
+@pytest.fixture
+def doctor(clinic, specialty) -> Doctor:
+    doc = Doctor.objects.create(clinic=clinic, full_name="Dr. Carlos García")
+    doc.specialties.add(specialty)
+    Schedule.objects.create(
+        doctor=doc,
+        weekdays=[0, 1, 2, 3, 4, 5],
+        start_time=dt.time(8, 0),
+        end_time=dt.time(12, 0),
+        slot_minutes=20,
+        valid_from=timezone.localdate() - dt.timedelta(days=1),
+    )
+    return doc
+
+
+@pytest.fixture
+def slots(doctor) -> list[Slot]:
+    """Thirty free 20-minute slots from tomorrow 08:00 Bogotá (13:00 UTC)."""
+    start = (timezone.now() + dt.timedelta(days=1)).replace(
+        hour=13, minute=0, second=0, microsecond=0
+    )
+    return make_slots(doctor, start, 30)
+
+
+@pytest.fixture
+def patient(clinic) -> Patient:
+    return Patient.objects.create(
+        clinic=clinic,
+        document="1020304050",
+        full_name="Ana María Gómez",
+        birth_date=dt.date(1985, 3, 14),
+        whatsapp_id="573001234567",
+    )
+
+
+@pytest.fixture
+def receptionist(clinic):
+    return make_user("recepcion", clinic, "receptionist")
+
+
+@pytest.fixture
+def clinic_admin(clinic):
+    return make_user("admin", clinic, "admin")
+
+
+@pytest.fixture
+def other_staff(other_clinic):
+    """Another clinic's receptionist: must never see this clinic's rows."""
+    return make_user("norte", other_clinic, "receptionist")
+
+
+@pytest.fixture
+def outsider(db):
+    """A logged-in user with no clinic at all."""
+    return make_user("outsider")
