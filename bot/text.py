@@ -1,0 +1,29 @@
+"""Text normalisation shared by triage and the engine's understanding of replies.
+
+People write "Sí", "si", "SII", "sí 👍", "mañana", "manana": compare them after `normalize`.
+"""
+
+import re
+import unicodedata
+
+_NON_WORD = re.compile(r"[^a-z0-9ñ\s]")
+_SPACES = re.compile(r"\s+")
+
+
+def strip_accents(text: str) -> str:
+    """Remove diacritics but keep ñ, which changes meaning in Spanish (año / ano)."""
+    text = text.replace("ñ", "\0").replace("Ñ", "\1")
+    decomposed = unicodedata.normalize("NFKD", text)
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return stripped.replace("\0", "ñ").replace("\1", "Ñ")
+
+
+def normalize(text: str) -> str:
+    """Lower case, no accents, no emoji or punctuation, single spaces."""
+    text = strip_accents(text.casefold())
+    text = _NON_WORD.sub(" ", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+def words(text: str) -> list[str]:
+    return normalize(text).split()
