@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
+import json
 from dataclasses import dataclass
 
-from django.db.models import QuerySet
+from django.conf import settings
+from django.db.models import Q, QuerySet
+from django.utils import timezone
 
-from clinics.models import Appointment, Clinic, Doctor, Patient, Slot, Specialty
+from clinics.models import (
+    UPCOMING_STATUSES,
+    Appointment,
+    Clinic,
+    Doctor,
+    Patient,
+    Slot,
+    SlotHold,
+    SlotStatus,
+    Specialty,
+    StaffMembership,
+)
+from clinics.services import InvalidInput, clean_document
+
+MAX_PAGE_SIZE = 100
 
 
 @dataclass
@@ -15,6 +34,36 @@ class SlotPage:
     slots: list[Slot]  # doctor is select_related
     next_cursor: str | None
     has_more: bool
+
+
+def encode_cursor(slot: Slot) -> str:
+    raw = json.dumps({"s": slot.start_at.isoformat(), "i": slot.pk}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, int]:
+    """(start_at, id) of the last slot shown, or InvalidInput("invalid_cursor")."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        start_at = dt.datetime.fromisoformat(data["s"])
+        slot_id = data["i"]
+        if start_at.tzinfo is None or isinstance(slot_id, bool) or not isinstance(slot_id, int):
+            raise ValueError("incomplete cursor")
+    except (
+        TypeError,
+        ValueError,
+        KeyError,
+        UnicodeError,
+        binascii.Error,
+        AttributeError,
+    ) as exc:
+        raise InvalidInput("the page cursor is not valid", code="invalid_cursor") from exc
+    return start_at, slot_id
+
+
+def _local_midnight(day: dt.date, tz) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time.min, tzinfo=tz)
 
 
 def available_slots(
@@ -30,19 +79,107 @@ def available_slots(
     now: dt.datetime | None = None,
     include_held_by: str | None = None,
 ) -> SlotPage:
-    """One keyset page of bookable slots ordered by (start_at, id)."""
-    raise NotImplementedError
+    """One keyset page of bookable slots ordered by (start_at, id).
+
+    Bookable: free, or held with the hold expired, or held by `include_held_by` (so a patient
+    still sees the slot they are confirming). The query walks the partial index
+    `slot_bookable_keyset` (clinic, start_at, id) from the cursor on: page 100 costs what page 1
+    costs. Dates are local to the clinic; `date_to` is inclusive.
+    """
+    if isinstance(page_size, bool) or not isinstance(page_size, int):
+        raise InvalidInput("page_size must be an integer")
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidInput(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+    if specialty is not None and specialty.clinic_id != clinic.pk:
+        raise InvalidInput("the specialty belongs to another clinic")
+    if doctor is not None and doctor.clinic_id != clinic.pk:
+        raise InvalidInput("the doctor belongs to another clinic")
+    now = now or timezone.now()
+    if min_notice is None:
+        min_notice = dt.timedelta(minutes=settings.SOPHIA_MIN_NOTICE_MINUTES)
+    tz = clinic.tz
+
+    earliest = now + min_notice
+    if date_from is not None:
+        earliest = max(earliest, _local_midnight(date_from, tz))
+
+    bookable = Q(status=SlotStatus.FREE) | Q(held_until__isnull=True) | Q(held_until__lte=now)
+    if include_held_by:
+        mine = (
+            SlotHold.objects.filter(
+                holder=include_held_by, released_at=None, expires_at__gt=now, slot__clinic=clinic
+            )
+            .values_list("slot_id", flat=True)
+            .first()
+        )
+        if mine is not None:
+            bookable |= Q(pk=mine)
+
+    rows = Slot.objects.filter(
+        bookable,
+        clinic=clinic,
+        # Literally the partial index's predicate, so PostgreSQL can use it.
+        status__in=[SlotStatus.FREE, SlotStatus.HELD],
+        start_at__gte=earliest,
+    )
+    if cursor:
+        after_start, after_id = decode_cursor(cursor)
+        # The plain start_at bound is what the index range scan starts from; the OR breaks ties.
+        rows = rows.filter(
+            Q(start_at__gt=after_start) | Q(start_at=after_start, pk__gt=after_id),
+            start_at__gte=after_start,
+        )
+    if date_to is not None:
+        rows = rows.filter(start_at__lt=_local_midnight(date_to + dt.timedelta(days=1), tz))
+    if doctor is not None:
+        if not doctor.active:
+            return SlotPage(slots=[], next_cursor=None, has_more=False)
+        rows = rows.filter(doctor=doctor)
+        if specialty is not None:
+            rows = rows.filter(
+                doctor__in=Doctor.objects.filter(pk=doctor.pk, specialties=specialty)
+            )
+    else:
+        doctors = Doctor.objects.filter(clinic=clinic, active=True)
+        if specialty is not None:
+            doctors = doctors.filter(specialties=specialty)
+        rows = rows.filter(doctor_id__in=doctors.values("pk"))
+
+    page = list(rows.select_related("doctor").order_by("start_at", "pk")[: page_size + 1])
+    has_more = len(page) > page_size
+    page = page[:page_size]
+    return SlotPage(
+        slots=page,
+        next_cursor=encode_cursor(page[-1]) if has_more else None,
+        has_more=has_more,
+    )
 
 
 def patient_upcoming_appointments(
     *, clinic: Clinic, patient: Patient, now: dt.datetime | None = None
 ) -> list[Appointment]:
-    raise NotImplementedError
+    """The patient's booked or confirmed appointments that have not started, soonest first."""
+    now = now or timezone.now()
+    return list(
+        Appointment.objects.filter(
+            clinic=clinic, patient=patient, status__in=UPCOMING_STATUSES, start_at__gt=now
+        )
+        .select_related("doctor", "specialty")
+        .order_by("start_at", "pk")
+    )
 
 
 def patient_by_document(*, clinic: Clinic, document: str) -> Patient | None:
-    raise NotImplementedError
+    """This clinic's patient with that document; InvalidInput("invalid_document") if malformed."""
+    return Patient.objects.filter(clinic=clinic, document=clean_document(document)).first()
 
 
 def staff_clinics(user) -> QuerySet[Clinic]:
-    raise NotImplementedError
+    """Clinics a user is a member of (a superuser: all). Anonymous or inactive: none."""
+    if user is None or not getattr(user, "is_authenticated", False) or not user.is_active:
+        return Clinic.objects.none()
+    if user.is_superuser:
+        return Clinic.objects.all()
+    return Clinic.objects.filter(
+        pk__in=StaffMembership.objects.filter(user=user).values("clinic_id")
+    )

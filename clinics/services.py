@@ -2,15 +2,47 @@
 
 Every failure a caller can cause raises a `BookingError` subclass with a stable `code`; callers
 (bot engine, views, API) map codes to messages. Nothing is half-written: each service runs in one
-transaction and database constraint violations become `BookingError`s inside a savepoint.
+transaction, and database constraint violations become `BookingError`s inside a savepoint.
+
+Lock order, to stay deadlock-free: slots (by id) first, then appointments.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import re
 from dataclasses import dataclass
 
-from clinics.models import Appointment, AuditEvent, Clinic, Doctor, Patient, SlotHold
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from clinics import events
+from clinics.models import (
+    OCCUPYING_STATUSES,
+    UPCOMING_STATUSES,
+    Appointment,
+    AppointmentSource,
+    AppointmentStatus,
+    AuditEvent,
+    Clinic,
+    Doctor,
+    Patient,
+    Slot,
+    SlotHold,
+    SlotStatus,
+    Specialty,
+)
+from clinics.scheduling import generate_slots
+
+logger = logging.getLogger(__name__)
+
+DOCUMENT_RE = re.compile(r"^\d{8,15}$")
+WHATSAPP_ID_RE = re.compile(r"^\d{6,20}$")
+MAX_HOLD_MINUTES = 60
+MAX_NOTES = 2000
 
 
 @dataclass(frozen=True)
@@ -68,8 +100,12 @@ class PatientNotFound(BookingError):
     code = "patient_not_found"
 
 
-class AppointmentNotFound(BookingError):
-    code = "appointment_not_found"
+class PatientExists(BookingError):
+    code = "patient_exists"
+
+
+class RegistrationClosed(BookingError):
+    code = "self_registration_disabled"
 
 
 class WrongClinic(BookingError):
@@ -88,11 +124,287 @@ class NotCancellable(BookingError):
     code = "not_cancellable"
 
 
+class AppointmentNotFound(NotCancellable):
+    """Unknown, another clinic's, or another patient's: callers can't tell which (no leak)."""
+
+    code = "appointment_not_found"
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _audit(
+    *,
+    clinic: Clinic,
+    actor: Actor,
+    action: str,
+    object_type: str,
+    object_id: object,
+    before: dict | None,
+    after: dict | None,
+    at: dt.datetime,
+) -> None:
+    AuditEvent.objects.create(
+        clinic=clinic,
+        actor_type=actor.type,
+        actor_id=str(actor.id)[:64],
+        actor_label=str(actor.label)[:200],
+        action=action,
+        object_type=object_type,
+        object_id=str(object_id),
+        before=before,
+        after=after,
+        at=at,
+    )
+
+
+def _appointment_state(appointment: Appointment) -> dict:
+    return {
+        "id": appointment.pk,
+        "status": appointment.status,
+        "slot_id": appointment.slot_id,
+        "doctor_id": appointment.doctor_id,
+        "patient_id": appointment.patient_id,
+        "specialty_id": appointment.specialty_id,
+        "start_at": appointment.start_at.isoformat(),
+        "end_at": appointment.end_at.isoformat(),
+        "source": appointment.source,
+        "cancel_reason": appointment.cancel_reason,
+        "rescheduled_from_id": appointment.rescheduled_from_id,
+    }
+
+
+def _event_payload(appointment: Appointment) -> dict:
+    return {
+        "appointment_id": appointment.pk,
+        "slot_id": appointment.slot_id,
+        "patient_id": appointment.patient_id,
+        "doctor_id": appointment.doctor_id,
+        "specialty_id": appointment.specialty_id,
+        "start_at": appointment.start_at.isoformat(),
+        "end_at": appointment.end_at.isoformat(),
+        "status": appointment.status,
+        "source": appointment.source,
+    }
+
+
+def _mask(value: str) -> str:
+    return f"…{value[-4:]}" if value else ""
+
+
+def _check_actor(actor: Actor) -> None:
+    if not isinstance(actor, Actor) or actor.type not in AuditEvent.ActorType.values:
+        raise InvalidInput("actor must be an Actor with a known type")
+
+
+def _check_id(value: object, what: str) -> int:
+    # bool is an int subclass; a stray True must not book slot 1.
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        try:
+            value = int(str(value))
+        except ValueError:
+            raise InvalidInput(f"{what} must be a positive integer") from None
+        if value <= 0:
+            raise InvalidInput(f"{what} must be a positive integer")
+    return value
+
+
+def _check_patient(clinic: Clinic, patient: Patient | None) -> Patient:
+    if patient is None or patient.pk is None:
+        raise PatientNotFound("no patient given")
+    if patient.clinic_id != clinic.pk:
+        raise WrongClinic("the patient belongs to another clinic")
+    if not Patient.objects.filter(pk=patient.pk, clinic=clinic).exists():
+        raise PatientNotFound("the patient does not exist")
+    return patient
+
+
+def _lock_slots(clinic: Clinic, slot_ids: list[int], also: list[int] = ()) -> dict[int, Slot]:
+    """Lock `slot_ids` (which must be this clinic's) and `also` in one statement, in id order,
+    so two services never deadlock."""
+    locked = {
+        s.pk: s
+        for s in Slot.objects.select_for_update(of=("self",))
+        .select_related("doctor")
+        .filter(pk__in={*slot_ids, *also})
+        .order_by("pk")
+    }
+    for slot_id in slot_ids:
+        slot = locked.get(slot_id)
+        if slot is None:
+            raise SlotUnavailable(f"slot {slot_id} does not exist", code="slot_not_found")
+        if slot.clinic_id != clinic.pk:
+            raise WrongClinic(f"slot {slot_id} belongs to another clinic")
+    return locked
+
+
+def _live_hold_by(slot: Slot, holder: str | None, now: dt.datetime) -> SlotHold | None:
+    if not holder:
+        return None
+    return (
+        SlotHold.objects.filter(slot=slot, holder=holder, released_at=None, expires_at__gt=now)
+        .order_by("-expires_at")
+        .first()
+    )
+
+
+def _check_bookable(slot: Slot, *, holder: str | None, now: dt.datetime) -> None:
+    """Raise unless `holder` may take this (locked) slot now."""
+    if slot.start_at <= now:
+        raise SlotUnavailable("the slot has already started", code="slot_in_past")
+    if slot.status == SlotStatus.BLOCKED or not slot.doctor.active:
+        raise SlotUnavailable("the slot is blocked", code="slot_blocked")
+    if slot.status == SlotStatus.BOOKED:
+        raise SlotTaken("the slot is already booked")
+    held_live = slot.status == SlotStatus.HELD and slot.held_until and slot.held_until > now
+    if held_live and _live_hold_by(slot, holder, now) is None:
+        raise SlotTaken("someone else is holding the slot")
+
+
+def _free_slot(slot: Slot) -> None:
+    slot.status = SlotStatus.FREE
+    slot.held_until = None
+    slot.save(update_fields=["status", "held_until", "updated_at"])
+
+
+def _integrity_to_booking_error(exc: IntegrityError) -> BookingError:
+    cause = exc.__cause__
+    diag = getattr(cause, "diag", None)
+    name = (getattr(diag, "constraint_name", None) or str(exc)).lower()
+    if "patient" in name:
+        return PatientOverlap("the patient already has an appointment at that time")
+    if "doctor" in name:
+        return SlotTaken("the doctor already has an appointment at that time")
+    return SlotTaken("the slot was booked by someone else")
+
+
+def _source_for(actor: Actor) -> str:
+    return {
+        AuditEvent.ActorType.PATIENT: AppointmentSource.BOT,
+        AuditEvent.ActorType.API: AppointmentSource.API,
+    }.get(actor.type, AppointmentSource.STAFF)
+
+
+def _book_locked(
+    *,
+    clinic: Clinic,
+    patient: Patient,
+    slot: Slot,
+    actor: Actor,
+    source: str,
+    specialty: Specialty | None,
+    notes: str,
+    holder: str | None,
+    now: dt.datetime,
+    rescheduled_from: Appointment | None = None,
+) -> Appointment:
+    """Book a slot the caller has locked, inside the caller's transaction."""
+    _check_bookable(slot, holder=holder, now=now)
+    # Friendly early answer; the exclusion constraint (PostgreSQL) is the real guarantee.
+    if Appointment.objects.filter(
+        patient=patient,
+        status__in=OCCUPYING_STATUSES,
+        start_at__lt=slot.end_at,
+        end_at__gt=slot.start_at,
+    ).exists():
+        raise PatientOverlap("the patient already has an appointment at that time")
+    if specialty is None:
+        only = list(slot.doctor.specialties.values_list("pk", flat=True)[:2])
+        specialty_id = only[0] if len(only) == 1 else None
+    else:
+        specialty_id = specialty.pk
+    appointment = Appointment(
+        clinic=clinic,
+        patient=patient,
+        slot=slot,
+        doctor_id=slot.doctor_id,
+        specialty_id=specialty_id,
+        start_at=slot.start_at,
+        end_at=slot.end_at,
+        status=AppointmentStatus.BOOKED,
+        patient_notes=notes,
+        source=source,
+        rescheduled_from=rescheduled_from,
+    )
+    try:
+        with transaction.atomic():
+            appointment.save(force_insert=True)
+    except IntegrityError as exc:
+        raise _integrity_to_booking_error(exc) from exc
+    slot.status = SlotStatus.BOOKED
+    slot.held_until = None
+    slot.save(update_fields=["status", "held_until", "updated_at"])
+    SlotHold.objects.filter(slot=slot, released_at=None).update(released_at=now)
+    return appointment
+
+
+def _load_appointment(
+    clinic: Clinic, appointment_id: object, patient: Patient | None
+) -> Appointment:
+    appointment_id = _check_id(appointment_id, "appointment_id")
+    appointment = Appointment.objects.filter(pk=appointment_id, clinic=clinic).first()
+    if appointment is None:
+        raise AppointmentNotFound("no such appointment in this clinic")
+    if patient is not None and appointment.patient_id != patient.pk:
+        raise AppointmentNotFound("no such appointment for this patient")
+    return appointment
+
+
+# --- slots -----------------------------------------------------------------------------------
+
+
 def slots_generate(
-    *, clinic: Clinic, date_from: dt.date, date_to: dt.date, doctor: Doctor | None = None
+    *,
+    clinic: Clinic,
+    date_from: dt.date,
+    date_to: dt.date,
+    doctor: Doctor | None = None,
+    actor: Actor | None = None,
 ) -> int:
-    """Create slots from Schedule rows for [date_from, date_to] (local dates); return how many."""
-    raise NotImplementedError
+    """Create slots from Schedule rows for local dates [date_from, date_to]; return how many.
+
+    Idempotent. Skips inactive doctors and blocked periods; free slots that now fall inside a
+    blocked period are marked blocked.
+    """
+    if not isinstance(date_from, dt.date) or not isinstance(date_to, dt.date):
+        raise InvalidInput("date_from and date_to must be dates")
+    if date_to < date_from:
+        raise InvalidInput("date_to is before date_from")
+    if (date_to - date_from).days > 366:
+        raise InvalidInput("at most one year of slots at a time")
+    if doctor is not None and doctor.clinic_id != clinic.pk:
+        raise WrongClinic("the doctor belongs to another clinic")
+    actor = actor or Actor.system("slots_generate")
+    with transaction.atomic():
+        created, blocked = generate_slots(
+            clinic=clinic, date_from=date_from, date_to=date_to, doctor=doctor
+        )
+        if created or blocked:
+            _audit(
+                clinic=clinic,
+                actor=actor,
+                action="slots.generate",
+                object_type="doctor" if doctor else "clinic",
+                object_id=doctor.pk if doctor else clinic.pk,
+                before=None,
+                after={
+                    "date_from": date_from.isoformat(),
+                    "date_to": date_to.isoformat(),
+                    "created": created,
+                    "blocked": blocked,
+                },
+                at=timezone.now(),
+            )
+    logger.info(
+        "slots generated clinic=%s doctor=%s %s..%s created=%d blocked=%d",
+        clinic.pk,
+        doctor.pk if doctor else "*",
+        date_from,
+        date_to,
+        created,
+        blocked,
+    )
+    return created
 
 
 def slot_hold(
@@ -103,18 +415,130 @@ def slot_hold(
     patient: Patient | None = None,
     minutes: int | None = None,
 ) -> SlotHold:
-    """Hold a bookable slot for `holder` (default SOPHIA_HOLD_MINUTES); drops their other hold."""
-    raise NotImplementedError
+    """Hold a bookable slot for `holder` (default SOPHIA_HOLD_MINUTES); drops their other hold.
+
+    Holding the slot you already hold renews it.
+    """
+    slot_id = _check_id(slot_id, "slot_id")
+    if not isinstance(holder, str) or not holder.strip() or len(holder) > 120:
+        raise InvalidInput("holder must be a non-empty string of at most 120 characters")
+    if minutes is None:
+        minutes = settings.SOPHIA_HOLD_MINUTES
+    if isinstance(minutes, bool) or not isinstance(minutes, int):
+        raise InvalidInput("minutes must be an integer")
+    if not 1 <= minutes <= MAX_HOLD_MINUTES:
+        raise InvalidInput(f"minutes must be between 1 and {MAX_HOLD_MINUTES}")
+    if patient is not None:
+        _check_patient(clinic, patient)
+    with transaction.atomic():
+        now = timezone.now()
+        previous = list(
+            SlotHold.objects.filter(holder=holder, released_at=None).values_list(
+                "slot_id", flat=True
+            )
+        )
+        others = [i for i in previous if i != slot_id]
+        locked = _lock_slots(clinic, [slot_id], also=others)
+        slot = locked[slot_id]
+        _check_bookable(slot, holder=holder, now=now)
+        released = []
+        for prev_id in others:
+            prev = locked.get(prev_id)
+            if prev is not None and prev.status == SlotStatus.HELD:
+                _free_slot(prev)
+                released.append(prev)
+        SlotHold.objects.filter(Q(holder=holder) | Q(slot=slot), released_at=None).update(
+            released_at=now
+        )
+        expires = now + dt.timedelta(minutes=minutes)
+        slot.status = SlotStatus.HELD
+        slot.held_until = expires
+        slot.save(update_fields=["status", "held_until", "updated_at"])
+        hold = SlotHold.objects.create(
+            slot=slot, holder=holder, patient=patient, expires_at=expires
+        )
+        for prev in released:
+            events.emit(
+                clinic_id=prev.clinic_id,
+                name="slot.liberado",
+                payload={"slot_id": prev.pk, "doctor_id": prev.doctor_id, "reason": "rehold"},
+            )
+        events.emit(
+            clinic_id=clinic.pk,
+            name="slot.retenido",
+            payload={
+                "slot_id": slot.pk,
+                "doctor_id": slot.doctor_id,
+                "holder": holder,
+                "held_until": expires.isoformat(),
+            },
+        )
+    logger.info("slot %s held by %s until %s", slot.pk, holder, expires.isoformat())
+    return hold
 
 
 def slot_release(*, clinic: Clinic, slot_id: int, holder: str) -> bool:
-    """Release `holder`'s live hold on the slot; False when there was none."""
-    raise NotImplementedError
+    """Release `holder`'s live hold on the slot; False when they had none (nothing changes)."""
+    slot_id = _check_id(slot_id, "slot_id")
+    if not isinstance(holder, str) or not holder:
+        raise InvalidInput("holder must be a non-empty string")
+    with transaction.atomic():
+        now = timezone.now()
+        slot = _lock_slots(clinic, [slot_id])[slot_id]
+        hold = _live_hold_by(slot, holder, now)
+        if hold is None:
+            return False
+        SlotHold.objects.filter(slot=slot, holder=holder, released_at=None).update(released_at=now)
+        if slot.status == SlotStatus.HELD:
+            _free_slot(slot)
+            events.emit(
+                clinic_id=clinic.pk,
+                name="slot.liberado",
+                payload={"slot_id": slot.pk, "doctor_id": slot.doctor_id, "reason": "released"},
+            )
+    logger.info("slot %s released by %s", slot_id, holder)
+    return True
 
 
-def holds_expire(*, now: dt.datetime | None = None) -> int:
-    """Tidy up expired holds (availability never depends on this running)."""
-    raise NotImplementedError
+def holds_expire(*, now: dt.datetime | None = None, batch_size: int = 1000) -> int:
+    """Tidy up expired holds; return how many slots went back to free.
+
+    Availability never depends on this running: a held slot past `held_until` is already free to
+    every reader. Rows being booked right now are skipped (SKIP LOCKED), not waited for.
+    """
+    now = now or timezone.now()
+    freed = 0
+    while True:
+        with transaction.atomic():
+            batch = list(
+                Slot.objects.select_for_update(skip_locked=True)
+                .filter(status=SlotStatus.HELD, held_until__lte=now)
+                .values_list("pk", "clinic_id", "doctor_id")[:batch_size]
+            )
+            if not batch:
+                break
+            ids = [pk for pk, _, _ in batch]
+            Slot.objects.filter(pk__in=ids).update(
+                status=SlotStatus.FREE, held_until=None, updated_at=timezone.now()
+            )
+            SlotHold.objects.filter(slot_id__in=ids, released_at=None).update(released_at=now)
+            for pk, clinic_id, doctor_id in batch:
+                events.emit(
+                    clinic_id=clinic_id,
+                    name="slot.liberado",
+                    payload={"slot_id": pk, "doctor_id": doctor_id, "reason": "hold_expired"},
+                )
+            freed += len(batch)
+        if len(batch) < batch_size:
+            break
+    # Holds whose slot was booked or re-held already: just close them.
+    SlotHold.objects.filter(released_at=None, expires_at__lte=now).update(released_at=now)
+    if freed:
+        logger.info("expired holds freed %d slots", freed)
+    return freed
+
+
+# --- appointments ----------------------------------------------------------------------------
 
 
 def appointment_book(
@@ -124,11 +548,80 @@ def appointment_book(
     slot_id: int,
     actor: Actor,
     source: str,
-    specialty=None,
+    specialty: Specialty | None = None,
     notes: str = "",
     holder: str | None = None,
 ) -> Appointment:
-    raise NotImplementedError
+    """Book a slot for a patient: one transaction, the slot row locked, audited, cita.creada."""
+    _check_actor(actor)
+    slot_id = _check_id(slot_id, "slot_id")
+    if source not in AppointmentSource.values:
+        raise InvalidInput(f"unknown source {source!r}")
+    if specialty is not None and specialty.clinic_id != clinic.pk:
+        raise WrongClinic("the specialty belongs to another clinic")
+    if not isinstance(notes, str):
+        raise InvalidInput("notes must be text")
+    _check_patient(clinic, patient)
+    with transaction.atomic():
+        now = timezone.now()
+        slot = _lock_slots(clinic, [slot_id])[slot_id]
+        appointment = _book_locked(
+            clinic=clinic,
+            patient=patient,
+            slot=slot,
+            actor=actor,
+            source=source,
+            specialty=specialty,
+            notes=notes.strip()[:MAX_NOTES],
+            holder=holder,
+            now=now,
+        )
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="appointment.book",
+            object_type="appointment",
+            object_id=appointment.pk,
+            before=None,
+            after=_appointment_state(appointment),
+            at=now,
+        )
+        events.emit(clinic_id=clinic.pk, name="cita.creada", payload=_event_payload(appointment))
+    logger.info(
+        "appointment %s booked slot=%s patient=%s source=%s actor=%s",
+        appointment.pk,
+        slot_id,
+        patient.pk,
+        source,
+        actor.type,
+    )
+    return appointment
+
+
+def _cancel_locked(
+    *, clinic: Clinic, appointment: Appointment, slot: Slot, reason: str, actor: Actor, now
+) -> None:
+    if appointment.status not in UPCOMING_STATUSES or appointment.start_at <= now:
+        raise NotCancellable(
+            f"only upcoming booked or confirmed appointments can change "
+            f"(this one is {appointment.status})"
+        )
+    before = _appointment_state(appointment)
+    appointment.status = AppointmentStatus.CANCELLED
+    appointment.cancel_reason = reason
+    appointment.save(update_fields=["status", "cancel_reason", "updated_at"])
+    if slot.status == SlotStatus.BOOKED:
+        _free_slot(slot)
+    _audit(
+        clinic=clinic,
+        actor=actor,
+        action="appointment.cancel",
+        object_type="appointment",
+        object_id=appointment.pk,
+        before=before,
+        after=_appointment_state(appointment),
+        at=now,
+    )
 
 
 def appointment_cancel(
@@ -139,7 +632,36 @@ def appointment_cancel(
     reason: str = "",
     patient: Patient | None = None,
 ) -> Appointment:
-    raise NotImplementedError
+    """Cancel an upcoming appointment and free its slot at once (slot.liberado).
+
+    With `patient`, only that patient's appointment: any other id answers AppointmentNotFound.
+    """
+    _check_actor(actor)
+    if not isinstance(reason, str):
+        raise InvalidInput("reason must be text")
+    if patient is not None:
+        _check_patient(clinic, patient)
+    with transaction.atomic():
+        now = timezone.now()
+        found = _load_appointment(clinic, appointment_id, patient)
+        slot = _lock_slots(clinic, [found.slot_id])[found.slot_id]
+        appointment = Appointment.objects.select_for_update().get(pk=found.pk)
+        _cancel_locked(
+            clinic=clinic,
+            appointment=appointment,
+            slot=slot,
+            reason=reason.strip()[:300],
+            actor=actor,
+            now=now,
+        )
+        events.emit(clinic_id=clinic.pk, name="cita.cancelada", payload=_event_payload(appointment))
+        events.emit(
+            clinic_id=clinic.pk,
+            name="slot.liberado",
+            payload={"slot_id": slot.pk, "doctor_id": slot.doctor_id, "reason": "cancelled"},
+        )
+    logger.info("appointment %s cancelled actor=%s", appointment.pk, actor.type)
+    return appointment
 
 
 def appointment_reschedule(
@@ -152,14 +674,147 @@ def appointment_reschedule(
     patient: Patient | None = None,
 ) -> Appointment:
     """Book the new slot and cancel the old appointment atomically; return the new appointment."""
-    raise NotImplementedError
+    _check_actor(actor)
+    new_slot_id = _check_id(new_slot_id, "new_slot_id")
+    if patient is not None:
+        _check_patient(clinic, patient)
+    with transaction.atomic():
+        now = timezone.now()
+        found = _load_appointment(clinic, appointment_id, patient)
+        if found.slot_id == new_slot_id:
+            raise InvalidInput("the new slot is the current one")
+        slots = _lock_slots(clinic, [found.slot_id, new_slot_id])
+        old = Appointment.objects.select_for_update().select_related("patient").get(pk=found.pk)
+        new_slot = slots[new_slot_id]
+        # Check the new slot before touching the old appointment, for the clearer error.
+        _check_bookable(new_slot, holder=holder, now=now)
+        _cancel_locked(
+            clinic=clinic,
+            appointment=old,
+            slot=slots[old.slot_id],
+            reason="rescheduled",
+            actor=actor,
+            now=now,
+        )
+        new = _book_locked(
+            clinic=clinic,
+            patient=old.patient,
+            slot=new_slot,
+            actor=actor,
+            source=_source_for(actor),
+            specialty=old.specialty,
+            notes=old.patient_notes,
+            holder=holder,
+            now=now,
+            rescheduled_from=old,
+        )
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="appointment.reschedule",
+            object_type="appointment",
+            object_id=new.pk,
+            before=_appointment_state(old),
+            after=_appointment_state(new),
+            at=now,
+        )
+        payload = _event_payload(new)
+        payload["previous"] = _event_payload(old)
+        events.emit(clinic_id=clinic.pk, name="cita.reprogramada", payload=payload)
+        events.emit(
+            clinic_id=clinic.pk,
+            name="slot.liberado",
+            payload={"slot_id": old.slot_id, "doctor_id": old.doctor_id, "reason": "rescheduled"},
+        )
+    logger.info("appointment %s rescheduled to %s actor=%s", old.pk, new.pk, actor.type)
+    return new
+
+
+STATUS_EVENTS = {
+    AppointmentStatus.CONFIRMED: "cita.confirmada",
+    AppointmentStatus.ATTENDED: "cita.atendida",
+    AppointmentStatus.NO_SHOW: "cita.no_asistio",
+}
 
 
 def appointment_set_status(
     *, clinic: Clinic, appointment_id: int, status: str, actor: Actor
 ) -> Appointment:
-    """confirmed / attended / no_show."""
-    raise NotImplementedError
+    """confirmed (an upcoming booking), attended (from its day on) or no_show (once started).
+
+    Setting the status it already has changes nothing. attended ↔ no_show may be corrected.
+    """
+    _check_actor(actor)
+    if status not in STATUS_EVENTS:
+        raise InvalidInput(f"status must be one of {sorted(STATUS_EVENTS)}", code="invalid_status")
+    with transaction.atomic():
+        now = timezone.now()
+        found = _load_appointment(clinic, appointment_id, None)
+        appointment = Appointment.objects.select_for_update().get(pk=found.pk)
+        if appointment.status == status:
+            return appointment
+        local_today = timezone.localdate(now, clinic.tz)
+        if status == AppointmentStatus.CONFIRMED:
+            allowed = appointment.status == AppointmentStatus.BOOKED and appointment.start_at > now
+        elif status == AppointmentStatus.ATTENDED:
+            allowed = (
+                appointment.status != AppointmentStatus.CANCELLED
+                and timezone.localdate(appointment.start_at, clinic.tz) <= local_today
+            )
+        else:
+            allowed = (
+                appointment.status != AppointmentStatus.CANCELLED and appointment.start_at <= now
+            )
+        if not allowed:
+            raise InvalidInput(
+                f"cannot go from {appointment.status} to {status} now", code="invalid_status"
+            )
+        before = _appointment_state(appointment)
+        appointment.status = status
+        appointment.save(update_fields=["status", "updated_at"])
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action=f"appointment.{status}",
+            object_type="appointment",
+            object_id=appointment.pk,
+            before=before,
+            after=_appointment_state(appointment),
+            at=now,
+        )
+        events.emit(
+            clinic_id=clinic.pk, name=STATUS_EVENTS[status], payload=_event_payload(appointment)
+        )
+    logger.info("appointment %s → %s actor=%s", appointment.pk, status, actor.type)
+    return appointment
+
+
+# --- patients --------------------------------------------------------------------------------
+
+
+def clean_document(document: object) -> str:
+    """The document as stored (8–15 digits, surrounding spaces dropped) or InvalidInput."""
+    value = document.strip() if isinstance(document, str) else ""
+    if not DOCUMENT_RE.fullmatch(value):
+        raise InvalidInput("the document must have 8 to 15 digits", code="invalid_document")
+    return value
+
+
+def _clean_whatsapp_id(whatsapp_id: object) -> str:
+    value = whatsapp_id.strip().lstrip("+") if isinstance(whatsapp_id, str) else None
+    if value is None or not WHATSAPP_ID_RE.fullmatch(value):
+        raise InvalidInput("the WhatsApp id must be 6 to 20 digits")
+    return value
+
+
+def _patient_state(patient: Patient) -> dict:
+    # Audit keeps masked identifiers only: the audit log is read more widely than patient files.
+    return {
+        "id": patient.pk,
+        "document": patient.masked_document,
+        "full_name": patient.full_name,
+        "whatsapp_id": _mask(patient.whatsapp_id),
+    }
 
 
 def patient_register(
@@ -171,10 +826,74 @@ def patient_register(
     whatsapp_id: str = "",
     actor: Actor,
 ) -> Patient:
-    raise NotImplementedError
+    """Create a patient of this clinic. Patients registering themselves need self_registration."""
+    _check_actor(actor)
+    document = clean_document(document)
+    name = " ".join(full_name.split()) if isinstance(full_name, str) else ""
+    if len(name) < 3 or len(name) > 200:
+        raise InvalidInput("the full name must have 3 to 200 characters")
+    if isinstance(birth_date, dt.datetime) or not isinstance(birth_date, dt.date):
+        raise InvalidInput("the birth date must be a date")
+    if not dt.date(1900, 1, 1) <= birth_date <= timezone.localdate(timezone.now(), clinic.tz):
+        raise InvalidInput("the birth date is out of range")
+    whatsapp_id = _clean_whatsapp_id(whatsapp_id) if whatsapp_id else ""
+    if actor.type == AuditEvent.ActorType.PATIENT and not clinic.self_registration:
+        raise RegistrationClosed("this clinic registers patients at the front desk")
+    with transaction.atomic():
+        now = timezone.now()
+        patient = Patient(
+            clinic=clinic,
+            document=document,
+            full_name=name,
+            birth_date=birth_date,
+            whatsapp_id=whatsapp_id,
+        )
+        try:
+            with transaction.atomic():
+                patient.save(force_insert=True)
+        except IntegrityError as exc:
+            raise PatientExists("a patient with that document already exists") from exc
+        if actor.type == AuditEvent.ActorType.PATIENT and not actor.id:
+            actor = Actor.patient(patient)
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="patient.register",
+            object_type="patient",
+            object_id=patient.pk,
+            before=None,
+            after=_patient_state(patient),
+            at=now,
+        )
+    logger.info("patient %s registered (%s) actor=%s", patient.pk, _mask(document), actor.type)
+    return patient
 
 
 def patient_link_whatsapp(
     *, clinic: Clinic, patient: Patient, whatsapp_id: str, actor: Actor
 ) -> Patient:
-    raise NotImplementedError
+    """Record the patient's WhatsApp number (after the bot verified the birth date)."""
+    _check_actor(actor)
+    _check_patient(clinic, patient)
+    whatsapp_id = _clean_whatsapp_id(whatsapp_id)
+    with transaction.atomic():
+        locked = Patient.objects.select_for_update().get(pk=patient.pk)
+        if locked.whatsapp_id == whatsapp_id:
+            patient.whatsapp_id = whatsapp_id
+            return patient
+        before = _patient_state(locked)
+        locked.whatsapp_id = whatsapp_id
+        locked.save(update_fields=["whatsapp_id"])
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="patient.link_whatsapp",
+            object_type="patient",
+            object_id=patient.pk,
+            before=before,
+            after=_patient_state(locked),
+            at=timezone.now(),
+        )
+    patient.whatsapp_id = whatsapp_id
+    logger.info("patient %s linked to WhatsApp %s", patient.pk, _mask(whatsapp_id))
+    return patient
