@@ -1,5 +1,294 @@
-"""Redis-held state that may be lost (DESIGN §6). Placeholder until the bot issue lands."""
+"""Redis-held state that may be lost (DESIGN §6): locks, rate limits, typing, session cache.
+
+PostgreSQL is the truth; everything here is a cache or a courtesy. So every function tolerates
+Redis being absent (no REDIS_URL: the embedded demo) or unreachable: it returns None/False and the
+caller carries on. Sockets time out fast (0.2 s) and, after a failure, Redis is skipped for a few
+seconds so a dead Redis costs one timeout, not one per call. The first failure is logged once;
+recovery is logged too.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.utils import timezone
+
+logger = logging.getLogger(__name__)
+
+SOCKET_TIMEOUT_SECONDS = 0.2
+# After a failure, skip Redis this long before trying again.
+RETRY_AFTER_SECONDS = 5.0
+
+LOCK_TTL_SECONDS = 60
+TYPING_TTL_SECONDS = 5
+SESSION_TTL_SECONDS = 30 * 60
+PAGE_TTL_SECONDS = 10 * 60
+RATE_WINDOW_SECONDS = 60
+TYPING_CHANNEL = "sophia:typing-channel"
+
+# Compare-and-delete / compare-and-expire: only the lock's owner may release or extend it.
+_RELEASE_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+_EXTEND_SCRIPT = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+def lock_key(session_id: str) -> str:
+    return f"sophia:lock:{session_id}"
+
+
+def rate_key(session_id: str) -> str:
+    return f"sophia:ratelimit:{session_id}"
+
+
+def typing_key(session_id: str) -> str:
+    return f"sophia:typing:{session_id}"
+
+
+def session_key(session_id: str) -> str:
+    return f"sophia:session:{session_id}"
+
+
+def page_key(session_id: str, page: int | str) -> str:
+    return f"sophia:citas:{session_id}:page:{page}"
+
+
+class _Connection:
+    """One client per REDIS_URL (tests switch URLs with override_settings) plus a breaker."""
+
+    def __init__(self) -> None:
+        self._clients: dict[str, redis.Redis] = {}
+        self._down_until = 0.0
+        self._down_logged = False
+        self._mutex = threading.Lock()
+
+    def client(self) -> redis.Redis | None:
+        url = settings.REDIS_URL
+        if not url or time.monotonic() < self._down_until:
+            return None
+        with self._mutex:
+            if url not in self._clients:
+                self._clients[url] = redis.Redis.from_url(
+                    url,
+                    socket_timeout=SOCKET_TIMEOUT_SECONDS,
+                    socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+                    decode_responses=True,
+                )
+            return self._clients[url]
+
+    def failed(self, exc: Exception) -> None:
+        self._down_until = time.monotonic() + RETRY_AFTER_SECONDS
+        if not self._down_logged:
+            self._down_logged = True
+            logger.warning("redis unreachable (%s); carrying on without it", type(exc).__name__)
+
+    def succeeded(self) -> None:
+        if self._down_logged:
+            self._down_logged = False
+            logger.info("redis reachable again")
+
+    def reset(self) -> None:
+        """Forget clients and the breaker (tests, and after a fork)."""
+        with self._mutex:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+        self._down_until = 0.0
+        self._down_logged = False
+
+
+_connection = _Connection()
+
+
+def reset() -> None:
+    _connection.reset()
+
+
+def is_available() -> bool:
+    """False when Redis is not configured or recently failed (no network call)."""
+    return bool(settings.REDIS_URL) and time.monotonic() >= _connection._down_until
+
+
+def _call(fn, default: Any = None) -> Any:
+    """Run fn(client) tolerating any Redis failure; `default` when Redis is unusable."""
+    client = _connection.client()
+    if client is None:
+        return default
+    try:
+        result = fn(client)
+    except (redis.RedisError, OSError) as exc:
+        _connection.failed(exc)
+        return default
+    _connection.succeeded()
+    return result
+
+
+# --- per-conversation lock -------------------------------------------------------------------
+
+
+class LockStatus(enum.Enum):
+    ACQUIRED = "acquired"
+    BUSY = "busy"  # someone else holds it
+    UNAVAILABLE = "unavailable"  # Redis absent or down: serialise by PostgreSQL alone
+
+
+@dataclass(frozen=True)
+class Lock:
+    status: LockStatus
+    token: str = ""
+
+
+def acquire_lock(session_id: str, ttl: int = LOCK_TTL_SECONDS) -> Lock:
+    token = secrets.token_hex(16)
+    acquired = _call(lambda r: r.set(lock_key(session_id), token, nx=True, ex=ttl), default=None)
+    if acquired is None and not is_available():
+        return Lock(LockStatus.UNAVAILABLE)
+    if acquired:
+        return Lock(LockStatus.ACQUIRED, token)
+    return Lock(LockStatus.BUSY)
+
+
+def extend_lock(session_id: str, token: str, ttl: int = LOCK_TTL_SECONDS) -> bool:
+    if not token:
+        return False
+    return bool(_call(lambda r: r.eval(_EXTEND_SCRIPT, 1, lock_key(session_id), token, ttl)))
+
+
+def release_lock(session_id: str, token: str) -> bool:
+    """Delete the lock only if it still holds our token (it may have expired and moved on)."""
+    if not token:
+        return False
+    return bool(_call(lambda r: r.eval(_RELEASE_SCRIPT, 1, lock_key(session_id), token)))
+
+
+def is_locked(session_id: str) -> bool | None:
+    """True/False, or None when Redis can't tell."""
+    exists = _call(lambda r: r.exists(lock_key(session_id)))
+    return None if exists is None else bool(exists)
+
+
+# --- rate limit ----------------------------------------------------------------------------
+
+
+def count_message(session_id: str) -> int | None:
+    """Count one message in the current one-minute window; None when Redis is unusable."""
+
+    def incr(r: redis.Redis) -> int:
+        pipe = r.pipeline()
+        pipe.incr(rate_key(session_id))
+        # NX: the window starts at the first message and is not pushed forward by later ones.
+        pipe.expire(rate_key(session_id), RATE_WINDOW_SECONDS, nx=True)
+        count, _ = pipe.execute()
+        return int(count)
+
+    return _call(incr)
+
+
+# --- typing ----------------------------------------------------------------------------------
+
+
+def typing_event(session_id: str, typing: bool) -> dict:
+    return {
+        "session_id": session_id,
+        "status": "typing" if typing else "stopped",
+        "timestamp": timezone.now().isoformat(),
+    }
+
+
+def set_typing(session_id: str, typing: bool) -> dict:
+    """Set/clear `sophia:typing:{id}` and publish the seed's JSON; returns the event."""
+    event = typing_event(session_id, typing)
+
+    def send(r: redis.Redis) -> None:
+        pipe = r.pipeline(transaction=False)
+        if typing:
+            pipe.set(typing_key(session_id), "true", ex=TYPING_TTL_SECONDS)
+        else:
+            pipe.delete(typing_key(session_id))
+        pipe.publish(TYPING_CHANNEL, json.dumps(event))
+        pipe.execute()
+
+    _call(send)
+    return event
+
+
+# --- session cache and page mappings --------------------------------------------------------
+
+
+def save_session(session_id: str, fields: dict[str, Any]) -> bool:
+    """HSET the session hash (None values become "") and refresh its 30-minute TTL."""
+    mapping = {k: "" if v is None else str(v) for k, v in fields.items()}
+
+    def save(r: redis.Redis) -> bool:
+        pipe = r.pipeline()
+        if mapping:
+            pipe.hset(session_key(session_id), mapping=mapping)
+        pipe.expire(session_key(session_id), SESSION_TTL_SECONDS)
+        pipe.execute()
+        return True
+
+    return bool(_call(save, default=False))
+
+
+def load_session(session_id: str) -> dict[str, str] | None:
+    return _call(lambda r: r.hgetall(session_key(session_id)))
+
+
+def save_page(session_id: str, page: int, data: dict) -> bool:
+    return bool(
+        _call(
+            lambda r: r.set(page_key(session_id, page), json.dumps(data), ex=PAGE_TTL_SECONDS),
+            default=False,
+        )
+    )
+
+
+def load_page(session_id: str, page: int) -> dict | None:
+    raw = _call(lambda r: r.get(page_key(session_id, page)))
+    return json.loads(raw) if raw else None
+
+
+def forget_session(session_id: str) -> bool:
+    """Drop the session hash and page mappings (conversation closed)."""
+
+    def forget(r: redis.Redis) -> bool:
+        keys = [session_key(session_id), *r.scan_iter(match=page_key(session_id, "*"), count=100)]
+        r.delete(*keys)
+        return True
+
+    return bool(_call(forget, default=False))
+
+
+# --- health ----------------------------------------------------------------------------------
 
 
 def ping() -> dict:
-    return {"status": "not configured"}
+    """{"status": "up"|"down"|"not configured", "latency_ms"} for /health/ (ignores the breaker)."""
+    if not settings.REDIS_URL:
+        return {"status": "not configured"}
+    client = redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+    )
+    started = time.perf_counter()
+    try:
+        client.ping()
+    except (redis.RedisError, OSError):
+        return {"status": "down"}
+    finally:
+        client.close()
+    return {"status": "up", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}

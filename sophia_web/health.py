@@ -1,10 +1,13 @@
 """Liveness and readiness endpoints."""
 
 import logging
+import os
 import time
 
+from django.conf import settings
 from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
 from bot import state
@@ -33,3 +36,14 @@ def health(request: HttpRequest) -> JsonResponse:
         {"status": "healthy" if healthy else "unhealthy", "services": services},
         status=200 if healthy else 503,
     )
+
+
+@csrf_exempt
+def noop(request: HttpRequest) -> HttpResponse:
+    """A do-nothing endpoint: the benchmark's baseline for the webhook on the same server.
+
+    Served only with DEBUG or SOPHIA_BENCH=1 (404 otherwise), so production exposes nothing.
+    """
+    if not (settings.DEBUG or os.getenv("SOPHIA_BENCH") == "1"):
+        raise Http404
+    return HttpResponse(b"ok", content_type="text/plain")

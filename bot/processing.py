@@ -1,0 +1,440 @@
+"""The turn runner (DESIGN §6): one conversation's messages, one at a time, in arrival order.
+
+The webhook stores each inbound message (status `received`) and, after commit, calls
+`schedule_turns()`, which enqueues the `run_turns` task. The task calls `process_conversation()`:
+
+- it takes the Redis lock `sophia:lock:{session_id}` (owner-only release); if someone else holds it
+  the task is re-enqueued a moment later, so nothing waits in a worker and nothing is lost;
+- each turn runs in ONE transaction that first locks the Conversation row (`select_for_update`):
+  that row lock is the real serialisation, so with Redis down the bot still answers in order;
+- the oldest `received` message is taken (by WhatsApp timestamp, then id), the engine runs, the
+  conversation and the message are saved, replies go to the outbox — all or nothing. A crash
+  mid-turn rolls back: the message stays `received` and a retry or the sweeper runs it again;
+- after commit the new outbox rows are sent at once; the worker's `deliver_due` retries failures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import traceback
+from collections.abc import Iterable
+
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, transaction
+from django.db.models import F
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from bot import engine, state
+from bot.models import Conversation, ConversationMode, Direction, Message, MessageStatus
+
+logger = logging.getLogger(__name__)
+
+# Lock busy: try again this much later, up to a bound (past the lock's TTL the sweeper takes over).
+LOCK_RETRY_DELAY_SECONDS = 0.5
+LOCK_RETRY_LIMIT = 150
+RATE_WINDOW = dt.timedelta(seconds=state.RATE_WINDOW_SECONDS)
+
+# Engine states under the seed's names, for the session hash (`estado_flujo`).
+SEED_STATE_NAMES = {
+    engine.State.START: "INICIAL",
+    engine.State.IDENTIFIED: "VALIDADO",
+    engine.State.TRIAGED: "SINTOMAS_CLASIFICADOS",
+    engine.State.CHOOSING_SLOT: "CITAS_MOSTRADAS",
+    engine.State.CONFIRMING: "CITA_SELECCIONADA",
+    engine.State.BOOKED: "CITA_AGENDADA",
+    engine.State.CANCELLING: "CANCELACION_INICIADA",
+    engine.State.CLOSED: "FINALIZADO",
+}
+
+
+# --- scheduling ------------------------------------------------------------------------------
+
+
+def schedule_turns(conversation_id: int, *, delay: float = 0.0, attempt: int = 0) -> None:
+    """Enqueue `run_turns` for the conversation (queue "turns"); `delay` in seconds."""
+    from bot.tasks import run_turns
+
+    task = run_turns
+    if delay:
+        task = task.using(run_after=timezone.now() + dt.timedelta(seconds=delay))
+    task.enqueue(conversation_id, attempt)
+
+
+async def aschedule_turns(conversation_id: int) -> None:
+    """`schedule_turns` for async callers."""
+    from bot.tasks import run_turns
+
+    await run_turns.aenqueue(conversation_id, 0)
+
+
+def has_pending(conversation_id: int) -> bool:
+    return _pending(conversation_id).exists()
+
+
+def _pending(conversation_id: int):
+    return Message.objects.filter(
+        conversation_id=conversation_id, direction=Direction.IN, status=MessageStatus.RECEIVED
+    ).order_by(F("wa_timestamp").asc(nulls_last=True), "id")
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+
+def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
+    """Run every pending turn of the conversation; return how many messages were processed."""
+    conversation = Conversation.objects.select_related("clinic").filter(pk=conversation_id).first()
+    if conversation is None:
+        return 0
+    session_id = conversation.session_id
+    lock = state.acquire_lock(session_id)
+    if lock.status is state.LockStatus.BUSY:
+        # Its holder processes everything pending before letting go; this retry only matters if
+        # that holder dies with the lock (it expires after 60 s).
+        if attempt < LOCK_RETRY_LIMIT and has_pending(conversation_id):
+            schedule_turns(conversation_id, delay=LOCK_RETRY_DELAY_SECONDS, attempt=attempt + 1)
+        return 0
+
+    processed = 0
+    try:
+        while True:
+            upcoming = _pending(conversation_id).values("wa_message_id").first()
+            if upcoming is None:
+                break
+            state.extend_lock(session_id, lock.token)
+            typing = conversation.mode == ConversationMode.BOT
+            if typing:
+                _typing_started(conversation, upcoming["wa_message_id"])
+            try:
+                outcome = _run_one_turn(conversation_id)
+            finally:
+                if typing:
+                    _typing_stopped(conversation)
+            if outcome is None:
+                continue  # another worker (Redis down) took that message first
+            processed += 1
+            conversation = outcome.conversation
+            _deliver(outcome.outbound_ids)
+            _mirror_session(conversation)
+    finally:
+        if lock.status is state.LockStatus.ACQUIRED:
+            state.release_lock(session_id, lock.token)
+    # A message stored while we were finishing found the lock still held: run it now.
+    if has_pending(conversation_id):
+        schedule_turns(conversation_id)
+    return processed
+
+
+@dataclasses.dataclass
+class _Outcome:
+    conversation: Conversation
+    outbound_ids: list[int]
+
+
+def _run_one_turn(conversation_id: int) -> _Outcome | None:
+    from bot import whatsapp
+
+    now = timezone.now()
+    with transaction.atomic():
+        conversation = (
+            Conversation.objects.select_for_update(of=("self",))
+            .select_related("clinic", "patient")
+            .get(pk=conversation_id)
+        )
+        message = _pending(conversation_id).first()
+        if message is None:
+            return None
+        replies = _turn(conversation, message, now)
+        message.status = MessageStatus.PROCESSED
+        message.processed_at = now
+        message.save(update_fields=["status", "processed_at"])
+        conversation.last_activity_at = now
+        conversation.save()
+        rows = whatsapp.queue_replies(conversation, replies) if replies else []
+    return _Outcome(conversation, [row.pk for row in rows])
+
+
+def _turn(conversation: Conversation, message: Message, now: dt.datetime) -> list[engine.Reply]:
+    """One inbound message against the locked conversation; returns the replies to queue."""
+    if conversation.last_inbound_at is None or conversation.last_inbound_at < message.created_at:
+        conversation.last_inbound_at = message.created_at
+    if conversation.mode == ConversationMode.HUMAN:
+        return []  # staff hold the conversation: stored and streamed, the bot stays quiet
+
+    if conversation.closed_at is None and _idle_before(conversation, message):
+        close_conversation(conversation, now)
+    if conversation.state == engine.State.CLOSED:
+        reopen_conversation(conversation)
+
+    if _over_rate_limit(conversation, message, now):
+        if conversation.rate_limited_until is None or conversation.rate_limited_until <= now:
+            conversation.rate_limited_until = now + RATE_WINDOW
+            return [engine.Reply(kind="text", text=_("Please wait a moment…"))]
+        return []
+
+    return _run_engine(conversation, message, now)
+
+
+def _idle_before(conversation: Conversation, message: Message) -> bool:
+    """Did the session go idle before this message arrived (SOPHIA_SESSION_IDLE_MINUTES)?
+
+    Measured from the conversation's previous message, in or out: the webhook already moved
+    `last_activity_at` to this message's arrival.
+    """
+    previous = (
+        Message.objects.filter(conversation=conversation, created_at__lt=message.created_at)
+        .order_by("-created_at")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    idle_limit = dt.timedelta(minutes=settings.SOPHIA_SESSION_IDLE_MINUTES)
+    return previous is not None and message.created_at - previous > idle_limit
+
+
+def _over_rate_limit(conversation: Conversation, message: Message, now: dt.datetime) -> bool:
+    count = state.count_message(conversation.session_id)
+    if count is None:
+        # Redis unusable: count this conversation's inbound messages of the last minute instead.
+        count = Message.objects.filter(
+            conversation=conversation,
+            direction=Direction.IN,
+            created_at__gt=now - RATE_WINDOW,
+            created_at__lte=message.created_at,
+        ).count()
+    return count > settings.SOPHIA_RATE_LIMIT_PER_MINUTE
+
+
+def _run_engine(
+    conversation: Conversation, message: Message, now: dt.datetime
+) -> list[engine.Reply]:
+    snapshot = engine.Snapshot(
+        state=_state_of(conversation),
+        data=dict(conversation.context or {}),
+        patient_id=conversation.patient_id,
+    )
+    ctx = engine.Context(
+        clinic=conversation.clinic,
+        conversation_id=conversation.pk,
+        wa_id=conversation.wa_id,
+        now=now,
+        llm=_llm_helper(),
+    )
+    try:
+        # A savepoint: whatever the engine wrote before failing is undone, the turn goes on.
+        with transaction.atomic():
+            result = engine.step(snapshot, _inbound(message, conversation), ctx)
+    except (OperationalError, InterfaceError):
+        raise  # the database itself is in trouble: roll back the turn, it is retried later
+    except Exception as exc:
+        # A poison message must not loop forever: apologise, flag staff, mark it processed.
+        # Only the exception type and the stack: its message could quote what the patient wrote.
+        logger.error(
+            "engine failed on conversation %s message %s: %s\n%s",
+            conversation.pk,
+            message.pk,
+            type(exc).__name__,
+            "".join(traceback.format_tb(exc.__traceback__)),
+        )
+        conversation.needs_staff = True
+        return [
+            engine.Reply(
+                kind="text",
+                text=_(
+                    "Sorry, something went wrong on our side. A member of our team will "
+                    "continue with you shortly."
+                ),
+            )
+        ]
+
+    snap = result.snapshot
+    conversation.state = str(snap.state)
+    conversation.context = snap.data
+    conversation.patient_id = snap.patient_id
+    conversation.needs_staff = conversation.needs_staff or result.needs_staff
+    conversation.urgent = conversation.urgent or result.urgent
+    conversation.llm_prompt_tokens += result.llm_prompt_tokens
+    conversation.llm_completion_tokens += result.llm_completion_tokens
+    if result.closed or snap.state == engine.State.CLOSED:
+        conversation.state = engine.State.CLOSED
+        conversation.closed_at = now
+    return list(result.replies)
+
+
+def _inbound(message: Message, conversation: Conversation) -> engine.Inbound:
+    from bot.webhook import to_inbound
+
+    message.conversation = conversation  # already loaded and locked: no second query
+    return to_inbound(message)
+
+
+def _state_of(conversation: Conversation) -> engine.State:
+    try:
+        return engine.State(conversation.state)
+    except ValueError:
+        logger.warning("conversation %s had unknown state; starting over", conversation.pk)
+        return engine.State.START
+
+
+def _llm_helper() -> object | None:
+    try:
+        from bot import llm
+    except ImportError:
+        return None
+    try:
+        return llm.get_helper()
+    except Exception:
+        logger.exception("llm helper unavailable; rules only")
+        return None
+
+
+# --- closing ---------------------------------------------------------------------------------
+
+
+def close_conversation(conversation: Conversation, now: dt.datetime) -> None:
+    """Finish the session (FINALIZADO): clear the engine's memory, free the patient's holds.
+
+    Call inside a transaction with the row locked; the caller saves. The patient link stays: it
+    is a fact about this phone, not session state.
+    """
+    release_holds(conversation)
+    conversation.state = engine.State.CLOSED
+    conversation.closed_at = now
+    conversation.context = {}
+    session_id = conversation.session_id
+    transaction.on_commit(lambda: state.forget_session(session_id))
+
+
+def reopen_conversation(conversation: Conversation) -> None:
+    conversation.state = engine.State.START
+    conversation.context = {}
+    conversation.closed_at = None
+
+
+def release_holds(conversation: Conversation) -> int:
+    """Release the conversation's live slot holds through clinics.services."""
+    from clinics import services
+    from clinics.models import SlotHold
+
+    holder = f"conversation:{conversation.pk}"
+    slot_ids = SlotHold.objects.filter(
+        holder=holder, released_at=None, expires_at__gt=timezone.now()
+    ).values_list("slot_id", flat=True)
+    released = 0
+    for slot_id in list(slot_ids):
+        try:
+            released += services.slot_release(
+                clinic=conversation.clinic, slot_id=slot_id, holder=holder
+            )
+        except services.BookingError as exc:
+            logger.warning("could not release hold on slot %s: %s", slot_id, exc)
+    return released
+
+
+# --- side effects outside the transaction ----------------------------------------------------
+
+
+def _deliver(outbound_ids: Iterable[int]) -> None:
+    """Send the turn's replies now, in order; the first failure leaves the rest to the worker."""
+    from bot import whatsapp
+
+    for message_id in outbound_ids:
+        try:
+            if not whatsapp.deliver(message_id):
+                return
+        except Exception:
+            logger.exception("delivering message %s failed; the outbox will retry", message_id)
+            return
+
+
+def _typing_started(conversation: Conversation, wa_message_id: str | None) -> None:
+    from bot import whatsapp
+
+    if wa_message_id:
+        try:
+            whatsapp.send_typing(conversation.clinic, wa_message_id)
+        except Exception:
+            logger.warning("typing indicator failed for conversation %s", conversation.pk)
+    _broadcast_typing(conversation, state.set_typing(conversation.session_id, True))
+
+
+def _typing_stopped(conversation: Conversation) -> None:
+    _broadcast_typing(conversation, state.set_typing(conversation.session_id, False))
+
+
+def _broadcast_typing(conversation: Conversation, event: dict) -> None:
+    """The same typing event to the dashboard's conversation group (best effort)."""
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    if "Redis" in type(layer).__name__ and not state.is_available():
+        return  # Redis is known to be down: don't wait on it
+    try:
+        async_to_sync(layer.group_send)(
+            f"conversation-{conversation.pk}", {"type": "conversation.typing", **event}
+        )
+    except Exception:
+        logger.debug("typing broadcast failed for conversation %s", conversation.pk)
+
+
+def _mirror_session(conversation: Conversation) -> None:
+    """Mirror the conversation into `sophia:session:{id}` and its shown page (seed fields)."""
+    data = conversation.context or {}
+    patient = conversation.patient if conversation.patient_id else None
+    fields = {
+        "paciente_id": conversation.patient_id,
+        "paciente_nombre": patient.full_name if patient else "",
+        "entidad_medica_id": conversation.clinic_id,
+        "estado_flujo": SEED_STATE_NAMES.get(_state_of(conversation), conversation.state),
+        "ultima_actividad": conversation.last_activity_at.isoformat(),
+        "conversacion_id": conversation.pk,
+        "modo": conversation.mode,
+    }
+    specialty = data.get("specialty") or data.get("specialty_slug")
+    if specialty:
+        fields["categoria_identificada"] = specialty
+    if data.get("confidence") is not None:
+        fields["confianza_ia"] = data["confidence"]
+    state.save_session(conversation.session_id, fields)
+    page = page_mapping(conversation)
+    if page is not None:
+        state.save_page(conversation.session_id, page["page"], page)
+
+
+def page_mapping(conversation: Conversation) -> dict | None:
+    """The seed's `sophia:citas:{id}:page:{n}` JSON for the page the engine last showed."""
+    data = conversation.context or {}
+    shown = data.get("shown") or data.get("shown_slots") or data.get("page_slots")
+    if not shown or not isinstance(shown, list):
+        return None
+    page = data.get("page") or data.get("page_number") or 1
+    if isinstance(page, dict):
+        page = page.get("number", 1)
+    positions = []
+    for position, item in enumerate(shown, start=1):
+        slot_id = item.get("slot_id") if isinstance(item, dict) else item
+        if slot_id is None:
+            continue
+        entry = {"posicion": position, "slot_id": slot_id}
+        if isinstance(item, dict):
+            for source, target in (
+                ("date", "fecha"),
+                ("time", "hora"),
+                ("doctor", "medico"),
+                ("specialty", "especialidad"),
+            ):
+                if item.get(source):
+                    entry[target] = item[source]
+        positions.append(entry)
+    return {
+        "categoria": data.get("specialty") or data.get("specialty_slug") or "",
+        "entidad_medica_id": conversation.clinic_id,
+        "page": int(page) if str(page).isdigit() else 1,
+        "citas_mostradas": positions,
+        "has_more": bool(data.get("cursor") or data.get("next_cursor") or data.get("has_more")),
+        "timestamp": timezone.now().isoformat(),
+    }
