@@ -1,7 +1,7 @@
 """Weekly schedules → slots, in the clinic's time zone. Called only through services.slots_generate.
 
 Times are built from local wall-clock times with zoneinfo, so an 08:00–12:00 schedule stays 08:00
-local on both sides of a DST change (the UTC instant moves instead). Local times that do not exist
+local on both sides of a DST change (the UTC instant moves instead). Start times that do not exist
 (the hour skipped in spring) are left out; repeated ones (autumn) take their first occurrence.
 """
 
@@ -34,9 +34,9 @@ def _schedule_times(schedule: Schedule, day: dt.date, tz) -> list[tuple[dt.datet
     times = []
     while start + step <= end:
         begins = _local_instant(day, start.time(), tz)
-        ends = _local_instant(day, (start + step).time(), tz)
-        if begins is not None and ends is not None and ends > begins:
-            times.append((begins, ends))
+        if begins is not None:
+            # A slot lasts `step` of real time even when the clock jumps inside it.
+            times.append((begins, begins + step))
         start += step
     return times
 
