@@ -1,15 +1,35 @@
-"""Symptoms → one of the clinic's specialties, and red flags (API published; rules being filled in)."""
+"""Symptoms → one of the clinic's specialties, and red flags that must go to an emergency line.
+
+Rules first, always: each Specialty's editable keywords are matched against the patient's words
+after the same folding on both sides — accents and case away (`bot.text.normalize`), the usual
+Spanish spelling slips folded (z/s, c/s, v/b, silent h, ll/y), a light stem (plurals, diminutives,
+participles: "muelas"/"muela", "granitos"/"grano", "torcido"/"torcí") and, for longer words, one
+typo of slack. Multiword keywords weigh more than single words. When the rules are unsure and an LLM
+helper is configured, the helper may pick among the clinic's own specialties; red flags are never
+left to it.
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from functools import lru_cache
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from bot.text import normalize
 
 if TYPE_CHECKING:
     from clinics.models import Specialty
 
-CONFIDENT_AT = 0.6
+logger = logging.getLogger(__name__)
+
+# Below this the bot asks the patient to choose a specialty instead of guessing.
+CONFIDENT_AT = 0.62
+PEDIATRICS = "pediatria"
+GENERAL = "medicina-general"
 
 
 @dataclass(frozen=True)
@@ -35,9 +55,473 @@ class TriageResult:
         }
 
 
+class TriageLLM(Protocol):
+    """What classify() needs from bot.llm.LLMHelper (None on any failure)."""
+
+    def classify(
+        self, text: str, specialties: Sequence[Specialty]
+    ) -> tuple[str | None, float, tuple[int, int]] | None: ...
+
+
+# --- word folding -------------------------------------------------------------------------------
+
+_STOPWORD_TEXT = """
+    a al algo algun alguna ante como con cual cuando de del desde donde el ella ellos en entre
+    es esa ese eso esta estan estas este esto estoy fue ha hace hacen han hay he la las le les
+    lo los mas me mi mis muy mucho mucha muchos muchas nos o para pero poco por porque que
+    quiero se si sin sobre su sus tambien te tengo tiene tienen ti tu tus un una uno unos unas
+    usted ya y yo estado estaba siento sientes siente ayer hoy dias semana semanas meses ahora
+    todo toda todos todas bastante demasiado super re cita citas favor necesito quisiera gracias
+    hola buenas buenos tardes noches pues bueno ok tarde noche manana hasta otra otro vez veces
+    rato
+"""
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+
+# Forms of "doler" all mean the same thing to triage: "me duele la muela" ≈ "dolor de muela".
+_PAIN_WORDS = "duele duelen dolia dolian dolio doliendo dolores adolorido adolorida dolorcito doler"
+_CANONICAL = dict.fromkeys(_PAIN_WORDS.split(), "dolor")
+
+_DOUBLE = re.compile(r"([a-z])\1+")
+
+
+def fold(word: str) -> str:
+    """Spelling-insensitive form of a normalised word: cabeza/cabesa, vista/bista, oido/hoido."""
+    w = word.replace("x", "ch").replace("ch", "\0").replace("h", "").replace("ll", "y")
+    w = w.replace("v", "b").replace("nb", "mb").replace("z", "s").replace("ce", "se")
+    w = w.replace("ci", "si").replace("qu", "k").replace("c", "k").replace("\0", "ch")
+    return _DOUBLE.sub(r"\1", w)
+
+
+_SUFFIXES = ("asiones", "isiones", "asion", "ision")
+
+
+def stem(word: str) -> str:
+    """A light Spanish stem of a folded word; the same on keywords and on the patient's text."""
+    w = word
+    if len(w) <= 3:
+        return w
+    for suffix in _SUFFIXES:
+        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
+            return w[: -len(suffix)]
+    if w.endswith("es") and len(w) >= 5 and w[-3] not in "aeiou":
+        w = w[:-2]
+    elif w.endswith("s") and len(w) >= 4:
+        w = w[:-1]
+    for suffix in ("ito", "ita"):  # diminutives: granito → gran(o)
+        if w.endswith(suffix) and len(w) - 3 >= 3:
+            w = w[:-3]
+            break
+    for suffix in ("ado", "ada", "ido", "ida"):  # participles: torcido → torc(í)
+        if w.endswith(suffix) and len(w) - 3 >= 4:
+            w = w[:-3]
+            break
+    else:
+        # Adjectives and verbs in -al/-an/-en: vaginal → vagin(a), hinchan → hinch(ados).
+        for suffix in ("al", "an", "en"):
+            if w.endswith(suffix) and len(w) - 2 >= 4:
+                w = w[:-2]
+                break
+    if len(w) >= 4 and w[-1] in "aeio":
+        w = w[:-1]
+    return w
+
+
+def _token(word: str) -> str:
+    return stem(fold(_CANONICAL.get(word, word)))
+
+
+def tokens(text: str) -> list[str]:
+    """The patient's (or a keyword's) content words as comparable stems."""
+    return [_token(w) for w in normalize(text).split() if w not in _STOPWORDS]
+
+
+def _within_one_edit(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    la, lb = len(a), len(b)
+    if abs(la - lb) > 1:
+        return False
+    if la > lb:
+        a, b, la, lb = b, a, lb, la
+    i = 0
+    while i < la and a[i] == b[i]:
+        i += 1
+    if la == lb:  # one substitution, or two neighbours swapped
+        return a[i + 1 :] == b[i + 1 :] or (
+            i + 1 < la and a[i] == b[i + 1] and a[i + 1] == b[i] and a[i + 2 :] == b[i + 2 :]
+        )
+    return a[i:] == b[i + 1 :]  # one insertion
+
+
+_FUZZY_MIN = 6  # shorter stems must match exactly: "ojo" is not "oro"
+
+
+def _token_match(keyword_token: str, text_token: str) -> float:
+    """1.0 exact, 0.8 one typo away (longer words only), 0 otherwise."""
+    if keyword_token == text_token:
+        return 1.0
+    if (
+        min(len(keyword_token), len(text_token)) >= _FUZZY_MIN
+        and keyword_token[0] == text_token[0]
+        and _within_one_edit(keyword_token, text_token)
+    ):
+        return 0.8
+    return 0.0
+
+
+# --- keyword scoring ----------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=64)
+def _compile_keywords(
+    keywords: tuple[tuple[str, tuple[str, ...]], ...],
+) -> tuple[tuple[str, tuple[tuple[tuple[str, ...], float], ...]], ...]:
+    """Per specialty: (phrase stems, weight). A word shared by several specialties' keywords
+    ("control", "dolor") says less than one only this specialty uses ("glaucoma")."""
+    phrases = {slug: {tuple(tokens(k)) for k in raw} - {()} for slug, raw in keywords}
+    owners: dict[str, set[str]] = {}
+    for slug, slug_phrases in phrases.items():
+        for phrase in slug_phrases:
+            for token in phrase:
+                owners.setdefault(token, set()).add(slug)
+    return tuple(
+        (
+            slug,
+            tuple(
+                (phrase, max(1 / len(owners[t]) for t in phrase) * (1 + 0.75 * (len(phrase) - 1)))
+                for phrase in sorted(slug_phrases)
+            ),
+        )
+        for slug, slug_phrases in phrases.items()
+    )
+
+
+def _phrase_score(phrase: tuple[str, ...], text: list[str]) -> float:
+    """How well a keyword phrase occurs in the text (0..1): all its words, close, in any order."""
+    if len(phrase) == 1:
+        return max((_token_match(phrase[0], t) for t in text), default=0.0)
+    window = len(phrase) + 1
+    best = 0.0
+    for start in range(len(text)):
+        span = text[start : start + window]
+        quality = 1.0
+        for word in phrase:
+            found = max((_token_match(word, t) for t in span), default=0.0)
+            if not found:
+                break
+            quality = min(quality, found)
+        else:
+            best = max(best, quality)
+    return best
+
+
+_CHILD = re.compile(
+    r"\b(?:mi|mis|el|la|los|las|nuestro|nuestra|su|un|una)\s+"
+    r"(?:hij[oa]s?|hijit[oa]s?|bebes?|bb|bebit[oa]s?|bebecit[oa]s?|ni[nñ][oa]s?|ni[nñ]it[oa]s?|nene|nena|"
+    r"chiquit[oa]s?|pelad[oa]s?|peladit[oa]s?|sobrin[oa]s?|niet[oa]s?|muchachit[oa]s?)\b"
+    r"|\brecien nacid[oa]\b|\blactante\b|\bbebes?\b|\b\d{1,2} (?:meses|semanas|dias) de nacid"
+    r"|\b(?:ni[nñ][oa]|nene|nena)\b"
+)
+_AGE_YEARS = re.compile(r"\b(\d{1,3}) a[nñ]os?\b")
+_AGE_MONTHS = re.compile(r"\b\d{1,2} (?:meses|mesesito|semanas)\b")
+
+
+def mentions_child(text: str) -> bool:
+    """ "mi hijo", "mi bebé", "niña de 3 años", "de 8 meses": the patient is a child."""
+    norm = normalize(text)
+    ages = [int(a) for a in _AGE_YEARS.findall(norm)]
+    if ages and min(ages) >= 18:
+        return False
+    if _CHILD.search(norm) or _AGE_MONTHS.search(norm):
+        return True
+    return bool(ages) and min(ages) <= 14
+
+
+def _scores(text: str, specialties: Sequence[Specialty]) -> dict[str, float]:
+    words = tokens(text)
+    compiled = _compile_keywords(tuple((s.slug, tuple(s.keyword_list())) for s in specialties))
+    scores: dict[str, float] = {}
+    for slug, phrases in compiled:
+        # A phrase is stronger evidence than its words: "dolor de oído" beats "dolor".
+        total = sum(weight * _phrase_score(phrase, words) for phrase, weight in phrases)
+        if total:
+            scores[slug] = total
+    slugs = {s.slug for s in specialties}
+    if PEDIATRICS in slugs and mentions_child(text):
+        # A child's fever or cough belongs to the paediatrician, but a child's cavity still goes to
+        # the dentist: general-medicine evidence moves over, specialists keep theirs.
+        scores[PEDIATRICS] = scores.get(PEDIATRICS, 0.0) + 0.9 + scores.pop(GENERAL, 0.0)
+    return scores
+
+
+def _confidence(best: float, second: float) -> float:
+    # How much evidence (saturating) and how far ahead of the runner-up.
+    strength = 1.0 - math.exp(-best)
+    margin = best / (best + second)
+    return round(0.4 * strength + 0.6 * margin, 3)
+
+
+def classify_rules(text: str, specialties: Sequence[Specialty]) -> TriageResult:
+    red_flag = detect_red_flag(text)
+    ranked = sorted(_scores(text, specialties).items(), key=lambda kv: (-kv[1], kv[0]))
+    if not ranked:
+        return TriageResult(None, 0.0, red_flag, "rules")
+    best_slug, best = ranked[0]
+    second = ranked[1][1] if len(ranked) > 1 else 0.0
+    return TriageResult(
+        specialty=best_slug,
+        confidence=_confidence(best, second),
+        red_flag=red_flag,
+        source="rules",
+        alternatives=tuple(slug for slug, _ in ranked[1:4]),
+    )
+
+
+def classify(
+    text: str, specialties: Sequence[Specialty], *, llm: TriageLLM | None = None
+) -> TriageResult:
+    """Rules first; the LLM only when the rules are unsure, and only among these specialties."""
+    rules = classify_rules(text, specialties)
+    if rules.red_flag or rules.confident or llm is None or not specialties:
+        return rules
+    try:
+        answer = llm.classify(text, specialties)
+    except Exception:  # the helper should not raise, but triage must answer whatever happens
+        logger.exception("triage: LLM helper raised; using the rules result")
+        return rules
+    if answer is None:
+        return rules
+    slug, confidence, (prompt_tokens, completion_tokens) = answer
+    slugs = [s.slug for s in specialties]
+    if slug not in slugs:
+        logger.info("triage: LLM gave no usable specialty; using the rules result")
+        return TriageResult(
+            rules.specialty,
+            rules.confidence,
+            None,
+            "rules",
+            rules.alternatives,
+            prompt_tokens,
+            completion_tokens,
+        )
+    ranked = [rules.specialty, *rules.alternatives]
+    return TriageResult(
+        specialty=slug,
+        confidence=max(0.0, min(1.0, confidence)),
+        red_flag=None,
+        source="llm",
+        alternatives=tuple(s for s in ranked if s and s != slug)[:3],
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )
+
+
+# --- red flags ----------------------------------------------------------------------------------
+# Patterns run on the normalised, folded text (no accents, z→s, v→b, c→k/s, no h, ll→y), and are
+# written in plain Spanish then folded the same way, so "convulsiones" also catches "combulsiones".
+# Recall beats precision: a false alarm costs a receptionist a look, a miss can cost a life.
+
+_RAW_RED_FLAGS: dict[str, list[str]] = {
+    "chest_pain": [
+        r"dolor (?:muy )?(?:fuerte |intenso |horrible )?(?:en|de|del) (?:el |mi )?pecho",
+        r"dolor (?:en el |del )?pecho",
+        r"due(?:le|len|lio) (?:mucho |muy fuerte |duro )?(?:el |en el |mi )?pecho",
+        r"(?:aprieta|apreta|oprime|presiona|quema|arde|pesa|punza|punzada en) (?:el |mi )?pecho",
+        r"(?:presion|opresion|peso|apreton|punzada|puntada|ardor) (?:fuerte )?(?:en|sobre) "
+        r"(?:el |mi )?pecho",
+        r"pecho (?:apretado|oprimido)",
+        r"infarto",
+        r"ataque (?:al|del) corazon",
+        r"dolor (?:que )?(?:se )?(?:me )?(?:baja|corre|va|pasa|irradia)\w* (?:hacia |al |por el )?"
+        r"(?:el )?brazo izquierdo",
+        r"brazo izquierdo (?:dormido|adormecido|entumido)",
+    ],
+    "breathing": [
+        r"no (?:puedo|puede|podia|pude|logro|logra) respirar",
+        r"(?:me|se|le) (?:estoy |esta |estaba )?ahog\w*",
+        r"\bahogando",
+        r"no (?:me|le) entra (?:el )?aire",
+        r"(?:dificultad|problema)s? (?:grave |fuerte )?(?:para|al) respirar",
+        r"(?:me|le|se) (?:falta|faltaba) (?:mucho )?(?:el )?aire (?:y|de repente|mucho)",
+        r"(?:labios|boca|cara|dedos) (?:morad|azul)",
+        r"(?:se (?:esta )?(?:puso|pone|poniendo)|esta) morad",
+        r"no respira",
+        r"respira (?:muy )?(?:raro|mal|feo|rapidisimo|con mucha dificultad)",
+        r"silbido (?:en el pecho )?(?:y|que) no (?:puede|puedo)",
+    ],
+    "seizure": [
+        r"convuls",
+        r"ataque (?:de )?epilep",
+        r"crisis (?:epilep|convuls)",
+        r"espuma (?:por|en) la boca",
+        r"(?:se puso|quedo) (?:todo |toda )?rigid[oa] y (?:temblando|sacudiendo|moviendo)",
+    ],
+    "stroke": [
+        r"(?:medio|la mitad del) cuerpo",
+        r"(?:boca|cara) (?:torcida|chueca|caida|ladeada|desviada)",
+        r"(?:torcio|torcia|cayo|desvio|ladeo) (?:la )?(?:boca|cara)",
+        r"no (?:puede|podia|pudo) hablar",
+        r"no (?:puedo|podia|pude) hablar",
+        r"(?:habla|hablando|arrastra las palabras|lengua) (?:enredad|trabad|raro|extrano)",
+        r"no (?:puedo|puede|podia) mover (?:el|la|un|una) (?:brazo|pierna|lado|mano)",
+        r"no (?:siento|siente) (?:el|la|un|una) (?:lado|brazo|pierna)",
+        r"derrame cerebral",
+        r"accidente cerebro",
+        r"(?:trombosis|isquemia) cerebral",
+        r"se (?:me|le) (?:durmio|adormecio|paralizo) (?:el|la|todo el|toda la) "
+        r"(?:lado|cara|mitad)",
+        r"parálisis facial|paralisis facial",
+    ],
+    "suicide": [
+        r"(?:me )?quiero morir",
+        r"quiero morirme",
+        r"(?:ganas|deseos) de morir",
+        r"quitarme la vida",
+        r"quitar(?:se|me) la vida",
+        r"suicid",
+        r"no (?:quiero|quiere) (?:seguir )?vivir",
+        r"(?:matarme|me voy a matar|me quiero matar)",
+        r"acabar con (?:mi|su) vida",
+        r"(?:hacerme|me hago|me estoy haciendo) dano",
+        r"(?:cortarme|me corto|me estoy cortando) (?:las )?(?:venas|brazos|munecas)",
+        r"no (?:vale|tiene) (?:la pena|sentido) (?:seguir )?vivir",
+        r"mejor (?:estaria|estarian) (?:muerto|muerta|sin mi)",
+    ],
+    "heavy_bleeding": [
+        r"(?:sangrado|sangre|sangra|sangrando) (?:muy )?(?:abundante|muchisim|much|bastante|"
+        r"a chorros|sin parar|demasiad)",
+        r"mucha sangre",
+        r"hemorragia",
+        r"no (?:para|deja|paro|dejaba|ha parado|ha dejado) de sangrar",
+        r"(?:vomit\w*|tos\w*|escup\w*) (?:con )?sangre",
+        r"(?:vomit\w*|tos\w*) con sangre",
+        r"(?:charco|chorro) de sangre",
+        r"se (?:esta )?desangr",
+    ],
+    "unconscious": [
+        r"desmay",
+        r"inconsciente",
+        r"no (?:responde|reacciona|despierta|se despierta|abre los ojos)"
+        r"(?! (?:mis|los|el|la|a mis|a los) (?:mensajes|llamadas|telefono|celular|correo))",
+        r"perdi\w* (?:el )?(?:conocimiento|la conciencia|el sentido)",
+        r"(?:se|me) (?:privo|privé|prive|desvanecio)",
+        r"\bse (?:cayo|desplomo) (?:al piso )?y no",
+    ],
+    "poisoning": [
+        r"se (?:tomo|trago|comio|bebio) (?:unas|todas (?:las|sus)|muchas|un monton de|varias|"
+        r"un frasco de|una caja de|las) (?:pastillas|pepas|pildoras|medicinas|tabletas)",
+        r"(?:me|se) (?:tome|tomo|trague|trago) (?:todas (?:las|mis)|un frasco|una caja|"
+        r"muchas|un monton)",
+        r"veneno",
+        r"envenen",
+        r"intoxic",
+        r"sobredosis",
+        r"(?:se )?(?:tomo|bebio|trago) (?:el |un |una |del )?(?:limpido|cloro|varsol|raticida|"
+        r"gasolina|acido|soda caustica|insecticida|matarratas|creolina)",
+        r"(?:mordio|pico|mordida de) (?:una |un )?(?:culebra|serpiente|vibora|alacran|escorpion)",
+    ],
+    "anaphylaxis": [
+        r"(?:se me|se le) (?:cierra|esta cerrando|cerro|hincho|inflamo|esta hinchando) "
+        r"(?:la )?(?:garganta|lengua|cara|labios|boca|ojos)",
+        r"(?:garganta|lengua|labios|cara) (?:muy )?(?:hinchad|inflamad|cerrad)\w* "
+        r"(?:y|no|de repente)",
+        r"reaccion alergica (?:fuerte|grave|severa|muy fuerte|seria)",
+        r"anafila",
+        r"shock alergico",
+        r"(?:alergia|alergico|alergica) (?:y|,)? ?no (?:puedo|puede) respirar",
+    ],
+    "trauma": [
+        r"accidente (?:de|en) (?:transito|trafico|moto|carro|bus|bicicleta|cicla)",
+        r"(?:choque|chocamos|choco|me choco|nos chocaron|lo chocaron|la chocaron)\b",
+        r"atropell",
+        r"(?:golpe|golpazo|totazo|trancazo) (?:muy )?(?:fuerte )?(?:en|de) la cabeza",
+        r"(?:se|me) (?:golpeo|pego|golpee|pegue) (?:muy )?(?:duro |fuerte )?(?:en )?la cabeza",
+        r"(?:herida|cortada|corte) (?:muy )?(?:profunda|grande|de (?:bala|cuchillo|arma|machete|"
+        r"navaja|puñal))",
+        r"(?:apunal|acuchill|macheta|baleado|balea|dispar|le pegaron un tiro)",
+        r"fractura expuesta",
+        r"(?:hueso|huesos) (?:expuesto|afuera|por fuera|salido)",
+        r"se (?:le|me) (?:ve|salio) el hueso",
+        r"(?:quemadura|quemado|quemada) (?:grave|grande|muy grande|en todo|en toda|de tercer)",
+        r"se (?:quemo|me quemo) con (?:agua hirviendo|aceite|gasolina|polvora)",
+        r"(?:se cayo|cayo|me cai) (?:de|desde) (?:un|una|el|la) (?:segundo piso|tercer piso|techo|"
+        r"terraza|balcon|altura|andamio|arbol)",
+        r"electrocut",
+        r"(?:casi se ahoga|se ahogo) en",
+    ],
+    "pregnancy": [
+        r"(?:embarazada|embarazo|gestacion|gestando)\b.*\b(?:sangr|hemorrag|manch\w* de sangre)",
+        r"(?:sangr|hemorrag)\w*\b.*\b(?:embarazada|embarazo|gestacion)\b",
+        r"(?:rompi|rompio|se me rompio|se le rompio|rompi la) (?:la )?(?:fuente|bolsa)",
+        r"(?:el|mi) bebe no se (?:mueve|ha movido|siente)",
+        r"dejo de (?:moverse|sentir al bebe)",
+        r"(?:embarazada|embarazo)\b.*\b(?:convuls|dolor de cabeza muy fuerte|veo lucecitas|"
+        r"hinchad[ao] toda)",
+        r"(?:contracciones|dolores de parto|trabajo de parto|voy a dar a luz)",
+    ],
+    "infant_danger": [
+        r"(?:recien nacid|bebe de \d+ (?:dias|semanas)|de \d+ (?:dias|semanas) de nacid|"
+        r"bebe de (?:1|2|un|dos) mes)\w*\b.*\b(?:fiebre|calentura)",
+        r"(?:fiebre|calentura)\b.*\b(?:recien nacid|bebe de \d+ (?:dias|semanas)|"
+        r"de \d+ (?:dias|semanas) de nacid)",
+        r"(?:bebe|nino|nina|hijo|hija)\b.*\b(?:fiebre|calentura) (?:muy )?(?:alta|de 39|de 40|"
+        r"de 41|que no (?:baja|le baja|cede))",
+        r"(?:fiebre|calentura) (?:muy )?(?:alta|de 40|de 41|que no (?:baja|le baja|cede))\b.*\b"
+        r"(?:bebe|nino|nina|hijo|hija)",
+        r"(?:bebe|recien nacido)\b.*\b(?:no (?:quiere )?(?:respira|despierta|reacciona)|"
+        r"esta morad|se puso morad|no para de llorar y esta)",
+        r"fontanela (?:hundida|abombada)",
+        r"(?:fiebre|calentura)\b.*\b(?:rigidez|rigido|tieso|manchas moradas|puntos morados)",
+        r"(?:rigidez|rigido|tieso|manchas moradas|puntos morados)\b.*\b(?:fiebre|calentura)",
+    ],
+    "severe_pain": [
+        r"(?:el )?peor dolor de (?:cabeza|mi vida)",
+        r"dolor de cabeza (?:muy )?(?:subito|repentino|explosivo)",
+        r"dolor (?:muy )?(?:fuerte|horrible|insoportable) (?:en|de) (?:la )?(?:barriga|estomago) "
+        r"(?:y|con) (?:vomit|fiebre|la barriga dura)",
+    ],
+}
+
+
+def _fold_text(text: str) -> str:
+    return " ".join(fold(w) for w in normalize(text).split())
+
+
+def _fold_pattern(pattern: str) -> str:
+    """Fold a pattern's literal words like the text, leaving the regex syntax alone."""
+
+    def fold_literal(match: re.Match) -> str:
+        return fold(match.group(0))
+
+    # Only runs of letters that are not a regex escape (\w, \b, \d, \s) are folded.
+    return re.sub(r"(?<!\\)[a-zñ]+", fold_literal, pattern)
+
+
+_RED_FLAGS: tuple[tuple[str, re.Pattern], ...] = tuple(
+    (code, re.compile(_fold_pattern(p))) for code, pats in _RAW_RED_FLAGS.items() for p in pats
+)
+
+# "no tengo dolor en el pecho", "sin dolor de pecho", "nunca me he desmayado": the flag is denied.
+_NEGATED_BEFORE = re.compile(
+    _fold_pattern(
+        r"(?:^| )(?:no|sin|ni|nunca|tampoco|jamas)"
+        r"(?: (?:tengo|tiene|siento|siente|hay|he tenido|ha tenido|presento|me|le|he|ha|se))*"
+        r"(?: (?:un|una|el|la|ningun|ninguna|ningún|mucho|nada de))?\s*$"
+    )
+)
+# Some patterns include their own "no" ("no puedo respirar"): those are never negations.
+_SELF_NEGATING = re.compile(r"^no\b")
+
+
 def detect_red_flag(text: str) -> str | None:
+    """A code for the first emergency sign in the text ("chest_pain", "suicide"…), else None."""
+    folded = _fold_text(text)
+    if not folded:
+        return None
+    for code, pattern in _RED_FLAGS:
+        for match in pattern.finditer(folded):
+            before = folded[: match.start()]
+            if not _SELF_NEGATING.match(match.group(0)) and _NEGATED_BEFORE.search(before[-40:]):
+                continue
+            return code
     return None
-
-
-def classify(text: str, specialties: Sequence[Specialty], *, llm=None) -> TriageResult:
-    return TriageResult(None, 0.0, detect_red_flag(text), "rules")
