@@ -1,0 +1,471 @@
+"""bot.processing: turns run one at a time, in arrival order, none lost (DESIGN §6).
+
+Messages enter through the real webhook (signed POSTs with Django's test client); queued tasks
+run through the worker's own claim-and-run step; replies go out over real HTTP to the fake Graph
+API. The engine is replaced by an echo engine here (its own tests cover it), except in the
+Redis-down booking test, which runs the real one.
+"""
+
+import datetime as dt
+import itertools
+import json
+import threading
+
+import pytest
+import redis as redis_lib
+from django.conf import settings
+from django.db import connection
+from django.test import Client
+from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
+
+from bot import engine, periodic, processing, state
+from bot.management.commands.run_worker import SophiaWorker
+from bot.models import Conversation, Direction, Message, MessageStatus
+from bot.webhook import signature_for
+from clinics.models import Appointment, SlotHold
+from tests.fakes import graph_server
+
+fake_graph = graph_server.fake_graph  # the fixture
+
+WA_ID = "573001234567"
+APP_SECRET = "test-app-secret"
+_ids = itertools.count(1)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def text_message(text: str, *, wa_id: str = WA_ID, wamid: str | None = None, ts: int | None = None):
+    return {
+        "from": wa_id,
+        "id": wamid or f"wamid.IN{next(_ids):06d}",
+        "timestamp": str(ts if ts is not None else int(timezone.now().timestamp())),
+        "type": "text",
+        "text": {"body": text},
+    }
+
+
+def reply_message(reply_id: str, title: str, *, kind: str = "list_reply", wa_id: str = WA_ID):
+    return {
+        "from": wa_id,
+        "id": f"wamid.IN{next(_ids):06d}",
+        "timestamp": str(int(timezone.now().timestamp())),
+        "type": "interactive",
+        "interactive": {"type": kind, kind: {"id": reply_id, "title": title}},
+    }
+
+
+def webhook_body(phone_number_id: str, messages: list[dict], name: str = "Ana") -> bytes:
+    wa_ids = {m["from"] for m in messages}
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550000000", "phone_number_id": phone_number_id},
+        "contacts": [{"profile": {"name": name}, "wa_id": w} for w in wa_ids],
+        "messages": messages,
+    }
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "0", "changes": [{"field": "messages", "value": value}]}],
+    }
+    return json.dumps(payload).encode()
+
+
+def post_webhook(body: bytes) -> int:
+    response = Client().post(
+        "/whatsapp/webhook/",
+        body,
+        content_type="application/json",
+        HTTP_X_HUB_SIGNATURE_256=signature_for(body, APP_SECRET),
+    )
+    return response.status_code
+
+
+def receive(clinic, *messages: dict) -> Conversation:
+    assert post_webhook(webhook_body(clinic.phone_number_id, list(messages))) == 200
+    return Conversation.objects.get(clinic=clinic, wa_id=messages[0]["from"])
+
+
+def test_worker() -> SophiaWorker:
+    return SophiaWorker(
+        queue_names=["*"],
+        interval=0,
+        batch=False,
+        backend_name="default",
+        startup_delay=False,
+        max_tasks=None,
+        worker_id="test-worker",
+        excluded_queue_names=[],
+        periodic_jobs=False,
+        periodic_every=1,
+    )
+
+
+test_worker.__test__ = False  # a helper, not a test
+
+
+def run_ready_tasks() -> int:
+    """Run queued tasks the way run_worker does, until none is ready; how many ran."""
+    worker = test_worker()
+    ran = 0
+    while worker.run_one():
+        ran += 1
+    return ran
+
+
+def inbound(conversation) -> list[Message]:
+    return list(conversation.messages.filter(direction=Direction.IN).order_by("id"))
+
+
+class EchoEngine:
+    """Stands in for bot.engine.step: answers "eco: <text>" and remembers what it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.snapshots: list[engine.Snapshot] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, snapshot, inbound, ctx) -> engine.StepResult:
+        with self.lock:
+            self.seen.append(inbound.text)
+            self.snapshots.append(snapshot)
+        seen = [*snapshot.data.get("seen", []), inbound.text]
+        return engine.StepResult(
+            replies=[engine.Reply(kind="text", text=f"eco: {inbound.text}")],
+            snapshot=engine.Snapshot(
+                state=engine.State.IDENTIFIED, data={"seen": seen}, patient_id=snapshot.patient_id
+            ),
+        )
+
+
+@pytest.fixture(autouse=True)
+def _settings(settings):
+    settings.WHATSAPP_APP_SECRET = APP_SECRET
+    state.reset()
+    yield
+    state.reset()
+
+
+@pytest.fixture
+def echo(monkeypatch) -> EchoEngine:
+    fake = EchoEngine()
+    monkeypatch.setattr(engine, "step", fake)
+    return fake
+
+
+@pytest.fixture
+def r():
+    client = redis_lib.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    yield client
+    client.close()
+
+
+# --- nothing lost, nothing doubled -----------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_replies_once_to_a_duplicate_delivery(clinic, echo, fake_graph):
+    message = text_message("hola")
+    receive(clinic, message)
+    receive(clinic, message)  # Meta redelivers the same payload
+    run_ready_tasks()
+    fake_graph.wait_for_messages(1)
+    assert [m.text for m in fake_graph.messages_to(WA_ID)] == ["eco: hola"]
+    assert echo.seen == ["hola"]
+    assert Message.objects.filter(direction=Direction.IN).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_processes_a_burst_of_five_in_order(clinic, echo, fake_graph):
+    second = int(timezone.now().timestamp())
+    conversation = None
+    for n in range(1, 6):  # five webhook POSTs within the same second
+        conversation = receive(clinic, text_message(f"mensaje {n}", ts=second))
+    assert DBTaskResult.objects.ready().count() == 5
+
+    # Two workers race for the conversation: one runs every turn, the other backs off.
+    results = []
+
+    def work() -> None:
+        try:
+            results.append(processing.process_conversation(conversation.pk))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    expected = [f"mensaje {n}" for n in range(1, 6)]
+    assert sorted(results) == [0, 5]
+    assert echo.seen == expected
+    assert [m.status for m in inbound(conversation)] == [MessageStatus.PROCESSED] * 5
+    fake_graph.wait_for_messages(5)
+    assert [m.text for m in fake_graph.messages_to(WA_ID)] == [f"eco: {t}" for t in expected]
+    conversation.refresh_from_db()
+    assert conversation.context["seen"] == expected
+    run_ready_tasks()  # the other queued tasks find nothing left to do
+    assert len(fake_graph.messages_to(WA_ID)) == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_orders_turns_by_whatsapp_timestamp(clinic, echo, fake_graph):
+    second = int(timezone.now().timestamp())
+    receive(clinic, text_message("después", ts=second + 1))
+    conversation = receive(clinic, text_message("antes", ts=second))
+    processing.process_conversation(conversation.pk)
+    assert echo.seen == ["antes", "después"]
+
+
+class Killed(BaseException):
+    """What a SIGKILL looks like from inside: nothing after it runs, the transaction is lost."""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_processes_a_message_left_by_a_turn_killed_midway(clinic, echo, fake_graph, monkeypatch):
+    from bot import whatsapp
+
+    real_queue = whatsapp.queue_replies
+    calls = []
+
+    def dies_once(conversation, replies, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise Killed
+        return real_queue(conversation, replies, **kwargs)
+
+    monkeypatch.setattr(whatsapp, "queue_replies", dies_once)
+    conversation = receive(clinic, text_message("hola"))
+    DBTaskResult.objects.all().delete()  # the task died with its worker
+    with pytest.raises(Killed):
+        processing.process_conversation(conversation.pk)
+
+    (message,) = inbound(conversation)
+    assert message.status == MessageStatus.RECEIVED  # the turn rolled back
+    assert not Message.objects.filter(direction=Direction.OUT).exists()
+    assert state.is_locked(WA_ID) is False  # released on the way out
+
+    later = timezone.now() + dt.timedelta(seconds=20)
+    assert periodic.pick_up_stranded_turns(now=later) == 1
+    assert periodic.pick_up_stranded_turns(now=later) == 0  # already queued: not twice
+    run_ready_tasks()
+    fake_graph.wait_for_messages(1)
+    message.refresh_from_db()
+    assert message.status == MessageStatus.PROCESSED
+    assert [m.text for m in fake_graph.messages_to(WA_ID)] == ["eco: hola"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_waits_for_a_lock_held_by_someone_else(clinic, echo, fake_graph):
+    conversation = receive(clinic, text_message("hola"))
+    DBTaskResult.objects.all().delete()
+    other = state.acquire_lock(WA_ID)
+
+    assert processing.process_conversation(conversation.pk) == 0
+    assert inbound(conversation)[0].status == MessageStatus.RECEIVED
+    (retry,) = DBTaskResult.objects.ready().filter(task_path="bot.tasks.run_turns") or [None]
+    assert retry is None  # not ready yet: it runs a moment later …
+    (retry,) = DBTaskResult.objects.filter(task_path="bot.tasks.run_turns")
+    assert retry.run_after > timezone.now() - dt.timedelta(seconds=1)
+    assert retry.args_kwargs["args"] == [conversation.pk, 1]
+
+    state.release_lock(WA_ID, other.token)
+    DBTaskResult.objects.filter(pk=retry.pk).update(run_after=timezone.now())  # … now
+    assert run_ready_tasks() == 1
+    fake_graph.wait_for_messages(1)
+    assert inbound(conversation)[0].status == MessageStatus.PROCESSED
+    assert echo.seen == ["hola"]
+
+
+# --- Redis down ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_answers_in_order_with_redis_down(clinic, echo, fake_graph, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    state.reset()
+    conversation = None
+    for n in range(1, 4):
+        conversation = receive(clinic, text_message(f"mensaje {n}"))
+    run_ready_tasks()
+    fake_graph.wait_for_messages(3)
+    assert echo.seen == ["mensaje 1", "mensaje 2", "mensaje 3"]
+    assert [m.status for m in inbound(conversation)] == [MessageStatus.PROCESSED] * 3
+
+
+def drive_booking(clinic, send, replies_so_far) -> None:
+    """Walk the real engine from "hola" to a confirmed appointment, whatever its wording."""
+    send(text_message("hola"))
+    send(text_message("1020304050"))
+    send(text_message("tengo fiebre y dolor de cabeza"))
+    listing = next(m for m in reversed(replies_so_far()) if m.rows)
+    row = listing.rows[0]
+    send(reply_message(row["id"], row["title"]))
+    confirm = next(m for m in reversed(replies_so_far()) if m.buttons)
+    button = confirm.buttons[0]
+    send(reply_message(button["id"], button["title"], kind="button_reply"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_still_books_with_redis_down(clinic, doctor, slots, patient, fake_graph, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    state.reset()
+
+    def send(message: dict) -> None:
+        receive(clinic, message)
+        run_ready_tasks()
+
+    drive_booking(clinic, send, lambda: fake_graph.messages_to(WA_ID))
+    appointment = Appointment.objects.get(patient=patient)
+    assert appointment.slot_id == slots[0].pk
+    conversation = Conversation.objects.get(wa_id=WA_ID)
+    assert conversation.state == engine.State.BOOKED
+    assert (
+        Message.objects.filter(direction=Direction.IN, status=MessageStatus.RECEIVED).count() == 0
+    )
+
+
+# --- rate limit, human mode, poison messages --------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_answers_the_rate_limit_once_and_keeps_every_message(clinic, echo, fake_graph):
+    conversation = None
+    for n in range(1, 13):
+        conversation = receive(clinic, text_message(f"m{n}"))
+    processing.process_conversation(conversation.pk)
+
+    assert echo.seen == [f"m{n}" for n in range(1, 11)]
+    fake_graph.wait_for_messages(11)
+    texts = [m.text for m in fake_graph.messages_to(WA_ID)]
+    assert texts[:10] == [f"eco: m{n}" for n in range(1, 11)]
+    assert texts[10] == "Por favor espera un momento…"
+    assert len(texts) == 11  # the 12th gets no second notice
+    assert [m.status for m in inbound(conversation)] == [MessageStatus.PROCESSED] * 12
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_rate_limits_from_the_database_when_redis_is_down(clinic, echo, fake_graph, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    state.reset()
+    conversation = None
+    for n in range(1, 12):
+        conversation = receive(clinic, text_message(f"m{n}"))
+    processing.process_conversation(conversation.pk)
+    assert len(echo.seen) == 10
+    fake_graph.wait_for_messages(11)
+    assert fake_graph.messages_to(WA_ID)[-1].text == "Por favor espera un momento…"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_stores_but_does_not_answer_in_human_mode(clinic, echo, fake_graph):
+    conversation = receive(clinic, text_message("hola"))
+    Conversation.objects.filter(pk=conversation.pk).update(mode="human")
+    assert processing.process_conversation(conversation.pk) == 1
+    assert echo.seen == []
+    assert inbound(conversation)[0].status == MessageStatus.PROCESSED
+    assert not Message.objects.filter(direction=Direction.OUT).exists()
+    assert fake_graph.typing == []  # staff are the ones typing
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_apologises_and_flags_staff_when_the_engine_fails(clinic, fake_graph, monkeypatch):
+    def broken(snapshot, inbound, ctx):
+        raise ValueError(f"cannot handle {inbound.text}")
+
+    monkeypatch.setattr(engine, "step", broken)
+    conversation = receive(clinic, text_message("1020304050"))
+    assert processing.process_conversation(conversation.pk) == 1
+    conversation.refresh_from_db()
+    assert conversation.needs_staff
+    assert inbound(conversation)[0].status == MessageStatus.PROCESSED  # no poison loop
+    (reply,) = fake_graph.wait_for_messages(1)
+    assert "equipo" in reply.text
+
+
+# --- typing, session cache, idle sessions ----------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_shows_typing_and_mirrors_the_session(clinic, patient, echo, fake_graph, r):
+    pubsub = r.pubsub()
+    pubsub.subscribe("sophia:typing-channel")
+    pubsub.get_message(timeout=1)
+    message = text_message("hola")
+    conversation = receive(clinic, message)
+    Conversation.objects.filter(pk=conversation.pk).update(patient=patient)
+    processing.process_conversation(conversation.pk)
+
+    (typing,) = (
+        fake_graph.wait_for(lambda reqs: any(q.is_typing for q in reqs)) and fake_graph.typing
+    )
+    assert typing.json["message_id"] == message["id"]
+    assert typing.json["typing_indicator"] == {"type": "text"}
+    events = [json.loads(pubsub.get_message(timeout=1)["data"]) for _ in range(2)]
+    pubsub.close()
+    assert [(e["session_id"], e["status"]) for e in events] == [
+        (WA_ID, "typing"),
+        (WA_ID, "stopped"),
+    ]
+    assert r.exists(f"sophia:typing:{WA_ID}") == 0
+
+    session = r.hgetall(f"sophia:session:{WA_ID}")
+    assert session["paciente_id"] == str(patient.pk)
+    assert session["paciente_nombre"] == "Ana María Gómez"
+    assert session["entidad_medica_id"] == str(clinic.pk)
+    assert session["estado_flujo"] == "VALIDADO"
+    assert session["conversacion_id"] == str(conversation.pk)
+    assert "1020304050" not in json.dumps(session)  # never the document
+    assert 1700 < r.ttl(f"sophia:session:{WA_ID}") <= 1800
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_mirrors_the_shown_page_to_redis(clinic, slots, monkeypatch, fake_graph, r):
+    def shows_a_page(snapshot, inbound, ctx):
+        shown = [{"slot_id": s.pk} for s in slots[:3]]
+        return engine.StepResult(
+            replies=[engine.Reply(kind="text", text="elige")],
+            snapshot=engine.Snapshot(
+                state=engine.State.CHOOSING_SLOT,
+                data={"specialty": "medicina-general", "page": 2, "shown": shown},
+            ),
+        )
+
+    monkeypatch.setattr(engine, "step", shows_a_page)
+    conversation = receive(clinic, text_message("más"))
+    processing.process_conversation(conversation.pk)
+    page = json.loads(r.get(f"sophia:citas:{WA_ID}:page:2"))
+    assert page["page"] == 2
+    assert page["categoria"] == "medicina-general"
+    assert [(c["posicion"], c["slot_id"]) for c in page["citas_mostradas"]] == [
+        (1, slots[0].pk),
+        (2, slots[1].pk),
+        (3, slots[2].pk),
+    ]
+    assert 500 < r.ttl(f"sophia:citas:{WA_ID}:page:2") <= 600
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_closes_an_idle_session_and_starts_fresh(clinic, slots, echo, fake_graph):
+    from clinics import services
+
+    conversation = receive(clinic, text_message("hola"))
+    processing.process_conversation(conversation.pk)
+    services.slot_hold(clinic=clinic, slot_id=slots[0].pk, holder=f"conversation:{conversation.pk}")
+    Conversation.objects.filter(pk=conversation.pk).update(
+        state=engine.State.CONFIRMING, context={"slot_id": slots[0].pk}
+    )
+    long_ago = timezone.now() - dt.timedelta(minutes=31)
+    Message.objects.filter(conversation=conversation).update(created_at=long_ago)
+
+    receive(clinic, text_message("buenas"))
+    processing.process_conversation(conversation.pk)
+
+    fresh = echo.snapshots[-1]
+    assert fresh.state == engine.State.START
+    assert fresh.data == {}
+    assert not SlotHold.objects.filter(released_at=None).exists()
+    conversation.refresh_from_db()
+    assert conversation.closed_at is None  # reopened by the new message

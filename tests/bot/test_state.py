@@ -1,0 +1,139 @@
+"""bot.state: the Redis keys of DESIGN §6, and how they behave when Redis is gone."""
+
+import json
+
+import pytest
+import redis as redis_lib
+from django.conf import settings
+
+from bot import state
+
+CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state():
+    state.reset()
+    yield
+    state.reset()
+
+
+@pytest.fixture
+def r():
+    client = redis_lib.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def redis_down(settings):
+    settings.REDIS_URL = CLOSED_PORT_URL
+    state.reset()
+    yield
+    state.reset()
+
+
+def test_it_gives_the_lock_to_one_owner_at_a_time(r):
+    first = state.acquire_lock("573001234567")
+    second = state.acquire_lock("573001234567")
+    assert first.status is state.LockStatus.ACQUIRED
+    assert second.status is state.LockStatus.BUSY
+    assert r.get("sophia:lock:573001234567") == first.token
+    assert 0 < r.ttl("sophia:lock:573001234567") <= 60
+
+
+def test_it_releases_the_lock_only_for_its_owner(r):
+    lock = state.acquire_lock("573001234567")
+    assert state.release_lock("573001234567", "someone-else") is False
+    assert state.is_locked("573001234567") is True
+    assert state.release_lock("573001234567", lock.token) is True
+    assert state.is_locked("573001234567") is False
+
+
+def test_it_does_not_release_a_lock_that_expired_and_moved_on(r):
+    mine = state.acquire_lock("573001234567")
+    r.delete("sophia:lock:573001234567")  # our TTL ran out …
+    theirs = state.acquire_lock("573001234567")  # … and another turn took it
+    assert state.release_lock("573001234567", mine.token) is False
+    assert r.get("sophia:lock:573001234567") == theirs.token
+
+
+def test_it_extends_only_its_own_lock(r):
+    lock = state.acquire_lock("573001234567", ttl=5)
+    assert state.extend_lock("573001234567", "not-mine", ttl=60) is False
+    assert state.extend_lock("573001234567", lock.token, ttl=60) is True
+    assert r.ttl("sophia:lock:573001234567") > 5
+
+
+def test_it_counts_messages_in_a_one_minute_window(r):
+    counts = [state.count_message("573001234567") for _ in range(3)]
+    assert counts == [1, 2, 3]
+    assert 0 < r.ttl("sophia:ratelimit:573001234567") <= 60
+
+
+def test_it_sets_typing_and_publishes_the_seed_json(r):
+    pubsub = r.pubsub()
+    pubsub.subscribe("sophia:typing-channel")
+    pubsub.get_message(timeout=1)  # the subscribe confirmation
+    state.set_typing("573001234567", True)
+    assert r.get("sophia:typing:573001234567") == "true"
+    assert 0 < r.ttl("sophia:typing:573001234567") <= 5
+    state.set_typing("573001234567", False)
+    assert r.exists("sophia:typing:573001234567") == 0
+    events = [json.loads(pubsub.get_message(timeout=1)["data"]) for _ in range(2)]
+    pubsub.close()
+    assert [e["status"] for e in events] == ["typing", "stopped"]
+    assert {e["session_id"] for e in events} == {"573001234567"}
+    assert all(e["timestamp"] for e in events)
+
+
+def test_it_keeps_the_session_hash_for_thirty_minutes(r):
+    state.save_session("573001234567", {"estado_flujo": "VALIDADO", "paciente_id": None})
+    assert r.hgetall("sophia:session:573001234567") == {
+        "estado_flujo": "VALIDADO",
+        "paciente_id": "",
+    }
+    assert 1700 < r.ttl("sophia:session:573001234567") <= 1800
+    assert state.load_session("573001234567")["estado_flujo"] == "VALIDADO"
+
+
+def test_it_keeps_page_mappings_for_ten_minutes_and_forgets_them_on_close(r):
+    state.save_page("573001234567", 2, {"page": 2, "citas_mostradas": [{"posicion": 1}]})
+    state.save_session("573001234567", {"estado_flujo": "CITAS_MOSTRADAS"})
+    assert state.load_page("573001234567", 2)["page"] == 2
+    assert 500 < r.ttl("sophia:citas:573001234567:page:2") <= 600
+    state.forget_session("573001234567")
+    assert r.keys("sophia:*573001234567*") == []
+
+
+def test_it_carries_on_without_redis(redis_down):
+    assert state.acquire_lock("573001234567").status is state.LockStatus.UNAVAILABLE
+    assert state.release_lock("573001234567", "token") is False
+    assert state.count_message("573001234567") is None
+    assert state.is_locked("573001234567") is None
+    assert state.save_session("573001234567", {"estado_flujo": "INICIAL"}) is False
+    assert state.load_page("573001234567", 1) is None
+    assert state.set_typing("573001234567", True)["status"] == "typing"
+    assert state.is_available() is False
+
+
+def test_it_logs_redis_going_down_once(redis_down, caplog):
+    with caplog.at_level("WARNING", logger="bot.state"):
+        for _ in range(3):
+            state.acquire_lock("573001234567")
+            state._connection._down_until = 0.0  # force a real attempt each time
+    assert len([r for r in caplog.records if "unreachable" in r.message]) == 1
+
+
+def test_it_works_without_redis_configured(settings):
+    settings.REDIS_URL = ""
+    assert state.acquire_lock("573001234567").status is state.LockStatus.UNAVAILABLE
+    assert state.ping() == {"status": "not configured"}
+
+
+def test_it_reports_redis_health(settings):
+    up = state.ping()
+    assert up["status"] == "up"
+    assert up["latency_ms"] >= 0
+    settings.REDIS_URL = CLOSED_PORT_URL
+    assert state.ping() == {"status": "down"}
