@@ -1,30 +1,70 @@
-"""The conversation state machine (DESIGN §5). CONTRACT STUB — the engine helper fills it in.
+"""The conversation state machine (DESIGN §5, §6 Identity).
 
 `step(snapshot, inbound, ctx)` is pure: no HTTP, no Redis. It reaches clinic data only through
-clinics.services / clinics.selectors and triage through bot.triage. bot.processing persists the
-returned state and data, queues the replies in the outbox and mirrors page mappings to Redis.
+clinics.services / clinics.selectors (plus a few plain reads of this clinic's rows) and triage
+through bot.triage. bot.processing persists the returned state and data, queues the replies in
+the outbox and mirrors page mappings to Redis.
+
+Every message first passes the red-flag check, then the "talk to a person" check; then the
+handler of the current state (one per state, in `HANDLERS`) decides. Deterministic paths —
+documents, dates, numbers, yes/no, list and button replies — never call an LLM.
+
+Keys in `Snapshot.data` (JSON):
+    specialty        slug of the specialty whose slots are shown / being booked
+    symptoms         what the patient reported (→ Appointment.patient_notes)
+    page             1-based number of the slot page shown last
+    cursors          cursors[i] fetches page i + 1 (cursors[0] is None): "anterior" works
+    has_more         whether a next slot page exists
+    shown            slot ids of the page shown last, in display order
+    shown_times      their local "HH:MM", same order (for "el de las 10")
+    held_slot        slot id held while CONFIRMING
+    reschedule_id    appointment being moved (reschedule flow)
+    options          appointment ids offered in CANCELLING / RESCHEDULING
+    cancel_id        appointment awaiting the cancel confirmation
+    specialty_options slugs offered in CHOOSING_SPECIALTY, in order
+    verify_patient_id patient whose birth date is being asked (never shown to the sender)
+    identity_misses  wrong birth dates so far in this conversation
+    register         {"document", "name"} during self-registration
+    pending          what the patient asked before identifying ("cancel", "reschedule", …)
+    pending_symptoms symptoms written before identifying
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-if TYPE_CHECKING:
-    from clinics.models import Clinic
+# bot.replies imports this module back; it only touches engine.Reply & co. at call time.
+from bot import nlu, replies, triage
+from bot.nlu import Intent
+from bot.text import normalize
+from clinics import selectors, services
+from clinics.models import Appointment, AuditEvent, Clinic, Patient, Slot, Specialty
+
+logger = logging.getLogger(__name__)
 
 
 class State(StrEnum):
     START = "START"  # INICIAL
     IDENTIFIED = "IDENTIFIED"  # VALIDADO
-    TRIAGED = "TRIAGED"  # SINTOMAS_CLASIFICADOS
+    TRIAGED = "TRIAGED"  # SINTOMAS_CLASIFICADOS (transient: slots are shown in the same turn)
     CHOOSING_SLOT = "CHOOSING_SLOT"  # CITAS_MOSTRADAS
     CONFIRMING = "CONFIRMING"  # CITA_SELECCIONADA
     BOOKED = "BOOKED"  # CITA_AGENDADA
     CANCELLING = "CANCELLING"  # CANCELACION_INICIADA
     CLOSED = "CLOSED"  # FINALIZADO
+    # Added by the engine (not in the seed):
+    VERIFYING = "VERIFYING"  # known document from another number: asking the birth date
+    LOCKED_OUT = "LOCKED_OUT"  # three wrong birth dates: only staff can continue
+    REGISTERING_NAME = "REGISTERING_NAME"  # self-registration: asking the full name
+    REGISTERING_BIRTH = "REGISTERING_BIRTH"  # self-registration: asking the birth date
+    CHOOSING_SPECIALTY = "CHOOSING_SPECIALTY"  # triage unsure: patient picks from a list
+    RESCHEDULING = "RESCHEDULING"  # picking which appointment to move
 
 
 @dataclass(frozen=True)
@@ -91,5 +131,1001 @@ class StepResult:
     llm_completion_tokens: int = 0
 
 
+# --- the machine ------------------------------------------------------------------------------
+
+MAX_IDENTITY_MISSES = 3
+PAGE_SIZE = 10
+# Data that survives the end of a flow (a booking, a cancellation, a goodbye).
+_IDENTITY_KEYS = ("identity_misses",)
+_FAQ_INTENTS = (Intent.ADDRESS, Intent.HOURS, Intent.WHAT_TO_BRING, Intent.PHONE)
+
+
+def _faq(intent: Intent, clinic: Clinic) -> Reply:
+    """Questions answered from the clinic's own data, never by an LLM."""
+    build = {
+        Intent.ADDRESS: replies.address,
+        Intent.HOURS: replies.hours,
+        Intent.WHAT_TO_BRING: replies.what_to_bring,
+        Intent.PHONE: replies.phone,
+    }[intent]
+    return build(clinic)
+
+
+@dataclass
+class Turn:
+    """One run of `step`: the snapshot being changed and everything the turn will answer."""
+
+    snap: Snapshot
+    inbound: Inbound
+    ctx: Context
+    replies: list[Reply] = field(default_factory=list)
+    needs_staff: bool = False
+    urgent: bool = False
+    closed: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    _patient: Patient | None = None
+
+    @property
+    def text(self) -> str:
+        return self.inbound.text or ""
+
+    @property
+    def reply_id(self) -> str:
+        return self.inbound.reply_id or ""
+
+    @property
+    def data(self) -> dict:
+        return self.snap.data
+
+    @property
+    def clinic(self) -> Clinic:
+        return self.ctx.clinic
+
+    @property
+    def holder(self) -> str:
+        return f"conversation:{self.ctx.conversation_id}"
+
+    @property
+    def today(self) -> dt.date:
+        return self.ctx.now.astimezone(self.clinic.tz).date()
+
+    def say(self, reply: Reply) -> None:
+        self.replies.append(reply)
+
+    def go(self, state: State) -> None:
+        self.snap.state = state
+
+    def patient(self) -> Patient | None:
+        """The verified patient of this conversation, or None."""
+        if self.snap.patient_id is None:
+            return None
+        if self._patient is None or self._patient.pk != self.snap.patient_id:
+            self._patient = Patient.objects.filter(
+                pk=self.snap.patient_id, clinic=self.clinic
+            ).first()
+        return self._patient
+
+    def result(self) -> StepResult:
+        return StepResult(
+            replies=self.replies,
+            snapshot=self.snap,
+            needs_staff=self.needs_staff,
+            urgent=self.urgent,
+            closed=self.closed,
+            llm_prompt_tokens=self.prompt_tokens,
+            llm_completion_tokens=self.completion_tokens,
+        )
+
+
 def step(snapshot: Snapshot, inbound: Inbound, ctx: Context) -> StepResult:
-    raise NotImplementedError
+    """One inbound message → replies and the next snapshot (the given one is not modified)."""
+    snap = Snapshot(
+        state=snapshot.state if isinstance(snapshot.state, State) else _state(snapshot.state),
+        data=_copy(snapshot.data or {}),
+        patient_id=snapshot.patient_id,
+    )
+    turn = Turn(snap=snap, inbound=inbound, ctx=ctx)
+    if inbound.kind == "unsupported":
+        turn.say(replies.unsupported())
+        return turn.result()
+    # Red flags first, in every state: an emergency message, never a slot list first.
+    if inbound.kind == "text" and _red_flag(turn.text):
+        turn.say(replies.emergency(ctx.clinic))
+        turn.urgent = True
+        logger.info("conversation %s: red flag, urgent", ctx.conversation_id)
+        return turn.result()
+    if not turn.reply_id and nlu.detect_intent(turn.text) == Intent.HUMAN:
+        turn.say(replies.human_requested())
+        turn.needs_staff = True
+        return turn.result()
+    HANDLERS[turn.snap.state](turn)
+    return turn.result()
+
+
+def _state(value: object) -> State:
+    try:
+        return State(str(value))
+    except ValueError:
+        return State.START
+
+
+def _copy(data: dict) -> dict:
+    return copy.deepcopy(data)
+
+
+def _red_flag(text: str) -> bool:
+    return bool(text.strip()) and triage.detect_red_flag(text) is not None
+
+
+def _reply_value(turn: Turn, prefix: str) -> str | None:
+    """The part after `prefix:` of a list/button reply id ("slot:42" → "42")."""
+    if turn.reply_id.startswith(f"{prefix}:"):
+        return turn.reply_id.split(":", 1)[1]
+    return None
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _reset_flow(turn: Turn) -> None:
+    """Forget the current flow (slots, options, holds…) but not who the patient is."""
+    kept = {k: turn.data[k] for k in _IDENTITY_KEYS if k in turn.data}
+    turn.data.clear()
+    turn.data.update(kept)
+
+
+def _release_hold(turn: Turn) -> None:
+    slot_id = turn.data.pop("held_slot", None)
+    if slot_id is None:
+        return
+    try:
+        services.slot_release(clinic=turn.clinic, slot_id=slot_id, holder=turn.holder)
+    except services.BookingError as exc:
+        logger.info("conversation %s: release failed: %s", turn.ctx.conversation_id, exc.code)
+
+
+# --- START and identity ------------------------------------------------------------------------
+
+
+def _on_start(turn: Turn) -> None:
+    patient = turn.patient()
+    if patient is not None and patient.whatsapp_id == turn.ctx.wa_id:
+        # A session after a closed one, from the number on file: no need to ask again.
+        turn.go(State.IDENTIFIED)
+        _on_idle(turn, expecting_symptoms=True)
+        return
+    turn.snap.patient_id = None
+    document = nlu.parse_document(turn.text)
+    if document.document:
+        _identify(turn, document.document)
+        return
+    if document.invalid:
+        turn.say(replies.invalid_document())
+        return
+    intent = nlu.detect_intent(turn.text)
+    if intent in _FAQ_INTENTS:
+        turn.say(_faq(intent, turn.clinic))
+        turn.say(replies.identify_first())
+        return
+    if intent == Intent.GOODBYE:
+        turn.say(replies.goodbye())
+        return
+    if intent in (Intent.CANCEL, Intent.RESCHEDULE, Intent.MY_APPOINTMENTS, Intent.BOOK):
+        turn.data["pending"] = intent.value
+        turn.say(replies.identify_first())
+        return
+    if intent is None and len(normalize(turn.text).split()) >= 3:
+        turn.data["pending_symptoms"] = turn.text.strip()[:500]
+    known = Patient.objects.filter(clinic=turn.clinic, whatsapp_id=turn.ctx.wa_id).first()
+    turn.say(replies.greeting(turn.clinic, nlu.first_names(known.full_name) if known else ""))
+
+
+def _identify(turn: Turn, document: str) -> None:
+    try:
+        patient = selectors.patient_by_document(clinic=turn.clinic, document=document)
+    except services.BookingError:
+        turn.say(replies.invalid_document())
+        return
+    turn.data.pop("register", None)
+    turn.data.pop("verify_patient_id", None)
+    if patient is None:
+        if not turn.clinic.self_registration:
+            turn.say(replies.registration_closed(turn.clinic))
+            turn.needs_staff = True
+            turn.go(State.START)
+            return
+        turn.data["register"] = {"document": document}
+        turn.go(State.REGISTERING_NAME)
+        turn.say(replies.register_ask_name(turn.clinic))
+        return
+    if patient.whatsapp_id and patient.whatsapp_id == turn.ctx.wa_id:
+        _identified(turn, patient, replies.identified(nlu.first_names(patient.full_name)))
+        return
+    # A document alone proves nothing (DESIGN §6): the birth date first, the name never before.
+    if turn.data.get("identity_misses", 0) >= MAX_IDENTITY_MISSES:
+        _lock_out(turn)
+        return
+    if patient.birth_date is None:
+        turn.say(replies.identity_needs_staff())
+        turn.needs_staff = True
+        turn.go(State.START)
+        return
+    turn.data["verify_patient_id"] = patient.pk
+    turn.go(State.VERIFYING)
+    turn.say(replies.ask_birth_date_to_verify())
+
+
+def _identified(turn: Turn, patient: Patient, greeting: Reply) -> None:
+    pending = turn.data.pop("pending", None)
+    symptoms = turn.data.pop("pending_symptoms", None)
+    _reset_flow(turn)
+    turn.data.pop("identity_misses", None)
+    turn.snap.patient_id = patient.pk
+    turn._patient = patient
+    turn.go(State.IDENTIFIED)
+    logger.info("conversation %s: patient %s identified", turn.ctx.conversation_id, patient.pk)
+    if pending == Intent.CANCEL:
+        _start_pick_appointment(turn, to_cancel=True)
+    elif pending == Intent.RESCHEDULE:
+        _start_pick_appointment(turn, to_cancel=False)
+    elif pending == Intent.MY_APPOINTMENTS:
+        _list_appointments(turn)
+    elif symptoms:
+        name = nlu.first_names(patient.full_name)
+        if not _triage(turn, symptoms, expecting_symptoms=True, quiet_if_unsure=True):
+            turn.say(greeting)
+        elif greeting.text and name:
+            turn.replies.insert(0, replies.thanks(name))
+    else:
+        turn.say(greeting)
+
+
+def _lock_out(turn: Turn) -> None:
+    turn.data.pop("verify_patient_id", None)
+    turn.snap.patient_id = None
+    turn.go(State.LOCKED_OUT)
+    turn.needs_staff = True
+    turn.say(replies.identity_failed())
+    logger.warning("conversation %s: identity check failed 3 times", turn.ctx.conversation_id)
+
+
+def _on_verifying(turn: Turn) -> None:
+    document = nlu.parse_document(turn.text)
+    if document.document:
+        _identify(turn, document.document)
+        return
+    patient = Patient.objects.filter(
+        pk=turn.data.get("verify_patient_id"), clinic=turn.clinic
+    ).first()
+    if patient is None or patient.birth_date is None:
+        _reset_flow(turn)
+        turn.go(State.START)
+        turn.say(replies.identify_first())
+        return
+    parsed = nlu.parse_birth_date(turn.text, turn.today)
+    if parsed.date is None:
+        turn.say(replies.date_problem(parsed.problem or ""))
+        return
+    if parsed.date != patient.birth_date:
+        misses = turn.data.get("identity_misses", 0) + 1
+        turn.data["identity_misses"] = misses
+        if misses >= MAX_IDENTITY_MISSES:
+            _lock_out(turn)
+        else:
+            turn.say(replies.birth_date_mismatch(MAX_IDENTITY_MISSES - misses))
+        return
+    try:
+        patient = services.patient_link_whatsapp(
+            clinic=turn.clinic,
+            patient=patient,
+            whatsapp_id=turn.ctx.wa_id,
+            actor=services.Actor.patient(patient),
+        )
+    except services.BookingError as exc:
+        # The number could not be stored (odd wa_id): the person is still verified for now.
+        logger.warning("conversation %s: link failed: %s", turn.ctx.conversation_id, exc.code)
+    _identified(turn, patient, replies.identified(nlu.first_names(patient.full_name)))
+
+
+def _on_locked_out(turn: Turn) -> None:
+    turn.say(replies.identity_needs_staff())
+    turn.needs_staff = True
+
+
+def _on_registering_name(turn: Turn) -> None:
+    document = nlu.parse_document(turn.text)
+    if document.document:
+        _identify(turn, document.document)
+        return
+    name = nlu.parse_full_name(turn.text)
+    if name is None:
+        turn.say(replies.register_bad_name())
+        return
+    turn.data.setdefault("register", {})["name"] = name
+    turn.go(State.REGISTERING_BIRTH)
+    turn.say(replies.register_ask_birth_date(nlu.first_names(name)))
+
+
+def _on_registering_birth(turn: Turn) -> None:
+    register = turn.data.get("register") or {}
+    if not register.get("document") or not register.get("name"):
+        _reset_flow(turn)
+        turn.go(State.START)
+        turn.say(replies.greeting(turn.clinic))
+        return
+    parsed = nlu.parse_birth_date(turn.text, turn.today)
+    if parsed.date is None:
+        turn.say(replies.date_problem(parsed.problem or ""))
+        return
+    try:
+        patient = services.patient_register(
+            clinic=turn.clinic,
+            document=register["document"],
+            full_name=register["name"],
+            birth_date=parsed.date,
+            whatsapp_id=turn.ctx.wa_id,
+            actor=services.Actor(AuditEvent.ActorType.PATIENT, "", "patient via WhatsApp"),
+        )
+    except services.BookingError as exc:
+        logger.warning(
+            "conversation %s: registration failed: %s", turn.ctx.conversation_id, exc.code
+        )
+        _reset_flow(turn)
+        turn.go(State.START)
+        turn.needs_staff = True
+        turn.say(replies.registration_failed())
+        return
+    _identified(turn, patient, replies.registered(nlu.first_names(patient.full_name)))
+
+
+# --- idle states: IDENTIFIED, BOOKED, CHOOSING_SPECIALTY -----------------------------------------
+
+
+def _on_identified(turn: Turn) -> None:
+    _on_idle(turn, expecting_symptoms=True)
+
+
+def _on_booked(turn: Turn) -> None:
+    _on_idle(turn, expecting_symptoms=False)
+
+
+def _on_idle(turn: Turn, *, expecting_symptoms: bool) -> None:
+    patient = turn.patient()
+    if patient is None:
+        _reset_flow(turn)
+        turn.go(State.START)
+        _on_start(turn)
+        return
+    if slug := _reply_value(turn, "spec"):
+        _choose_specialty(turn, slug)
+        return
+    if turn.reply_id:
+        # A row or button of an older message that no longer applies here.
+        turn.say(replies.menu())
+        return
+    document = nlu.parse_document(turn.text)
+    if document.document:
+        # Someone else's document (booking for a relative) goes through the same checks.
+        _identify(turn, document.document)
+        return
+    intent = nlu.detect_intent(turn.text)
+    if _global_intent(turn, intent):
+        return
+    if intent == Intent.GREETING:
+        turn.say(replies.identified(nlu.first_names(patient.full_name)))
+        return
+    if intent == Intent.MENU:
+        turn.say(replies.menu())
+        return
+    if intent == Intent.BOOK:
+        # "quiero una cita (con el dermatólogo)": a named specialty or clear symptoms go
+        # straight to slots, otherwise ask for the symptoms.
+        if not _triage(
+            turn, turn.text, expecting_symptoms=False, quiet_if_unsure=True, use_llm=False
+        ):
+            turn.go(State.IDENTIFIED)
+            turn.say(replies.ask_symptoms())
+        return
+    if expecting_symptoms:
+        _triage(turn, turn.text, expecting_symptoms=True)
+        return
+    if _triage(turn, turn.text, expecting_symptoms=False, quiet_if_unsure=True, use_llm=False):
+        return
+    _free_answer(turn)
+
+
+def _global_intent(turn: Turn, intent: Intent | None) -> bool:
+    """Intents that work from any state once identified; True when handled."""
+    if intent is None:
+        return False
+    if intent in _FAQ_INTENTS:
+        turn.say(_faq(intent, turn.clinic))
+        return True
+    if intent == Intent.GOODBYE:
+        _release_hold(turn)
+        _reset_flow(turn)
+        turn.go(State.CLOSED)
+        turn.closed = True
+        turn.say(replies.goodbye())
+        return True
+    if intent in (Intent.CANCEL, Intent.RESCHEDULE, Intent.MY_APPOINTMENTS):
+        if turn.patient() is None:
+            turn.data["pending"] = intent.value
+            turn.say(replies.identify_first())
+            return True
+        if intent == Intent.MY_APPOINTMENTS:
+            _list_appointments(turn)
+        else:
+            _release_hold(turn)
+            _start_pick_appointment(turn, to_cancel=intent == Intent.CANCEL)
+        return True
+    return False
+
+
+def _free_answer(turn: Turn) -> None:
+    """A question the rules can't place: the LLM grounded in clinic data, else the menu."""
+    llm = turn.ctx.llm
+    if llm is not None:
+        try:
+            answer = llm.answer(turn.text, turn.clinic)
+        except Exception:  # the LLM is optional: any failure falls back to the menu
+            logger.exception("conversation %s: llm answer failed", turn.ctx.conversation_id)
+            answer = None
+        text = _answer_text(turn, answer)
+        if text:
+            turn.say(replies.text(text))
+            return
+    turn.say(replies.menu())
+
+
+def _answer_text(turn: Turn, answer: object) -> str:
+    """bot.llm answers `(text, (prompt_tokens, completion_tokens))` or None."""
+    if isinstance(answer, str):
+        return answer.strip()
+    if not isinstance(answer, tuple) or len(answer) != 2:
+        return ""
+    reply, usage = answer
+    if isinstance(usage, tuple) and len(usage) == 2:
+        turn.prompt_tokens += int(usage[0] or 0)
+        turn.completion_tokens += int(usage[1] or 0)
+    return str(reply or "").strip()
+
+
+def _specialties(turn: Turn) -> list[Specialty]:
+    return list(Specialty.objects.filter(clinic=turn.clinic).order_by("name"))
+
+
+def _triage(
+    turn: Turn,
+    text: str,
+    *,
+    expecting_symptoms: bool,
+    quiet_if_unsure: bool = False,
+    use_llm: bool = True,
+) -> bool:
+    """Symptoms → a specialty's slots. True when it answered (slots, list or emergency)."""
+    specialties = _specialties(turn)
+    slug = nlu.match_specialty_name(text, {s.slug: s.name for s in specialties})
+    alternatives: tuple[str, ...] = ()
+    if slug is None:
+        result = triage.classify(text, specialties, llm=turn.ctx.llm if use_llm else None)
+        turn.prompt_tokens += result.prompt_tokens
+        turn.completion_tokens += result.completion_tokens
+        if result.red_flag:
+            turn.say(replies.emergency(turn.clinic))
+            turn.urgent = True
+            return True
+        if result.confident:
+            slug = result.specialty
+        alternatives = tuple(a for a in (result.specialty, *result.alternatives) if a)
+    if slug is not None:
+        turn.data["symptoms"] = text.strip()[:500]
+        turn.data.pop("reschedule_id", None)
+        specialty = next(s for s in specialties if s.slug == slug)
+        turn.go(State.TRIAGED)
+        _show_page(turn, specialty, page=1, intro=replies.triaged_intro(specialty.name))
+        return True
+    if quiet_if_unsure and not expecting_symptoms:
+        return False
+    if quiet_if_unsure and normalize(text).split() and len(normalize(text).split()) < 3:
+        return False
+    turn.data["symptoms"] = text.strip()[:500]
+    _offer_specialties(turn, specialties, first=alternatives)
+    return True
+
+
+def _offer_specialties(
+    turn: Turn, specialties: list[Specialty], first: tuple[str, ...] = (), no_slots_for: str = ""
+) -> None:
+    ordered = sorted(
+        specialties, key=lambda s: (first.index(s.slug) if s.slug in first else len(first), s.name)
+    )[: replies.MAX_ROWS]
+    turn.data["specialty_options"] = [s.slug for s in ordered]
+    turn.go(State.CHOOSING_SPECIALTY)
+    turn.say(replies.choose_specialty(ordered, no_slots_for=no_slots_for))
+
+
+def _on_choosing_specialty(turn: Turn) -> None:
+    if slug := _reply_value(turn, "spec"):
+        _choose_specialty(turn, slug)
+        return
+    options = turn.data.get("specialty_options") or []
+    index = nlu.parse_position(turn.text, len(options))
+    if index is not None:
+        _choose_specialty(turn, options[index])
+        return
+    _on_idle(turn, expecting_symptoms=True)
+
+
+def _choose_specialty(turn: Turn, slug: str) -> None:
+    specialty = Specialty.objects.filter(clinic=turn.clinic, slug=slug).first()
+    if specialty is None:
+        _offer_specialties(turn, _specialties(turn))
+        return
+    turn.data.pop("reschedule_id", None)
+    _show_page(turn, specialty, page=1)
+
+
+# --- slots: CHOOSING_SLOT, CONFIRMING ------------------------------------------------------------
+
+
+def _show_page(turn: Turn, specialty: Specialty, *, page: int, intro: str = "") -> None:
+    """Fetch and show slot page `page` of `specialty` (keyset cursor kept per page)."""
+    cursors: list[str | None] = list(turn.data.get("cursors") or [None])
+    if turn.data.get("specialty") != specialty.slug:
+        cursors, page = [None], 1
+    page = max(1, min(page, len(cursors)))
+    try:
+        slot_page = selectors.available_slots(
+            clinic=turn.clinic,
+            specialty=specialty,
+            cursor=cursors[page - 1],
+            page_size=PAGE_SIZE,
+            now=turn.ctx.now,
+        )
+    except services.BookingError:  # a stale cursor: start again from the first page
+        cursors, page = [None], 1
+        slot_page = selectors.available_slots(
+            clinic=turn.clinic, specialty=specialty, page_size=PAGE_SIZE, now=turn.ctx.now
+        )
+    turn.data["specialty"] = specialty.slug
+    if not slot_page.slots:
+        if page > 1:
+            # The later page emptied meanwhile: go back to the first one.
+            _show_page(turn, specialty, page=1, intro=intro)
+            return
+        for key in ("shown", "shown_times", "page", "cursors", "has_more"):
+            turn.data.pop(key, None)
+        others = [s for s in _specialties(turn) if s.slug != specialty.slug]
+        if others and not turn.data.get("reschedule_id"):
+            _offer_specialties(turn, others, no_slots_for=specialty.name)
+        else:
+            _reset_flow(turn)
+            turn.go(State.IDENTIFIED if turn.snap.patient_id else State.START)
+            turn.say(replies.no_slots_at_all(specialty.name))
+        return
+    cursors = cursors[:page]
+    cursors.append(slot_page.next_cursor)
+    tz = turn.clinic.tz
+    turn.data.update(
+        page=page,
+        cursors=cursors,
+        has_more=slot_page.has_more,
+        shown=[slot.pk for slot in slot_page.slots],
+        shown_times=[f"{s.start_at.astimezone(tz):%H:%M}" for s in slot_page.slots],
+    )
+    turn.go(State.CHOOSING_SLOT)
+    turn.say(
+        replies.slot_list(
+            slot_page.slots,
+            turn.clinic,
+            specialty.name,
+            page=page,
+            has_more=slot_page.has_more,
+            intro=intro,
+        )
+    )
+
+
+def _current_specialty(turn: Turn) -> Specialty | None:
+    slug = turn.data.get("specialty")
+    return Specialty.objects.filter(clinic=turn.clinic, slug=slug).first() if slug else None
+
+
+def _reshow(turn: Turn, notice: Reply | None = None) -> None:
+    specialty = _current_specialty(turn)
+    if notice is not None:
+        turn.say(notice)
+    if specialty is None:
+        _reset_flow(turn)
+        turn.go(State.IDENTIFIED)
+        turn.say(replies.ask_symptoms())
+        return
+    _show_page(turn, specialty, page=turn.data.get("page", 1))
+
+
+def _shown_times(turn: Turn) -> list[nlu.ShownTime]:
+    times = []
+    for value in turn.data.get("shown_times") or []:
+        hour, minute = (int(part) for part in value.split(":"))
+        times.append(nlu.ShownTime(hour, minute))
+    return times
+
+
+def _picked_slot(turn: Turn) -> int | None:
+    """The slot id the patient picked from the shown page (row id, number, ordinal or time)."""
+    if value := _reply_value(turn, "slot"):
+        return _int(value)
+    if turn.reply_id:
+        return None
+    shown = turn.data.get("shown") or []
+    index = nlu.parse_choice(turn.text, _shown_times(turn))
+    if index is not None and index < len(shown):
+        return shown[index]
+    return None
+
+
+def _on_triaged(turn: Turn) -> None:
+    specialty = _current_specialty(turn)
+    if specialty is None:
+        _on_idle(turn, expecting_symptoms=True)
+        return
+    _show_page(turn, specialty, page=1)
+
+
+def _on_choosing_slot(turn: Turn) -> None:
+    if turn.patient() is None:
+        _reset_flow(turn)
+        turn.go(State.START)
+        _on_start(turn)
+        return
+    slot_id = _picked_slot(turn)
+    if slot_id is not None:
+        _hold(turn, slot_id)
+        return
+    if slug := _reply_value(turn, "spec"):
+        _choose_specialty(turn, slug)
+        return
+    specialty = _current_specialty(turn)
+    if specialty is None:
+        _on_idle(turn, expecting_symptoms=True)
+        return
+    if nlu.wants_previous_page(turn.text):
+        if turn.data.get("page", 1) <= 1:
+            turn.say(replies.first_page_already())
+        else:
+            _show_page(turn, specialty, page=turn.data["page"] - 1)
+        return
+    if nlu.wants_next_page(turn.text):
+        if turn.data.get("has_more"):
+            _show_page(turn, specialty, page=turn.data.get("page", 1) + 1)
+        else:
+            turn.say(replies.no_more_pages())
+        return
+    intent = nlu.detect_intent(turn.text)
+    if _global_intent(turn, intent):
+        return
+    if intent == Intent.MENU:
+        turn.say(replies.menu())
+        return
+    # New symptoms or another specialty named ("mejor odontología")? Rules only: no LLM here.
+    if (
+        intent is None
+        and not turn.data.get("reschedule_id")
+        and _triage(turn, turn.text, expecting_symptoms=False, quiet_if_unsure=True, use_llm=False)
+    ):
+        return
+    turn.say(replies.choose_slot_help(len(turn.data.get("shown") or []) or PAGE_SIZE))
+
+
+def _hold(turn: Turn, slot_id: int) -> None:
+    patient = turn.patient()
+    try:
+        hold = services.slot_hold(
+            clinic=turn.clinic, slot_id=slot_id, holder=turn.holder, patient=patient
+        )
+    except services.BookingError as exc:
+        logger.info("conversation %s: hold refused: %s", turn.ctx.conversation_id, exc.code)
+        turn.data.pop("held_slot", None)
+        _reshow(turn, replies.slot_taken())
+        return
+    turn.data["held_slot"] = hold.slot_id
+    turn.go(State.CONFIRMING)
+    turn.say(_confirm_reply(turn, hold.slot))
+
+
+def _confirm_reply(turn: Turn, slot: Slot, *, help_first: bool = False) -> Reply:
+    specialty = _current_specialty(turn)
+    name = specialty.name if specialty else ""
+    build = replies.confirm_help if help_first else replies.confirm_slot
+    return build(slot, turn.clinic, name, rescheduling=bool(turn.data.get("reschedule_id")))
+
+
+def _on_confirming(turn: Turn) -> None:
+    patient = turn.patient()
+    slot = (
+        Slot.objects.select_related("doctor")
+        .filter(pk=turn.data.get("held_slot"), clinic=turn.clinic)
+        .first()
+    )
+    if patient is None or slot is None:
+        turn.data.pop("held_slot", None)
+        _reshow(turn)
+        return
+    rescheduling = bool(turn.data.get("reschedule_id"))
+    if turn.reply_id == replies.CONFIRM_YES:
+        _book(turn, patient, slot)
+        return
+    if turn.reply_id == replies.CONFIRM_OTHER:
+        _release_hold(turn)
+        _reshow(turn)
+        return
+    if turn.reply_id == replies.CONFIRM_CANCEL:
+        _drop_booking(turn, rescheduling)
+        return
+    picked = _picked_slot(turn)
+    if picked is not None and picked != slot.pk:
+        _hold(turn, picked)  # "mejor la 4": the new hold replaces the old one
+        return
+    if picked == slot.pk or nlu.is_yes(turn.text):
+        _book(turn, patient, slot)
+        return
+    if nlu.is_no(turn.text):
+        _release_hold(turn)
+        _reshow(turn)
+        return
+    intent = nlu.detect_intent(turn.text)
+    if intent == Intent.CANCEL and "cita" not in normalize(turn.text).split():
+        _drop_booking(turn, rescheduling)  # the typed twin of the "Cancelar" button
+        return
+    if _global_intent(turn, intent):
+        return
+    turn.say(_confirm_reply(turn, slot, help_first=True))
+
+
+def _drop_booking(turn: Turn, rescheduling: bool) -> None:
+    _release_hold(turn)
+    _reset_flow(turn)
+    turn.go(State.BOOKED if rescheduling else State.IDENTIFIED)
+    turn.say(replies.booking_dropped(rescheduling=rescheduling))
+
+
+def _book(turn: Turn, patient: Patient, slot: Slot) -> None:
+    actor = services.Actor.patient(patient)
+    reschedule_id = turn.data.get("reschedule_id")
+    try:
+        if reschedule_id:
+            appointment = services.appointment_reschedule(
+                clinic=turn.clinic,
+                appointment_id=reschedule_id,
+                new_slot_id=slot.pk,
+                actor=actor,
+                holder=turn.holder,
+                patient=patient,
+            )
+        else:
+            appointment = services.appointment_book(
+                clinic=turn.clinic,
+                patient=patient,
+                slot_id=slot.pk,
+                actor=actor,
+                source="bot",
+                specialty=_current_specialty(turn),
+                notes=turn.data.get("symptoms", ""),
+                holder=turn.holder,
+            )
+    except services.BookingError as exc:
+        logger.info("conversation %s: booking refused: %s", turn.ctx.conversation_id, exc.code)
+        turn.data.pop("held_slot", None)
+        if exc.code == "patient_overlap":
+            _reshow(turn, replies.patient_overlap())
+        elif exc.code in ("appointment_not_found", "not_cancellable"):
+            _reset_flow(turn)
+            turn.go(State.IDENTIFIED)
+            turn.say(replies.cancel_failed())
+        else:
+            _reshow(turn, replies.hold_expired())
+        return
+    appointment = (
+        Appointment.objects.select_related("doctor", "specialty").filter(pk=appointment.pk).first()
+        or appointment
+    )
+    _reset_flow(turn)
+    turn.go(State.BOOKED)
+    turn.say(replies.booked(appointment, turn.clinic, rescheduled=bool(reschedule_id)))
+    logger.info(
+        "conversation %s: appointment %s %s",
+        turn.ctx.conversation_id,
+        appointment.pk,
+        "rescheduled" if reschedule_id else "booked",
+    )
+
+
+# --- the patient's appointments: list, cancel, reschedule --------------------------------------
+
+
+def _upcoming(turn: Turn) -> list[Appointment]:
+    patient = turn.patient()
+    if patient is None:
+        return []
+    return selectors.patient_upcoming_appointments(
+        clinic=turn.clinic, patient=patient, now=turn.ctx.now
+    )
+
+
+def _list_appointments(turn: Turn) -> None:
+    turn.say(replies.upcoming(_upcoming(turn), turn.clinic))
+
+
+def _start_pick_appointment(turn: Turn, *, to_cancel: bool) -> None:
+    appointments = _upcoming(turn)
+    if not appointments:
+        _reset_flow(turn)
+        turn.go(State.IDENTIFIED)
+        turn.say(replies.no_upcoming())
+        return
+    _reset_flow(turn)
+    turn.data["options"] = [a.pk for a in appointments[: replies.MAX_ROWS]]
+    if len(appointments) == 1:
+        _picked_appointment(turn, appointments[0], to_cancel=to_cancel)
+        return
+    turn.go(State.CANCELLING if to_cancel else State.RESCHEDULING)
+    turn.say(replies.pick_appointment(appointments, turn.clinic, to_cancel=to_cancel))
+
+
+def _picked_appointment(turn: Turn, appointment: Appointment, *, to_cancel: bool) -> None:
+    if to_cancel:
+        turn.data["cancel_id"] = appointment.pk
+        turn.go(State.CANCELLING)
+        turn.say(replies.confirm_cancel(appointment, turn.clinic))
+        return
+    specialty = appointment.specialty or appointment.doctor.specialties.order_by("name").first()
+    if specialty is None:
+        turn.go(State.IDENTIFIED)
+        turn.say(replies.cancel_failed())
+        turn.needs_staff = True
+        return
+    _reset_flow(turn)
+    turn.data["reschedule_id"] = appointment.pk
+    turn.data["specialty"] = specialty.slug
+    _show_page(turn, specialty, page=1, intro=replies.reschedule_intro(appointment, turn.clinic))
+
+
+def _option_picked(turn: Turn, appointments: list[Appointment]) -> Appointment | None:
+    """The offered appointment the patient chose — only among their own upcoming ones."""
+    options = [i for i in turn.data.get("options") or [] if isinstance(i, int)]
+    by_id = {a.pk: a for a in appointments if a.pk in options}
+    if value := _reply_value(turn, "appt"):
+        return by_id.get(_int(value) or 0)
+    if turn.reply_id:
+        return None
+    offered = [by_id[i] for i in options if i in by_id]
+    tz = turn.clinic.tz
+    times = [
+        nlu.ShownTime(a.start_at.astimezone(tz).hour, a.start_at.astimezone(tz).minute)
+        for a in offered
+    ]
+    index = nlu.parse_choice(turn.text, times)
+    return offered[index] if index is not None else None
+
+
+def _on_cancelling(turn: Turn) -> None:
+    if turn.patient() is None:
+        _reset_flow(turn)
+        turn.go(State.START)
+        _on_start(turn)
+        return
+    appointments = _upcoming(turn)
+    cancel_id = turn.data.get("cancel_id")
+    if cancel_id is None:
+        picked = _option_picked(turn, appointments)
+        if picked is not None:
+            _picked_appointment(turn, picked, to_cancel=True)
+            return
+        if _global_intent(turn, nlu.detect_intent(turn.text)):
+            return
+        if nlu.is_no(turn.text):
+            _cancel_kept(turn)
+            return
+        turn.say(replies.pick_appointment_help())
+        return
+    appointment = next((a for a in appointments if a.pk == cancel_id), None)
+    if appointment is None:
+        _reset_flow(turn)
+        turn.go(State.IDENTIFIED)
+        turn.say(replies.cancel_failed())
+        return
+    if turn.reply_id == replies.CANCEL_YES or (not turn.reply_id and nlu.is_yes(turn.text)):
+        _cancel(turn, appointment)
+        return
+    if turn.reply_id == replies.CANCEL_NO or (not turn.reply_id and nlu.is_no(turn.text)):
+        _cancel_kept(turn)
+        return
+    if _global_intent(turn, nlu.detect_intent(turn.text)):
+        return
+    turn.say(replies.confirm_cancel(appointment, turn.clinic))
+
+
+def _cancel_kept(turn: Turn) -> None:
+    _reset_flow(turn)
+    turn.go(State.BOOKED)
+    turn.say(replies.cancel_kept())
+
+
+def _cancel(turn: Turn, appointment: Appointment) -> None:
+    patient = turn.patient()
+    try:
+        services.appointment_cancel(
+            clinic=turn.clinic,
+            appointment_id=appointment.pk,
+            actor=services.Actor.patient(patient),
+            reason="cancelled by the patient on WhatsApp",
+            patient=patient,
+        )
+    except services.BookingError as exc:
+        logger.info("conversation %s: cancel refused: %s", turn.ctx.conversation_id, exc.code)
+        _reset_flow(turn)
+        turn.go(State.IDENTIFIED)
+        turn.say(replies.cancel_failed())
+        return
+    _reset_flow(turn)
+    turn.go(State.CLOSED)
+    turn.closed = True
+    turn.say(replies.cancelled(appointment, turn.clinic))
+
+
+def _on_rescheduling(turn: Turn) -> None:
+    if turn.patient() is None:
+        _reset_flow(turn)
+        turn.go(State.START)
+        _on_start(turn)
+        return
+    picked = _option_picked(turn, _upcoming(turn))
+    if picked is not None:
+        _picked_appointment(turn, picked, to_cancel=False)
+        return
+    if _global_intent(turn, nlu.detect_intent(turn.text)):
+        return
+    if nlu.is_no(turn.text):
+        _cancel_kept(turn)
+        return
+    turn.say(replies.pick_appointment_help())
+
+
+# --- CLOSED -------------------------------------------------------------------------------------
+
+
+def _on_closed(turn: Turn) -> None:
+    """A new session: known number → straight to IDENTIFIED, anyone else → START."""
+    _reset_flow(turn)
+    patient = turn.patient()
+    if patient is not None and patient.whatsapp_id == turn.ctx.wa_id:
+        turn.go(State.IDENTIFIED)
+        _on_idle(turn, expecting_symptoms=True)
+        return
+    turn.snap.patient_id = None
+    turn.go(State.START)
+    _on_start(turn)
+
+
+HANDLERS: dict[State, Callable[[Turn], None]] = {
+    State.START: _on_start,
+    State.VERIFYING: _on_verifying,
+    State.LOCKED_OUT: _on_locked_out,
+    State.REGISTERING_NAME: _on_registering_name,
+    State.REGISTERING_BIRTH: _on_registering_birth,
+    State.IDENTIFIED: _on_identified,
+    State.CHOOSING_SPECIALTY: _on_choosing_specialty,
+    State.TRIAGED: _on_triaged,
+    State.CHOOSING_SLOT: _on_choosing_slot,
+    State.CONFIRMING: _on_confirming,
+    State.BOOKED: _on_booked,
+    State.CANCELLING: _on_cancelling,
+    State.RESCHEDULING: _on_rescheduling,
+    State.CLOSED: _on_closed,
+}

@@ -1,0 +1,616 @@
+"""The bot's messages: short, warm Spanish through gettext, within WhatsApp's size limits.
+
+Every builder returns an `engine.Reply`. Lists and buttons are clipped to DESIGN §7 here, in one
+place, so the engine never sends something the Graph API would refuse.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from django.utils.dates import MONTHS, MONTHS_3, WEEKDAYS, WEEKDAYS_ABBR
+from django.utils.translation import gettext as _
+from django.utils.translation import ngettext, pgettext
+
+from bot import engine  # engine imports this module too: use engine.X at call time
+
+if TYPE_CHECKING:
+    from clinics.models import Appointment, Clinic, Slot, Specialty
+
+MAX_ROWS = 10
+MAX_ROW_TITLE = 24
+MAX_ROW_DESCRIPTION = 72
+MAX_LIST_BUTTON = 20
+MAX_BUTTONS = 3
+MAX_BUTTON_TITLE = 20
+MAX_BODY = 1024
+
+
+def clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def text(body: str) -> engine.Reply:
+    return engine.Reply(kind="text", text=clip_body(body))
+
+
+def clip_body(body: str) -> str:
+    return body if len(body) <= MAX_BODY else body[: MAX_BODY - 1] + "…"
+
+
+def list_reply(body: str, button: str, rows: Sequence[engine.Row]) -> engine.Reply:
+    return engine.Reply(
+        kind="list",
+        text=clip_body(body),
+        button=clip(button, MAX_LIST_BUTTON),
+        rows=tuple(
+            engine.Row(
+                id=row.id,
+                title=clip(row.title, MAX_ROW_TITLE),
+                description=clip(row.description, MAX_ROW_DESCRIPTION),
+            )
+            for row in rows[:MAX_ROWS]
+        ),
+    )
+
+
+def buttons_reply(body: str, buttons: Sequence[engine.Button]) -> engine.Reply:
+    return engine.Reply(
+        kind="buttons",
+        text=clip_body(body),
+        buttons=tuple(
+            engine.Button(id=b.id, title=clip(b.title, MAX_BUTTON_TITLE))
+            for b in buttons[:MAX_BUTTONS]
+        ),
+    )
+
+
+# --- dates and times, in the clinic's time zone ----------------------------------------------
+
+
+def local(moment: dt.datetime, clinic: Clinic) -> dt.datetime:
+    return moment.astimezone(clinic.tz)
+
+
+def time_label(moment: dt.datetime) -> str:
+    """8:00 a. m. / 3:20 p. m. (moment already local)."""
+    hour = moment.hour % 12 or 12
+    suffix = (
+        pgettext("time of day", "a.m.") if moment.hour < 12 else pgettext("time of day", "p.m.")
+    )
+    return f"{hour}:{moment.minute:02d} {suffix}"
+
+
+def short_date(moment: dt.datetime) -> str:
+    """Lun 18 nov (moment already local)."""
+    weekday = str(WEEKDAYS_ABBR[moment.weekday()]).capitalize()
+    return f"{weekday} {moment.day} {MONTHS_3[moment.month]}"
+
+
+def long_date(moment: dt.datetime) -> str:
+    """lunes 18 de noviembre (moment already local)."""
+    return _("%(weekday)s %(day)s of %(month)s") % {
+        "weekday": str(WEEKDAYS[moment.weekday()]).lower(),
+        "day": moment.day,
+        "month": str(MONTHS[moment.month]).lower(),
+    }
+
+
+def slot_title(slot: Slot, clinic: Clinic) -> str:
+    """Lun 18 nov 8:00 a. m. — fits a list row title (≤ 24)."""
+    start = local(slot.start_at, clinic)
+    return f"{short_date(start)} {time_label(start)}"
+
+
+def doctor_line(doctor_name: str, specialty_name: str) -> str:
+    return f"{doctor_name} · {specialty_name}" if specialty_name else doctor_name
+
+
+# --- greetings and identity ------------------------------------------------------------------
+
+
+def greeting(clinic: Clinic, known_name: str = "") -> engine.Reply:
+    if known_name:
+        return text(
+            _(
+                "Hi %(name)s! Welcome back to %(clinic)s. To continue, please write your "
+                "document number."
+            )
+            % {"name": known_name, "clinic": clinic.name}
+        )
+    return text(
+        _(
+            "Hi! I'm Sophia, the virtual assistant of %(clinic)s. To help you, please write your "
+            "document number (digits only)."
+        )
+        % {"clinic": clinic.name}
+    )
+
+
+def identify_first() -> engine.Reply:
+    return text(_("First I need to know who you are. Please write your document number."))
+
+
+def invalid_document() -> engine.Reply:
+    return text(
+        _(
+            "That doesn't look like a document number. Please write it with 8 to 15 digits and "
+            "no letters, for example 1020304050."
+        )
+    )
+
+
+def identified(name: str) -> engine.Reply:
+    return text(
+        _("Hi %(name)s! What symptoms do you have, or how can I help you?") % {"name": name}
+    )
+
+
+def ask_birth_date_to_verify() -> engine.Reply:
+    return text(
+        _(
+            "Thanks. To protect your information, please confirm your date of birth "
+            "(for example 14/03/1985)."
+        )
+    )
+
+
+def birth_date_mismatch(attempts_left: int) -> engine.Reply:
+    return text(
+        ngettext(
+            "That date doesn't match our records. Please try again (%(n)s attempt left).",
+            "That date doesn't match our records. Please try again (%(n)s attempts left).",
+            attempts_left,
+        )
+        % {"n": attempts_left}
+    )
+
+
+def identity_failed() -> engine.Reply:
+    return text(
+        _(
+            "I couldn't confirm your identity, so I can't continue here. A person from the "
+            "clinic will write to you soon."
+        )
+    )
+
+
+def identity_needs_staff() -> engine.Reply:
+    return text(
+        _(
+            "To protect your information, a person from the clinic has to confirm your "
+            "identity. They will write to you here soon."
+        )
+    )
+
+
+def date_problem(problem: str) -> engine.Reply:
+    messages = {
+        "future": _(
+            "That date hasn't happened yet. Please check it and write it again "
+            "(for example 14/03/1985)."
+        ),
+        "impossible": _("That date doesn't exist. Please check the day and the month."),
+        "too_old": _("That date seems too far back. Please check the year."),
+    }
+    return text(
+        messages.get(problem)
+        or _("I didn't understand the date. Please write it like this: 14/03/1985.")
+    )
+
+
+def register_ask_name(clinic: Clinic) -> engine.Reply:
+    return text(
+        _("I couldn't find that document at %(clinic)s. Let's register you: what's your full name?")
+        % {"clinic": clinic.name}
+    )
+
+
+def register_bad_name() -> engine.Reply:
+    return text(
+        _("Please write your full name, first name and surname (for example: Ana María Gómez).")
+    )
+
+
+def register_ask_birth_date(name: str) -> engine.Reply:
+    return text(
+        _("Thanks, %(name)s. Now your date of birth, please (for example 14/03/1985).")
+        % {"name": name}
+    )
+
+
+def registered(name: str) -> engine.Reply:
+    return text(
+        _("Done, %(name)s, you're registered! What symptoms do you have, or how can I help you?")
+        % {"name": name}
+    )
+
+
+def registration_closed(clinic: Clinic) -> engine.Reply:
+    return text(
+        _(
+            "I couldn't find that document at %(clinic)s. To register, please contact the "
+            "clinic; I've let the team know and a person will write to you soon."
+        )
+        % {"clinic": clinic.name}
+    )
+
+
+def registration_failed() -> engine.Reply:
+    return text(
+        _(
+            "Sorry, I couldn't complete your registration. A person from the team will write "
+            "to you soon."
+        )
+    )
+
+
+# --- safety, help, small talk -----------------------------------------------------------------
+
+
+def emergency(clinic: Clinic) -> engine.Reply:
+    return text(
+        _(
+            "⚠️ What you describe may be an emergency. Please call %(line)s right now or go to "
+            "the nearest emergency room. I've also alerted the clinic's team."
+        )
+        % {"line": clinic.emergency_line}
+    )
+
+
+def unsupported() -> engine.Reply:
+    return text(
+        _(
+            "For now I can only read text messages and the options of lists and buttons. Could "
+            "you write it to me, please? 🙂"
+        )
+    )
+
+
+def human_requested() -> engine.Reply:
+    return text(_("Sure, I've let the team know. A person will write to you here soon."))
+
+
+def goodbye() -> engine.Reply:
+    return text(_("You're welcome! Take care. If you need anything else, write to me here."))
+
+
+def menu() -> engine.Reply:
+    return text(
+        _(
+            "I can help you with:\n"
+            "📅 Booking an appointment: tell me your symptoms\n"
+            "📋 “mis citas”: your upcoming appointments\n"
+            "❌ “cancelar”: cancel an appointment\n"
+            "🔁 “reprogramar”: change an appointment\n"
+            "👤 “asesor”: talk with a person"
+        )
+    )
+
+
+def generic_problem() -> engine.Reply:
+    return text(
+        _(
+            "Sorry, I couldn't do that right now. Please try again, or write “asesor” to talk "
+            "with a person."
+        )
+    )
+
+
+def address(clinic: Clinic) -> engine.Reply:
+    if not clinic.address:
+        return text(
+            _("I don't have the address at hand. Write “asesor” and a person will help you.")
+        )
+    return text(
+        _("📍 %(clinic)s is at %(address)s.") % {"clinic": clinic.name, "address": clinic.address}
+    )
+
+
+def hours(clinic: Clinic) -> engine.Reply:
+    if not clinic.opening_hours:
+        return text(
+            _("I don't have the opening hours at hand. Write “asesor” and a person will help you.")
+        )
+    return text(_("🕒 Our opening hours: %(hours)s") % {"hours": clinic.opening_hours})
+
+
+def what_to_bring(clinic: Clinic) -> engine.Reply:
+    bring = clinic.what_to_bring or _(
+        "your identity document and, if you have them, previous test results and prescriptions"
+    )
+    return text(_("🧾 For your appointment, please bring %(bring)s.") % {"bring": bring})
+
+
+def phone(clinic: Clinic) -> engine.Reply:
+    return text(
+        _(
+            "You can reach %(clinic)s right here on WhatsApp; write “asesor” to talk with a "
+            "person. For emergencies call %(line)s."
+        )
+        % {"clinic": clinic.name, "line": clinic.emergency_line}
+    )
+
+
+# --- specialties and slots --------------------------------------------------------------------
+
+
+def ask_symptoms() -> engine.Reply:
+    return text(
+        _("Tell me what symptoms you have or which specialty you need, and I'll find you a time.")
+    )
+
+
+def choose_specialty(specialties: Sequence[Specialty], no_slots_for: str = "") -> engine.Reply:
+    if no_slots_for:
+        body = _(
+            "Right now there are no free times for %(specialty)s. You can choose another "
+            "specialty, or write “asesor” to talk with a person."
+        ) % {"specialty": no_slots_for}
+    else:
+        body = _(
+            "I want to find you the right doctor. Which specialty do you need? You can also tell "
+            "me your symptoms in other words."
+        )
+    rows = [engine.Row(id=f"spec:{s.slug}", title=s.name) for s in specialties]
+    return list_reply(body, _("See specialties"), rows)
+
+
+def no_slots_at_all(specialty_name: str) -> engine.Reply:
+    return text(
+        _(
+            "Right now there are no free times for %(specialty)s. Write “asesor” and a person "
+            "will help you find one."
+        )
+        % {"specialty": specialty_name}
+    )
+
+
+def slot_list(
+    slots: Sequence[Slot],
+    clinic: Clinic,
+    specialty_name: str,
+    *,
+    page: int,
+    has_more: bool,
+    intro: str = "",
+) -> engine.Reply:
+    parts = [intro] if intro else []
+    parts.append(
+        _(
+            "These are the free times for %(specialty)s. Choose one from the list or write "
+            "its number."
+        )
+        % {"specialty": specialty_name}
+    )
+    if has_more and page > 1:
+        parts.append(_("Write “más” for more times or “anterior” to go back."))
+    elif has_more:
+        parts.append(_("Write “más” to see more times."))
+    elif page > 1:
+        parts.append(_("Write “anterior” to go back."))
+    rows = [
+        engine.Row(
+            id=f"slot:{slot.pk}",
+            title=slot_title(slot, clinic),
+            description=doctor_line(slot.doctor.full_name, specialty_name),
+        )
+        for slot in slots
+    ]
+    return list_reply(" ".join(parts), _("See times"), rows)
+
+
+def triaged_intro(specialty_name: str) -> str:
+    return _("From what you tell me, %(specialty)s can help you.") % {"specialty": specialty_name}
+
+
+def reschedule_intro(appointment: Appointment, clinic: Clinic) -> str:
+    start = local(appointment.start_at, clinic)
+    return _("Let's move your appointment of %(date)s at %(time)s.") % {
+        "date": long_date(start),
+        "time": time_label(start),
+    }
+
+
+def no_more_pages() -> engine.Reply:
+    return text(_("Those are all the free times I have for now. Choose one from the list above."))
+
+
+def first_page_already() -> engine.Reply:
+    return text(_("This is the first page of times. Choose one or write “más” for more."))
+
+
+def slot_taken() -> engine.Reply:
+    return text(_("Sorry, someone just took that time. Here are the free times again."))
+
+
+def hold_expired() -> engine.Reply:
+    return text(_("Sorry, that time is no longer available. Here are the free times again."))
+
+
+def patient_overlap() -> engine.Reply:
+    return text(_("You already have an appointment at that time. Please choose another time."))
+
+
+def choose_slot_help(count: int) -> engine.Reply:
+    return text(
+        _(
+            "Choose a time from the list, or write its number (1 to %(n)s). Write “más” for more "
+            "times or “asesor” to talk with a person."
+        )
+        % {"n": count}
+    )
+
+
+CONFIRM_YES = "confirm:yes"
+CONFIRM_OTHER = "confirm:other"
+CONFIRM_CANCEL = "confirm:cancel"
+
+
+def confirm_slot(
+    slot: Slot, clinic: Clinic, specialty_name: str, *, rescheduling: bool
+) -> engine.Reply:
+    start = local(slot.start_at, clinic)
+    values = {
+        "date": long_date(start),
+        "time": time_label(start),
+        "doctor": slot.doctor.full_name,
+        "specialty": specialty_name,
+    }
+    if rescheduling:
+        body = _(
+            "Shall I move your appointment to %(date)s at %(time)s with %(doctor)s (%(specialty)s)?"
+        )
+    else:
+        body = _("You chose %(date)s at %(time)s with %(doctor)s (%(specialty)s). Shall I book it?")
+    return buttons_reply(
+        body % values,
+        [
+            engine.Button(CONFIRM_YES, _("Yes, confirm")),
+            engine.Button(CONFIRM_OTHER, _("Another time")),
+            engine.Button(CONFIRM_CANCEL, _("Cancel")),
+        ],
+    )
+
+
+def confirm_help(
+    slot: Slot, clinic: Clinic, specialty_name: str, *, rescheduling: bool
+) -> engine.Reply:
+    reply = confirm_slot(slot, clinic, specialty_name, rescheduling=rescheduling)
+    return buttons_reply(
+        _("Please tap a button, or answer “sí” or “no”.") + " " + reply.text, reply.buttons
+    )
+
+
+def booked(appointment: Appointment, clinic: Clinic, *, rescheduled: bool) -> engine.Reply:
+    start = local(appointment.start_at, clinic)
+    values = {
+        "date": long_date(start),
+        "time": time_label(start),
+        "doctor": appointment.doctor.full_name,
+        "specialty": appointment.specialty.name if appointment.specialty else "",
+        "clinic": clinic.name,
+        "address": clinic.address,
+    }
+    lines = [
+        _("✅ Done, your appointment was moved!")
+        if rescheduled
+        else _("✅ Your appointment is booked!"),
+        _("📅 %(date)s, %(time)s") % values,
+        _("👩‍⚕️ %(doctor)s · %(specialty)s") % values
+        if values["specialty"]
+        else _("👩‍⚕️ %(doctor)s") % values,
+        _("📍 %(clinic)s, %(address)s") % values if clinic.address else _("📍 %(clinic)s") % values,
+    ]
+    if clinic.what_to_bring:
+        lines.append(_("🧾 Please bring: %(bring)s") % {"bring": clinic.what_to_bring})
+    lines.append(_("If you need to cancel or change it, just write to me here."))
+    return text("\n".join(lines))
+
+
+def booking_dropped(*, rescheduling: bool) -> engine.Reply:
+    if rescheduling:
+        return text(
+            _("All right, your appointment stays as it was. Anything else I can help with?")
+        )
+    return text(_("All right, I didn't book anything. Anything else I can help with?"))
+
+
+# --- the patient's appointments --------------------------------------------------------------
+
+
+def appointment_line(appointment: Appointment, clinic: Clinic) -> str:
+    start = local(appointment.start_at, clinic)
+    specialty = appointment.specialty.name if appointment.specialty else ""
+    who = doctor_line(appointment.doctor.full_name, specialty)
+    return f"• {short_date(start)}, {time_label(start)} — {who}"
+
+
+def upcoming(appointments: Sequence[Appointment], clinic: Clinic) -> engine.Reply:
+    if not appointments:
+        return no_upcoming()
+    lines = [_("Your upcoming appointments:")]
+    lines += [appointment_line(a, clinic) for a in appointments[:MAX_ROWS]]
+    return text("\n".join(lines))
+
+
+def no_upcoming() -> engine.Reply:
+    return text(_("You have no upcoming appointments. If you want one, tell me your symptoms."))
+
+
+def appointment_rows(appointments: Sequence[Appointment], clinic: Clinic) -> list[engine.Row]:
+    rows = []
+    for appointment in appointments[:MAX_ROWS]:
+        start = local(appointment.start_at, clinic)
+        specialty = appointment.specialty.name if appointment.specialty else ""
+        rows.append(
+            engine.Row(
+                id=f"appt:{appointment.pk}",
+                title=f"{short_date(start)} {time_label(start)}",
+                description=doctor_line(appointment.doctor.full_name, specialty),
+            )
+        )
+    return rows
+
+
+def pick_appointment(
+    appointments: Sequence[Appointment], clinic: Clinic, *, to_cancel: bool
+) -> engine.Reply:
+    body = (
+        _("Which appointment do you want to cancel?")
+        if to_cancel
+        else _("Which appointment do you want to change?")
+    )
+    return list_reply(body, _("See appointments"), appointment_rows(appointments, clinic))
+
+
+def pick_appointment_help() -> engine.Reply:
+    return text(_("Please choose one of your appointments from the list, or write its number."))
+
+
+CANCEL_YES = "cancel:yes"
+CANCEL_NO = "cancel:no"
+
+
+def confirm_cancel(appointment: Appointment, clinic: Clinic) -> engine.Reply:
+    start = local(appointment.start_at, clinic)
+    body = _("Do you want to cancel your appointment of %(date)s at %(time)s with %(doctor)s?") % {
+        "date": long_date(start),
+        "time": time_label(start),
+        "doctor": appointment.doctor.full_name,
+    }
+    return buttons_reply(
+        body,
+        [
+            engine.Button(CANCEL_YES, _("Yes, cancel it")),
+            engine.Button(CANCEL_NO, _("No, keep it")),
+        ],
+    )
+
+
+def cancelled(appointment: Appointment, clinic: Clinic) -> engine.Reply:
+    start = local(appointment.start_at, clinic)
+    return text(
+        _(
+            "Done, your appointment of %(date)s at %(time)s is cancelled. If you want another "
+            "one, just write to me."
+        )
+        % {"date": long_date(start), "time": time_label(start)}
+    )
+
+
+def cancel_kept() -> engine.Reply:
+    return text(_("All right, your appointment stays as it is. Anything else I can help with?"))
+
+
+def cancel_failed() -> engine.Reply:
+    return text(
+        _("Sorry, I couldn't change that appointment. A person from the team will help you soon.")
+    )
+
+
+def thanks(name: str) -> engine.Reply:
+    return text(_("Thanks, %(name)s.") % {"name": name})
