@@ -115,36 +115,33 @@ def available_slots(
         if mine is not None:
             bookable |= Q(pk=mine)
 
-    rows = Slot.objects.filter(
-        bookable,
-        clinic=clinic,
-        # Literally the partial index's predicate, so PostgreSQL can use it.
-        status__in=[SlotStatus.FREE, SlotStatus.HELD],
-        start_at__gte=earliest,
-    )
+    lower = earliest
+    conditions = [bookable]
     if cursor:
         after_start, after_id = decode_cursor(cursor)
-        # The plain start_at bound is what the index range scan starts from; the OR breaks ties.
-        rows = rows.filter(
-            Q(start_at__gt=after_start) | Q(start_at=after_start, pk__gt=after_id),
-            start_at__gte=after_start,
-        )
+        # The plain start_at bound is where the index range scan starts; the OR breaks ties.
+        lower = max(lower, after_start)
+        conditions.append(Q(start_at__gt=after_start) | Q(start_at=after_start, pk__gt=after_id))
+    filters = {
+        "clinic": clinic,
+        # Literally the partial index's predicate, so PostgreSQL can use it.
+        "status__in": [SlotStatus.FREE, SlotStatus.HELD],
+        "start_at__gte": lower,
+        # Joined anyway for select_related; inactive doctors offer nothing.
+        "doctor__active": True,
+    }
     if date_to is not None:
-        rows = rows.filter(start_at__lt=_local_midnight(date_to + dt.timedelta(days=1), tz))
+        filters["start_at__lt"] = _local_midnight(date_to + dt.timedelta(days=1), tz)
     if doctor is not None:
-        if not doctor.active:
+        filters["doctor"] = doctor
+        if specialty is not None and not doctor.specialties.filter(pk=specialty.pk).exists():
             return SlotPage(slots=[], next_cursor=None, has_more=False)
-        rows = rows.filter(doctor=doctor)
-        if specialty is not None:
-            rows = rows.filter(
-                doctor__in=Doctor.objects.filter(pk=doctor.pk, specialties=specialty)
-            )
-    else:
-        doctors = Doctor.objects.filter(clinic=clinic, active=True)
-        if specialty is not None:
-            doctors = doctors.filter(specialties=specialty)
-        rows = rows.filter(doctor_id__in=doctors.values("pk"))
-
+    elif specialty is not None:
+        # A subquery of doctor ids keeps the walk on slot_bookable_keyset (no join reordering).
+        filters["doctor_id__in"] = Doctor.specialties.through.objects.filter(
+            specialty_id=specialty.pk
+        ).values("doctor_id")
+    rows = Slot.objects.filter(*conditions, **filters)
     page = list(rows.select_related("doctor").order_by("start_at", "pk")[: page_size + 1])
     has_more = len(page) > page_size
     page = page[:page_size]
