@@ -100,7 +100,7 @@ class ClinicConsistentForm(forms.ModelForm):
             clinic_id = getattr(self.instance, "clinic_id", None)
         if clinic_id is None:
             return data
-        for name, value in data.items():
+        for name, value in list(data.items()):
             if name == "clinic":
                 continue
             items = value if isinstance(value, QuerySet | list | tuple) else [value]
