@@ -222,19 +222,32 @@ _CHILD = re.compile(
     r"|\brecien nacid[oa]\b|\blactante\b|\bbebes?\b|\b\d{1,2} (?:meses|semanas|dias) de nacid"
     r"|\b(?:ni[nñ][oa]|nene|nena)\b"
 )
-_AGE_YEARS = re.compile(r"\b(\d{1,3}) a[nñ]os?\b")
-_AGE_MONTHS = re.compile(r"\b\d{1,2} (?:meses|mesesito|semanas)\b")
+# An age, not a duration: "niña de 3 años", "tiene 8 meses" — but not "hace 2 semanas".
+_AGE = re.compile(r"(?:(\w+) )?(?:como )?(\d{1,3}) (a[nñ]os?|mes(?:es)?|semanas?|dias?)\b")
+_DURATION_WORDS = frozenset(
+    ["hace", "desde", "durante", "por", "llevo", "lleva", "llevamos", "tras", "cada", "en"]
+)
+
+
+def _ages_in_years(norm: str) -> list[float]:
+    ages = []
+    for before, number, unit in _AGE.findall(norm):
+        if before in _DURATION_WORDS:
+            continue
+        ages.append(int(number) / {"a": 1, "m": 12, "s": 52, "d": 365}[unit[0]])
+    return ages
 
 
 def mentions_child(text: str) -> bool:
-    """ "mi hijo", "mi bebé", "niña de 3 años", "de 8 meses": the patient is a child."""
+    """ "mi hijo", "mi bebé", "niña de 3 años", "tiene 8 meses": the patient is a child."""
     norm = normalize(text)
-    ages = [int(a) for a in _AGE_YEARS.findall(norm)]
+    ages = _ages_in_years(norm)
     if ages and min(ages) >= 18:
         return False
-    if _CHILD.search(norm) or _AGE_MONTHS.search(norm):
+    if _CHILD.search(norm):
         return True
-    return bool(ages) and min(ages) <= 14
+    # Months and weeks alone are ambiguous ("tos de 2 semanas"); years say more.
+    return any(a <= 14 for a in ages if a >= 1) or bool(re.search(r"\bde nacid", norm))
 
 
 def _scores(text: str, specialties: Sequence[Specialty]) -> dict[str, float]:

@@ -201,6 +201,27 @@ HELD_OUT: list[tuple[str, str]] = [
     ("me lastime la espalda cargando cajas", "ortopedia"),
     ("escucho un pito en el oido", "otorrinolaringologia"),
     ("tengo la garganta irritada y ronquera", "otorrinolaringologia"),
+    # Second batch, added after the first was scored; also never tuned on.
+    ("tengo tos seca hace como 2 semanas", "medicina-general"),
+    ("me dio colitis y tengo muchos gases", "medicina-general"),
+    ("mi hija de 7 años tiene vomito", "pediatria"),
+    ("mi bebe tiene diarrea desde ayer", "pediatria"),
+    ("tengo un atraso de 2 semanas", "ginecologia"),
+    ("me duelen los senos", "ginecologia"),
+    ("tengo una muela picada", "odontologia"),
+    ("me sangran las encias", "odontologia"),
+    ("tengo la cara llena de granos", "dermatologia"),
+    ("tengo hongos en los pies", "dermatologia"),
+    ("necesito cambiar las gafas porque ya no veo", "oftalmologia"),
+    ("tengo un orzuelo", "oftalmologia"),
+    ("me tomaron la presion y salio alta", "cardiologia"),
+    ("siento el corazon acelerado por las noches", "cardiologia"),
+    ("estoy pasando por un duelo muy duro", "psicologia"),
+    ("me estreso por todo y no duermo bien", "psicologia"),
+    ("tengo un esguince en la muñeca", "ortopedia"),
+    ("me duele la espalda baja", "ortopedia"),
+    ("tengo otitis", "otorrinolaringologia"),
+    ("no huelo nada y tengo la nariz tapada", "otorrinolaringologia"),
 ]
 
 # Each must be flagged (100 % recall).
