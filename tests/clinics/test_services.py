@@ -523,3 +523,48 @@ def test_it_marks_free_slots_in_a_new_blocked_period_as_blocked(clinic, doctor, 
         .values_list("status", flat=True)
     )  # fmt: skip
     assert statuses == ["blocked", "blocked", "blocked", "free"]
+
+
+def test_it_emits_hold_events_and_frees_the_previous_hold(
+    clinic, slots, captured_events, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        services.slot_hold(clinic=clinic, slot_id=slots[0].pk, holder="conversation:1")
+    with django_capture_on_commit_callbacks(execute=True):
+        services.slot_hold(clinic=clinic, slot_id=slots[1].pk, holder="conversation:1")
+    names = [(n, p["slot_id"]) for _, n, p in captured_events]
+    assert names == [
+        ("slot.retenido", slots[0].pk),
+        ("slot.liberado", slots[0].pk),
+        ("slot.retenido", slots[1].pk),
+    ]
+
+
+def test_it_drops_events_of_a_rolled_back_transaction(
+    clinic, patient, slots, staff_actor, captured_events, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        try:
+            with transaction.atomic():
+                book(clinic, patient, slots[0], staff_actor)
+                raise RuntimeError("the caller failed after booking")
+        except RuntimeError:
+            pass
+    assert captured_events == []
+    assert not Appointment.objects.exists()
+    assert Slot.objects.get(pk=slots[0].pk).status == SlotStatus.FREE
+
+
+def test_it_keeps_going_when_an_event_receiver_fails(
+    clinic, patient, slots, staff_actor, captured_events, django_capture_on_commit_callbacks
+):
+    def broken(**kwargs):
+        raise ValueError("receiver bug")
+
+    domain_event.connect(broken, dispatch_uid="test-broken")
+    try:
+        with django_capture_on_commit_callbacks(execute=True):
+            book(clinic, patient, slots[0], staff_actor)
+    finally:
+        domain_event.disconnect(dispatch_uid="test-broken")
+    assert [n for _, n, _ in captured_events] == ["cita.creada"]
