@@ -408,6 +408,9 @@ def _on_verifying(turn: Turn) -> None:
         turn.say(replies.identify_first())
         return
     parsed = nlu.parse_birth_date(turn.text, turn.today)
+    if parsed.date is None and nlu.detect_intent(turn.text) is not None:
+        turn.say(replies.birth_date_first())  # nothing is shown or done before verification
+        return
     if parsed.date is None:
         turn.say(replies.date_problem(parsed.problem or ""))
         return

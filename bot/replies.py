@@ -169,6 +169,10 @@ def birth_date_mismatch(attempts_left: int) -> engine.Reply:
     )
 
 
+def birth_date_first() -> engine.Reply:
+    return text(_("Please confirm your date of birth first (for example 14/03/1985)."))
+
+
 def identity_failed() -> engine.Reply:
     return text(
         _(
