@@ -19,6 +19,7 @@ import httpx
 from django.conf import settings
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from bot.models import Conversation, Direction, Message, MessageStatus
 
@@ -241,7 +242,8 @@ def build_payload(to: str, reply: Reply) -> dict:
                 "type": "list",
                 "body": {"text": clip(reply.text, MAX_INTERACTIVE_BODY) or "…"},
                 "action": {
-                    "button": clip(reply.button, MAX_LIST_BUTTON) or "Ver opciones",
+                    "button": clip(reply.button, MAX_LIST_BUTTON)
+                    or clip(_("See options"), MAX_LIST_BUTTON),
                     "sections": [{"rows": wa_rows}],
                 },
             },

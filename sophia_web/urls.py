@@ -7,4 +7,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("health/", health.health, name="health"),
     path("whatsapp/", include("bot.urls")),
+    # The demo's stand-in for WhatsApp; its views answer 404 unless DEBUG or SOPHIA_SIMULATOR.
+    path("simulator/", include("bot.simulator")),
 ]

@@ -1,0 +1,379 @@
+"""The demo's WhatsApp: a fake Graph API plus a page where a person chats as a patient.
+
+`make demo` has no Meta account, so WHATSAPP_API_URL points at `/simulator/graph`: the outbox
+worker POSTs the bot's replies here exactly as it would to Meta. The page sends what the person
+types as a realistic webhook payload, signed with WHATSAPP_APP_SECRET, through the real webhook
+view, and polls for the replies. A phone's chat lives in the cache (it is a demo aid, not data).
+Only on with DEBUG or SOPHIA_SIMULATOR.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from functools import wraps
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, render
+from django.test import RequestFactory
+from django.urls import path, reverse
+from django.utils.translation import gettext as _
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import trigger_client_event
+
+from bot import webhook
+from clinics.models import Clinic
+
+app_name = "simulator"
+
+STORE_SECONDS = 24 * 3600
+TYPING_SECONDS = 10
+DEFAULT_PHONE = "573001234567"
+_PHONE = re.compile(r"^\d{8,15}$")
+MAX_TEXT = 4096
+
+
+def enabled() -> bool:
+    return bool(settings.DEBUG or getattr(settings, "SOPHIA_SIMULATOR", False))
+
+
+def _simulator_only(view):
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not enabled():
+            raise Http404("the simulator is off")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+# The chat store -------------------------------------------------------------------------------
+
+
+def _key(phone_number_id: str, phone: str) -> str:
+    return f"sophia:sim:{phone_number_id}:{phone}"
+
+
+def append_item(phone_number_id: str, phone: str, item: dict) -> int:
+    """Add one chat bubble; its sequence number (atomic counter, so concurrent writers agree)."""
+    key = _key(phone_number_id, phone)
+    cache.add(f"{key}:seq", 0, STORE_SECONDS)
+    seq = cache.incr(f"{key}:seq")
+    cache.set(f"{key}:item:{seq}", {**item, "seq": seq}, STORE_SECONDS)
+    if item["direction"] == "out":
+        cache.delete(f"{key}:typing")
+    return seq
+
+
+def items_after(phone_number_id: str, phone: str, after: int) -> list[dict]:
+    """Bubbles after `after`, stopping at a gap (a writer between its counter and its item)."""
+    key = _key(phone_number_id, phone)
+    last = cache.get(f"{key}:seq") or 0
+    if last <= after:
+        return []
+    found = cache.get_many([f"{key}:item:{n}" for n in range(after + 1, last + 1)])
+    items = []
+    for n in range(after + 1, last + 1):
+        item = found.get(f"{key}:item:{n}")
+        if item is None:
+            break
+        items.append(item)
+    return items
+
+
+def is_typing(phone_number_id: str, phone: str) -> bool:
+    return bool(cache.get(f"{_key(phone_number_id, phone)}:typing"))
+
+
+def _bubble_from_graph(body: dict) -> dict:
+    """What the patient's phone would show for one Graph API message body."""
+    kind = body.get("type")
+    item: dict = {"direction": "out", "kind": "text", "text": "", "rows": [], "buttons": []}
+    if kind == "text":
+        item["text"] = str(body.get("text", {}).get("body", ""))
+    elif kind == "interactive":
+        interactive = body.get("interactive", {})
+        action = interactive.get("action", {})
+        item["text"] = str(interactive.get("body", {}).get("text", ""))
+        if interactive.get("type") == "list":
+            item["kind"] = "list"
+            item["button"] = str(action.get("button", ""))
+            item["rows"] = [
+                {
+                    "id": str(row.get("id", "")),
+                    "title": str(row.get("title", "")),
+                    "description": str(row.get("description", "")),
+                    "vals": json.dumps(
+                        {
+                            "reply_type": "list_reply",
+                            "reply_id": row.get("id", ""),
+                            "reply_title": row.get("title", ""),
+                        }
+                    ),
+                }
+                for section in action.get("sections", [])
+                for row in section.get("rows", [])
+            ]
+        else:
+            item["kind"] = "buttons"
+            item["buttons"] = [
+                {
+                    "id": str(b.get("reply", {}).get("id", "")),
+                    "title": str(b.get("reply", {}).get("title", "")),
+                    "vals": json.dumps(
+                        {
+                            "reply_type": "button_reply",
+                            "reply_id": b.get("reply", {}).get("id", ""),
+                            "reply_title": b.get("reply", {}).get("title", ""),
+                        }
+                    ),
+                }
+                for b in action.get("buttons", [])
+            ]
+    elif kind == "template":
+        template = body.get("template", {})
+        params = [
+            str(p.get("text", ""))
+            for c in template.get("components", []) or []
+            for p in c.get("parameters", []) or []
+            if isinstance(p, dict)
+        ]
+        item["kind"] = "template"
+        item["text"] = _("Template: %(name)s") % {"name": template.get("name", "")}
+        if params:
+            item["text"] += " — " + ", ".join(params)
+    else:
+        item["text"] = f"[{kind}]"
+    return item
+
+
+# The fake Graph API ---------------------------------------------------------------------------
+
+
+def _graph_error(status: int, code: int, message: str) -> JsonResponse:
+    error = {"message": message, "type": "OAuthException", "code": code, "fbtrace_id": "SIM"}
+    return JsonResponse({"error": error}, status=status)
+
+
+@csrf_exempt
+@require_POST
+@_simulator_only
+def graph(request: HttpRequest, phone_number_id: str) -> HttpResponse:
+    """POST /simulator/graph/<phone_number_id>/messages, answered like the Cloud API."""
+    clinic = Clinic.objects.filter(phone_number_id=phone_number_id).first()
+    tokens = {settings.WHATSAPP_ACCESS_TOKEN} | (
+        {clinic.whatsapp_access_token} if clinic else set()
+    )
+    sent = request.headers.get("Authorization", "").removeprefix("Bearer ")
+    if not sent or not any(t and secrets.compare_digest(sent, t) for t in tokens):
+        return _graph_error(401, 190, "Invalid OAuth access token.")
+    try:
+        body = json.loads(request.body)
+    except ValueError:
+        return _graph_error(400, 100, "The request body is not JSON.")
+    if not isinstance(body, dict):
+        return _graph_error(400, 100, "The request body must be a JSON object.")
+
+    if body.get("status") == "read":
+        # Mark-read + typing indicator: show "typing…" on the phone that wrote that message.
+        target = cache.get(f"sophia:sim:wamid:{body.get('message_id', '')}")
+        if target and "typing_indicator" in body:
+            cache.set(f"{_key(*target)}:typing", True, TYPING_SECONDS)
+        return JsonResponse({"success": True})
+
+    to = str(body.get("to", ""))
+    if not _PHONE.match(to) or body.get("type") not in ("text", "interactive", "template"):
+        return _graph_error(400, 100, "Invalid parameter.")
+    wamid = f"wamid.SIM{secrets.token_hex(12)}"
+    append_item(phone_number_id, to, {**_bubble_from_graph(body), "wamid": wamid})
+    return JsonResponse(
+        {
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": to, "wa_id": to}],
+            "messages": [{"id": wamid}],
+        }
+    )
+
+
+# The page -------------------------------------------------------------------------------------
+
+
+def _clinics_for(user) -> list[Clinic]:
+    if user.is_staff or user.is_superuser:
+        return list(Clinic.objects.order_by("name"))
+    return list(Clinic.objects.filter(memberships__user=user).order_by("name"))
+
+
+def _chat(request: HttpRequest, source) -> tuple[list[Clinic], Clinic | None, str]:
+    """The user's clinics, the chosen clinic (404 if not theirs) and the patient phone."""
+    clinics = _clinics_for(request.user)
+    if not clinics:
+        raise PermissionDenied("the simulator is for clinic staff")
+    clinic_id = source.get("clinic")
+    if clinic_id:
+        if not str(clinic_id).isdigit():
+            raise Http404("unknown clinic")
+        clinic = get_object_or_404(Clinic, pk=int(clinic_id), pk__in=[c.pk for c in clinics])
+    else:
+        clinic = clinics[0]
+    phone = re.sub(r"\D", "", source.get("phone", "") or "") or DEFAULT_PHONE
+    return clinics, clinic, phone
+
+
+def _after(request: HttpRequest) -> int:
+    value = request.GET.get("after", "0")
+    return int(value) if value.isdigit() else 0
+
+
+@require_GET
+@_simulator_only
+@login_required
+def page(request: HttpRequest) -> HttpResponse:
+    clinics, clinic, phone = _chat(request, request.GET)
+    items = items_after(clinic.phone_number_id, phone, 0) if _PHONE.match(phone) else []
+    context = {
+        "clinics": clinics,
+        "clinic": clinic,
+        "phone": phone,
+        "phone_ok": bool(_PHONE.match(phone)),
+        "name": request.GET.get("name", "")[:80] or "Paciente Demo",
+        "items": items,
+        "after": items[-1]["seq"] if items else 0,
+        "typing": is_typing(clinic.phone_number_id, phone),
+        "secret_missing": not settings.WHATSAPP_APP_SECRET,
+    }
+    return render(request, "bot/simulator.html", context)
+
+
+@require_GET
+@_simulator_only
+@login_required
+def poll(request: HttpRequest) -> HttpResponse:
+    _clinics, clinic, phone = _chat(request, request.GET)
+    if not _PHONE.match(phone):
+        return HttpResponse(status=400)
+    after = _after(request)
+    items = items_after(clinic.phone_number_id, phone, after)
+    _acknowledge(clinic, phone, [i["wamid"] for i in items if i["direction"] == "out"])
+    context = {
+        "clinic": clinic,
+        "phone": phone,
+        "items": items,
+        "after": items[-1]["seq"] if items else after,
+        "typing": is_typing(clinic.phone_number_id, phone),
+        "oob": True,
+    }
+    return render(request, "bot/simulator.html#poll", context)
+
+
+@require_POST
+@_simulator_only
+@login_required
+def send(request: HttpRequest) -> HttpResponse:
+    """Turn what the person typed (or tapped) into a signed webhook POST to the real view."""
+    _clinics, clinic, phone = _chat(request, request.POST)
+    if not _PHONE.match(phone):
+        return _status(request, _("The phone number must have 8 to 15 digits."), 400)
+    name = request.POST.get("name", "")[:80] or "Paciente Demo"
+    reply_type = request.POST.get("reply_type", "")
+    wamid = f"wamid.SIMIN{secrets.token_hex(12)}"
+    message: dict = {"from": phone, "id": wamid, "timestamp": str(int(time.time()))}
+    if reply_type in ("list_reply", "button_reply"):
+        title = request.POST.get("reply_title", "")[:100]
+        reply = {"id": request.POST.get("reply_id", "")[:256], "title": title}
+        message |= {"type": "interactive", "interactive": {"type": reply_type, reply_type: reply}}
+        bubble = title
+    elif reply_type == "image":
+        message |= {"type": "image", "image": {"id": "SIM-MEDIA", "mime_type": "image/jpeg"}}
+        bubble = _("📷 Photo")
+    else:
+        text = request.POST.get("text", "").strip()[:MAX_TEXT]
+        if not text:
+            return _status(request, _("Write a message first."), 400)
+        message |= {"type": "text", "text": {"body": text}}
+        bubble = text
+
+    cache.set(f"sophia:sim:wamid:{wamid}", (clinic.phone_number_id, phone), STORE_SECONDS)
+    append_item(clinic.phone_number_id, phone, {"direction": "in", "text": bubble, "wamid": wamid})
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {
+            "display_phone_number": "15550000000",
+            "phone_number_id": clinic.phone_number_id,
+        },
+        "contacts": [{"profile": {"name": name}, "wa_id": phone}],
+        "messages": [message],
+    }
+    response = _post_webhook(value)
+    if response.status_code != 200:
+        reason = response.content.decode(errors="replace")[:200]
+        text = _("The webhook answered %(status)s: %(reason)s") % {
+            "status": response.status_code,
+            "reason": reason,
+        }
+        return _status(request, text, 502)
+    return trigger_client_event(_status(request, "", 200), "simPoll")
+
+
+def _post_webhook(value: dict) -> HttpResponse:
+    """Sign one webhook `value` as Meta would and run the real webhook view on it."""
+    body = json.dumps(
+        {
+            "object": "whatsapp_business_account",
+            "entry": [{"id": "SIMULATOR", "changes": [{"field": "messages", "value": value}]}],
+        }
+    ).encode()
+    request = RequestFactory().post(
+        reverse("bot:webhook"),
+        data=body,
+        content_type="application/json",
+        headers={"X-Hub-Signature-256": webhook.signature_for(body)},
+    )
+    return webhook.webhook(request)
+
+
+def _acknowledge(clinic: Clinic, phone: str, wamids: list[str]) -> None:
+    """The phone showed these replies: report them delivered and read, as WhatsApp does."""
+    if not wamids or not settings.WHATSAPP_APP_SECRET:
+        return
+    now = str(int(time.time()))
+    statuses = [
+        {"id": wamid, "status": status, "timestamp": now, "recipient_id": phone}
+        for wamid in wamids
+        for status in ("delivered", "read")
+    ]
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {
+            "display_phone_number": "15550000000",
+            "phone_number_id": clinic.phone_number_id,
+        },
+        "statuses": statuses,
+    }
+    _post_webhook(value)
+
+
+def _status(request: HttpRequest, text: str, status: int) -> HttpResponse:
+    # htmx swaps only 2xx answers by default: errors are shown with a 200 and the text.
+    code = status if not request.htmx else 200
+    return render(
+        request,
+        "bot/simulator.html#status",
+        {"status_text": text, "error": status >= 400},
+        status=code,
+    )
+
+
+urlpatterns = [
+    path("", page, name="page"),
+    path("send/", send, name="send"),
+    path("poll/", poll, name="poll"),
+    path("graph/<str:phone_number_id>/messages", graph, name="graph"),
+]
