@@ -262,6 +262,7 @@ def generate_slots(
             date_from=today,
             date_to=today + dt.timedelta(days=settings.SOPHIA_SLOT_DAYS_AHEAD),
             doctor=doctor,
+            actor=services.Actor.staff(request.user),
         )
     messages.success(
         request,
@@ -463,27 +464,42 @@ class BlockedPeriodAdmin(ClinicScopedAdmin):
 
     def save_model(self, request: HttpRequest, obj: BlockedPeriod, form, change: bool) -> None:
         super().save_model(request, obj, form, change)
-        # Slots generated before the period was entered must stop being offered. Booked ones
-        # stay: cancelling a patient's appointment is staff's decision, through its actions.
-        inside = Slot.objects.filter(
-            clinic_id=obj.clinic_id, start_at__lt=obj.ends_at, end_at__gt=obj.starts_at
+        # Slots generated before the period was entered must stop being offered: slots_generate
+        # blocks free slots inside blocked periods. Booked ones stay: cancelling a patient's
+        # appointment is staff's decision, through the appointment actions.
+        clinic = obj.clinic
+        today = local_date(clinic)
+        date_from = max(obj.starts_at.astimezone(clinic.tz).date(), today)
+        date_to = min(
+            obj.ends_at.astimezone(clinic.tz).date(),
+            today + dt.timedelta(days=settings.SOPHIA_SLOT_DAYS_AHEAD),
+        )
+        if date_from <= date_to:
+            services.slots_generate(
+                clinic=clinic,
+                date_from=date_from,
+                date_to=date_to,
+                doctor=obj.doctor,
+                actor=services.Actor.staff(request.user),
+            )
+        booked = Appointment.objects.filter(
+            clinic_id=obj.clinic_id,
+            start_at__lt=obj.ends_at,
+            end_at__gt=obj.starts_at,
+            status__in=[AppointmentStatus.BOOKED, AppointmentStatus.CONFIRMED],
         )
         if obj.doctor_id:
-            inside = inside.filter(doctor_id=obj.doctor_id)
-        blocked = inside.filter(status=SlotStatus.FREE).update(status=SlotStatus.BLOCKED)
-        booked = Appointment.objects.filter(
-            slot__in=inside, status__in=[AppointmentStatus.BOOKED, AppointmentStatus.CONFIRMED]
-        ).count()
-        logger.info("blocked period %s blocked %d free slots", obj.pk, blocked)
-        if booked:
+            booked = booked.filter(doctor_id=obj.doctor_id)
+        count = booked.count()
+        if count:
             messages.warning(
                 request,
                 ngettext(
                     "%(count)d appointment falls inside this period; cancel or move it.",
                     "%(count)d appointments fall inside this period; cancel or move them.",
-                    booked,
+                    count,
                 )
-                % {"count": booked},
+                % {"count": count},
             )
 
 

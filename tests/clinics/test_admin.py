@@ -433,7 +433,8 @@ def test_it_generates_slots_from_the_admin_action(
     settings.SOPHIA_SLOT_DAYS_AHEAD = 21
     calls = []
 
-    def generate(*, clinic, date_from, date_to, doctor=None):
+    def generate(*, clinic, date_from, date_to, doctor=None, actor=None):
+        assert actor.label == "admin"
         calls.append((clinic.pk, doctor.pk if doctor else None, (date_to - date_from).days))
         return 7
 
@@ -512,3 +513,29 @@ def test_it_keeps_audit_events_and_periodic_jobs_out_of_reach(client, world):
     client.logout()
     login(client, "admin")
     assert client.get(url("bot.periodicjob", "change", job.pk)).status_code == 403
+
+
+@pytest.mark.parametrize(("user_fixture", "side"), [STAFF[0], STAFF[2]])
+def test_it_confirms_and_cancels_with_the_real_services(client, world, request, user_fixture, side):
+    user = request.getfixturevalue(user_fixture)
+    login(client, user.username)
+    own, foreign = world[side]["clinics.appointment"], world[other(side)]["clinics.appointment"]
+    changelist = url("clinics.appointment", "changelist")
+    selected = {helpers.ACTION_CHECKBOX_NAME: [own.pk, foreign.pk]}
+    client.post(changelist, {"action": "confirm", **selected})
+    own.refresh_from_db()
+    foreign.refresh_from_db()
+    assert (own.status, foreign.status) == ("confirmed", "booked")
+    client.post(changelist, {"action": "cancel", **selected})
+    own.refresh_from_db()
+    foreign.refresh_from_db()
+    assert (own.status, foreign.status) == ("cancelled", "booked")
+    assert own.cancel_reason
+    assert Slot.objects.get(pk=own.slot_id).status == "free"
+    assert Slot.objects.get(pk=foreign.slot_id).status == "booked"
+    audit = AuditEvent.objects.filter(object_type="appointment", object_id=str(own.pk))
+    assert set(audit.values_list("actor_type", "actor_label")) >= {("staff", user.username)}
+    # Cancelling twice is refused politely, not a 500.
+    response = client.post(changelist, {"action": "cancel", **selected}, follow=True)
+    assert response.status_code == 200
+    assert [m.level_tag for m in response.context["messages"]][-1] == "warning"
