@@ -570,10 +570,21 @@ def _global_intent(turn: Turn, intent: Intent | None) -> bool:
     return False
 
 
+def _is_free_text(text: str) -> bool:
+    """Words worth an LLM's time: not a number, a date, a yes/no or a one-word reply.
+
+    Deterministic answers (documents, numbers, yes/no, list and button replies) never reach it.
+    """
+    words = normalize(text).split()
+    alphabetic = [w for w in words if w.isalpha()]
+    short_answer = len(words) <= 3 and (nlu.is_yes(text) or nlu.is_no(text))
+    return len(alphabetic) >= 2 and not short_answer
+
+
 def _free_answer(turn: Turn) -> None:
     """A question the rules can't place: the LLM grounded in clinic data, else the menu."""
     llm = turn.ctx.llm
-    if llm is not None:
+    if llm is not None and not turn.reply_id and _is_free_text(turn.text):
         try:
             answer = llm.answer(turn.text, turn.clinic)
         except Exception:  # the LLM is optional: any failure falls back to the menu
@@ -616,7 +627,8 @@ def _triage(
     slug = nlu.match_specialty_name(text, {s.slug: s.name for s in specialties})
     alternatives: tuple[str, ...] = ()
     if slug is None:
-        result = triage.classify(text, specialties, llm=turn.ctx.llm if use_llm else None)
+        llm = turn.ctx.llm if use_llm and _is_free_text(text) else None
+        result = triage.classify(text, specialties, llm=llm)
         turn.prompt_tokens += result.prompt_tokens
         turn.completion_tokens += result.completion_tokens
         if result.red_flag:

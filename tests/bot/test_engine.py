@@ -714,3 +714,30 @@ def test_it_keeps_every_list_and_button_within_whatsapp_limits(
                 assert all(len(b.title) <= 20 for b in reply.buttons)
                 checked += 1
     assert checked > 10
+
+
+def test_it_books_when_the_hold_expired_but_nobody_took_the_slot(confirming_chat, agenda):
+    slot = agenda["general"][0]
+    past = timezone.now() - dt.timedelta(minutes=1)
+    SlotHold.objects.filter(slot=slot).update(expires_at=past)
+    Slot.objects.filter(pk=slot.pk).update(held_until=past)
+    confirming_chat.send("sí")
+    assert confirming_chat.state == State.BOOKED
+    assert Appointment.objects.filter(slot=slot).exists()
+
+
+@pytest.mark.parametrize("where", ["identified", "booked"])
+@pytest.mark.parametrize("message", ["1", "sí", "ok", "no", "12/05/2026", "👍"])
+def test_it_keeps_the_llm_out_of_numbers_and_yes_no_answers(reach, fake_llm, where, message):
+    conversation = reach(where)
+    conversation.llm = fake_llm
+    result = conversation.send(message)
+    assert result.replies
+    assert fake_llm.calls == []
+
+
+def test_it_asks_the_llm_only_when_rules_are_unsure_about_real_words(identified_chat, fake_llm):
+    identified_chat.llm = fake_llm
+    identified_chat.send("me siento muy raro desde ayer")
+    assert fake_llm.calls == [("classify", "me siento muy raro desde ayer")]
+    assert identified_chat.state == State.CHOOSING_SPECIALTY
