@@ -78,7 +78,7 @@ _STOPWORD_TEXT = """
 _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
 # Forms of "doler" all mean the same thing to triage: "me duele la muela" ≈ "dolor de muela".
-_PAIN_WORDS = "duele duelen dolia dolian dolio doliendo dolores adolorido adolorida dolorcito doler"
+_PAIN_WORDS = "duele duelen dolia dolian dolio doliendo dolores adolorido adolorida doler"
 _CANONICAL = dict.fromkeys(_PAIN_WORDS.split(), "dolor")
 
 _DOUBLE = re.compile(r"([a-z])\1+")
@@ -107,9 +107,9 @@ def stem(word: str) -> str:
         w = w[:-2]
     elif w.endswith("s") and len(w) >= 4:
         w = w[:-1]
-    for suffix in ("ito", "ita"):  # diminutives: granito → gran(o)
-        if w.endswith(suffix) and len(w) - 3 >= 3:
-            w = w[:-3]
+    for suffix in ("sito", "sita", "ito", "ita"):  # diminutives: granito → gran(o)
+        if w.endswith(suffix) and len(w) - len(suffix) >= 3:
+            w = w[: -len(suffix)]
             break
     for suffix in ("ado", "ada", "ido", "ida"):  # participles: torcido → torc(í)
         if w.endswith(suffix) and len(w) - 3 >= 4:
@@ -336,8 +336,9 @@ def classify(
 
 _RAW_RED_FLAGS: dict[str, list[str]] = {
     "chest_pain": [
-        r"dolor (?:muy )?(?:fuerte |intenso |horrible )?(?:en|de|del) (?:el |mi )?pecho",
-        r"dolor (?:en el |del )?pecho",
+        r"dolor\w* (?:muy )?(?:fuerte |intenso |horrible )?(?:en|de|del) (?:el |mi )?pecho",
+        r"dolor\w* (?:en el |del )?pecho",
+        r"(?:mal|raro|feo) del pecho",
         r"due(?:le|len|lio) (?:mucho |muy fuerte |duro )?(?:el |en el |mi )?pecho",
         r"(?:aprieta|apreta|oprime|presiona|quema|arde|pesa|punza|punzada en) (?:el |mi )?pecho",
         r"(?:presion|opresion|peso|apreton|punzada|puntada|ardor) (?:fuerte )?(?:en|sobre) "
@@ -345,6 +346,7 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
         r"pecho (?:apretado|oprimido)",
         r"infarto",
         r"ataque (?:al|del) corazon",
+        r"ataque cardiac",
         r"dolor (?:que )?(?:se )?(?:me )?(?:baja|corre|va|pasa|irradia)\w* (?:hacia |al |por el )?"
         r"(?:el )?brazo izquierdo",
         r"brazo izquierdo (?:dormido|adormecido|entumido)",
@@ -353,6 +355,9 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
         r"no (?:puedo|puede|podia|pude|logro|logra) respirar",
         r"(?:me|se|le) (?:estoy |esta |estaba )?ahog\w*",
         r"\bahogando",
+        r"atragant",
+        r"se (?:atoro|atasco) con",
+        r"(?:cuesta|costando|cuesta mucho|dificil|duro) respirar",
         r"no (?:me|le) entra (?:el )?aire",
         r"(?:dificultad|problema)s? (?:grave |fuerte )?(?:para|al) respirar",
         r"(?:me|le|se) (?:falta|faltaba) (?:mucho )?(?:el )?aire (?:y|de repente|mucho)",
@@ -395,13 +400,15 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
         r"no (?:quiero|quiere) (?:seguir )?vivir",
         r"(?:matarme|me voy a matar|me quiero matar)",
         r"acabar con (?:mi|su) vida",
-        r"(?:hacerme|me hago|me estoy haciendo) dano",
-        r"(?:cortarme|me corto|me estoy cortando) (?:las )?(?:venas|brazos|munecas)",
+        r"(?:hacerme|me hago|me estoy haciendo|hacerse) (?:un )?da[nñ]o",
+        r"(?:cortarme|me corto|me estoy cortando) (?:las )?(?:venas|brazos|mu[nñ]ecas)",
+        r"(?:quisiera|quiero|prefiero|preferiria) estar muert",
+        r"no (?:le )?(?:encuentro|veo|tiene) sentido (?:a )?(?:la|mi|seguir)",
         r"no (?:vale|tiene) (?:la pena|sentido) (?:seguir )?vivir",
         r"mejor (?:estaria|estarian) (?:muerto|muerta|sin mi)",
     ],
     "heavy_bleeding": [
-        r"(?:sangrado|sangre|sangra|sangrando) (?:muy )?(?:abundante|muchisim|much|bastante|"
+        r"(?:sangrado|sangre|sangra|sangro|sangrando) (?:muy )?(?:abundante|muchisim|much|bastante|"
         r"a chorros|sin parar|demasiad)",
         r"mucha sangre",
         r"hemorragia",
@@ -436,8 +443,8 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
     "anaphylaxis": [
         r"(?:se me|se le) (?:cierra|esta cerrando|cerro|hincho|inflamo|esta hinchando) "
         r"(?:la )?(?:garganta|lengua|cara|labios|boca|ojos)",
-        r"(?:garganta|lengua|labios|cara) (?:muy )?(?:hinchad|inflamad|cerrad)\w* "
-        r"(?:y|no|de repente)",
+        r"(?:garganta|lengua|labios) (?:muy )?(?:hinchad|inflamad|cerrad)",
+        r"(?:cara|ojos) (?:muy )?(?:hinchad|inflamad)\w* (?:y|no|de repente)",
         r"reaccion alergica (?:fuerte|grave|severa|muy fuerte|seria)",
         r"anafila",
         r"shock alergico",
@@ -457,6 +464,10 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
         r"se (?:le|me) (?:ve|salio) el hueso",
         r"(?:quemadura|quemado|quemada) (?:grave|grande|muy grande|en todo|en toda|de tercer)",
         r"se (?:quemo|me quemo) con (?:agua hirviendo|aceite|gasolina|polvora)",
+        r"(?:aceite|agua|leche) (?:hirviendo|caliente) (?:encima|en|por)",
+        r"con (?:aceite|agua) hirviendo",
+        r"(?:cayo|cai|caimos|tumbo|tumbaron|volco) de (?:la|una|el) "
+        r"(?:moto|bicicleta|cicla|caballo)",
         r"(?:se cayo|cayo|me cai) (?:de|desde) (?:un|una|el|la) (?:segundo piso|tercer piso|techo|"
         r"terraza|balcon|altura|andamio|arbol)",
         r"electrocut",
@@ -467,6 +478,7 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
         r"(?:sangr|hemorrag)\w*\b.*\b(?:embarazada|embarazo|gestacion)\b",
         r"(?:rompi|rompio|se me rompio|se le rompio|rompi la) (?:la )?(?:fuente|bolsa)",
         r"(?:el|mi) bebe no se (?:mueve|ha movido|siente)",
+        r"no (?:siento|se siente) (?:al|a mi|el|mi) bebe",
         r"dejo de (?:moverse|sentir al bebe)",
         r"(?:embarazada|embarazo)\b.*\b(?:convuls|dolor de cabeza muy fuerte|veo lucecitas|"
         r"hinchad[ao] toda)",

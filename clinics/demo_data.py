@@ -25,6 +25,8 @@ SPECIALTIES: dict[str, tuple[str, list[str]]] = {
             "laboratorios", "resultados", "certificado médico", "incapacidad", "fórmula médica",
             "renovar fórmula", "medicamentos", "consulta general", "médico general",
             "medicina general", "hemorroides", "dolor al orinar", "ganglios", "hinchazón",
+            "débil", "somnolencia", "azúcar", "mocos", "barriga inflamada",
+            "dolor de garganta con tos",
         ],
     ),
     "pediatria": (
@@ -51,7 +53,8 @@ SPECIALTIES: dict[str, tuple[str, list[str]]] = {
             "menopausia", "calores", "sofocos", "seno", "senos", "mamografía",
             "bulto en el seno", "pezón", "picazón vaginal", "infección vaginal", "candidiasis",
             "papiloma", "vph", "ecografía transvaginal", "infertilidad", "quedar embarazada",
-            "relaciones sexuales", "sangrado vaginal", "mareo en el embarazo",
+            "relaciones sexuales", "sangrado vaginal", "mareo en el embarazo", "relaciones",
+            "sangrado después de relaciones",
         ],
     ),
     "odontologia": (
@@ -80,7 +83,7 @@ SPECIALTIES: dict[str, tuple[str, list[str]]] = {
             "cuero cabelludo", "piel seca", "resequedad", "quemadura de sol", "cicatriz",
             "rosácea", "pecas", "paño", "melasma", "vitíligo", "herpes", "culebrilla",
             "sudoración excesiva", "cara", "rostro", "peladura", "piel irritada", "callos",
-            "pelo",
+            "pelo", "me pica la piel", "picazón en el cuerpo", "quemadura", "grasa en la cara",
         ],
     ),
     "oftalmologia": (
@@ -92,7 +95,8 @@ SPECIALTIES: dict[str, tuple[str, list[str]]] = {
             "presbicia", "catarata", "cataratas", "glaucoma", "conjuntivitis", "ojo rojo",
             "lagaña", "orzuelo", "perrilla", "párpado", "lagrimeo", "ardor en los ojos",
             "ojo seco", "visión doble", "moscas volantes", "destellos", "carnosidad", "pterigio",
-            "lentes de contacto", "retina", "ceguera", "leer de cerca",
+            "lentes de contacto", "retina", "ceguera", "leer de cerca", "no veo", "ver bien",
+            "ver de lejos", "ver de noche",
         ],
     ),
     "cardiologia": (
@@ -120,7 +124,8 @@ SPECIALTIES: dict[str, tuple[str, list[str]]] = {
             "déficit de atención", "hiperactividad", "conducta", "comportamiento", "rabia",
             "ira", "irritable", "mal genio", "matoneo", "bullying", "adicción", "alcohol",
             "drogas", "soledad", "desmotivado", "sin ganas de nada", "salud mental", "emociones",
-            "emocional", "preocupación", "me siento mal emocionalmente",
+            "emocional", "preocupación", "me siento mal emocionalmente", "concentración",
+            "concentrarme", "adicto", "rebelde", "rebeldía",
         ],
     ),
     "ortopedia": (
@@ -147,7 +152,7 @@ SPECIALTIES: dict[str, tuple[str, list[str]]] = {
             "ronquera", "afonía", "ronco", "voz", "nariz", "nariz tapada", "congestión nasal",
             "sinusitis", "rinitis", "tabique", "tabique desviado", "sangrado nasal", "pólipos",
             "ronquidos", "roncar", "apnea del sueño", "vértigo", "olfato", "carraspera",
-            "me sangra la nariz", "audición", "audiometría",
+            "me sangra la nariz", "audición", "audiometría", "estornudos", "pus en el oído",
         ],
     ),
 }
