@@ -206,7 +206,7 @@ def graph(request: HttpRequest, phone_number_id: str) -> HttpResponse:
 
 
 def _clinics_for(user) -> list[Clinic]:
-    if user.is_staff or user.is_superuser:
+    if user.is_superuser:
         return list(Clinic.objects.order_by("name"))
     return list(Clinic.objects.filter(memberships__user=user).order_by("name"))
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -424,14 +425,20 @@ def _deliver_one(message_id: int) -> bool:
         wamid = messages[0].get("id") or None
     if wamid is None:
         logger.warning("outbound message %s: sent, but the API returned no message id", message_id)
-    mine.update(
-        status=MessageStatus.SENT,
-        wa_message_id=wamid,
-        attempts=F("attempts") + 1,
-        next_attempt_at=None,
-        error_code="",
-        error="",
-    )
+    sent = {
+        "status": MessageStatus.SENT,
+        "attempts": F("attempts") + 1,
+        "next_attempt_at": None,
+        "error_code": "",
+        "error": "",
+    }
+    try:
+        with transaction.atomic():
+            mine.update(wa_message_id=wamid, **sent)
+    except IntegrityError:
+        # The message did go out; a reused id only costs us its status updates.
+        logger.error("outbound message %s: WhatsApp id %s is already taken", message_id, wamid)
+        mine.update(**sent)
     logger.info(
         "outbound message %s sent to …%s (attempt %d)",
         message_id,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -194,7 +195,8 @@ class FakeGraphServer:
             )
         if body.get("status") == "read":
             return 200, {"success": True}, {}, ""
-        wamid = f"wamid.FAKE{next(self._ids):08d}"
+        # Unique across servers too: a real wamid never repeats.
+        wamid = f"wamid.FAKE{next(self._ids):06d}{secrets.token_hex(6)}"
         to = str(body.get("to", ""))
         answer = {
             "messaging_product": "whatsapp",
