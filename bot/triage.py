@@ -196,17 +196,37 @@ def _compile_keywords(
     )
 
 
-def _phrase_score(phrase: tuple[str, ...], text: list[str]) -> float:
+class _Text:
+    """The patient's stems, with each keyword stem's match per position computed once."""
+
+    def __init__(self, words: list[str]) -> None:
+        self.words = words
+        self._matches: dict[str, list[float]] = {}
+
+    def matches(self, keyword_token: str) -> list[float]:
+        found = self._matches.get(keyword_token)
+        if found is None:
+            if len(keyword_token) < _FUZZY_MIN:  # the common case, kept cheap
+                found = [1.0 if t == keyword_token else 0.0 for t in self.words]
+            else:
+                found = [_token_match(keyword_token, t) for t in self.words]
+            self._matches[keyword_token] = found
+        return found
+
+
+def _phrase_score(phrase: tuple[str, ...], text: _Text) -> float:
     """How well a keyword phrase occurs in the text (0..1): all its words, close, in any order."""
-    if len(phrase) == 1:
-        return max((_token_match(phrase[0], t) for t in text), default=0.0)
+    per_word = [text.matches(word) for word in phrase]
+    if not all(any(m) for m in per_word):
+        return 0.0
+    if len(per_word) == 1:
+        return max(per_word[0])
     window = len(phrase) + 1
     best = 0.0
-    for start in range(len(text)):
-        span = text[start : start + window]
+    for start in range(len(text.words)):
         quality = 1.0
-        for word in phrase:
-            found = max((_token_match(word, t) for t in span), default=0.0)
+        for matches in per_word:
+            found = max(matches[start : start + window])
             if not found:
                 break
             quality = min(quality, found)
@@ -223,7 +243,7 @@ _CHILD = re.compile(
     r"|\b(?:ni[nñ][oa]|nene|nena)\b"
 )
 # An age, not a duration: "niña de 3 años", "tiene 8 meses" — but not "hace 2 semanas".
-_AGE = re.compile(r"(?:(\w+) )?(?:como )?(\d{1,3}) (a[nñ]os?|mes(?:es)?|semanas?|dias?)\b")
+_AGE = re.compile(r"(?:\b(\w+) )?(?:como )?(\d{1,3}) (a[nñ]os?|mes(?:es)?|semanas?|dias?)\b")
 _DURATION_WORDS = frozenset(
     ["hace", "desde", "durante", "por", "llevo", "lleva", "llevamos", "tras", "cada", "en"]
 )
@@ -250,8 +270,12 @@ def mentions_child(text: str) -> bool:
     return any(a <= 14 for a in ages if a >= 1) or bool(re.search(r"\bde nacid", norm))
 
 
+# Symptoms fit in a few dozen words; a 4,000-character message should not cost a turn's budget.
+MAX_WORDS = 60
+
+
 def _scores(text: str, specialties: Sequence[Specialty]) -> dict[str, float]:
-    words = tokens(text)
+    words = _Text(tokens(text)[:MAX_WORDS])
     compiled = _compile_keywords(tuple((s.slug, tuple(s.keyword_list())) for s in specialties))
     scores: dict[str, float] = {}
     for slug, phrases in compiled:
