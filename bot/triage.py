@@ -4,9 +4,11 @@ Rules first, always: each Specialty's editable keywords are matched against the 
 after the same folding on both sides — accents and case away (`bot.text.normalize`), the usual
 Spanish spelling slips folded (z/s, c/s, v/b, silent h, ll/y), a light stem (plurals, diminutives,
 participles: "muelas"/"muela", "granitos"/"grano", "torcido"/"torcí") and, for longer words, one
-typo of slack. Multiword keywords weigh more than single words. When the rules are unsure and an LLM
-helper is configured, the helper may pick among the clinic's own specialties; red flags are never
-left to it.
+typo of slack. Multiword keywords weigh more than single words, and words only one specialty uses
+more than words several share ("glaucoma" over "control"). A child ("mi hijo", "niña de 3 años")
+moves general-medicine evidence to paediatrics when the clinic has it. When the rules are unsure
+and an LLM helper is configured, it may pick among the clinic's own specialties; red flags are
+never left to it.
 """
 
 from __future__ import annotations
@@ -532,8 +534,18 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
 }
 
 
-def _fold_text(text: str) -> str:
-    return " ".join(fold(w) for w in normalize(text).split())
+_CLAUSE_END = re.compile(r"[,;.:!?¡¿\n]+")
+
+
+def _fold_words(text: str) -> tuple[list[str], list[int]]:
+    """Folded words, and for each the number of the clause it is in ("No, me duele…": 0, 1, 1)."""
+    words: list[str] = []
+    clauses: list[int] = []
+    for number, clause in enumerate(_CLAUSE_END.split(text)):
+        for word in normalize(clause).split():
+            words.append(fold(word))
+            clauses.append(number)
+    return words, clauses
 
 
 def _fold_pattern(pattern: str) -> str:
@@ -564,13 +576,18 @@ _SELF_NEGATING = re.compile(r"^no\b")
 
 def detect_red_flag(text: str) -> str | None:
     """A code for the first emergency sign in the text ("chest_pain", "suicide"…), else None."""
-    folded = _fold_text(text)
-    if not folded:
-        return None
+    words, clauses = _fold_words(text)
+    folded = " ".join(words)
     for code, pattern in _RED_FLAGS:
         for match in pattern.finditer(folded):
-            before = folded[: match.start()]
-            if not _SELF_NEGATING.match(match.group(0)) and _NEGATED_BEFORE.search(before[-40:]):
+            if not _SELF_NEGATING.match(match.group(0)) and _denied(words, clauses, folded, match):
                 continue
             return code
     return None
+
+
+def _denied(words: list[str], clauses: list[int], folded: str, match: re.Match) -> bool:
+    """A negation right before the match, in the same clause: "no, me duele el pecho" is not."""
+    at = folded.count(" ", 0, match.start())
+    same_clause = [w for w, c in zip(words[:at], clauses[:at], strict=True) if c == clauses[at]]
+    return bool(_NEGATED_BEFORE.search(" ".join(same_clause[-6:]) + " "))

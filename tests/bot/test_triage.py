@@ -106,6 +106,10 @@ def test_it_ignores_a_denied_red_flag_but_not_a_later_one():
     assert detect_red_flag("sin dolor de pecho, solo tos") is None
     assert detect_red_flag("no tengo fiebre pero me duele el pecho") == "chest_pain"
     assert detect_red_flag("no sé si es dolor en el pecho") == "chest_pain"
+    assert detect_red_flag("no me duele el pecho") is None
+    assert detect_red_flag("No, me duele mucho el pecho") == "chest_pain"
+    assert detect_red_flag("nunca he convulsionado") is None
+    assert detect_red_flag("ya no puedo respirar") == "breathing"
 
 
 def test_it_flags_red_flags_in_classify_and_still_guesses_the_specialty():
