@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import transaction
@@ -124,7 +125,6 @@ def _receive(request: HttpRequest) -> HttpResponse:
 
     # PostgreSQL text cannot hold NUL; keep everything else exactly as received.
     raw = body.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-    event = WebhookEvent.objects.create(body=raw, signature_valid=True)
     try:
         payload = json.loads(body)
     except ValueError as exc:
@@ -132,7 +132,7 @@ def _receive(request: HttpRequest) -> HttpResponse:
     else:
         reason = "" if isinstance(payload, dict) else "malformed payload: expected a JSON object"
     if reason:
-        WebhookEvent.objects.filter(pk=event.pk).update(error=reason[:2000])
+        event = WebhookEvent.objects.create(body=raw, signature_valid=True, error=reason[:2000])
         logger.warning("webhook event %s refused: %s", event.pk, reason)
         return JsonResponse({"status": "error", "reason": reason}, status=400)
 
@@ -140,40 +140,57 @@ def _receive(request: HttpRequest) -> HttpResponse:
         # PostgreSQL cannot store NUL in text or jsonb: drop it rather than lose the message.
         payload = _without_nul(payload)
     try:
-        process_event(event, payload)
+        # The raw event is written in the same transaction as its messages (fewer round trips
+        # on the hot path); should processing fail, it is written again on its own below.
+        _process(
+            payload,
+            lambda clinic, now: WebhookEvent.objects.create(
+                body=raw, signature_valid=True, clinic=clinic, processed_at=now
+            ),
+        )
     except Exception as exc:
         # Meta retries anything but 2xx for days: the raw event is kept for a replay instead.
+        # (If even this insert fails nothing was kept, and the 500 makes Meta try again.)
+        event = WebhookEvent.objects.create(
+            body=raw, signature_valid=True, error=f"{exc.__class__.__name__}: {exc}"[:2000]
+        )
         logger.exception("webhook event %s could not be processed", event.pk)
-        WebhookEvent.objects.filter(pk=event.pk).update(error=f"{exc.__class__.__name__}: {exc}")
     return JsonResponse({"status": "ok"})
 
 
 def process_event(event: WebhookEvent, payload: dict) -> list[int]:
-    """Store the messages and statuses of one webhook payload; the conversations to run.
+    """Store the messages and statuses of a stored event (a replay); the conversations to run.
 
-    One transaction. Idempotent: replaying an event stores nothing twice.
+    Idempotent: replaying an event stores nothing twice.
     """
+
+    def mark_processed(clinic: Clinic | None, now: dt.datetime) -> WebhookEvent:
+        WebhookEvent.objects.filter(pk=event.pk).update(clinic=clinic, processed_at=now, error="")
+        return event
+
+    return _process(payload, mark_processed)
+
+
+def _process(
+    payload: dict, record_event: Callable[[Clinic | None, dt.datetime], WebhookEvent]
+) -> list[int]:
+    """One transaction: the event row, then every message and status of the payload."""
     now = timezone.now()
     new_conversations: list[int] = []
-    first_clinic: Clinic | None = None
-    clinics: dict[str, Clinic | None] = {}
     with transaction.atomic():
-        for value in _values(payload):
-            metadata = value.get("metadata")
-            phone_number_id = str(metadata.get("phone_number_id", "")) if _is_dict(metadata) else ""
-            if phone_number_id not in clinics:
-                clinics[phone_number_id] = Clinic.objects.filter(
-                    phone_number_id=phone_number_id
-                ).first()
-            clinic = clinics[phone_number_id]
+        values = list(_values(payload))
+        clinics = _clinics_by_number({_phone_number_id(v) for v in values})
+        known = [clinics[_phone_number_id(v)] for v in values if _phone_number_id(v) in clinics]
+        event = record_event(known[0] if known else None, now)
+        for value in values:
+            clinic = clinics.get(_phone_number_id(value))
             if clinic is None:
                 logger.warning(
                     "webhook event %s: unknown phone_number_id %r, ignored",
                     event.pk,
-                    phone_number_id[:40],
+                    _phone_number_id(value)[:40],
                 )
                 continue
-            first_clinic = first_clinic or clinic
             names = _contact_names(value)
             for raw in _list(value.get("messages")):
                 conversation_id = _store_message(event, clinic, raw, names, now)
@@ -181,10 +198,21 @@ def process_event(event: WebhookEvent, payload: dict) -> list[int]:
                     new_conversations.append(conversation_id)
             for status in _list(value.get("statuses")):
                 _apply_status(clinic, status)
-        WebhookEvent.objects.filter(pk=event.pk).update(clinic=first_clinic, processed_at=now)
         if new_conversations:
             transaction.on_commit(lambda: schedule_turns(new_conversations))
     return new_conversations
+
+
+def _phone_number_id(value: dict) -> str:
+    metadata = value.get("metadata")
+    return str(metadata.get("phone_number_id", "")) if _is_dict(metadata) else ""
+
+
+def _clinics_by_number(numbers: set[str]) -> dict[str, Clinic]:
+    numbers.discard("")
+    if not numbers:
+        return {}
+    return {c.phone_number_id: c for c in Clinic.objects.filter(phone_number_id__in=numbers)}
 
 
 def schedule_turns(conversation_ids: list[int]) -> None:
@@ -286,6 +314,7 @@ def _store_message(
         "clinic": clinic,
         "conversation": conversation,
         "direction": Direction.IN,
+        "wa_message_id": wa_message_id,
         "kind": kind,
         "text": text,
         "payload": raw,
@@ -296,14 +325,12 @@ def _store_message(
     }
     if wa_message_id is None:
         logger.warning("webhook event %s: message without an id, stored without dedup", event.pk)
-        Message.objects.create(**fields)
-    else:
-        message, inserted = Message.objects.get_or_create(
-            wa_message_id=wa_message_id, defaults=fields
-        )
-        if not inserted:
-            logger.info("webhook event %s: duplicate message %s ignored", event.pk, message.pk)
-            return None
+    elif Message.objects.filter(wa_message_id=wa_message_id).exists():
+        logger.info("webhook event %s: duplicate message ignored", event.pk)
+        return None
+    # ON CONFLICT DO NOTHING: a concurrent redelivery that wins the race leaves one row, and
+    # no savepoint is needed (an IntegrityError would abort the whole transaction).
+    Message.objects.bulk_create([Message(**fields)], ignore_conflicts=True)
     updates = {"last_inbound_at": now, "last_activity_at": now}
     name = names.get(wa_id, "")
     if name and name != conversation.contact_name:

@@ -6,6 +6,8 @@ from sophia_web import health
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("health/", health.health, name="health"),
+    # The benchmark's do-nothing baseline (404 unless DEBUG or SOPHIA_BENCH=1).
+    path("bench/noop/", health.noop, name="bench-noop"),
     path("whatsapp/", include("bot.urls")),
     # The demo's stand-in for WhatsApp; its views answer 404 unless DEBUG or SOPHIA_SIMULATOR.
     path("simulator/", include("bot.simulator")),

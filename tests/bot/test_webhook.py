@@ -7,7 +7,7 @@ from unittest import mock
 import pytest
 
 from bot.models import Conversation, Message, MessageStatus, WebhookEvent
-from bot.webhook import signature_for, to_inbound
+from bot.webhook import process_event, signature_for, to_inbound
 
 URL = "/whatsapp/webhook/"
 SECRET = "test-app-secret"
@@ -485,3 +485,17 @@ def test_it_ignores_statuses_from_another_clinic(client, clinic, other_clinic, o
     send_statuses(client, other_clinic, "read")
     outbound.refresh_from_db()
     assert outbound.status == "sent"
+
+
+def test_it_replays_a_kept_event(client, clinic):
+    body = payload(change(clinic.phone_number_id, [text_message("wamid.A")]))
+    with mock.patch("bot.webhook.parse_message", side_effect=RuntimeError("boom")):
+        post(client, body)
+    event = WebhookEvent.objects.get()
+
+    assert process_event(event, json.loads(event.body)) == [Conversation.objects.get().pk]
+    assert process_event(event, json.loads(event.body)) == []
+
+    assert Message.objects.get().webhook_event == event
+    event.refresh_from_db()
+    assert event.error == "" and event.processed_at and event.clinic == clinic
