@@ -72,6 +72,8 @@ PERMANENT_CODES = NEEDS_TEMPLATE_CODES | {
     "133010",  # phone number not registered
 }
 RATE_LIMIT_CODES = {"4", "80007", "130429", "131048", "131056", "133016"}
+# Temporary trouble on Meta's side, or credentials an operator can still fix.
+RETRYABLE_CODES = {"0", "1", "2", "10", "190", "200", "131000", "131016", "133004"}
 
 
 class WhatsAppError(Exception):
@@ -167,17 +169,14 @@ def _error_from_response(response: httpx.Response) -> WhatsAppError:
         error = {}
     if isinstance(error, dict) and error:
         code = str(error["code"]) if error.get("code") is not None else None
-        details = (
-            (error.get("error_data") or {}).get("details")
-            if isinstance(error.get("error_data"), dict)
-            else None
-        )
+        error_data = error.get("error_data")
+        details = error_data.get("details") if isinstance(error_data, dict) else None
         detail = " — ".join(str(p) for p in (error.get("message"), details) if p)[:300]
     retry_after = _parse_retry_after(response.headers.get("Retry-After"))
     rate_limited = status == 429 or code in RATE_LIMIT_CODES
     if code in PERMANENT_CODES:
         permanent = True
-    elif rate_limited or status >= 500 or status in (401, 403, 408):
+    elif rate_limited or code in RETRYABLE_CODES or status >= 500 or status in (401, 403, 408):
         # Server trouble, throttling, or a credential an operator can still fix: try again later.
         permanent = False
     else:

@@ -389,3 +389,24 @@ def test_it_never_raises_when_the_typing_indicator_fails(settings, fake_graph, c
     settings.WHATSAPP_API_URL = f"http://127.0.0.1:{closed_port()}"
     whatsapp.send_typing(clinic, "wamid.IN2")
     assert caplog.text.count("typing indicator") == 2
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("status", "code", "outcome"),
+    [
+        (400, 100, MessageStatus.FAILED),  # invalid parameter: the same body fails again
+        (400, 131051, MessageStatus.FAILED),  # unsupported message type
+        (400, None, MessageStatus.FAILED),  # a refusal without a code
+        (400, 2, MessageStatus.QUEUED),  # temporary trouble at Meta
+        (401, 190, MessageStatus.QUEUED),  # expired token: an operator can fix it
+        (500, 131000, MessageStatus.QUEUED),
+    ],
+)
+def test_it_maps_graph_errors_to_retry_or_give_up(fake_graph, conversation, status, code, outcome):
+    message = queue_text(conversation)
+    fake_graph.fail_next(1, status=status, code=code)
+    whatsapp.deliver(message.pk)
+    message.refresh_from_db()
+    assert message.status == outcome
+    assert message.error_code == str(code or status)
