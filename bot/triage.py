@@ -390,7 +390,7 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
         r"(?:labios|boca|cara|dedos) (?:morad|azul)",
         r"(?:se (?:esta )?(?:puso|pone|poniendo)|esta) morad",
         r"no respira",
-        r"respira (?:muy )?(?:raro|mal|feo|rapidisimo|con mucha dificultad)",
+        r"respira (?:muy )?(?:raro|mal|feo|rapidisimo|con (?:mucha )?dificultad)",
         r"silbido (?:en el pecho )?(?:y|que) no (?:puede|puedo)",
     ],
     "seizure": [
@@ -402,12 +402,15 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
     ],
     "stroke": [
         r"(?:medio|la mitad del) cuerpo",
+        r"(?:la )?mitad de la cara",
+        r"no se le entiende (?:lo que|nada|cuando) (?:habla|dice)",
+        r"(?:perdio|perdi|sin) (?:la )?fuerza (?:en|del|de la|de un) (?:brazo|pierna|lado|mano)",
         r"(?:boca|cara) (?:torcida|chueca|caida|ladeada|desviada)",
         r"(?:torcio|torcia|cayo|desvio|ladeo) (?:la )?(?:boca|cara)",
         r"no (?:puede|podia|pudo) hablar",
         r"no (?:puedo|podia|pude) hablar",
         r"(?:habla|hablando|arrastra las palabras|lengua) (?:enredad|trabad|raro|extrano)",
-        r"no (?:puedo|puede|podia) mover (?:el|la|un|una) (?:brazo|pierna|lado|mano)",
+        r"no (?:puedo|puede|podia) mover (?:el|la|un|una) (?:brazo|pierna|lado|mano|mitad|cara)",
         r"no (?:siento|siente) (?:el|la|un|una) (?:lado|brazo|pierna)",
         r"derrame cerebral",
         r"accidente cerebro",
@@ -417,7 +420,7 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
         r"parálisis facial|paralisis facial",
     ],
     "suicide": [
-        r"(?:me )?quiero morir",
+        r"(?:me )?(?:quiero|quiere|queria|quisiera) morir",
         r"quiero morirme",
         r"(?:ganas|deseos) de morir",
         r"quitarme la vida",
@@ -427,7 +430,13 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
         r"(?:matarme|me voy a matar|me quiero matar)",
         r"acabar con (?:mi|su) vida",
         r"(?:hacerme|me hago|me estoy haciendo|hacerse) (?:un )?da[nñ]o",
-        r"(?:cortarme|me corto|me estoy cortando) (?:las )?(?:venas|brazos|mu[nñ]ecas)",
+        r"(?:cortarme|cortarse|me corto|se corto|me estoy cortando|se esta cortando) (?:las )?"
+        r"(?:venas|brazos|mu[nñ]ecas)",
+        r"acabar con todo",
+        r"no aguanto (?:mas )?(?:la|esta|mi) vida",
+        r"(?:dejar de existir|desaparecer para siempre)",
+        r"(?:tirarme|me voy a tirar|me quiero tirar) (?:de|del|por|a) ",
+        r"tomarme (?:todas|un frasco|una caja|muchas|un monton)",
         r"(?:quisiera|quiero|prefiero|preferiria) estar muert",
         r"no (?:le )?(?:encuentro|veo|tiene) sentido (?:a )?(?:la|mi|seguir)",
         r"no (?:vale|tiene) (?:la pena|sentido) (?:seguir )?vivir",
@@ -452,6 +461,8 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
         r"perdi\w* (?:el )?(?:conocimiento|la conciencia|el sentido)",
         r"(?:se|me) (?:privo|privé|prive|desvanecio)",
         r"\bse (?:cayo|desplomo) (?:al piso )?y no",
+        r"desplom",
+        r"no (?:lo|la|le) (?:puedo|podemos|pudimos) despertar",
     ],
     "poisoning": [
         r"se (?:tomo|trago|comio|bebio) (?:unas|todas (?:las|sus)|muchas|un monton de|varias|"
@@ -477,7 +488,7 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
         r"(?:alergia|alergico|alergica) (?:y|,)? ?no (?:puedo|puede) respirar",
     ],
     "trauma": [
-        r"accidente (?:de|en) (?:transito|trafico|moto|carro|bus|bicicleta|cicla)",
+        r"\baccidente\b",
         r"(?:choque|chocamos|choco|me choco|nos chocaron|lo chocaron|la chocaron)\b",
         r"atropell",
         r"(?:golpe|golpazo|totazo|trancazo) (?:muy )?(?:fuerte )?(?:en|de) la cabeza",
@@ -486,6 +497,7 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
         r"navaja|puñal))",
         r"(?:apunal|acuchill|macheta|baleado|balea|dispar|le pegaron un tiro)",
         r"fractura expuesta",
+        r"(?:rompio|rompi|rajo|raje|abrio|partio) la cabeza",
         r"(?:hueso|huesos) (?:expuesto|afuera|por fuera|salido)",
         r"se (?:le|me) (?:ve|salio) el hueso",
         r"(?:quemadura|quemado|quemada) (?:grave|grande|muy grande|en todo|en toda|de tercer)",
@@ -522,6 +534,7 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
         r"(?:bebe|recien nacido)\b.*\b(?:no (?:quiere )?(?:respira|despierta|reacciona)|"
         r"esta morad|se puso morad|no para de llorar y esta)",
         r"fontanela (?:hundida|abombada)",
+        r"(?:bebe|nino|nina|hijo|hija)\b.*\b(?:39|40|41) (?:de|grados de) (?:fiebre|temperatura)",
         r"(?:fiebre|calentura)\b.*\b(?:rigidez|rigido|tieso|manchas moradas|puntos morados)",
         r"(?:rigidez|rigido|tieso|manchas moradas|puntos morados)\b.*\b(?:fiebre|calentura)",
     ],
