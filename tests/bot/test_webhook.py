@@ -5,6 +5,8 @@ import logging
 from unittest import mock
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.db import connections
 
 from bot.models import Conversation, Message, MessageStatus, WebhookEvent
 from bot.webhook import process_event, signature_for, to_inbound
@@ -499,3 +501,50 @@ def test_it_replays_a_kept_event(client, clinic):
     assert Message.objects.get().webhook_event == event
     event.refresh_from_db()
     assert event.error == "" and event.processed_at and event.clinic == clinic
+
+
+# Under ASGI (daphne serves production) ----------------------------------------------------------
+
+
+async def asgi_post(raw: bytes, headers: list[tuple[bytes, bytes]]):
+    from channels.testing import HttpCommunicator
+
+    from sophia_web.asgi import application
+
+    communicator = HttpCommunicator(
+        application,
+        "POST",
+        URL,
+        body=raw,
+        headers=[(b"content-type", b"application/json"), (b"host", b"localhost"), *headers],
+    )
+    return await communicator.get_response(timeout=10)
+
+
+@pytest.fixture
+async def asgi_thread_connections():
+    yield
+    # Views and async ORM calls ran in asgiref's thread: close its connection before teardown.
+    await sync_to_async(connections.close_all)()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_it_serves_the_webhook_under_asgi(clinic, asgi_thread_connections):
+    raw = json.dumps(payload(change(clinic.phone_number_id, [text_message("wamid.ASGI")]))).encode()
+    signature = signature_for(raw, SECRET).encode()
+
+    response = await asgi_post(raw, [(b"x-hub-signature-256", signature)])
+
+    assert response["status"] == 200
+    assert await Message.objects.filter(wa_message_id="wamid.ASGI").aexists()
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_it_refuses_a_3_mb_body_under_asgi(clinic, asgi_thread_connections):
+    raw = json.dumps({"x": "x" * 3_000_000}).encode()
+    signature = signature_for(raw, SECRET).encode()
+
+    response = await asgi_post(raw, [(b"x-hub-signature-256", signature)])
+
+    assert response["status"] == 413
+    assert not await WebhookEvent.objects.aexists()
