@@ -91,6 +91,9 @@ def fold(word: str) -> str:
     w = word.replace("x", "ch").replace("ch", "\0").replace("h", "").replace("ll", "y")
     w = w.replace("v", "b").replace("nb", "mb").replace("z", "s").replace("ce", "se")
     w = w.replace("ci", "si").replace("qu", "k").replace("c", "k").replace("\0", "ch")
+    w = w.replace("ge", "je").replace("gi", "ji")  # ginecólogo / jinecologo
+    if w.startswith("ps"):  # psicólogo / sicologo
+        w = w[1:]
     return _DOUBLE.sub(r"\1", w)
 
 
@@ -118,8 +121,9 @@ def stem(word: str) -> str:
             w = w[:-3]
             break
     else:
-        # Adjectives and verbs in -al/-an/-en: vaginal → vagin(a), hinchan → hinch(ados).
-        for suffix in ("al", "an", "en"):
+        # Adjectives, verbs and infinitives: vaginal → vagin(a), hinchan → hinch(ados),
+        # planificar → planific(ación), vomitar → vomit(o).
+        for suffix in ("al", "an", "en", "ar", "er", "ir"):
             if w.endswith(suffix) and len(w) - 2 >= 4:
                 w = w[:-2]
                 break
@@ -128,13 +132,17 @@ def stem(word: str) -> str:
     return w
 
 
-def _token(word: str) -> str:
-    return stem(fold(_CANONICAL.get(word, word)))
+Token = tuple[str, str]  # (stem, folded word): stems match exactly, folded words with a typo
+
+
+def _tokens(text: str) -> list[Token]:
+    folded = [fold(_CANONICAL.get(w, w)) for w in normalize(text).split() if w not in _STOPWORDS]
+    return [(stem(w), w) for w in folded]
 
 
 def tokens(text: str) -> list[str]:
     """The patient's (or a keyword's) content words as comparable stems."""
-    return [_token(w) for w in normalize(text).split() if w not in _STOPWORDS]
+    return [stem_ for stem_, _ in _tokens(text)]
 
 
 def _within_one_edit(a: str, b: str) -> bool:
@@ -158,65 +166,78 @@ def _within_one_edit(a: str, b: str) -> bool:
 _FUZZY_MIN = 6  # shorter stems must match exactly: "ojo" is not "oro"
 
 
-def _token_match(keyword_token: str, text_token: str) -> float:
-    """1.0 exact, 0.8 one typo away (longer words only), 0 otherwise."""
-    if keyword_token == text_token:
+def _token_match(keyword_token: Token, text_token: Token) -> float:
+    """1.0 same stem, 0.8 one typo away (longer words only, as written or stemmed), else 0."""
+    if keyword_token[0] == text_token[0]:
         return 1.0
-    if (
-        min(len(keyword_token), len(text_token)) >= _FUZZY_MIN
-        and keyword_token[0] == text_token[0]
-        and _within_one_edit(keyword_token, text_token)
-    ):
-        return 0.8
+    # Stems first, then the whole folded words: "palpitacioes" is one letter from the word.
+    for index in (0, 1):
+        a, b = keyword_token[index], text_token[index]
+        if min(len(a), len(b)) >= _FUZZY_MIN and a[0] == b[0] and _within_one_edit(a, b):
+            return 0.8
     return 0.0
 
 
 # --- keyword scoring ----------------------------------------------------------------------------
 
 
+Phrases = tuple[tuple[tuple[Token, ...], float], ...]  # (phrase tokens, weight)
+
+
+@dataclass(frozen=True)
+class _Keywords:
+    by_specialty: tuple[tuple[str, Phrases], ...]
+    known_stems: frozenset[str]  # every stem in any keyword: such a word is no typo
+
+
 @lru_cache(maxsize=64)
-def _compile_keywords(
-    keywords: tuple[tuple[str, tuple[str, ...]], ...],
-) -> tuple[tuple[str, tuple[tuple[tuple[str, ...], float], ...]], ...]:
-    """Per specialty: (phrase stems, weight). A word shared by several specialties' keywords
+def _compile_keywords(keywords: tuple[tuple[str, tuple[str, ...]], ...]) -> _Keywords:
+    """Phrase tokens and weights per specialty. A word shared by several specialties' keywords
     ("control", "dolor") says less than one only this specialty uses ("glaucoma")."""
-    phrases = {slug: {tuple(tokens(k)) for k in raw} - {()} for slug, raw in keywords}
+    phrases = {slug: {tuple(_tokens(k)) for k in raw} - {()} for slug, raw in keywords}
     owners: dict[str, set[str]] = {}
     for slug, slug_phrases in phrases.items():
         for phrase in slug_phrases:
-            for token in phrase:
-                owners.setdefault(token, set()).add(slug)
-    return tuple(
-        (
-            slug,
-            tuple(
-                (phrase, max(1 / len(owners[t]) for t in phrase) * (1 + 0.75 * (len(phrase) - 1)))
-                for phrase in sorted(slug_phrases)
-            ),
-        )
-        for slug, slug_phrases in phrases.items()
+            for stem_, _ in phrase:
+                owners.setdefault(stem_, set()).add(slug)
+
+    def weight(phrase: tuple[Token, ...]) -> float:
+        specificity = max(1 / len(owners[stem_]) for stem_, _ in phrase)
+        return specificity * (1 + 0.75 * (len(phrase) - 1))
+
+    return _Keywords(
+        by_specialty=tuple(
+            (slug, tuple((phrase, weight(phrase)) for phrase in sorted(slug_phrases)))
+            for slug, slug_phrases in phrases.items()
+        ),
+        known_stems=frozenset(owners),
     )
 
 
 class _Text:
-    """The patient's stems, with each keyword stem's match per position computed once."""
+    """The patient's tokens, with each keyword token's match per position computed once."""
 
-    def __init__(self, words: list[str]) -> None:
+    def __init__(self, words: list[Token], known_stems: frozenset[str]) -> None:
         self.words = words
-        self._matches: dict[str, list[float]] = {}
+        # "citología" is a keyword of its own, not a typo of "psicología".
+        self.exact_only = [stem_ in known_stems for stem_, _ in words]
+        self._matches: dict[Token, list[float]] = {}
 
-    def matches(self, keyword_token: str) -> list[float]:
+    def matches(self, keyword_token: Token) -> list[float]:
         found = self._matches.get(keyword_token)
         if found is None:
-            if len(keyword_token) < _FUZZY_MIN:  # the common case, kept cheap
-                found = [1.0 if t == keyword_token else 0.0 for t in self.words]
+            if len(keyword_token[1]) < _FUZZY_MIN:  # the common case, kept cheap
+                found = [1.0 if t[0] == keyword_token[0] else 0.0 for t in self.words]
             else:
-                found = [_token_match(keyword_token, t) for t in self.words]
+                found = [
+                    float(t[0] == keyword_token[0]) if exact else _token_match(keyword_token, t)
+                    for t, exact in zip(self.words, self.exact_only, strict=True)
+                ]
             self._matches[keyword_token] = found
         return found
 
 
-def _phrase_score(phrase: tuple[str, ...], text: _Text) -> float:
+def _phrase_score(phrase: tuple[Token, ...], text: _Text) -> float:
     """How well a keyword phrase occurs in the text (0..1): all its words, close, in any order."""
     per_word = [text.matches(word) for word in phrase]
     if not all(any(m) for m in per_word):
@@ -277,10 +298,10 @@ MAX_WORDS = 60
 
 
 def _scores(text: str, specialties: Sequence[Specialty]) -> dict[str, float]:
-    words = _Text(tokens(text)[:MAX_WORDS])
     compiled = _compile_keywords(tuple((s.slug, tuple(s.keyword_list())) for s in specialties))
+    words = _Text(_tokens(text)[:MAX_WORDS], compiled.known_stems)
     scores: dict[str, float] = {}
-    for slug, phrases in compiled:
+    for slug, phrases in compiled.by_specialty:
         # A phrase is stronger evidence than its words: "dolor de oído" beats "dolor".
         total = sum(weight * _phrase_score(phrase, words) for phrase, weight in phrases)
         if total:

@@ -135,6 +135,12 @@ def test_it_tolerates_common_typos():
     assert classify("me duele la cabesa", rows).specialty == "medicina-general"
     assert classify("tengo ansiedaad", rows).specialty == "psicologia"
     assert classify("conjuntivits", rows).specialty == "oftalmologia"
+    assert classify("me duele la rodila", rows).specialty == "ortopedia"
+    assert classify("mestruacion irregular", rows).specialty == "ginecologia"
+    assert classify("cita con el sicologo", rows).specialty == "psicologia"
+    assert classify("jinecologo", rows).specialty == "ginecologia"
+    # A keyword is not a typo of another: citología ≠ psicología.
+    assert classify("citologia", rows).confident
 
 
 def test_it_weighs_a_phrase_above_a_single_word():
