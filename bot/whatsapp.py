@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING
 import httpx
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from bot.models import Conversation, Direction, Message, MessageStatus
 
 if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
     from bot.engine import Reply
     from clinics.models import Clinic
 
@@ -320,31 +322,39 @@ def _payload_kind(payload: dict) -> str:
 # The outbox -----------------------------------------------------------------------------------
 
 
+def _outbox_row(
+    conversation: Conversation,
+    payload: dict,
+    now: dt.datetime,
+    sent_by: AbstractBaseUser | None = None,
+    text: str = "",
+) -> Message:
+    return Message(
+        clinic_id=conversation.clinic_id,
+        conversation=conversation,
+        direction=Direction.OUT,
+        kind=_payload_kind(payload),
+        text=text or payload_text(payload),
+        payload=payload,
+        status=MessageStatus.QUEUED,
+        created_at=now,
+        next_attempt_at=now,
+        sent_by=sent_by,
+    )
+
+
 def queue_payloads(
-    conversation: Conversation, payloads: list[dict], *, sent_by=None
+    conversation: Conversation, payloads: list[dict], *, sent_by: AbstractBaseUser | None = None
 ) -> list[Message]:
     """Outbox rows for ready-made Graph API bodies, due now, in the given order."""
     now = timezone.now()
-    rows = [
-        Message(
-            clinic_id=conversation.clinic_id,
-            conversation=conversation,
-            direction=Direction.OUT,
-            kind=_payload_kind(payload),
-            text=payload_text(payload),
-            payload=payload,
-            status=MessageStatus.QUEUED,
-            created_at=now,
-            next_attempt_at=now,
-            sent_by=sent_by,
-        )
-        for payload in payloads
-    ]
-    return Message.objects.bulk_create(rows)
+    return Message.objects.bulk_create(
+        [_outbox_row(conversation, payload, now, sent_by) for payload in payloads]
+    )
 
 
 def queue_replies(
-    conversation: Conversation, replies: list[Reply], *, sent_by=None
+    conversation: Conversation, replies: list[Reply], *, sent_by: AbstractBaseUser | None = None
 ) -> list[Message]:
     """Queue engine (or staff) replies for `conversation`; the caller delivers them after commit."""
     return queue_payloads(
@@ -361,12 +371,9 @@ def queue_template(
     text: str = "",
 ) -> Message:
     """Queue a template message (reminders outside the 24-hour window); `text` is for staff."""
-    (message,) = queue_payloads(
-        conversation, [template_payload(conversation.wa_id, name, language, components)]
-    )
-    if text:
-        message.text = text
-        Message.objects.filter(pk=message.pk).update(text=text)
+    payload = template_payload(conversation.wa_id, name, language, components)
+    message = _outbox_row(conversation, payload, timezone.now(), text=text)
+    message.save()
     return message
 
 
@@ -447,7 +454,9 @@ def _deliver_one(message_id: int) -> bool:
     return True
 
 
-def _record_failure(message: Message, mine, attempt: int, exc: WhatsAppError) -> bool:
+def _record_failure(
+    message: Message, mine: QuerySet[Message], attempt: int, exc: WhatsAppError
+) -> bool:
     code = (exc.code or "")[:16]
     recipient = f"…{str(message.payload.get('to', ''))[-4:]}"
     if exc.permanent or attempt >= MAX_ATTEMPTS:

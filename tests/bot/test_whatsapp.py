@@ -410,3 +410,15 @@ def test_it_maps_graph_errors_to_retry_or_give_up(fake_graph, conversation, stat
     message.refresh_from_db()
     assert message.status == outcome
     assert message.error_code == str(code or status)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_queues_and_sends_a_template(fake_graph, conversation):
+    message = whatsapp.queue_template(
+        conversation, "recordatorio_cita", text="Recordatorio: mañana 8:00 a. m."
+    )
+    assert (message.kind, message.status) == ("template", "queued")
+    assert message.text == "Recordatorio: mañana 8:00 a. m."
+
+    assert whatsapp.deliver(message.pk) is True
+    assert fake_graph.messages[0].json["template"]["name"] == "recordatorio_cita"
