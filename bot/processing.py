@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 LOCK_RETRY_DELAY_SECONDS = 0.5
 LOCK_RETRY_LIMIT = 150
 RATE_WINDOW = dt.timedelta(seconds=state.RATE_WINDOW_SECONDS)
+# Context keys that outlive a closed session.
+KEPT_ON_CLOSE = frozenset({"identity_misses"})
 
 # Engine states under the seed's names, for the session hash (`estado_flujo`).
 SEED_STATE_NAMES = {
@@ -166,8 +168,6 @@ def _turn(conversation: Conversation, message: Message, now: dt.datetime) -> lis
 
     if conversation.closed_at is None and _idle_before(conversation, message):
         close_conversation(conversation, now)
-    if conversation.state == engine.State.CLOSED:
-        reopen_conversation(conversation)
 
     if _over_rate_limit(conversation, message, now):
         if conversation.rate_limited_until is None or conversation.rate_limited_until <= now:
@@ -259,7 +259,9 @@ def _run_engine(
     conversation.llm_completion_tokens += result.llm_completion_tokens
     if result.closed or snap.state == engine.State.CLOSED:
         conversation.state = engine.State.CLOSED
-        conversation.closed_at = now
+        conversation.closed_at = conversation.closed_at or now
+    else:
+        conversation.closed_at = None  # the engine opened a new session (it handles CLOSED)
     return list(result.replies)
 
 
@@ -296,21 +298,17 @@ def _llm_helper() -> object | None:
 def close_conversation(conversation: Conversation, now: dt.datetime) -> None:
     """Finish the session (FINALIZADO): clear the engine's memory, free the patient's holds.
 
-    Call inside a transaction with the row locked; the caller saves. The patient link stays: it
-    is a fact about this phone, not session state.
+    Call inside a transaction with the row locked; the caller saves. The patient link stays (a
+    fact about this phone, not session state), and so do failed identity checks: waiting half an
+    hour must not buy a stranger three more guesses at someone's date of birth.
     """
     release_holds(conversation)
+    kept = {k: v for k, v in (conversation.context or {}).items() if k in KEPT_ON_CLOSE}
     conversation.state = engine.State.CLOSED
     conversation.closed_at = now
-    conversation.context = {}
+    conversation.context = kept
     session_id = conversation.session_id
     transaction.on_commit(lambda: state.forget_session(session_id))
-
-
-def reopen_conversation(conversation: Conversation) -> None:
-    conversation.state = engine.State.START
-    conversation.context = {}
-    conversation.closed_at = None
 
 
 def release_holds(conversation: Conversation) -> int:
@@ -414,12 +412,15 @@ def page_mapping(conversation: Conversation) -> dict | None:
     page = data.get("page") or data.get("page_number") or 1
     if isinstance(page, dict):
         page = page.get("number", 1)
+    times = data.get("shown_times") or []
     positions = []
     for position, item in enumerate(shown, start=1):
         slot_id = item.get("slot_id") if isinstance(item, dict) else item
         if slot_id is None:
             continue
         entry = {"posicion": position, "slot_id": slot_id}
+        if position <= len(times):
+            entry["hora"] = times[position - 1]
         if isinstance(item, dict):
             for source, target in (
                 ("date", "fecha"),

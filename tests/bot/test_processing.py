@@ -464,7 +464,7 @@ def test_it_closes_an_idle_session_and_starts_fresh(clinic, slots, echo, fake_gr
     processing.process_conversation(conversation.pk)
 
     fresh = echo.snapshots[-1]
-    assert fresh.state == engine.State.START
+    assert fresh.state == engine.State.CLOSED  # the engine starts the new session from here
     assert fresh.data == {}
     assert not SlotHold.objects.filter(released_at=None).exists()
     conversation.refresh_from_db()
