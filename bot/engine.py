@@ -135,6 +135,7 @@ class StepResult:
 
 MAX_IDENTITY_MISSES = 3
 PAGE_SIZE = 10
+LOOKAHEAD_PAGES = 5  # how far "el de las 10" searches beyond the page shown
 # Data that survives the end of a flow (a booking, a cancellation, a goodbye).
 _IDENTITY_KEYS = ("identity_misses",)
 _FAQ_INTENTS = (Intent.ADDRESS, Intent.HOURS, Intent.WHAT_TO_BRING, Intent.PHONE)
@@ -785,6 +786,36 @@ def _picked_slot(turn: Turn) -> int | None:
     return None
 
 
+def _slot_at_time(turn: Turn, request: nlu.TimeRequest) -> int | None:
+    """For "el de las 10" when 10:00 isn't on the page shown: look a few pages further."""
+    specialty = _current_specialty(turn)
+    if specialty is None:
+        return None
+    cursors = turn.data.get("cursors") or [None]
+    page = turn.data.get("page", 1)
+    cursor = cursors[page - 1] if 0 < page <= len(cursors) else None
+    tz = turn.clinic.tz
+    for _ in range(LOOKAHEAD_PAGES):
+        try:
+            slot_page = selectors.available_slots(
+                clinic=turn.clinic,
+                specialty=specialty,
+                cursor=cursor,
+                page_size=PAGE_SIZE,
+                now=turn.ctx.now,
+            )
+        except services.BookingError:
+            return None
+        local = [slot.start_at.astimezone(tz) for slot in slot_page.slots]
+        index = nlu.match_time(request, [nlu.ShownTime(t.hour, t.minute) for t in local])
+        if index is not None:
+            return slot_page.slots[index].pk
+        if not slot_page.has_more:
+            return None
+        cursor = slot_page.next_cursor
+    return None
+
+
 def _on_triaged(turn: Turn) -> None:
     specialty = _current_specialty(turn)
     if specialty is None:
@@ -809,6 +840,13 @@ def _on_choosing_slot(turn: Turn) -> None:
     specialty = _current_specialty(turn)
     if specialty is None:
         _on_idle(turn, expecting_symptoms=True)
+        return
+    if not turn.reply_id and (request := nlu.parse_time(turn.text)):
+        later = _slot_at_time(turn, request)
+        if later is None:
+            turn.say(replies.time_not_found())
+        else:
+            _hold(turn, later)
         return
     if nlu.wants_previous_page(turn.text):
         if turn.data.get("page", 1) <= 1:
@@ -893,6 +931,15 @@ def _on_confirming(turn: Turn) -> None:
     if nlu.is_no(turn.text):
         _release_hold(turn)
         _reshow(turn)
+        return
+    if not turn.reply_id and (request := nlu.parse_time(turn.text)):
+        later = _slot_at_time(turn, request)
+        if later is None:
+            turn.say(replies.time_not_found())
+        elif later != slot.pk:
+            _hold(turn, later)  # "mejor el de las 10": the new hold replaces this one
+        else:
+            _book(turn, patient, slot)
         return
     intent = nlu.detect_intent(turn.text)
     if intent == Intent.CANCEL and "cita" not in normalize(turn.text).split():

@@ -353,19 +353,27 @@ class ShownTime:
 def _afternoon(norm: str) -> bool | None:
     if re.search(r"\b(tarde|noche|pm|p m)\b", norm):
         return True
-    if re.search(r"\b(manana|madrugada|am|a m)\b", norm):
+    if re.search(r"\b(mañana|manana|madrugada|am|a m)\b", norm):
         return False
     return None
 
 
-def _match_time(
-    hour: int, minute: int | None, afternoon: bool | None, times: list[ShownTime]
-) -> int | None:
-    candidates: list[int] = []
+@dataclass(frozen=True)
+class TimeRequest:
+    """A wall-clock time the patient named: "las 10" (minute None), "3:20 p. m."."""
+
+    hour: int
+    minute: int | None = None
+    afternoon: bool | None = None  # True: p. m. / de la tarde; False: a. m.; None: not said
+
+
+def match_time(request: TimeRequest, times: list[ShownTime]) -> int | None:
+    """Index of the first of `times` at the requested time, else None."""
+    hour, minute, afternoon = request.hour, request.minute, request.afternoon
     if afternoon is True and hour < 12:
         candidates = [hour + 12]
     elif afternoon is False:
-        candidates = [hour % 12 if hour == 12 else hour]
+        candidates = [0 if hour == 12 else hour]
     else:
         # No a.m./p.m.: clinics are open by day, so "las 3" is 15:00 when 3:00 isn't shown.
         candidates = [hour, hour + 12] if hour < 12 else [hour]
@@ -382,19 +390,23 @@ def _match_time(
     return None
 
 
-def parse_time_choice(text: str, times: list[ShownTime]) -> int | None:
-    """Index of the shown option at the time the patient names ("10:30", "las 3 de la tarde")."""
+def parse_time(text: str) -> TimeRequest | None:
+    """The time named in "el de las 10", "10:30", "la de las 3 de la tarde", "3 pm"; else None.
+
+    A bare number is not a time here: "10" is the tenth row of a list.
+    """
     norm = normalize(text)
     raw = text.casefold()
     afternoon = _afternoon(norm)
     if m := _TIME_COLON.search(raw):
         hour, minute = int(m.group(1)), int(m.group(2))
         if hour <= 23 and minute <= 59:
-            return _match_time(hour, minute, afternoon, times)
+            return TimeRequest(hour, minute, afternoon)
     if m := _AM_PM.search(re.sub(r"[.\s]", "", raw)):
         hour = int(m.group(1))
         minute = int(m.group(2)) if m.group(2) else None
-        return _match_time(hour, minute, m.group(3) == "p", times)
+        if hour <= 12 and (minute is None or minute <= 59):
+            return TimeRequest(hour, minute, m.group(3) == "p")
     if m := _TIME_WORDS.search(norm):
         token = m.group(1)
         hour = int(token) if token.isdigit() else NUMBER_WORDS[token]
@@ -405,9 +417,15 @@ def parse_time_choice(text: str, times: list[ShownTime]) -> int | None:
             minute = 15
         elif m.group(2):
             minute = int(m.group(2))
-        if hour <= 23:
-            return _match_time(hour, minute, afternoon, times)
+        if hour <= 23 and (minute is None or minute <= 59):
+            return TimeRequest(hour, minute, afternoon)
     return None
+
+
+def parse_time_choice(text: str, times: list[ShownTime]) -> int | None:
+    """Index of the shown option at the time the patient names ("10:30", "las 3 de la tarde")."""
+    request = parse_time(text)
+    return match_time(request, times) if request else None
 
 
 def parse_position(text: str, count: int) -> int | None:

@@ -322,8 +322,16 @@ def hours(clinic: Clinic) -> engine.Reply:
     return text(_("🕒 Our opening hours: %(hours)s") % {"hours": clinic.opening_hours})
 
 
+def _mid_sentence(value: str) -> str:
+    """Clinic text placed inside a sentence: "Tu documento." → "tu documento" (not "EPS")."""
+    value = value.strip().rstrip(".")
+    if len(value) > 1 and value[0].isupper() and value[1].islower():
+        value = value[0].lower() + value[1:]
+    return value
+
+
 def what_to_bring(clinic: Clinic) -> engine.Reply:
-    bring = clinic.what_to_bring or _(
+    bring = _mid_sentence(clinic.what_to_bring) or _(
         "your identity document and, if you have them, previous test results and prescriptions"
     )
     return text(_("🧾 For your appointment, please bring %(bring)s.") % {"bring": bring})
@@ -437,6 +445,15 @@ def hold_expired() -> engine.Reply:
 
 def patient_overlap() -> engine.Reply:
     return text(_("You already have an appointment at that time. Please choose another time."))
+
+
+def time_not_found() -> engine.Reply:
+    return text(
+        _(
+            "I didn't find a free time at that hour in the next days. Choose one from the list "
+            "or write “más” for more times."
+        )
+    )
 
 
 def choose_slot_help(count: int) -> engine.Reply:

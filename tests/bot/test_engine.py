@@ -741,3 +741,30 @@ def test_it_asks_the_llm_only_when_rules_are_unsure_about_real_words(identified_
     identified_chat.send("me siento muy raro desde ayer")
     assert fake_llm.calls == [("classify", "me siento muy raro desde ayer")]
     assert identified_chat.state == State.CHOOSING_SPECIALTY
+
+
+def test_it_finds_a_named_time_beyond_the_page_shown(choosing_chat, agenda):
+    # Page 1 ends at 11:00 a. m.; 11:20 is the first slot of page 2.
+    choosing_chat.send("el de las 11 y 20")
+    assert choosing_chat.state == State.CONFIRMING
+    assert choosing_chat.data["held_slot"] == agenda["general"][10].pk
+
+
+def test_it_says_so_when_no_slot_is_free_at_the_named_time(choosing_chat):
+    result = choosing_chat.send("a las 7 de la noche")
+    assert choosing_chat.state == State.CHOOSING_SLOT
+    assert "No encontré horarios libres a esa hora" in texts(result)
+
+
+def test_it_moves_the_hold_to_a_named_time_while_confirming(confirming_chat, agenda):
+    confirming_chat.send("mejor el de las 9")
+    assert confirming_chat.state == State.CONFIRMING
+    assert confirming_chat.data["held_slot"] == agenda["general"][3].pk
+
+
+def test_it_weaves_the_clinics_own_text_into_sentences(reach, clinic):
+    Clinic.objects.filter(pk=clinic.pk).update(what_to_bring="Tu documento y el carné de la EPS.")
+    conversation = reach("booked")
+    conversation.clinic.refresh_from_db()
+    result = conversation.send("qué debo llevar")
+    assert texts(result) == "🧾 Para tu cita, trae tu documento y el carné de la EPS."

@@ -277,3 +277,23 @@ NAMES = {
 )
 def test_it_matches_specialty_names_typed_directly(text, slug):
     assert nlu.match_specialty_name(text, NAMES) == slug
+
+
+@pytest.mark.parametrize(
+    ("text", "request_"),
+    [
+        ("el de las 10", nlu.TimeRequest(10, None, None)),
+        ("10:30", nlu.TimeRequest(10, 30, None)),
+        ("la de las 3 de la tarde", nlu.TimeRequest(3, None, True)),
+        ("3 pm", nlu.TimeRequest(3, None, True)),
+        ("a las 9 y media de la mañana", nlu.TimeRequest(9, 30, False)),
+        ("a la una", nlu.TimeRequest(1, None, None)),
+    ],
+)
+def test_it_reads_named_times(text, request_):
+    assert nlu.parse_time(text) == request_
+
+
+@pytest.mark.parametrize("text", ["10", "la 3", "la tercera", "más", "25:99"])
+def test_it_reads_no_time_in_positions_or_words(text):
+    assert nlu.parse_time(text) is None
