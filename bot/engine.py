@@ -340,6 +340,7 @@ def _identify(turn: Turn, document: str) -> None:
             turn.needs_staff = True
             turn.go(State.START)
             return
+        turn.snap.patient_id = None
         turn.data["register"] = {"document": document}
         turn.go(State.REGISTERING_NAME)
         turn.say(replies.register_ask_name(turn.clinic))
@@ -356,6 +357,8 @@ def _identify(turn: Turn, document: str) -> None:
         turn.needs_staff = True
         turn.go(State.START)
         return
+    # Until the birth date matches, this conversation speaks for nobody.
+    turn.snap.patient_id = None
     turn.data["verify_patient_id"] = patient.pk
     turn.go(State.VERIFYING)
     turn.say(replies.ask_birth_date_to_verify())

@@ -768,3 +768,20 @@ def test_it_weaves_the_clinics_own_text_into_sentences(reach, clinic):
     conversation.clinic.refresh_from_db()
     result = conversation.send("qué debo llevar")
     assert texts(result) == "🧾 Para tu cita, trae tu documento y el carné de la EPS."
+
+
+def test_it_drops_the_current_identity_while_another_document_is_verified(identified_chat, clinic):
+    Patient.objects.create(
+        clinic=clinic,
+        document="79111222",
+        full_name="Luis Pérez",
+        birth_date=dt.date(1970, 1, 2),
+        whatsapp_id="573009998877",
+    )
+    identified_chat.send("79111222")
+    assert identified_chat.state == State.VERIFYING
+    assert identified_chat.snapshot.patient_id is None
+    result = identified_chat.send("mis citas")
+    assert "fecha de nacimiento" in texts(result)
+    identified_chat.send("1020304050")  # back to her own document: her own number, no questions
+    assert identified_chat.state == State.IDENTIFIED
