@@ -467,7 +467,17 @@ def parse_choice(text: str, times: list[ShownTime]) -> int | None:
 # ---------------------------------------------------------------------------------------------
 # Paging
 
-_NEXT_WORDS = {"mas", "siguiente", "siguientes", "otras", "otros", "proxima", "proximas"}
+_NEXT_WORDS = {
+    "mas",
+    "siguiente",
+    "siguientes",
+    "otras",
+    "otros",
+    "proxima",
+    "proximas",
+    "ninguna",  # "ninguna me sirve": show the next ones
+    "ninguno",
+}
 _NEXT_PHRASES = ("ver mas", "mas opciones", "mas horarios", "otros horarios", "otras fechas")
 _PREV_WORDS = {"anterior", "anteriores", "atras", "devolver", "regresar", "volver"}
 

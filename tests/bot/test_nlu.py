@@ -190,6 +190,8 @@ def test_it_reads_neither_yes_nor_no(text):
         ("2:00 p.m.", 6),
         ("a las 4 y 40", 9),
         ("las 9 de la mañana", 3),
+        ("3️⃣", 2),
+        ("LA 3!!", 2),
     ],
 )
 def test_it_reads_choices_from_a_shown_list(text, index):
@@ -204,7 +206,18 @@ def test_it_refuses_choices_that_are_not_shown(text):
 
 
 @pytest.mark.parametrize(
-    "text", ["más", "mas", "MÁS", "siguiente", "siguente", "otras", "ver más", "más opciones"]
+    "text",
+    [
+        "más",
+        "mas",
+        "MÁS",
+        "siguiente",
+        "siguente",
+        "otras",
+        "ver más",
+        "más opciones",
+        "ninguna me sirve",
+    ],
 )
 def test_it_understands_next_page(text):
     assert nlu.wants_next_page(text)
