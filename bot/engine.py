@@ -138,6 +138,8 @@ PAGE_SIZE = 10
 LOOKAHEAD_PAGES = 5  # how far "el de las 10" searches beyond the page shown
 # Data that survives the end of a flow (a booking, a cancellation, a goodbye).
 _IDENTITY_KEYS = ("identity_misses",)
+# Ids of the rows and buttons the engine sends ("slot:42", "confirm:yes", …).
+_REPLY_PREFIXES = ("slot:", "spec:", "appt:", "confirm:", "cancel:")
 _FAQ_INTENTS = (Intent.ADDRESS, Intent.HOURS, Intent.WHAT_TO_BRING, Intent.PHONE)
 
 
@@ -226,6 +228,14 @@ def step(snapshot: Snapshot, inbound: Inbound, ctx: Context) -> StepResult:
         data=_copy(snapshot.data or {}),
         patient_id=snapshot.patient_id,
     )
+    if inbound.reply_id and not inbound.reply_id.startswith(_REPLY_PREFIXES):
+        # Not one of ours (a template button's payload, an old menu): read its title as text.
+        inbound = Inbound(
+            kind="text",
+            text=inbound.text,
+            wa_id=inbound.wa_id,
+            contact_name=inbound.contact_name,
+        )
     turn = Turn(snap=snap, inbound=inbound, ctx=ctx)
     if inbound.kind == "unsupported":
         turn.say(replies.unsupported())

@@ -785,3 +785,9 @@ def test_it_drops_the_current_identity_while_another_document_is_verified(identi
     assert "fecha de nacimiento" in texts(result)
     identified_chat.send("1020304050")  # back to her own document: her own number, no questions
     assert identified_chat.state == State.IDENTIFIED
+
+
+def test_it_reads_an_unknown_button_payload_as_its_title(identified_chat, ana_booked):
+    result = identified_chat.tap("REMINDER_CANCEL", "Cancelar mi cita", kind="button")
+    assert identified_chat.state == State.CANCELLING
+    assert "¿Quieres cancelar tu cita" in texts(result)
