@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 import traceback
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 LOCK_RETRY_DELAY_SECONDS = 0.5
 LOCK_RETRY_LIMIT = 150
 RATE_WINDOW = dt.timedelta(seconds=state.RATE_WINDOW_SECONDS)
+# How long the replies wait for the typing indicator's call (it has its own short timeout).
+TYPING_WAIT_SECONDS = 5.0
 # Context keys that outlive a closed session.
 KEPT_ON_CLOSE = frozenset({"identity_misses"})
 
@@ -83,6 +86,15 @@ def _pending(conversation_id: int):
     ).order_by(F("wa_timestamp").asc(nulls_last=True), "id")
 
 
+def warm_up() -> None:
+    """Import and build what the first turn would (engine, outbound client, LLM client), so a
+    freshly started worker doesn't make its first patient wait for it."""
+    from bot import tasks, webhook, whatsapp  # noqa: F401
+
+    whatsapp.client()
+    _llm_helper()
+
+
 # --- the loop --------------------------------------------------------------------------------
 
 
@@ -107,13 +119,17 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
             if upcoming is None:
                 break
             state.extend_lock(session_id, lock.token)
-            typing = conversation.mode == ConversationMode.BOT
-            if typing:
-                _typing_started(conversation, upcoming["wa_message_id"])
+            typing = None
+            if conversation.mode == ConversationMode.BOT:
+                # The indicator's HTTP call overlaps the turn instead of delaying it.
+                typing = _side_calls.submit(
+                    _typing_started, conversation, upcoming["wa_message_id"]
+                )
             try:
                 outcome = _run_one_turn(conversation_id)
             finally:
-                if typing:
+                if typing is not None:
+                    _finish(typing)  # so "typing…" never lands after the reply
                     _typing_stopped(conversation)
             if outcome is None:
                 continue  # another worker (Redis down) took that message first
@@ -332,6 +348,16 @@ def release_holds(conversation: Conversation) -> int:
 
 
 # --- side effects outside the transaction ----------------------------------------------------
+
+# Best-effort calls (typing indicator) that run while the turn does.
+_side_calls = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sophia-typing")
+
+
+def _finish(future: Future) -> None:
+    try:
+        future.result(timeout=TYPING_WAIT_SECONDS)
+    except Exception:
+        logger.warning("typing indicator still pending after %s s", TYPING_WAIT_SECONDS)
 
 
 def _deliver(outbound_ids: Iterable[int]) -> None:

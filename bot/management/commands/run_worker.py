@@ -25,7 +25,7 @@ from django_tasks_db.management.commands.db_worker import Worker, valid_interval
 from django_tasks_db.models import DBTaskResult
 from django_tasks_db.utils import exclusive_transaction, is_locked_database_exception
 
-from bot import periodic
+from bot import periodic, processing
 
 logger = logging.getLogger("bot.worker")
 
@@ -154,4 +154,8 @@ class Command(BaseCommand):
             periodic_every=periodic_every,
         )
         worker.configure_signals()
+        try:
+            processing.warm_up()
+        except Exception:
+            logger.exception("warm-up failed; the first turn will do it")
         worker.run()
