@@ -122,6 +122,9 @@ def is_available() -> bool:
     return bool(settings.REDIS_URL) and time.monotonic() >= _connection._down_until
 
 
+FAILED = object()  # `_call(..., default=FAILED)`: tell "Redis failed" from a falsy answer
+
+
 def _call(fn, default: Any = None) -> Any:
     """Run fn(client) tolerating any Redis failure; `default` when Redis is unusable."""
     client = _connection.client()
@@ -129,8 +132,12 @@ def _call(fn, default: Any = None) -> Any:
         return default
     try:
         result = fn(client)
-    except (redis.RedisError, OSError) as exc:
-        _connection.failed(exc)
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        _connection.failed(exc)  # unreachable: skip Redis for a few seconds
+        return default
+    except redis.RedisError as exc:
+        # Reachable but refusing (out of memory, read-only replica…): no breaker, just carry on.
+        logger.warning("redis command failed: %s", type(exc).__name__)
         return default
     _connection.succeeded()
     return result
@@ -153,8 +160,8 @@ class Lock:
 
 def acquire_lock(session_id: str, ttl: int = LOCK_TTL_SECONDS) -> Lock:
     token = secrets.token_hex(16)
-    acquired = _call(lambda r: r.set(lock_key(session_id), token, nx=True, ex=ttl), default=None)
-    if acquired is None and not is_available():
+    acquired = _call(lambda r: r.set(lock_key(session_id), token, nx=True, ex=ttl), default=FAILED)
+    if acquired is FAILED:
         return Lock(LockStatus.UNAVAILABLE)
     if acquired:
         return Lock(LockStatus.ACQUIRED, token)

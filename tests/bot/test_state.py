@@ -137,3 +137,10 @@ def test_it_reports_redis_health(settings):
     assert up["latency_ms"] >= 0
     settings.REDIS_URL = CLOSED_PORT_URL
     assert state.ping() == {"status": "down"}
+
+
+def test_it_keeps_using_redis_after_a_refused_command(r):
+    r.hset("sophia:ratelimit:573001234567", "oops", "1")  # wrong type: INCR is refused
+    assert state.count_message("573001234567") is None
+    assert state.is_available() is True  # reachable: no breaker for a refused command
+    assert state.acquire_lock("573001234567").status is state.LockStatus.ACQUIRED
