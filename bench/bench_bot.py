@@ -1,8 +1,9 @@
 """Bot benchmark (issue 3): webhook acknowledgement against a do-nothing endpoint of the same
 server, end-to-end reply latency under a steady patient load, and LLM calls on the booking path.
 
-Runs the real stack as in production, on its own database `sophia_bench_bot` (dropped and
-recreated on the PostgreSQL of DATABASE_URL) and its own Redis db (BENCH_REDIS_DB, default 12):
+Runs the real stack as in production, on its own database `sophia_bench_bot_<pid>` (created on
+the PostgreSQL of DATABASE_URL, dropped afterwards) and Redis db BENCH_REDIS_DB (default 12, with
+numbers unique to the run):
 one daphne process, BENCH_WORKERS `run_worker` processes (default 2), the fake Graph API and the
 fake OpenAI server of tests/fakes in this process (OPENAI_API_KEY set, so the LLM *could* be used).
 
@@ -38,7 +39,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "bot.json"
-BENCH_DB = "sophia_bench_bot"
+# Per run: `make bench` by two people at once must not drop each other's database or share
+# Redis keys (the lock, rate-limit and session keys are per WhatsApp number).
+RUN = os.getpid() % 1000
+BENCH_DB = f"sophia_bench_bot_{os.getpid()}"
 APP_SECRET = "bench-app-secret"
 PHONE_ID = "188888888888801"
 ACK_PHONE_ID = "188888888888802"
@@ -89,7 +93,7 @@ def recreate_database(server: str) -> None:
     import psycopg
 
     with psycopg.connect(with_database(server, "postgres"), autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")  # a reused pid
         conn.execute(f"CREATE DATABASE {BENCH_DB}")
 
 
@@ -165,7 +169,7 @@ def load_data() -> list:
             document=f"{70000000 + i}",
             full_name=f"Paciente Bench {i}",
             birth_date=dt.date(1980, 1, 1) + dt.timedelta(days=i),
-            whatsapp_id=f"57310{i:07d}",
+            whatsapp_id=f"573{RUN:03d}{i:06d}",
         )
         for i in range(PATIENTS)
     )
@@ -190,7 +194,7 @@ def message_body(phone_number_id: str, wa_id: str, message: dict) -> bytes:
         "messages": [
             {
                 "from": wa_id,
-                "id": f"wamid.BENCH{next(_wamids):09d}",
+                "id": f"wamid.BENCH{RUN:03d}{next(_wamids):09d}",
                 "timestamp": str(int(time.time())),
                 **message,
             }
@@ -499,7 +503,7 @@ def warm_up_workers(base_url: str, graph) -> None:
 
     with httpx.Client(base_url=base_url, timeout=30) as client:
         for round_ in range(3):
-            numbers = [f"57399{round_:02d}{i:05d}" for i in range(4 * WORKERS)]
+            numbers = [f"575{RUN:03d}{round_:02d}{i:04d}" for i in range(4 * WORKERS)]
             for wa_id in numbers:
                 body = message_body(PHONE_ID, wa_id, text("hola"))
                 client.post("/whatsapp/webhook/", content=body, headers=signed(body))
@@ -558,13 +562,11 @@ def stop(procs: list[subprocess.Popen]) -> None:
 
 
 def main() -> int:
-    import redis
 
     from tests.fakes.openai_server import FakeOpenAIServer
 
     server, db_url, redis_url = bench_urls()
     recreate_database(server)
-    redis.Redis.from_url(redis_url).flushdb()
     graph = Graph()
     openai = FakeOpenAIServer().start()
     env = app_env(db_url, redis_url, graph.url, openai.base_url)
