@@ -44,6 +44,7 @@ BOOKING_PROCESSES = int(os.getenv("BENCH_PROCESSES", "8"))
 BOOKING_SECONDS = float(os.getenv("BENCH_SECONDS", "10"))
 HOT_SET = 2 * BOOKING_PROCESSES  # the few slots everyone fights over at any moment
 PGBENCH_SCALE = 10
+NOTES = "dolor de cabeza y fiebre desde ayer"
 
 GOALS = {
     "page_p95_ms_max": 5.0,
@@ -265,7 +266,7 @@ class Overlap(Exception):
     pass
 
 
-def book_with_sql(conn, clinic_id: int, patient_id: int, slot_id: int) -> None:
+def book_with_sql(conn, clinic_id: int, patient_id: int, slot_id: int, specialty_id: int) -> None:
     """A diagnostic beside the service: the booking transaction's database work alone, in plain
     SQL through psycopg (lock the slot, insert the appointment under the same constraints, mark
     the slot, audit). The gap between the two is the cost of Python, the ORM and extra checks."""
@@ -284,10 +285,10 @@ def book_with_sql(conn, clinic_id: int, patient_id: int, slot_id: int) -> None:
         try:
             appointment_id = conn.execute(
                 "INSERT INTO clinics_appointment (clinic_id, patient_id, slot_id, doctor_id, "
-                "start_at, end_at, status, patient_notes, source, cancel_reason, created_at, "
-                "updated_at) VALUES (%s, %s, %s, %s, %s, %s, 'booked', '', 'bot', '', now(), "
-                "now()) RETURNING id",
-                (clinic_id, patient_id, slot_id, doctor_id, start_at, end_at),
+                "specialty_id, start_at, end_at, status, patient_notes, source, cancel_reason, "
+                "created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, 'booked', %s, "
+                "'bot', '', now(), now()) RETURNING id",
+                (clinic_id, patient_id, slot_id, doctor_id, specialty_id, start_at, end_at, NOTES),
             ).fetchone()[0]
         except psycopg.errors.IntegrityError as exc:
             raise Overlap from exc
@@ -309,7 +310,7 @@ def booking_worker(
     seed: int,
     bench_url: str,
     clinic_id: int,
-    slot_ids: list[int],
+    slots: list[tuple[int, int]],
     patient_ids: list[int],
     booked,
     start_wall: float,
@@ -324,16 +325,18 @@ def booking_worker(
     from django.db import connection
 
     from clinics import services
-    from clinics.models import Clinic, Patient
+    from clinics.models import Clinic, Patient, Specialty
 
     clinic = Clinic.objects.get(pk=clinic_id)
     patients = list(Patient.objects.filter(pk__in=patient_ids))
+    specialties = Specialty.objects.in_bulk()
     raw = psycopg.connect(bench_url, autocommit=True) if mode == "sql" else None
 
-    def book(slot_id: int, patient: Patient) -> None:
+    def book(slot_id: int, specialty_id: int, patient: Patient) -> None:
+        # As the bot books: with the triaged specialty and the reported symptoms.
         if raw is not None:
             try:
-                book_with_sql(raw, clinic_id, patient.pk, slot_id)
+                book_with_sql(raw, clinic_id, patient.pk, slot_id, specialty_id)
             except Taken:
                 raise services.SlotTaken() from None
             except Overlap:
@@ -345,6 +348,8 @@ def booking_worker(
             slot_id=slot_id,
             actor=services.Actor.patient(patient),
             source="bot",
+            specialty=specialties[specialty_id],
+            notes=NOTES,
         )
 
     rng = random.Random(seed)
@@ -354,11 +359,11 @@ def booking_worker(
     time.sleep(max(0.0, start_wall - time.time()))
     stop = start_wall + BOOKING_SECONDS
     while time.time() < stop:
-        while first_free < len(slot_ids) and booked[first_free]:
+        while first_free < len(slots) and booked[first_free]:
             first_free += 1
         window = []
         index = first_free
-        while len(window) < HOT_SET and index < len(slot_ids):
+        while len(window) < HOT_SET and index < len(slots):
             if not booked[index]:
                 window.append(index)
             index += 1
@@ -368,7 +373,7 @@ def booking_worker(
         patient = rng.choice(patients)
         started = time.perf_counter_ns()
         try:
-            book(slot_ids[index], patient)
+            book(*slots[index], patient)
         except services.SlotTaken:
             counts["taken"] += 1
             booked[index] = 1  # now we know; the page would be refreshed
@@ -388,7 +393,9 @@ def booking_worker(
     results.put((counts, latencies))
 
 
-def measure_booking(bench_url: str, clinic_id: int, mode: str, slot_ids: list[int]) -> dict:
+def measure_booking(
+    bench_url: str, clinic_id: int, mode: str, slots: list[tuple[int, int]]
+) -> dict:
     """BOOKING_PROCESSES processes book random slots from a small hot set for BOOKING_SECONDS.
     Processes, not threads: production runs several web and worker processes, and threads in
     one CPython process would measure the GIL rather than the booking path."""
@@ -398,11 +405,11 @@ def measure_booking(bench_url: str, clinic_id: int, mode: str, slot_ids: list[in
 
     patient_ids = list(Patient.objects.filter(clinic_id=clinic_id).values_list("pk", flat=True))
     ctx = multiprocessing.get_context("spawn")
-    booked = ctx.Array("b", len(slot_ids), lock=False)
+    booked = ctx.Array("b", len(slots), lock=False)
     results = ctx.Queue()
     # Spawned processes import Django first; all start booking at the same wall-clock instant.
     start_wall = time.time() + 4 + BOOKING_PROCESSES * 0.5
-    shared = (slot_ids, patient_ids, booked, start_wall, results)
+    shared = (slots, patient_ids, booked, start_wall, results)
     processes = [
         ctx.Process(
             target=booking_worker,
@@ -431,15 +438,47 @@ def measure_booking(bench_url: str, clinic_id: int, mode: str, slot_ids: list[in
     }
 
 
-def bookable_slot_ids(clinic_id: int) -> list[int]:
-    from clinics.models import Slot
+def bookable_slots(clinic_id: int) -> list[tuple[int, int]]:
+    """(slot id, its doctor's specialty id) of the soonest free slots, in page order."""
+    from clinics.models import Doctor, Slot
 
+    specialty_of = dict(
+        Doctor.specialties.through.objects.filter(doctor__clinic_id=clinic_id).values_list(
+            "doctor_id", "specialty_id"
+        )
+    )
     needed = int(BOOKING_SECONDS * 3000) + 2 * HOT_SET
-    return list(
+    rows = (
         Slot.objects.filter(clinic_id=clinic_id, status="free")
         .order_by("start_at", "pk")
-        .values_list("pk", flat=True)[:needed]
+        .values_list("pk", "doctor_id")[:needed]
     )
+    return [(slot_id, specialty_of[doctor_id]) for slot_id, doctor_id in rows]
+
+
+def service_queries(clinic_id: int) -> list[str]:
+    """The statements one uncontended appointment_book sends (on a slot far from the hot set)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from clinics import services
+    from clinics.models import Clinic, Patient, Slot
+
+    clinic = Clinic.objects.get(pk=clinic_id)
+    patient = Patient.objects.filter(clinic=clinic).order_by("-pk").first()
+    slot = Slot.objects.filter(clinic=clinic, status="free").order_by("-start_at").first()
+    specialty = slot.doctor.specialties.first()
+    with CaptureQueriesContext(connection) as captured:
+        services.appointment_book(
+            clinic=clinic,
+            patient=patient,
+            slot_id=slot.pk,
+            actor=services.Actor.patient(patient),
+            source="bot",
+            specialty=specialty,
+            notes=NOTES,
+        )
+    return [" ".join(q["sql"].split())[:90] for q in captured.captured_queries]
 
 
 def double_bookings(clinic_id: int) -> int:
@@ -565,7 +604,8 @@ def print_table(result: dict) -> None:
     print(
         f"booking: {b['bookings_per_s']} bookings/s, {b['attempts_per_s']} attempts/s "
         f"({b['booked']} booked, {b['taken']} taken, {b['patient_overlap']} patient overlap, "
-        f"{b['errors']} errors; {b['processes']} processes, hot set {b['hot_set']})"
+        f"{b['errors']} errors; {b['processes']} processes, hot set {b['hot_set']}; "
+        f"{len(b['statements_per_booking'])} SQL statements per booking)"
     )
     sql = result["booking_sql_diagnostic"]
     print(
@@ -590,11 +630,12 @@ def main() -> int:
     )
     info = machine()
     pages = measure_pages(data["clinic_id"], data["specialty_id"])
-    slot_ids = bookable_slot_ids(data["clinic_id"])
-    half = len(slot_ids) // 2  # separate slots, so the SQL run never meets the service's bookings
-    booking = measure_booking(bench_url, data["clinic_id"], "service", slot_ids[:half])
-    booking_sql = measure_booking(bench_url, data["clinic_id"], "sql", slot_ids[half:])
+    slots = bookable_slots(data["clinic_id"])
+    half = len(slots) // 2  # separate slots, so the SQL run never meets the service's bookings
+    booking = measure_booking(bench_url, data["clinic_id"], "service", slots[:half])
+    booking_sql = measure_booking(bench_url, data["clinic_id"], "sql", slots[half:])
     booking["double_bookings"] = double_bookings(data["clinic_id"])
+    booking["statements_per_booking"] = service_queries(data["clinic_id"])
     pgbench = run_pgbench(bench_url)
     checks = verdict(pages, booking, pgbench)
     result = {
