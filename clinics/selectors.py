@@ -9,7 +9,8 @@ import json
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db import connection
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from clinics.models import (
@@ -20,7 +21,6 @@ from clinics.models import (
     Patient,
     Slot,
     SlotHold,
-    SlotStatus,
     Specialty,
     StaffMembership,
 )
@@ -66,6 +66,104 @@ def _local_midnight(day: dt.date, tz) -> dt.datetime:
     return dt.datetime.combine(day, dt.time.min, tzinfo=tz)
 
 
+# The page query is hand-written SQL: it is the hottest read of the product (every list the
+# bot shows), and building it through the ORM cost more than running it (~1.2 ms of ~2 ms).
+# It reads exactly like the ORM query would, and stays portable (PostgreSQL and SQLite).
+_SLOT_FIELDS = Slot._meta.concrete_fields
+_DOCTOR_FIELDS = Doctor._meta.concrete_fields
+_SELECT = ", ".join(
+    [f"s.{f.column}" for f in _SLOT_FIELDS] + [f"d.{f.column}" for f in _DOCTOR_FIELDS]
+)
+_FROM = f"{Slot._meta.db_table} s JOIN {Doctor._meta.db_table} d ON d.id = s.doctor_id"
+_DOCTOR_SPECIALTY = Doctor.specialties.through._meta.db_table
+
+
+def _converters(model, fields) -> list[tuple[int, list, object]]:
+    """Backend value converters per column (none on PostgreSQL; datetimes on SQLite)."""
+    result = []
+    for index, field in enumerate(fields):
+        col = field.get_col(model._meta.db_table)
+        found = connection.ops.get_db_converters(col) + col.get_db_converters(connection)
+        if found:
+            result.append((index, found, col))
+    return result
+
+
+def _keyset_page(
+    *,
+    clinic_id: int,
+    earliest: dt.datetime,
+    now: dt.datetime,
+    held_by_me: int | None,
+    after: tuple[dt.datetime, int] | None,
+    upper: dt.datetime | None,
+    doctor_id: int | None,
+    specialty_id: int | None,
+    limit: int,
+) -> list[Slot]:
+    adapt = connection.ops.adapt_datetimefield_value
+    lower = max(earliest, after[0]) if after else earliest
+    where = [
+        "s.clinic_id = %s",
+        # Literally the partial index's predicate, so PostgreSQL walks slot_bookable_keyset.
+        "s.status IN ('free', 'held')",
+        # The plain lower bound is where the index range scan starts.
+        "s.start_at >= %s",
+        "d.active = %s",
+    ]
+    params: list = [clinic_id, adapt(lower), True]
+    bookable = "s.status = 'free' OR s.held_until IS NULL OR s.held_until <= %s"
+    params.append(adapt(now))
+    if held_by_me is not None:
+        bookable += " OR s.id = %s"
+        params.append(held_by_me)
+    where.append(f"({bookable})")
+    if after is not None:
+        # Ties on start_at are broken by id: the key is (start_at, id).
+        where.append("(s.start_at > %s OR (s.start_at = %s AND s.id > %s))")
+        params += [adapt(after[0]), adapt(after[0]), after[1]]
+    if upper is not None:
+        where.append("s.start_at < %s")
+        params.append(adapt(upper))
+    if doctor_id is not None:
+        where.append("s.doctor_id = %s")
+        params.append(doctor_id)
+    if specialty_id is not None:
+        # A subquery of doctor ids keeps the walk on the keyset index (no join reordering).
+        where.append(
+            f"s.doctor_id IN (SELECT doctor_id FROM {_DOCTOR_SPECIALTY} WHERE specialty_id = %s)"  # noqa: S608
+        )
+        params.append(specialty_id)
+    params.append(limit)
+    # Only table and column names from the models and fixed fragments are interpolated; every
+    # value is a parameter.
+    sql = (
+        f"SELECT {_SELECT} FROM {_FROM} WHERE {' AND '.join(where)} "  # noqa: S608
+        "ORDER BY s.start_at, s.id LIMIT %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    split = len(_SLOT_FIELDS)
+    slot_names = [f.attname for f in _SLOT_FIELDS]
+    doctor_names = [f.attname for f in _DOCTOR_FIELDS]
+    slot_conv = _converters(Slot, _SLOT_FIELDS)
+    doctor_conv = _converters(Doctor, _DOCTOR_FIELDS)
+    slots = []
+    for row in rows:
+        slot_values, doctor_values = list(row[:split]), list(row[split:])
+        for values, conv in ((slot_values, slot_conv), (doctor_values, doctor_conv)):
+            for index, functions, col in conv:
+                for function in functions:
+                    values[index] = function(values[index], col, connection)
+        slot = Slot.from_db(connection.alias, slot_names, slot_values)
+        Slot.doctor.field.set_cached_value(
+            slot, Doctor.from_db(connection.alias, doctor_names, doctor_values)
+        )
+        slots.append(slot)
+    return slots
+
+
 def available_slots(
     *,
     clinic: Clinic,
@@ -103,7 +201,7 @@ def available_slots(
     if date_from is not None:
         earliest = max(earliest, _local_midnight(date_from, tz))
 
-    bookable = Q(status=SlotStatus.FREE) | Q(held_until__isnull=True) | Q(held_until__lte=now)
+    mine = None
     if include_held_by:
         mine = (
             SlotHold.objects.filter(
@@ -112,37 +210,23 @@ def available_slots(
             .values_list("slot_id", flat=True)
             .first()
         )
-        if mine is not None:
-            bookable |= Q(pk=mine)
-
-    lower = earliest
-    conditions = [bookable]
-    if cursor:
-        after_start, after_id = decode_cursor(cursor)
-        # The plain start_at bound is where the index range scan starts; the OR breaks ties.
-        lower = max(lower, after_start)
-        conditions.append(Q(start_at__gt=after_start) | Q(start_at=after_start, pk__gt=after_id))
-    filters = {
-        "clinic": clinic,
-        # Literally the partial index's predicate, so PostgreSQL can use it.
-        "status__in": [SlotStatus.FREE, SlotStatus.HELD],
-        "start_at__gte": lower,
-        # Joined anyway for select_related; inactive doctors offer nothing.
-        "doctor__active": True,
-    }
-    if date_to is not None:
-        filters["start_at__lt"] = _local_midnight(date_to + dt.timedelta(days=1), tz)
-    if doctor is not None:
-        filters["doctor"] = doctor
-        if specialty is not None and not doctor.specialties.filter(pk=specialty.pk).exists():
+    after = decode_cursor(cursor) if cursor else None
+    upper = _local_midnight(date_to + dt.timedelta(days=1), tz) if date_to is not None else None
+    if doctor is not None and specialty is not None:
+        if not doctor.specialties.filter(pk=specialty.pk).exists():
             return SlotPage(slots=[], next_cursor=None, has_more=False)
-    elif specialty is not None:
-        # A subquery of doctor ids keeps the walk on slot_bookable_keyset (no join reordering).
-        filters["doctor_id__in"] = Doctor.specialties.through.objects.filter(
-            specialty_id=specialty.pk
-        ).values("doctor_id")
-    rows = Slot.objects.filter(*conditions, **filters)
-    page = list(rows.select_related("doctor").order_by("start_at", "pk")[: page_size + 1])
+        specialty = None  # the doctor filter already implies it
+    page = _keyset_page(
+        clinic_id=clinic.pk,
+        earliest=earliest,
+        now=now,
+        held_by_me=mine,
+        after=after,
+        upper=upper,
+        doctor_id=doctor.pk if doctor is not None else None,
+        specialty_id=specialty.pk if specialty is not None else None,
+        limit=page_size + 1,
+    )
     has_more = len(page) > page_size
     page = page[:page_size]
     return SlotPage(

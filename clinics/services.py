@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -300,13 +300,17 @@ def _book_locked(
 ) -> Appointment:
     """Book a slot the caller has locked, inside the caller's transaction."""
     _check_bookable(slot, holder=holder, now=now)
-    # Friendly early answer; the exclusion constraint (PostgreSQL) is the real guarantee.
-    if Appointment.objects.filter(
-        patient=patient,
-        status__in=OCCUPYING_STATUSES,
-        start_at__lt=slot.end_at,
-        end_at__gt=slot.start_at,
-    ).exists():
+    # On PostgreSQL the exclusion constraint answers this at the INSERT (no extra query); the
+    # embedded SQLite demo has no such constraint, so it asks first.
+    if (
+        connection.vendor != "postgresql"
+        and Appointment.objects.filter(
+            patient=patient,
+            status__in=OCCUPYING_STATUSES,
+            start_at__lt=slot.end_at,
+            end_at__gt=slot.start_at,
+        ).exists()
+    ):
         raise PatientOverlap("the patient already has an appointment at that time")
     if specialty is None:
         only = list(slot.doctor.specialties.values_list("pk", flat=True)[:2])
@@ -326,15 +330,18 @@ def _book_locked(
         source=source,
         rescheduled_from=rescheduled_from,
     )
+    # No inner savepoint needed: the caller's atomic block (itself a savepoint when nested in an
+    # outer transaction) is left by the BookingError raised here and rolls everything back.
     try:
-        with transaction.atomic():
-            appointment.save(force_insert=True)
+        appointment.save(force_insert=True)
     except IntegrityError as exc:
         raise _integrity_to_booking_error(exc) from exc
+    was_held = slot.status == SlotStatus.HELD
     slot.status = SlotStatus.BOOKED
     slot.held_until = None
     slot.save(update_fields=["status", "held_until", "updated_at"])
-    SlotHold.objects.filter(slot=slot, released_at=None).update(released_at=now)
+    if was_held:
+        SlotHold.objects.filter(slot=slot, released_at=None).update(released_at=now)
     return appointment
 
 

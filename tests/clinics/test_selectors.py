@@ -104,6 +104,7 @@ def test_it_applies_minimum_notice(clinic, slots):
     now = slots[0].start_at - dt.timedelta(minutes=30)
     page = available_slots(clinic=clinic, now=now, min_notice=dt.timedelta(hours=1))
     assert page.slots[0] == slots[2]  # 08:00 and 08:20 are less than an hour away
+    assert page.slots[0].start_at == slots[2].start_at and page.slots[0].doctor == slots[2].doctor
     default = available_slots(clinic=clinic, now=now)  # settings: 60 minutes
     assert default.slots[0] == slots[2]
 

@@ -568,3 +568,18 @@ def test_it_keeps_going_when_an_event_receiver_fails(
     finally:
         domain_event.disconnect(dispatch_uid="test-broken")
     assert [n for _, n, _ in captured_events] == ["cita.creada"]
+
+
+def test_it_leaves_the_callers_transaction_usable_after_a_database_refusal(
+    clinic, patient, slots, staff_actor
+):
+    """The bot runs a turn in its own transaction and answers a refusal: it must go on."""
+    other = services_doctor_slot(clinic, slots[0].start_at)
+    book(clinic, patient, slots[0], staff_actor)
+    with transaction.atomic():
+        with pytest.raises(services.PatientOverlap):
+            book(clinic, patient, other, staff_actor)
+        # The transaction is not aborted: the caller can keep reading and writing.
+        assert Slot.objects.get(pk=other.pk).status == SlotStatus.FREE
+        book(clinic, patient, slots[1], staff_actor)
+    assert Appointment.objects.filter(patient=patient).count() == 2
