@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from bot import processing, state
@@ -32,6 +33,8 @@ from bot.models import (
 logger = logging.getLogger(__name__)
 
 # How long a received message may wait before the sweeper re-drives its conversation.
+# Re-drives of one message before it is set aside for staff (its turn keeps dying).
+STRANDED_GIVE_UP_AFTER = 5
 STRANDED_AFTER = dt.timedelta(seconds=float(os.getenv("SOPHIA_STRANDED_TURN_SECONDS", "15")))
 
 
@@ -58,6 +61,7 @@ def pick_up_stranded_turns(now: dt.datetime | None = None, limit: int = 200) -> 
             status=MessageStatus.RECEIVED,
             created_at__lt=now - STRANDED_AFTER,
         )
+        .order_by()  # DISTINCT over these two columns only, not the default ordering's
         .values_list("conversation_id", "conversation__wa_id")
         .distinct()[:limit]
     )
@@ -70,6 +74,13 @@ def pick_up_stranded_turns(now: dt.datetime | None = None, limit: int = 200) -> 
         )
         if queued.exists():
             continue
+        # Count the re-drives of the oldest waiting message: one that takes its worker down
+        # every time (killed, out of memory…) must not do so forever.
+        oldest = processing.oldest_pending(conversation_id)
+        if oldest is not None:
+            Message.objects.filter(pk=oldest.pk).update(attempts=F("attempts") + 1)
+            if oldest.attempts + 1 > STRANDED_GIVE_UP_AFTER:
+                processing.give_up_on(oldest.pk)
         processing.schedule_turns(conversation_id)
         scheduled += 1
     if scheduled:

@@ -76,6 +76,10 @@ async def aschedule_turns(conversation_id: int) -> None:
     await run_turns.aenqueue(conversation_id, 0)
 
 
+def oldest_pending(conversation_id: int) -> Message | None:
+    return _pending(conversation_id).first()
+
+
 def has_pending(conversation_id: int) -> bool:
     return _pending(conversation_id).exists()
 
@@ -194,6 +198,51 @@ def _turn(conversation: Conversation, message: Message, now: dt.datetime) -> lis
     return _run_engine(conversation, message, now)
 
 
+def give_up_on(message_id: int) -> bool:
+    """Set aside an inbound message whose turn keeps dying: processed, staff flagged, the patient
+    told a person will continue. False if it was processed meanwhile."""
+    from bot import whatsapp
+
+    with transaction.atomic():
+        message = (
+            Message.objects.select_for_update()
+            .filter(pk=message_id, direction=Direction.IN, status=MessageStatus.RECEIVED)
+            .first()
+        )
+        if message is None:
+            return False
+        conversation = (
+            Conversation.objects.select_for_update(of=("self",))
+            .select_related("clinic")
+            .get(pk=message.conversation_id)
+        )
+        message.status = MessageStatus.PROCESSED
+        message.processed_at = timezone.now()
+        message.error = f"set aside after {message.attempts} failed attempts"
+        message.save(update_fields=["status", "processed_at", "error"])
+        conversation.needs_staff = True
+        conversation.save(update_fields=["needs_staff", "updated_at"])
+        rows = whatsapp.queue_replies(conversation, [_apology()])
+    logger.error(
+        "message %s of conversation %s set aside after %s failed attempts; staff flagged",
+        message_id,
+        conversation.pk,
+        message.attempts,
+    )
+    _deliver([row.pk for row in rows])
+    return True
+
+
+def _apology() -> engine.Reply:
+    return engine.Reply(
+        kind="text",
+        text=_(
+            "Sorry, something went wrong on our side. A member of our team will "
+            "continue with you shortly."
+        ),
+    )
+
+
 def _idle_before(conversation: Conversation, message: Message) -> bool:
     """Did the session go idle before this message arrived (SOPHIA_SESSION_IDLE_MINUTES)?
 
@@ -255,15 +304,7 @@ def _run_engine(
             "".join(traceback.format_tb(exc.__traceback__)),
         )
         conversation.needs_staff = True
-        return [
-            engine.Reply(
-                kind="text",
-                text=_(
-                    "Sorry, something went wrong on our side. A member of our team will "
-                    "continue with you shortly."
-                ),
-            )
-        ]
+        return [_apology()]
 
     snap = result.snapshot
     conversation.state = str(snap.state)

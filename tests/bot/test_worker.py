@@ -208,6 +208,40 @@ def test_it_picks_up_stranded_turns_but_not_locked_ones(clinic, fake_graph, sett
 
 
 @pytest.mark.django_db(transaction=True)
+def test_it_schedules_a_conversation_once_however_many_messages_wait(clinic, settings):
+    settings.WHATSAPP_APP_SECRET = APP_SECRET
+    for text in ("uno", "dos", "tres"):
+        receive(clinic, text_message(text))
+    DBTaskResult.objects.all().delete()
+    later = timezone.now() + dt.timedelta(minutes=1)
+    assert periodic.pick_up_stranded_turns(now=later) == 1
+    assert DBTaskResult.objects.ready().count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_sets_aside_a_message_whose_turn_keeps_dying(clinic, fake_graph, settings):
+    settings.WHATSAPP_APP_SECRET = APP_SECRET
+    conversation = receive(clinic, text_message("uno"))
+    receive(clinic, text_message("dos"))
+    DBTaskResult.objects.all().delete()
+    first = conversation.messages.order_by("id").first()
+    Message.objects.filter(pk=first.pk).update(attempts=periodic.STRANDED_GIVE_UP_AFTER)
+
+    later = timezone.now() + dt.timedelta(minutes=1)
+    assert periodic.pick_up_stranded_turns(now=later) == 1
+    first.refresh_from_db()
+    assert first.status == MessageStatus.PROCESSED
+    assert "failed attempts" in first.error
+    conversation.refresh_from_db()
+    assert conversation.needs_staff
+    (apology,) = fake_graph.wait_for_messages(1)
+    assert "equipo" in apology.text
+    # The next message still gets its turn.
+    assert conversation.messages.filter(status=MessageStatus.RECEIVED).count() == 1
+    assert DBTaskResult.objects.ready().count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
 def test_it_closes_idle_conversations_and_frees_their_holds(clinic, slots, r):
     idle = Conversation.objects.create(
         clinic=clinic,
