@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Q
+from django.db.models import Exists, Q
 from django.utils import timezone
 
 from clinics import events
@@ -209,32 +209,42 @@ def _check_id(value: object, what: str) -> int:
     return value
 
 
-def _check_patient(clinic: Clinic, patient: Patient | None) -> Patient:
+def _check_patient(clinic: Clinic, patient: Patient | None, *, query: bool = True) -> Patient:
+    """The patient object is this clinic's; with `query`, it still exists in the database."""
     if patient is None or patient.pk is None:
         raise PatientNotFound("no patient given")
     if patient.clinic_id != clinic.pk:
         raise WrongClinic("the patient belongs to another clinic")
-    if not Patient.objects.filter(pk=patient.pk, clinic=clinic).exists():
+    if query and not Patient.objects.filter(pk=patient.pk, clinic=clinic).exists():
         raise PatientNotFound("the patient does not exist")
     return patient
 
 
-def _lock_slots(clinic: Clinic, slot_ids: list[int], also: list[int] = ()) -> dict[int, Slot]:
+def _lock_slots(
+    clinic: Clinic, slot_ids: list[int], also: list[int] = (), patient: Patient | None = None
+) -> dict[int, Slot]:
     """Lock `slot_ids` (which must be this clinic's) and `also` in one statement, in id order,
-    so two services never deadlock."""
-    locked = {
-        s.pk: s
-        for s in Slot.objects.select_for_update(of=("self",))
+    so two services never deadlock. With `patient`, the same statement checks the patient
+    still exists (the foreign key is only checked at COMMIT, too late for a clean error)."""
+    rows = (
+        Slot.objects.select_for_update(of=("self",))
         .select_related("doctor")
         .filter(pk__in={*slot_ids, *also})
         .order_by("pk")
-    }
+    )
+    if patient is not None:
+        rows = rows.annotate(
+            patient_exists=Exists(Patient.objects.filter(pk=patient.pk, clinic=clinic))
+        )
+    locked = {s.pk: s for s in rows}
     for slot_id in slot_ids:
         slot = locked.get(slot_id)
         if slot is None:
             raise SlotUnavailable(f"slot {slot_id} does not exist", code="slot_not_found")
         if slot.clinic_id != clinic.pk:
             raise WrongClinic(f"slot {slot_id} belongs to another clinic")
+        if patient is not None and not slot.patient_exists:
+            raise PatientNotFound("the patient does not exist")
     return locked
 
 
@@ -568,10 +578,10 @@ def appointment_book(
         raise WrongClinic("the specialty belongs to another clinic")
     if not isinstance(notes, str):
         raise InvalidInput("notes must be text")
-    _check_patient(clinic, patient)
+    _check_patient(clinic, patient, query=False)
     with transaction.atomic():
         now = timezone.now()
-        slot = _lock_slots(clinic, [slot_id])[slot_id]
+        slot = _lock_slots(clinic, [slot_id], patient=patient)[slot_id]
         appointment = _book_locked(
             clinic=clinic,
             patient=patient,
