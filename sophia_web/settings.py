@@ -219,3 +219,6 @@ LOGGING = {
 
 # The demo serves its own static files through daphne; production puts nginx in front.
 SERVE_STATIC = envbool("SOPHIA_SERVE_STATIC", "False")
+
+# The demo's WhatsApp simulator (/simulator/): on in DEBUG or when asked for explicitly.
+SOPHIA_SIMULATOR = envbool("SOPHIA_SIMULATOR", "False")
