@@ -409,8 +409,9 @@ def _lock_out(turn: Turn) -> None:
 
 
 def _on_verifying(turn: Turn) -> None:
+    parsed = nlu.parse_birth_date(turn.text, turn.today)
     document = nlu.parse_document(turn.text)
-    if document.document:
+    if document.document and parsed.date is None:
         _identify(turn, document.document)
         return
     patient = Patient.objects.filter(
@@ -421,7 +422,6 @@ def _on_verifying(turn: Turn) -> None:
         turn.go(State.START)
         turn.say(replies.identify_first())
         return
-    parsed = nlu.parse_birth_date(turn.text, turn.today)
     if parsed.date is None and nlu.detect_intent(turn.text) is not None:
         turn.say(replies.birth_date_first())  # nothing is shown or done before verification
         return

@@ -45,6 +45,8 @@ def _has_phrase(norm: str, phrases: tuple[str, ...]) -> bool:
 _DOC_PREFIX = re.compile(r"\b(?:c\.?\s?c|t\.?\s?i|c\.?\s?e|nit|pp|rc)\.?\s*(?=\d)", re.IGNORECASE)
 _DIGIT_GROUPS = re.compile(r"\d+(?:[.\-  ]\d+)*")
 _MIXED_TOKEN = re.compile(r"\b(?=\w*\d)(?=\w*[^\W\d_])\w+\b")
+# "1985-03-14" or "14.03.1985" has 8 digits but is a date: never read it as a document.
+_DATE_SHAPED = re.compile(r"^(?:\d{4}[.\-]\d{1,2}[.\-]\d{1,2}|\d{1,2}[.\-]\d{1,2}[.\-]\d{4})$")
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,11 @@ def parse_document(text: str) -> DocumentParse:
     bot can explain the format instead of treating it as small talk.
     """
     cleaned = _DOC_PREFIX.sub(" ", text)
-    candidates = [re.sub(r"\D", "", m.group()) for m in _DIGIT_GROUPS.finditer(cleaned)]
+    candidates = [
+        re.sub(r"\D", "", m.group())
+        for m in _DIGIT_GROUPS.finditer(cleaned)
+        if not _DATE_SHAPED.match(m.group())
+    ]
     valid = [c for c in candidates if 8 <= len(c) <= 15]
     if len(set(valid)) == 1:
         return DocumentParse(document=valid[0])

@@ -389,6 +389,16 @@ def test_it_locks_out_after_three_wrong_birth_dates(stranger, ana_booked, patien
     assert patient.whatsapp_id == ANA_WA
 
 
+def test_it_counts_iso_dates_as_birth_date_misses_not_as_documents(stranger, patient):
+    stranger.send("1020304050")
+    stranger.send("1990-01-01")
+    stranger.send("1991-02-02")
+    result = stranger.send("1985-01-01")
+    assert stranger.state == State.LOCKED_OUT
+    assert result.needs_staff
+    assert not Patient.objects.exclude(pk=patient.pk).exists()
+
+
 def test_it_flags_staff_when_the_patient_has_no_birth_date_on_file(stranger, patient):
     Patient.objects.filter(pk=patient.pk).update(birth_date=None)
     result = stranger.send("1020304050")

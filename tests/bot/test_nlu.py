@@ -49,7 +49,10 @@ def test_it_flags_failed_document_attempts(text):
     assert result.invalid
 
 
-@pytest.mark.parametrize("text", ["hola", "buenos días", "quiero una cita", "tengo 2 hijos", ""])
+@pytest.mark.parametrize(
+    "text",
+    ["hola", "buenos días", "quiero una cita", "tengo 2 hijos", "", "1985-03-14", "14.03.1985"],
+)
 def test_it_ignores_text_without_a_document(text):
     result = nlu.parse_document(text)
     assert result.document is None
