@@ -195,6 +195,92 @@ def test_it_allows_back_to_back_appointments(clinic, patient, slots, staff_actor
     assert Appointment.objects.filter(patient=patient).count() == 2
 
 
+class _GenericDatabase:
+    """Stands in for `services.connection` so `appointment_book` takes its generic ORM path
+    (the one the embedded SQLite demo runs) while the data stays on PostgreSQL."""
+
+    vendor = "sqlite"
+
+
+@pytest.fixture(params=["postgresql", "generic"])
+def booking_path(request, monkeypatch):
+    if request.param == "generic":
+        monkeypatch.setattr(services, "connection", _GenericDatabase())
+    return request.param
+
+
+def _booked_rows(appointment):
+    fresh = Appointment.objects.get(pk=appointment.pk)
+    audit = AuditEvent.objects.get(action="appointment.book", object_id=str(appointment.pk))
+    return fresh, audit
+
+
+def test_it_books_the_same_rows_on_both_booking_paths(
+    booking_path, clinic, patient, other_patient, slots, patient_actor, specialty
+):
+    hold = services.slot_hold(
+        clinic=clinic, slot_id=slots[0].pk, holder="conversation:1", patient=patient
+    )
+    appointment = book(
+        clinic, patient, slots[0], patient_actor, holder="conversation:1", notes=" tos ",
+        specialty=specialty,
+    )  # fmt: skip
+    fresh, audit = _booked_rows(appointment)
+    # The returned instance is the row as stored, and a saved one (it can be updated).
+    for field in Appointment._meta.concrete_fields:
+        assert getattr(appointment, field.attname) == getattr(fresh, field.attname), field.name
+    assert not appointment._state.adding
+    assert audit.before is None and audit.after == services._appointment_state(fresh)
+    assert audit.after["id"] == appointment.pk and audit.actor_id == str(patient.pk)
+    assert Slot.objects.get(pk=slots[0].pk).status == SlotStatus.BOOKED
+    assert SlotHold.objects.get(pk=hold.pk).released_at is not None
+    # A free slot has no hold to close; the other holder's open hold stays open.
+    other = services.slot_hold(clinic=clinic, slot_id=slots[2].pk, holder="conversation:2")
+    book(clinic, other_patient, slots[1], patient_actor)
+    assert SlotHold.objects.get(pk=other.pk).released_at is None
+    cancelled = services.appointment_cancel(
+        clinic=clinic, appointment_id=appointment.pk, actor=patient_actor
+    )
+    assert cancelled.status == "cancelled"
+
+
+def test_it_refuses_the_same_way_on_both_booking_paths(
+    booking_path, clinic, patient, other_patient, doctor, slots, staff_actor
+):
+    services.slot_hold(clinic=clinic, slot_id=slots[0].pk, holder="conversation:1")
+    book(clinic, patient, slots[1], staff_actor)
+    Slot.objects.filter(pk=slots[2].pk).update(status=SlotStatus.BLOCKED)
+    before = row_counts()
+    cases = [
+        (slots[0], other_patient, {"holder": "conversation:2"}, "slot_taken"),
+        (slots[0], other_patient, {}, "slot_taken"),
+        (slots[1], other_patient, {}, "slot_taken"),
+        (slots[2], other_patient, {}, "slot_blocked"),
+        (services_doctor_slot(clinic, slots[1].start_at), patient, {}, "patient_overlap"),
+    ]
+    for slot, who, extra, code in cases:
+        with pytest.raises(BookingError) as err:
+            book(clinic, who, slot, staff_actor, **extra)
+        assert err.value.code == code, (slot.pk, code)
+    assert row_counts() == {**before, "slots": before["slots"] + 1}  # the extra doctor's slot
+    doctor.active = False
+    doctor.save(update_fields=["active"])
+    with pytest.raises(services.SlotUnavailable) as err:
+        book(clinic, other_patient, slots[5], staff_actor)
+    assert err.value.code == "slot_blocked"
+
+
+def test_it_leaves_the_specialty_empty_when_the_doctor_has_several(
+    booking_path, clinic, patient, doctor, slots, staff_actor
+):
+    from clinics.models import Specialty
+
+    doctor.specialties.add(Specialty.objects.create(clinic=clinic, slug="pediatria", name="P"))
+    appointment = book(clinic, patient, slots[0], staff_actor)
+    assert appointment.specialty_id is None
+    assert Appointment.objects.get(pk=appointment.pk).specialty_id is None
+
+
 # --- holds -------------------------------------------------------------------------------------
 
 
