@@ -51,6 +51,7 @@ WORKERS = int(os.getenv("BENCH_WORKERS", "2"))
 ACK_ROUNDS = int(os.getenv("BENCH_ACK_ROUNDS", "6"))
 ACK_PER_ROUND = int(os.getenv("BENCH_ACK_PER_ROUND", "300"))
 ACK_CONCURRENCY = int(os.getenv("BENCH_ACK_CONCURRENCY", "16"))
+ACK_WARMUP = int(os.getenv("BENCH_ACK_WARMUP", "300"))
 PATIENTS = int(os.getenv("BENCH_PATIENTS", "200"))
 RATE = float(os.getenv("BENCH_RATE", "20"))  # messages per second, all patients together
 E2E_SECONDS = float(os.getenv("BENCH_E2E_SECONDS", "60"))
@@ -245,12 +246,23 @@ def summary(latencies_ms: list[float]) -> dict:
 # --- 1. webhook acknowledgement vs noop --------------------------------------------------------
 
 
-async def blast(base_url: str, path: str, bodies: list[bytes], sign: bool) -> tuple[float, list]:
+async def blast(
+    base_url: str, path: str, bodies: list[bytes], sign: bool, server_pid: int
+) -> tuple[float, list, dict]:
+    """POST every body with ACK_CONCURRENCY keep-alive connections; (seconds, latencies, cpu).
+
+    Headers (and signatures) are built before the clock starts, so both endpoints cost the
+    load generator the same per request. `cpu` is the CPU seconds the server process and this
+    (load generator) process used during the blast: on 2 cores, a generator that starves the
+    server would show up there.
+    """
     import httpx
 
     latencies: list[float] = []
     statuses: dict[int, int] = {}
-    queue = list(bodies)
+    queue = [
+        (body, signed(body) if sign else {"Content-Type": "application/json"}) for body in bodies
+    ]
     limits = httpx.Limits(
         max_connections=ACK_CONCURRENCY, max_keepalive_connections=ACK_CONCURRENCY
     )
@@ -258,45 +270,74 @@ async def blast(base_url: str, path: str, bodies: list[bytes], sign: bool) -> tu
 
         async def one_client() -> None:
             while queue:
-                body = queue.pop()
-                headers = signed(body) if sign else {"Content-Type": "application/json"}
+                body, headers = queue.pop()
                 started = time.perf_counter()
                 response = await client.post(path, content=body, headers=headers)
                 latencies.append((time.perf_counter() - started) * 1000)
                 statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
 
+        # Open the keep-alive connections before the clock starts, for both endpoints alike.
+        await asyncio.gather(*(client.get("/health/") for _ in range(ACK_CONCURRENCY)))
+        server_cpu, client_cpu = process_cpu_seconds(server_pid), time.process_time()
         started = time.perf_counter()
         await asyncio.gather(*(one_client() for _ in range(ACK_CONCURRENCY)))
         elapsed = time.perf_counter() - started
+        cpu = {
+            "server": process_cpu_seconds(server_pid) - server_cpu,
+            "load_generator": time.process_time() - client_cpu,
+        }
     bad = {k: v for k, v in statuses.items() if k != 200}
     if bad:
         raise RuntimeError(f"{path}: non-200 answers {bad}")
-    return elapsed, latencies
+    return elapsed, latencies, cpu
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ack_bodies(n: int) -> list[bytes]:
     return [message_body(ACK_PHONE_ID, f"57320{i % 1000:07d}", text(f"hola {i}")) for i in range(n)]
 
 
-def measure_ack(base_url: str) -> dict:
-    asyncio.run(blast(base_url, "/bench/noop/", ack_bodies(200), sign=False))  # warm-up
-    asyncio.run(blast(base_url, "/whatsapp/webhook/", ack_bodies(200), sign=True))
-    totals = {"noop": [0, 0.0, []], "webhook": [0, 0.0, []]}
+def measure_ack(base_url: str, server_pid: int) -> dict:
+    for path, sign in (("/bench/noop/", False), ("/whatsapp/webhook/", True)):  # warm-up
+        asyncio.run(blast(base_url, path, ack_bodies(ACK_WARMUP), sign, server_pid))
+    totals = {
+        name: {"count": 0, "elapsed": 0.0, "latencies": [], "server": 0.0, "client": 0.0}
+        for name in ("noop", "webhook")
+    }
     for _ in range(ACK_ROUNDS):
         for name, path, sign in (
             ("noop", "/bench/noop/", False),
             ("webhook", "/whatsapp/webhook/", True),
         ):
             bodies = ack_bodies(ACK_PER_ROUND)
-            elapsed, latencies = asyncio.run(blast(base_url, path, bodies, sign))
-            totals[name][0] += len(bodies)
-            totals[name][1] += elapsed
-            totals[name][2] += latencies
+            elapsed, latencies, cpu = asyncio.run(blast(base_url, path, bodies, sign, server_pid))
+            total = totals[name]
+            total["count"] += len(bodies)
+            total["elapsed"] += elapsed
+            total["latencies"] += latencies
+            total["server"] += cpu["server"]
+            total["client"] += cpu["load_generator"]
     result = {}
-    for name, (count, elapsed, latencies) in totals.items():
-        result[name] = {"requests": count, "rps": round(count / elapsed, 1), **summary(latencies)}
+    for name, total in totals.items():
+        count = total["count"]
+        result[name] = {
+            "requests": count,
+            "rps": round(count / total["elapsed"], 1),
+            **summary(total["latencies"]),
+            "server_cpu_ms_per_request": round(total["server"] / count * 1000, 3),
+            "load_generator_cpu_ms_per_request": round(total["client"] / count * 1000, 3),
+        }
     result["throughput_ratio"] = round(result["webhook"]["rps"] / result["noop"]["rps"], 3)
+    # Latency goes the other way: noop p99 ÷ webhook p99 (1.0 = the webhook as fast as noop).
+    result["p99_ratio"] = round(result["noop"]["p99_ms"] / result["webhook"]["p99_ms"], 3)
     result["concurrency"] = ACK_CONCURRENCY
+    result["rounds"] = ACK_ROUNDS
+    result["warm_up_requests_per_endpoint"] = ACK_WARMUP
     return result
 
 
@@ -427,12 +468,8 @@ def serve_graph(arrivals, ready) -> None:
         def start(self) -> FakeGraphServer:
             fake = self
 
-            class Handler(_Handler):
+            class Handler(_Handler):  # TCP_NODELAY comes from _Handler
                 server_fake = fake
-                # The handler writes headers and body separately: without TCP_NODELAY, Nagle
-                # and delayed ACKs add ~40 ms to every keep-alive request, which the real
-                # Graph API doesn't.
-                disable_nagle_algorithm = True
 
             self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
             self._server.daemon_threads = True
@@ -586,7 +623,10 @@ def main() -> int:
     try:
         wait_until_up(base_url)
         print(f"ack: {ACK_ROUNDS} rounds × {ACK_PER_ROUND} requests per endpoint", flush=True)
-        ack = measure_ack(base_url)
+        ack = measure_ack(base_url, web.pid)
+        if os.getenv("BENCH_ONLY") == "ack":  # a quick look while tuning; results not written
+            print(json.dumps(ack, indent=2))
+            return 0
         discard_ack_backlog()
 
         workers = [

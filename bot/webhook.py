@@ -9,14 +9,18 @@ itself never runs inside this request.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
 import logging
+import time
 from collections.abc import Callable
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, models, transaction
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -139,22 +143,32 @@ def _receive(request: HttpRequest) -> HttpResponse:
     if b"\\u0000" in body:
         # PostgreSQL cannot store NUL in text or jsonb: drop it rather than lose the message.
         payload = _without_nul(payload)
+
+    def record(clinic_id: int | None, now: dt.datetime) -> int:
+        # The raw event is written in the same transaction as its messages (one commit).
+        return _insert(
+            WebhookEvent,
+            {"body": raw, "signature_valid": True, "clinic_id": clinic_id, "processed_at": now},
+            now,
+        )
+
     try:
-        # The raw event is written in the same transaction as its messages (fewer round trips
-        # on the hot path); should processing fail, it is written again on its own below.
-        _process(
-            payload,
-            lambda clinic, now: WebhookEvent.objects.create(
-                body=raw, signature_valid=True, clinic=clinic, processed_at=now
-            ),
-        )
-    except Exception as exc:
-        # Meta retries anything but 2xx for days: the raw event is kept for a replay instead.
-        # (If even this insert fails nothing was kept, and the 500 makes Meta try again.)
-        event = WebhookEvent.objects.create(
-            body=raw, signature_valid=True, error=f"{exc.__class__.__name__}: {exc}"[:2000]
-        )
-        logger.exception("webhook event %s could not be processed", event.pk)
+        _process(payload, record)
+    except Exception:
+        # Most likely the turn's enqueue (or a clinic deleted under the cache): store the
+        # messages again without it. Nothing is lost: the stranded-turn sweeper of
+        # bot.periodic runs received messages that have no queued turn.
+        logger.exception("webhook: storing the event failed, retrying without queueing turns")
+        _clinic_cache.clear()
+        try:
+            _process(payload, record, schedule=False)
+        except Exception as exc:
+            # Meta retries anything but 2xx for days: the raw event is kept for a replay instead.
+            # (If even this insert fails nothing was kept, and the 500 makes Meta try again.)
+            event = WebhookEvent.objects.create(
+                body=raw, signature_valid=True, error=f"{exc.__class__.__name__}: {exc}"[:2000]
+            )
+            logger.exception("webhook event %s could not be processed", event.pk)
     return JsonResponse({"status": "ok"})
 
 
@@ -164,41 +178,51 @@ def process_event(event: WebhookEvent, payload: dict) -> list[int]:
     Idempotent: replaying an event stores nothing twice.
     """
 
-    def mark_processed(clinic: Clinic | None, now: dt.datetime) -> WebhookEvent:
-        WebhookEvent.objects.filter(pk=event.pk).update(clinic=clinic, processed_at=now, error="")
-        return event
+    def mark_processed(clinic_id: int | None, now: dt.datetime) -> int:
+        WebhookEvent.objects.filter(pk=event.pk).update(
+            clinic_id=clinic_id, processed_at=now, error=""
+        )
+        return event.pk
 
     return _process(payload, mark_processed)
 
 
 def _process(
-    payload: dict, record_event: Callable[[Clinic | None, dt.datetime], WebhookEvent]
+    payload: dict,
+    record_event: Callable[[int | None, dt.datetime], int],
+    *,
+    schedule: bool = True,
 ) -> list[int]:
-    """One transaction: the event row, then every message and status of the payload."""
+    """One transaction: the event row, every message and status of the payload, the turns.
+
+    The turns' task rows (django-tasks-db keeps its queue in this same database) commit
+    atomically with the messages: the worker sees both or neither, and the request pays for one
+    commit (one fsync). With `schedule=False` the messages wait for the stranded-turn sweeper.
+    """
     now = timezone.now()
     new_conversations: list[int] = []
     with transaction.atomic():
         values = list(_values(payload))
         clinics = _clinics_by_number({_phone_number_id(v) for v in values})
         known = [clinics[_phone_number_id(v)] for v in values if _phone_number_id(v) in clinics]
-        event = record_event(known[0] if known else None, now)
+        event_id = record_event(known[0] if known else None, now)
         for value in values:
-            clinic = clinics.get(_phone_number_id(value))
-            if clinic is None:
+            clinic_id = clinics.get(_phone_number_id(value))
+            if clinic_id is None:
                 logger.warning(
                     "webhook event %s: unknown phone_number_id %r, ignored",
-                    event.pk,
+                    event_id,
                     _phone_number_id(value)[:40],
                 )
                 continue
             names = _contact_names(value)
             for raw in _list(value.get("messages")):
-                conversation_id = _store_message(event, clinic, raw, names, now)
+                conversation_id = _store_message(event_id, clinic_id, raw, names, now)
                 if conversation_id is not None and conversation_id not in new_conversations:
                     new_conversations.append(conversation_id)
             for status in _list(value.get("statuses")):
-                _apply_status(clinic, status)
-        if new_conversations:
+                _apply_status(clinic_id, status)
+        if schedule and new_conversations:
             schedule_turns(new_conversations)
     return new_conversations
 
@@ -208,34 +232,48 @@ def _phone_number_id(value: dict) -> str:
     return str(metadata.get("phone_number_id", "")) if _is_dict(metadata) else ""
 
 
-def _clinics_by_number(numbers: set[str]) -> dict[str, Clinic]:
+# phone_number_id → (clinic id, monotonic expiry). Clinics are rarely re-numbered; saving or
+# deleting one in this process clears the cache at once, elsewhere (a shell, the seed) it ages
+# out. Unknown numbers are not cached, so a new clinic is served at once.
+CLINIC_CACHE_SECONDS = 30.0
+_clinic_cache: dict[str, tuple[int, float]] = {}
+
+
+@receiver(post_save, sender=Clinic, dispatch_uid="bot.webhook.clinic_saved")
+@receiver(post_delete, sender=Clinic, dispatch_uid="bot.webhook.clinic_deleted")
+def _forget_clinics(**kwargs) -> None:
+    _clinic_cache.clear()
+
+
+def _clinics_by_number(numbers: set[str]) -> dict[str, int]:
+    """phone_number_id → clinic id for the numbers that belong to a clinic."""
     numbers.discard("")
-    if not numbers:
-        return {}
-    return {c.phone_number_id: c for c in Clinic.objects.filter(phone_number_id__in=numbers)}
+    now = time.monotonic()
+    found: dict[str, int] = {}
+    for number in numbers:
+        hit = _clinic_cache.get(number)
+        if hit is not None and hit[1] > now:
+            found[number] = hit[0]
+    missing = numbers - found.keys()
+    if missing:
+        rows = Clinic.objects.filter(phone_number_id__in=missing).values_list(
+            "phone_number_id", "id"
+        )
+        for number, clinic_id in rows:
+            _clinic_cache[number] = (clinic_id, now + CLINIC_CACHE_SECONDS)
+            found[number] = clinic_id
+    return found
 
 
 def schedule_turns(conversation_ids: list[int]) -> None:
-    """Hand each conversation to bot.processing, inside the webhook's transaction.
+    """Queue a turn for each conversation, inside the webhook's transaction.
 
-    The job engine (django-tasks-db) keeps its queue in this same database, so the turn's task
-    row commits atomically with the messages: the worker sees both or neither, and the request
-    pays for one commit (one fsync) instead of two. A failure here loses nothing: the messages
-    stay stored and the worker's sweep for stranded turns runs them.
+    No savepoint: if an enqueue fails the transaction is retried without turns (see _receive).
     """
-    try:
-        from bot import processing
-    except ImportError:
-        logger.error(
-            "bot.processing is not available: %d turn(s) not scheduled", len(conversation_ids)
-        )
-        return
+    from bot import processing
+
     for conversation_id in conversation_ids:
-        try:
-            with transaction.atomic():  # a savepoint: a failed enqueue keeps the messages
-                processing.schedule_turns(conversation_id)
-        except Exception:
-            logger.exception("could not schedule the turn of conversation %s", conversation_id)
+        processing.schedule_turns(conversation_id)
 
 
 def _without_nul(value):
@@ -302,57 +340,54 @@ def _wa_timestamp(raw: dict) -> dt.datetime | None:
 
 
 def _store_message(
-    event: WebhookEvent, clinic: Clinic, raw: dict, names: dict[str, str], now: dt.datetime
+    event_id: int, clinic_id: int, raw: dict, names: dict[str, str], now: dt.datetime
 ) -> int | None:
-    """Insert one inbound message; its conversation id if it is new, None for a duplicate."""
+    """Insert one inbound message; its conversation id if it is new, None for a duplicate.
+
+    Two statements: the conversation upsert, then the message insert (ON CONFLICT DO NOTHING on
+    the unique WhatsApp id, so a redelivery, even a concurrent one, is a no-op without an
+    exception or a savepoint) with the conversation's touch when it was new.
+    """
     wa_id = str(raw.get("from") or "")[:20]
     if not wa_id:
-        logger.warning("webhook event %s: message without a sender, ignored", event.pk)
+        logger.warning("webhook event %s: message without a sender, ignored", event_id)
         return None
-    conversation, _ = Conversation.objects.get_or_create(
-        clinic=clinic,
-        wa_id=wa_id,
-        defaults={"contact_name": names.get(wa_id, ""), "last_activity_at": now},
-    )
     wa_message_id = str(raw.get("id") or "")[:128] or None
+    if wa_message_id is None:
+        logger.warning("webhook event %s: message without an id, stored without dedup", event_id)
+    name = names.get(wa_id, "")
+    conversation_id = _upsert_conversation(clinic_id, wa_id, name, now)
     kind, text = parse_message(raw)
     fields = {
-        "clinic": clinic,
-        "conversation": conversation,
-        "direction": Direction.IN,
+        "clinic_id": clinic_id,
+        "conversation_id": conversation_id,
+        "direction": Direction.IN.value,
         "wa_message_id": wa_message_id,
         "kind": kind,
         "text": text,
         "payload": raw,
-        "status": MessageStatus.RECEIVED,
+        "status": MessageStatus.RECEIVED.value,
         "wa_timestamp": _wa_timestamp(raw),
         "created_at": now,
-        "webhook_event": event,
+        "webhook_event_id": event_id,
     }
-    if wa_message_id is None:
-        logger.warning("webhook event %s: message without an id, stored without dedup", event.pk)
-    elif Message.objects.filter(wa_message_id=wa_message_id).exists():
-        logger.info("webhook event %s: duplicate message ignored", event.pk)
+    if not _insert_message(fields, conversation_id, now):
+        logger.info("webhook event %s: duplicate message ignored", event_id)
         return None
-    # ON CONFLICT DO NOTHING: a concurrent redelivery that wins the race leaves one row, and
-    # no savepoint is needed (an IntegrityError would abort the whole transaction).
-    Message.objects.bulk_create([Message(**fields)], ignore_conflicts=True)
-    updates = {"last_inbound_at": now, "last_activity_at": now}
-    name = names.get(wa_id, "")
-    if name and name != conversation.contact_name:
-        updates["contact_name"] = name
-    Conversation.objects.filter(pk=conversation.pk).update(**updates)
-    return conversation.pk
+    return conversation_id
 
 
-def _apply_status(clinic: Clinic, status: dict) -> None:
-    """sent → delivered → read, never backwards; failed keeps WhatsApp's error."""
+def _apply_status(clinic_id: int, status: dict) -> None:
+    """sent → delivered → read, never backwards; failed keeps WhatsApp's error.
+
+    One conditional UPDATE per status: the rank condition is in its WHERE clause.
+    """
     wa_message_id = str(status.get("id") or "")
     new = status.get("status")
     if not wa_message_id:
         return
     rows = Message.objects.filter(
-        wa_message_id=wa_message_id, direction=Direction.OUT, clinic=clinic
+        wa_message_id=wa_message_id, direction=Direction.OUT, clinic_id=clinic_id
     )
     if new in (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ):
         rank = OUTBOUND_STATUS_RANK[MessageStatus(new)]
@@ -370,6 +405,121 @@ def _apply_status(clinic: Clinic, status: dict) -> None:
         )
     else:
         logger.debug("status %r for an outbound message ignored", new)
+
+
+# --- hand-written statements for the hot path -------------------------------------------------
+# Building these through the ORM cost more CPU than the database spent running them (the ack
+# benchmark, bench/bench_bot.py). Column lists come from the models, so a field added later
+# with a default needs no change here. The SQL (ON CONFLICT … RETURNING) runs on PostgreSQL and
+# on SQLite ≥ 3.35 (the embedded demo).
+
+
+@functools.cache
+def _insert_fields(model: type[models.Model]) -> tuple[models.Field, ...]:
+    """The columns an INSERT of `model` writes: all but database-generated ones."""
+    return tuple(
+        f
+        for f in model._meta.concrete_fields
+        if not f.db_returning and not f.generated and not f.has_db_default()
+    )
+
+
+@functools.cache
+def _insert_sql(model: type[models.Model], vendor: str) -> str:
+    quote = connection.ops.quote_name
+    fields = _insert_fields(model)
+    # Identifiers come from the models, values are parameters: nothing from the request.
+    columns = ", ".join(quote(f.column) for f in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    table = quote(model._meta.db_table)
+    return f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"  # noqa: S608
+
+
+def _params(model: type[models.Model], values: dict, now: dt.datetime) -> list:
+    """`values` by attname, the model's defaults for the rest, adapted for the database."""
+    params = []
+    for field in _insert_fields(model):
+        if field.attname in values:
+            value = values[field.attname]
+        elif getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+            value = now
+        else:
+            value = field.get_default()
+        params.append(field.get_db_prep_save(value, connection))
+    return params
+
+
+def _insert(model: type[models.Model], values: dict, now: dt.datetime) -> int:
+    """INSERT one row of `model`; its id."""
+    pk = connection.ops.quote_name(model._meta.pk.column)
+    sql = f"{_insert_sql(model, connection.vendor)} RETURNING {pk}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, _params(model, values, now))
+        return cursor.fetchone()[0]
+
+
+@functools.cache
+def _conversation_upsert_sql(vendor: str) -> str:
+    quote = connection.ops.quote_name
+    table = quote(Conversation._meta.db_table)
+    name = quote("contact_name")
+    # DO UPDATE (not DO NOTHING) so the id comes back even when another request inserted the
+    # row concurrently; the name only changes when WhatsApp sent one.
+    return (
+        f"{_insert_sql(Conversation, vendor)} ON CONFLICT ({quote('clinic_id')}, {quote('wa_id')})"
+        f" DO UPDATE SET {name} = CASE WHEN excluded.{name} = '' THEN {table}.{name}"
+        f" ELSE excluded.{name} END RETURNING {table}.{quote('id')}"
+    )
+
+
+def _upsert_conversation(clinic_id: int, wa_id: str, name: str, now: dt.datetime) -> int:
+    values = {"clinic_id": clinic_id, "wa_id": wa_id, "contact_name": name}
+    values["last_activity_at"] = now
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _conversation_upsert_sql(connection.vendor), _params(Conversation, values, now)
+        )
+        return cursor.fetchone()[0]
+
+
+@functools.cache
+def _message_insert_sql(vendor: str) -> tuple[str, str]:
+    """(insert, touch): on PostgreSQL one statement, the touch riding on the insert's result."""
+    quote = connection.ops.quote_name
+    insert = (
+        f"{_insert_sql(Message, vendor)} ON CONFLICT ({quote('wa_message_id')}) DO NOTHING"
+        f" RETURNING {quote('id')}"
+    )
+    table = quote(Conversation._meta.db_table)
+    touch = (
+        f"UPDATE {table} SET {quote('last_inbound_at')} = %s, {quote('last_activity_at')} = %s"  # noqa: S608
+        f" WHERE {quote('id')} = %s"
+    )
+    if vendor == "postgresql":
+        return f"WITH m AS ({insert}) {touch} AND EXISTS (SELECT 1 FROM m) RETURNING 1", ""  # noqa: S608
+    return insert, touch
+
+
+TOUCHED = ("last_inbound_at", "last_activity_at")
+
+
+def _insert_message(fields: dict, conversation_id: int, now: dt.datetime) -> bool:
+    """Insert the message unless its WhatsApp id is already stored; touch the conversation."""
+    insert, touch = _message_insert_sql(connection.vendor)
+    params = _params(Message, fields, now)
+    touch_params = [
+        *(Conversation._meta.get_field(f).get_db_prep_save(now, connection) for f in TOUCHED),
+        conversation_id,
+    ]
+    with connection.cursor() as cursor:
+        if not touch:
+            cursor.execute(insert, [*params, *touch_params])
+            return cursor.fetchone() is not None
+        cursor.execute(insert, params)
+        if cursor.fetchone() is None:
+            return False
+        cursor.execute(touch, touch_params)
+        return True
 
 
 def to_inbound(message: Message) -> Inbound:

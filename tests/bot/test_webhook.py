@@ -548,3 +548,106 @@ async def test_it_refuses_a_3_mb_body_under_asgi(clinic, asgi_thread_connections
 
     assert response["status"] == 413
     assert not await WebhookEvent.objects.aexists()
+
+
+# The hot path's guarantees (bench/bench_bot.py measures its speed) ------------------------------
+
+
+def test_it_keeps_the_messages_when_the_turn_cannot_be_queued(client, clinic, caplog):
+    from bot import periodic
+
+    body = payload(change(clinic.phone_number_id, [text_message("wamid.A")]))
+    with mock.patch("bot.processing.schedule_turns", side_effect=RuntimeError("queue down")):
+        response = post(client, body)
+
+    assert response.status_code == 200
+    message = Message.objects.get()
+    assert message.status == MessageStatus.RECEIVED
+    event = WebhookEvent.objects.get()
+    assert event.processed_at is not None and event.error == ""
+    assert "retrying without queueing turns" in caplog.text
+    # Nothing queued it, so the stranded-turn sweeper does.
+    later = message.created_at + periodic.STRANDED_AFTER * 2
+    with mock.patch("bot.processing.schedule_turns") as schedule:
+        assert periodic.pick_up_stranded_turns(now=later) == 1
+    schedule.assert_called_once_with(message.conversation_id)
+
+
+def test_it_queues_the_turn_in_the_same_transaction(client, clinic):
+    from django_tasks_db.models import DBTaskResult
+
+    post(client, payload(change(clinic.phone_number_id, [text_message("wamid.A")])))
+    post(client, payload(change(clinic.phone_number_id, [text_message("wamid.A")])))  # again
+
+    task = DBTaskResult.objects.get()
+    assert task.task_path == "bot.tasks.run_turns"
+    assert task.args_kwargs["args"][0] == Message.objects.get().conversation_id
+
+
+def test_it_leaves_the_conversation_alone_on_a_redelivery(client, clinic):
+    body = payload(change(clinic.phone_number_id, [text_message("wamid.A")]))
+    post(client, body)
+    conversation = Conversation.objects.get()
+    assert conversation.last_inbound_at is not None
+    earlier = conversation.last_inbound_at.replace(year=2020)
+    Conversation.objects.update(last_inbound_at=earlier, last_activity_at=earlier)
+
+    post(client, body)
+
+    conversation.refresh_from_db()
+    assert conversation.last_inbound_at == earlier and conversation.last_activity_at == earlier
+
+
+def test_it_keeps_the_contact_name_when_whatsapp_sends_none(client, clinic):
+    post(client, payload(change(clinic.phone_number_id, [text_message("wamid.1")])))
+    no_name = [{"profile": {}, "wa_id": WA_ID}]
+    post(
+        client, payload(change(clinic.phone_number_id, [text_message("wamid.2")], contacts=no_name))
+    )
+    assert Conversation.objects.get().contact_name == "Ana María"
+
+
+def test_it_follows_a_clinic_renumbered_in_this_process(client, clinic, caplog):
+    old = clinic.phone_number_id
+    post(client, payload(change(old, [text_message("wamid.1")])))  # the number is now cached
+    clinic.phone_number_id = "100000000000099"
+    clinic.save()
+
+    with caplog.at_level(logging.WARNING, logger="bot.webhook"):
+        post(client, payload(change(old, [text_message("wamid.2")])))
+    post(client, payload(change("100000000000099", [text_message("wamid.3")])))
+
+    assert "unknown phone_number_id" in caplog.text
+    assert set(Message.objects.values_list("wa_message_id", flat=True)) == {"wamid.1", "wamid.3"}
+
+
+def test_it_serves_a_new_clinic_at_once(client, db):
+    from tests.conftest import make_clinic
+
+    post(client, payload(change("100000000000077", [text_message("wamid.1")])))  # unknown
+    make_clinic("nueva", "100000000000077")
+    post(client, payload(change("100000000000077", [text_message("wamid.2")])))
+
+    assert list(Message.objects.values_list("wa_message_id", flat=True)) == ["wamid.2"]
+
+
+def test_it_does_not_use_an_expired_clinic_cache_entry(client, clinic):
+    import time
+
+    from bot import webhook
+
+    webhook._clinic_cache[clinic.phone_number_id] = (clinic.pk + 1000, time.monotonic() - 1)
+    post(client, payload(change(clinic.phone_number_id, [text_message("wamid.1")])))
+
+    assert Message.objects.get().clinic_id == clinic.pk
+
+
+def test_it_stores_a_message_in_a_handful_of_statements(
+    client, clinic, django_assert_max_num_queries
+):
+    post(client, payload(change(clinic.phone_number_id, [text_message("wamid.0")])))  # warm
+    # Event, conversation upsert, message (+ conversation touch), turn task; the clinic comes
+    # from the cache; plus the transaction's own begin/commit (savepoints in a test).
+    with django_assert_max_num_queries(6):
+        post(client, payload(change(clinic.phone_number_id, [text_message("wamid.1")])))
+    assert Message.objects.count() == 2
