@@ -639,7 +639,17 @@ def main() -> int:
         warm_up_workers(base_url, graph)
         openai_before = len(openai.requests)
         print(f"e2e: {PATIENTS} patients at {RATE}/s for {E2E_SECONDS:.0f} s", flush=True)
+        cpu_before = {"web": process_cpu_seconds(web.pid)}
+        cpu_before |= {f"worker_{i}": process_cpu_seconds(w.pid) for i, w in enumerate(workers)}
         e2e = run_patients(base_url, graph, patients)
+        cpu = {"web": process_cpu_seconds(web.pid)}
+        cpu |= {f"worker_{i}": process_cpu_seconds(w.pid) for i, w in enumerate(workers)}
+        # CPU ms per message sent, per process: a slow run on a busy machine shows whether our
+        # own processes or someone else's work took the cores.
+        e2e["cpu_ms_per_message"] = {
+            name: round((cpu[name] - cpu_before[name]) / max(1, e2e["messages"]) * 1000, 2)
+            for name in cpu
+        }
         llm_calls = len(openai.requests) - openai_before
         from clinics.models import Appointment
 

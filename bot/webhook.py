@@ -371,7 +371,7 @@ def _store_message(
         "created_at": now,
         "webhook_event_id": event_id,
     }
-    if not _insert_message(fields, conversation_id, now):
+    if not _insert_message(fields, conversation_id, name, now):
         logger.info("webhook event %s: duplicate message ignored", event_id)
         return None
     return conversation_id
@@ -435,12 +435,35 @@ def _insert_sql(model: type[models.Model], vendor: str) -> str:
     return f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"  # noqa: S608
 
 
+_PER_ROW = object()
+
+
+@functools.cache
+def _constant_params(model: type[models.Model], vendor: str) -> tuple:
+    """Per column: its adapted default when that is a constant, else _PER_ROW."""
+    constants = []
+    for field in _insert_fields(model):
+        per_row = (
+            getattr(field, "auto_now", False)
+            or getattr(field, "auto_now_add", False)
+            or callable(field.default)
+        )
+        constants.append(
+            _PER_ROW if per_row else field.get_db_prep_save(field.get_default(), connection)
+        )
+    return tuple(constants)
+
+
 def _params(model: type[models.Model], values: dict, now: dt.datetime) -> list:
     """`values` by attname, the model's defaults for the rest, adapted for the database."""
     params = []
-    for field in _insert_fields(model):
+    constants = _constant_params(model, connection.vendor)
+    for field, constant in zip(_insert_fields(model), constants, strict=True):
         if field.attname in values:
             value = values[field.attname]
+        elif constant is not _PER_ROW:
+            params.append(constant)
+            continue
         elif getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
             value = now
         else:
@@ -462,13 +485,12 @@ def _insert(model: type[models.Model], values: dict, now: dt.datetime) -> int:
 def _conversation_upsert_sql(vendor: str) -> str:
     quote = connection.ops.quote_name
     table = quote(Conversation._meta.db_table)
-    name = quote("contact_name")
-    # DO UPDATE (not DO NOTHING) so the id comes back even when another request inserted the
-    # row concurrently; the name only changes when WhatsApp sent one.
+    wa_id = quote("wa_id")
+    # DO UPDATE (a no-op one), not DO NOTHING: the id comes back even when another request
+    # inserted the row concurrently. The touch (with the new name) comes with the message.
     return (
-        f"{_insert_sql(Conversation, vendor)} ON CONFLICT ({quote('clinic_id')}, {quote('wa_id')})"
-        f" DO UPDATE SET {name} = CASE WHEN excluded.{name} = '' THEN {table}.{name}"
-        f" ELSE excluded.{name} END RETURNING {table}.{quote('id')}"
+        f"{_insert_sql(Conversation, vendor)} ON CONFLICT ({quote('clinic_id')}, {wa_id})"
+        f" DO UPDATE SET {wa_id} = excluded.{wa_id} RETURNING {table}.{quote('id')}"
     )
 
 
@@ -491,9 +513,11 @@ def _message_insert_sql(vendor: str) -> tuple[str, str]:
         f" RETURNING {quote('id')}"
     )
     table = quote(Conversation._meta.db_table)
+    name = quote("contact_name")
+    # The name only changes when WhatsApp sent one, and only for a new message.
     touch = (
-        f"UPDATE {table} SET {quote('last_inbound_at')} = %s, {quote('last_activity_at')} = %s"  # noqa: S608
-        f" WHERE {quote('id')} = %s"
+        f"UPDATE {table} SET {quote('last_inbound_at')} = %s, {quote('last_activity_at')} = %s,"  # noqa: S608
+        f" {name} = CASE WHEN %s = '' THEN {name} ELSE %s END WHERE {quote('id')} = %s"
     )
     if vendor == "postgresql":
         return f"WITH m AS ({insert}) {touch} AND EXISTS (SELECT 1 FROM m) RETURNING 1", ""  # noqa: S608
@@ -503,12 +527,14 @@ def _message_insert_sql(vendor: str) -> tuple[str, str]:
 TOUCHED = ("last_inbound_at", "last_activity_at")
 
 
-def _insert_message(fields: dict, conversation_id: int, now: dt.datetime) -> bool:
+def _insert_message(fields: dict, conversation_id: int, name: str, now: dt.datetime) -> bool:
     """Insert the message unless its WhatsApp id is already stored; touch the conversation."""
     insert, touch = _message_insert_sql(connection.vendor)
     params = _params(Message, fields, now)
     touch_params = [
         *(Conversation._meta.get_field(f).get_db_prep_save(now, connection) for f in TOUCHED),
+        name,
+        name,
         conversation_id,
     ]
     with connection.cursor() as cursor:
