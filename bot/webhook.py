@@ -472,11 +472,26 @@ def _params(model: type[models.Model], values: dict, now: dt.datetime) -> list:
     return params
 
 
+def _cursor():
+    """A cursor for the hot path's statements.
+
+    On PostgreSQL a plain psycopg cursor on Django's connection (same transaction): parameters
+    are bound by the server and psycopg prepares statements it sees repeatedly, where Django's
+    client-side binding cursor formats every parameter into the SQL text in Python.
+    """
+    if connection.vendor != "postgresql":
+        return connection.cursor()
+    import psycopg
+
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
+
+
 def _insert(model: type[models.Model], values: dict, now: dt.datetime) -> int:
     """INSERT one row of `model`; its id."""
     pk = connection.ops.quote_name(model._meta.pk.column)
     sql = f"{_insert_sql(model, connection.vendor)} RETURNING {pk}"
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(sql, _params(model, values, now))
         return cursor.fetchone()[0]
 
@@ -497,7 +512,7 @@ def _conversation_upsert_sql(vendor: str) -> str:
 def _upsert_conversation(clinic_id: int, wa_id: str, name: str, now: dt.datetime) -> int:
     values = {"clinic_id": clinic_id, "wa_id": wa_id, "contact_name": name}
     values["last_activity_at"] = now
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(
             _conversation_upsert_sql(connection.vendor), _params(Conversation, values, now)
         )
@@ -537,7 +552,7 @@ def _insert_message(fields: dict, conversation_id: int, name: str, now: dt.datet
         name,
         conversation_id,
     ]
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         if not touch:
             cursor.execute(insert, [*params, *touch_params])
             return cursor.fetchone() is not None
