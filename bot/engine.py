@@ -135,7 +135,7 @@ class StepResult:
 
 MAX_IDENTITY_MISSES = 3
 PAGE_SIZE = 10
-LOOKAHEAD_PAGES = 5  # how far "el de las 10" searches beyond the page shown
+LOOKAHEAD_PAGES = 5  # how many pages "el de las 10" searches, from the first
 # Data that survives the end of a flow (a booking, a cancellation, a goodbye).
 _IDENTITY_KEYS = ("identity_misses",)
 # Ids of the rows and buttons the engine sends ("slot:42", "confirm:yes", …).
@@ -800,14 +800,14 @@ def _picked_slot(turn: Turn) -> int | None:
 
 
 def _slot_at_time(turn: Turn, request: nlu.TimeRequest) -> int | None:
-    """For "el de las 10" when 10:00 isn't on the page shown: look a few pages further."""
+    """For "el de las 10" when 10:00 isn't on the page shown: the first slot at that time from
+    page 1 on, a few pages deep; failing that exact time, the first one within that hour."""
     specialty = _current_specialty(turn)
     if specialty is None:
         return None
-    cursors = turn.data.get("cursors") or [None]
-    page = turn.data.get("page", 1)
-    cursor = cursors[page - 1] if 0 < page <= len(cursors) else None
     tz = turn.clinic.tz
+    pages = []
+    cursor = None
     for _ in range(LOOKAHEAD_PAGES):
         try:
             slot_page = selectors.available_slots(
@@ -820,12 +820,18 @@ def _slot_at_time(turn: Turn, request: nlu.TimeRequest) -> int | None:
         except services.BookingError:
             return None
         local = [slot.start_at.astimezone(tz) for slot in slot_page.slots]
-        index = nlu.match_time(request, [nlu.ShownTime(t.hour, t.minute) for t in local])
+        times = [nlu.ShownTime(t.hour, t.minute) for t in local]
+        index = nlu.match_time(request, times, strict=True)
         if index is not None:
             return slot_page.slots[index].pk
+        pages.append((slot_page.slots, times))
         if not slot_page.has_more:
-            return None
+            break
         cursor = slot_page.next_cursor
+    for slots, times in pages:
+        index = nlu.match_time(request, times)
+        if index is not None:
+            return slots[index].pk
     return None
 
 

@@ -373,8 +373,11 @@ class TimeRequest:
     afternoon: bool | None = None  # True: p. m. / de la tarde; False: a. m.; None: not said
 
 
-def match_time(request: TimeRequest, times: list[ShownTime]) -> int | None:
-    """Index of the first of `times` at the requested time, else None."""
+def match_time(request: TimeRequest, times: list[ShownTime], *, strict: bool = False) -> int | None:
+    """Index of the first of `times` at the requested time, else None.
+
+    "las 10" means 10:00; only when not `strict` does it settle for another time in that hour.
+    """
     hour, minute, afternoon = request.hour, request.minute, request.afternoon
     if afternoon is True and hour < 12:
         candidates = [hour + 12]
@@ -390,9 +393,11 @@ def match_time(request: TimeRequest, times: list[ShownTime]) -> int | None:
             if exact:
                 return exact[0]
             continue
-        if same_hour:
-            on_the_hour = [i for i in same_hour if times[i].minute == 0]
-            return (on_the_hour or same_hour)[0]
+        on_the_hour = [i for i in same_hour if times[i].minute == 0]
+        if on_the_hour:
+            return on_the_hour[0]
+        if same_hour and not strict:
+            return same_hour[0]
     return None
 
 
@@ -431,7 +436,7 @@ def parse_time(text: str) -> TimeRequest | None:
 def parse_time_choice(text: str, times: list[ShownTime]) -> int | None:
     """Index of the shown option at the time the patient names ("10:30", "las 3 de la tarde")."""
     request = parse_time(text)
-    return match_time(request, times) if request else None
+    return match_time(request, times, strict=True) if request else None
 
 
 def parse_position(text: str, count: int) -> int | None:
@@ -464,9 +469,9 @@ def parse_choice(text: str, times: list[ShownTime]) -> int | None:
     A bare number is a position ("10" is the tenth row); with "las", a colon or a.m./p.m. it is
     a time ("el de las 10", "10:30", "la de las 3 de la tarde").
     """
-    index = parse_time_choice(text, times)
-    if index is not None:
-        return index
+    if parse_time(text) is not None:
+        # A time not on this page is looked for elsewhere, never read as a row number.
+        return parse_time_choice(text, times)
     return parse_position(text, len(times))
 
 

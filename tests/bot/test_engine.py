@@ -760,6 +760,19 @@ def test_it_finds_a_named_time_beyond_the_page_shown(choosing_chat, agenda):
     assert choosing_chat.data["held_slot"] == agenda["general"][10].pk
 
 
+def test_it_takes_las_10_as_ten_oclock_even_from_a_later_page(choosing_chat, agenda):
+    choosing_chat.send("más")  # page 2 starts at 11:20 a. m.; 10:00 was on page 1
+    choosing_chat.send("el de las 10")
+    assert choosing_chat.data["held_slot"] == agenda["general"][6].pk
+
+
+def test_it_settles_for_the_same_hour_when_that_exact_time_is_gone(identified_chat, agenda):
+    Slot.objects.filter(pk=agenda["general"][6].pk).update(status="blocked")  # 10:00
+    identified_chat.send("tengo fiebre y dolor de cabeza")
+    identified_chat.send("el de las 10")
+    assert identified_chat.data["held_slot"] == agenda["general"][7].pk  # 10:20
+
+
 def test_it_says_so_when_no_slot_is_free_at_the_named_time(choosing_chat):
     result = choosing_chat.send("a las 7 de la noche")
     assert choosing_chat.state == State.CHOOSING_SLOT
