@@ -12,16 +12,23 @@ from clinics.models import Clinic, Patient
 class WebhookEvent(models.Model):
     """A raw webhook POST exactly as received, kept before the webhook answers."""
 
-    received_at = models.DateTimeField(default=timezone.now)
-    body = models.TextField()
-    signature_valid = models.BooleanField(default=False)
+    received_at = models.DateTimeField(default=timezone.now, verbose_name=_("received at"))
+    body = models.TextField(verbose_name=_("body"))
+    signature_valid = models.BooleanField(default=False, verbose_name=_("valid signature"))
     clinic = models.ForeignKey(
-        Clinic, on_delete=models.SET_NULL, null=True, blank=True, related_name="webhook_events"
+        Clinic,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="webhook_events",
+        verbose_name=_("clinic"),
     )
-    processed_at = models.DateTimeField(null=True, blank=True)
-    error = models.TextField(blank=True)
+    processed_at = models.DateTimeField(null=True, blank=True, verbose_name=_("processed at"))
+    error = models.TextField(blank=True, verbose_name=_("error"))
 
     class Meta:
+        verbose_name = _("webhook event")
+        verbose_name_plural = _("webhook events")
         indexes = [models.Index(fields=["received_at"], name="webhook_received")]
 
     def __str__(self) -> str:
@@ -36,34 +43,52 @@ class ConversationMode(models.TextChoices):
 class Conversation(models.Model):
     """One per patient phone per clinic. `state` and `context` are the engine's memory."""
 
-    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="conversations")
+    clinic = models.ForeignKey(
+        Clinic, on_delete=models.CASCADE, related_name="conversations", verbose_name=_("clinic")
+    )
     wa_id = models.CharField(_("WhatsApp number"), max_length=20)
     contact_name = models.CharField(_("WhatsApp profile name"), max_length=200, blank=True)
     patient = models.ForeignKey(
-        Patient, on_delete=models.SET_NULL, null=True, blank=True, related_name="conversations"
+        Patient,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="conversations",
+        verbose_name=_("patient"),
     )
-    state = models.CharField(max_length=32, default="START")
-    context = models.JSONField(default=dict, blank=True)
-    mode = models.CharField(max_length=8, choices=ConversationMode.choices, default="bot")
+    state = models.CharField(max_length=32, default="START", verbose_name=_("state"))
+    context = models.JSONField(default=dict, blank=True, verbose_name=_("context"))
+    mode = models.CharField(
+        max_length=8, choices=ConversationMode.choices, default="bot", verbose_name=_("mode")
+    )
     assigned_to = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         on_delete=models.SET_NULL,
         null=True,
         blank=True,
         related_name="assigned_conversations",
+        verbose_name=_("assigned to"),
     )
     needs_staff = models.BooleanField(_("asked for a person"), default=False)
     urgent = models.BooleanField(_("urgent"), default=False)
-    rate_limited_until = models.DateTimeField(null=True, blank=True)
-    last_inbound_at = models.DateTimeField(null=True, blank=True)
-    last_activity_at = models.DateTimeField(default=timezone.now)
-    closed_at = models.DateTimeField(null=True, blank=True)
-    llm_prompt_tokens = models.PositiveIntegerField(default=0)
-    llm_completion_tokens = models.PositiveIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    rate_limited_until = models.DateTimeField(
+        null=True, blank=True, verbose_name=_("rate limited until")
+    )
+    last_inbound_at = models.DateTimeField(
+        null=True, blank=True, verbose_name=_("last inbound message")
+    )
+    last_activity_at = models.DateTimeField(default=timezone.now, verbose_name=_("last activity"))
+    closed_at = models.DateTimeField(null=True, blank=True, verbose_name=_("closed at"))
+    llm_prompt_tokens = models.PositiveIntegerField(default=0, verbose_name=_("LLM prompt tokens"))
+    llm_completion_tokens = models.PositiveIntegerField(
+        default=0, verbose_name=_("LLM completion tokens")
+    )
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
+        verbose_name = _("conversation")
+        verbose_name_plural = _("conversations")
         ordering = ["-last_activity_at"]
         constraints = [
             models.UniqueConstraint(fields=["clinic", "wa_id"], name="conversation_unique_phone")
@@ -123,38 +148,57 @@ OUTBOUND_STATUS_RANK = {
 class Message(models.Model):
     """Every message in and out. Outbound rows are the outbox the worker sends and retries."""
 
-    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="messages")
-    conversation = models.ForeignKey(
-        Conversation, on_delete=models.CASCADE, related_name="messages"
+    clinic = models.ForeignKey(
+        Clinic, on_delete=models.CASCADE, related_name="messages", verbose_name=_("clinic")
     )
-    direction = models.CharField(max_length=3, choices=Direction.choices)
+    conversation = models.ForeignKey(
+        Conversation,
+        on_delete=models.CASCADE,
+        related_name="messages",
+        verbose_name=_("conversation"),
+    )
+    direction = models.CharField(
+        max_length=3, choices=Direction.choices, verbose_name=_("direction")
+    )
     # WhatsApp's id: unique, so a redelivered inbound message is stored once.
-    wa_message_id = models.CharField(max_length=128, unique=True, null=True, blank=True)
-    kind = models.CharField(max_length=24, default="text")
-    text = models.TextField(blank=True)
+    wa_message_id = models.CharField(
+        max_length=128, unique=True, null=True, blank=True, verbose_name=_("WhatsApp message id")
+    )
+    kind = models.CharField(max_length=24, default="text", verbose_name=_("kind"))
+    text = models.TextField(blank=True, verbose_name=_("text"))
     # Inbound: the message object as received. Outbound: the Graph API request body.
-    payload = models.JSONField(default=dict, blank=True)
-    status = models.CharField(max_length=10, choices=MessageStatus.choices)
-    wa_timestamp = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(default=timezone.now)
-    processed_at = models.DateTimeField(null=True, blank=True)
+    payload = models.JSONField(default=dict, blank=True, verbose_name=_("payload"))
+    status = models.CharField(
+        max_length=10, choices=MessageStatus.choices, verbose_name=_("status")
+    )
+    wa_timestamp = models.DateTimeField(null=True, blank=True, verbose_name=_("WhatsApp timestamp"))
+    created_at = models.DateTimeField(default=timezone.now, verbose_name=_("created at"))
+    processed_at = models.DateTimeField(null=True, blank=True, verbose_name=_("processed at"))
     # Outbox bookkeeping.
-    attempts = models.PositiveSmallIntegerField(default=0)
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
-    error_code = models.CharField(max_length=16, blank=True)
-    error = models.TextField(blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0, verbose_name=_("attempts"))
+    next_attempt_at = models.DateTimeField(null=True, blank=True, verbose_name=_("next attempt"))
+    error_code = models.CharField(max_length=16, blank=True, verbose_name=_("error code"))
+    error = models.TextField(blank=True, verbose_name=_("error"))
     sent_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         on_delete=models.SET_NULL,
         null=True,
         blank=True,
         related_name="sent_messages",
+        verbose_name=_("sent by"),
     )
     webhook_event = models.ForeignKey(
-        WebhookEvent, on_delete=models.SET_NULL, null=True, blank=True, related_name="messages"
+        WebhookEvent,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="messages",
+        verbose_name=_("webhook event"),
     )
 
     class Meta:
+        verbose_name = _("message")
+        verbose_name_plural = _("messages")
         ordering = ["created_at", "id"]
         indexes = [
             models.Index(fields=["conversation", "created_at", "id"], name="msg_conversation"),
@@ -179,9 +223,13 @@ class Message(models.Model):
 class PeriodicJob(models.Model):
     """When each periodic job next runs; claimed by a conditional UPDATE so one worker runs it."""
 
-    name = models.CharField(max_length=64, unique=True)
-    next_run_at = models.DateTimeField(default=timezone.now)
-    last_run_at = models.DateTimeField(null=True, blank=True)
+    name = models.CharField(max_length=64, unique=True, verbose_name=_("name"))
+    next_run_at = models.DateTimeField(default=timezone.now, verbose_name=_("next run"))
+    last_run_at = models.DateTimeField(null=True, blank=True, verbose_name=_("last run"))
+
+    class Meta:
+        verbose_name = _("periodic job")
+        verbose_name_plural = _("periodic jobs")
 
     def __str__(self) -> str:
         return self.name

@@ -24,7 +24,7 @@ def validate_time_zone(value: str) -> None:
 
 
 class Clinic(models.Model):
-    slug = models.SlugField(unique=True)
+    slug = models.SlugField(unique=True, verbose_name=_("slug"))
     name = models.CharField(_("name"), max_length=200)
     phone_number_id = models.CharField(_("WhatsApp phone number id"), max_length=32, unique=True)
     whatsapp_access_token = models.CharField(
@@ -38,9 +38,11 @@ class Clinic(models.Model):
     what_to_bring = models.TextField(_("what to bring"), blank=True)
     emergency_line = models.CharField(_("emergency line"), max_length=40, default="123")
     self_registration = models.BooleanField(_("patients may self-register"), default=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
 
     class Meta:
+        verbose_name = _("clinic")
+        verbose_name_plural = _("clinics")
         ordering = ["name"]
 
     def __str__(self) -> str:
@@ -52,8 +54,10 @@ class Clinic(models.Model):
 
 
 class Specialty(models.Model):
-    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="specialties")
-    slug = models.SlugField()
+    clinic = models.ForeignKey(
+        Clinic, on_delete=models.CASCADE, related_name="specialties", verbose_name=_("clinic")
+    )
+    slug = models.SlugField(verbose_name=_("slug"))
     name = models.CharField(_("name"), max_length=120)
     triage_keywords = models.TextField(
         _("triage keywords"),
@@ -64,8 +68,9 @@ class Specialty(models.Model):
     )
 
     class Meta:
+        verbose_name = _("specialty")
+        verbose_name_plural = _("specialties")
         ordering = ["name"]
-        verbose_name_plural = "specialties"
         constraints = [
             models.UniqueConstraint(fields=["clinic", "slug"], name="specialty_unique_slug")
         ]
@@ -79,12 +84,18 @@ class Specialty(models.Model):
 
 
 class Doctor(models.Model):
-    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="doctors")
+    clinic = models.ForeignKey(
+        Clinic, on_delete=models.CASCADE, related_name="doctors", verbose_name=_("clinic")
+    )
     full_name = models.CharField(_("full name"), max_length=200)
-    specialties = models.ManyToManyField(Specialty, related_name="doctors")
+    specialties = models.ManyToManyField(
+        Specialty, related_name="doctors", verbose_name=_("specialties")
+    )
     active = models.BooleanField(_("active"), default=True)
 
     class Meta:
+        verbose_name = _("doctor")
+        verbose_name_plural = _("doctors")
         ordering = ["full_name"]
 
     def __str__(self) -> str:
@@ -94,7 +105,9 @@ class Doctor(models.Model):
 class Schedule(models.Model):
     """A doctor's weekly template; slots are generated from it in the clinic's time zone."""
 
-    doctor = models.ForeignKey(Doctor, on_delete=models.CASCADE, related_name="schedules")
+    doctor = models.ForeignKey(
+        Doctor, on_delete=models.CASCADE, related_name="schedules", verbose_name=_("doctor")
+    )
     # ISO weekdays as Python counts them: 0 = Monday … 6 = Sunday.
     weekdays = models.JSONField(_("weekdays (0 = Monday)"), default=list)
     start_time = models.TimeField(_("start time"))
@@ -104,6 +117,8 @@ class Schedule(models.Model):
     valid_to = models.DateField(_("valid to"), null=True, blank=True)
 
     class Meta:
+        verbose_name = _("weekly schedule")
+        verbose_name_plural = _("weekly schedules")
         ordering = ["doctor", "start_time"]
         constraints = [
             models.CheckConstraint(
@@ -137,15 +152,24 @@ class Schedule(models.Model):
 class BlockedPeriod(models.Model):
     """A holiday (whole clinic, doctor empty) or a doctor's absence; no slots inside it."""
 
-    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="blocked_periods")
+    clinic = models.ForeignKey(
+        Clinic, on_delete=models.CASCADE, related_name="blocked_periods", verbose_name=_("clinic")
+    )
     doctor = models.ForeignKey(
-        Doctor, on_delete=models.CASCADE, null=True, blank=True, related_name="blocked_periods"
+        Doctor,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="blocked_periods",
+        verbose_name=_("doctor"),
     )
     starts_at = models.DateTimeField(_("starts at"))
     ends_at = models.DateTimeField(_("ends at"))
     reason = models.CharField(_("reason"), max_length=200, blank=True)
 
     class Meta:
+        verbose_name = _("blocked period")
+        verbose_name_plural = _("blocked periods")
         ordering = ["starts_at"]
         indexes = [models.Index(fields=["clinic", "starts_at", "ends_at"])]
         constraints = [
@@ -172,15 +196,23 @@ class Slot(models.Model):
     hold has expired counts as free without any job having to run.
     """
 
-    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="slots")
-    doctor = models.ForeignKey(Doctor, on_delete=models.CASCADE, related_name="slots")
+    clinic = models.ForeignKey(
+        Clinic, on_delete=models.CASCADE, related_name="slots", verbose_name=_("clinic")
+    )
+    doctor = models.ForeignKey(
+        Doctor, on_delete=models.CASCADE, related_name="slots", verbose_name=_("doctor")
+    )
     start_at = models.DateTimeField(_("starts at"))
     end_at = models.DateTimeField(_("ends at"))
-    status = models.CharField(max_length=8, choices=SlotStatus.choices, default=SlotStatus.FREE)
-    held_until = models.DateTimeField(null=True, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    status = models.CharField(
+        max_length=8, choices=SlotStatus.choices, default=SlotStatus.FREE, verbose_name=_("status")
+    )
+    held_until = models.DateTimeField(null=True, blank=True, verbose_name=_("held until"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
+        verbose_name = _("slot")
+        verbose_name_plural = _("slots")
         ordering = ["start_at", "id"]
         constraints = [
             models.UniqueConstraint(fields=["doctor", "start_at"], name="slot_unique_doctor_start"),
@@ -218,16 +250,27 @@ class Slot(models.Model):
 class SlotHold(models.Model):
     """A short reservation while a patient confirms; expires by itself."""
 
-    slot = models.ForeignKey(Slot, on_delete=models.CASCADE, related_name="holds")
-    holder = models.CharField(max_length=120, help_text="who holds it, e.g. conversation:42")
-    patient = models.ForeignKey(
-        "Patient", on_delete=models.CASCADE, null=True, blank=True, related_name="holds"
+    slot = models.ForeignKey(
+        Slot, on_delete=models.CASCADE, related_name="holds", verbose_name=_("slot")
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    expires_at = models.DateTimeField()
-    released_at = models.DateTimeField(null=True, blank=True)
+    holder = models.CharField(
+        max_length=120, help_text="who holds it, e.g. conversation:42", verbose_name=_("holder")
+    )
+    patient = models.ForeignKey(
+        "Patient",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="holds",
+        verbose_name=_("patient"),
+    )
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    expires_at = models.DateTimeField(verbose_name=_("expires at"))
+    released_at = models.DateTimeField(null=True, blank=True, verbose_name=_("released at"))
 
     class Meta:
+        verbose_name = _("slot hold")
+        verbose_name_plural = _("slot holds")
         indexes = [
             models.Index(
                 fields=["expires_at"], name="hold_live_expiry", condition=Q(released_at=None)
@@ -240,16 +283,20 @@ class SlotHold(models.Model):
 
 
 class Patient(models.Model):
-    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="patients")
+    clinic = models.ForeignKey(
+        Clinic, on_delete=models.CASCADE, related_name="patients", verbose_name=_("clinic")
+    )
     document = models.CharField(
         _("document number"), max_length=15, validators=[document_validator]
     )
     full_name = models.CharField(_("full name"), max_length=200)
     birth_date = models.DateField(_("date of birth"), null=True, blank=True)
     whatsapp_id = models.CharField(_("WhatsApp number"), max_length=20, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
 
     class Meta:
+        verbose_name = _("patient")
+        verbose_name_plural = _("patients")
         ordering = ["full_name"]
         constraints = [
             models.UniqueConstraint(fields=["clinic", "document"], name="patient_unique_document"),
@@ -300,28 +347,53 @@ class Appointment(models.Model):
     overlaps (exclusion constraints cannot follow joins); see migration 0002.
     """
 
-    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="appointments")
-    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="appointments")
-    slot = models.ForeignKey(Slot, on_delete=models.PROTECT, related_name="appointments")
-    doctor = models.ForeignKey(Doctor, on_delete=models.PROTECT, related_name="appointments")
-    specialty = models.ForeignKey(
-        Specialty, on_delete=models.PROTECT, null=True, blank=True, related_name="appointments"
+    clinic = models.ForeignKey(
+        Clinic, on_delete=models.CASCADE, related_name="appointments", verbose_name=_("clinic")
     )
-    start_at = models.DateTimeField()
-    end_at = models.DateTimeField()
+    patient = models.ForeignKey(
+        Patient, on_delete=models.PROTECT, related_name="appointments", verbose_name=_("patient")
+    )
+    slot = models.ForeignKey(
+        Slot, on_delete=models.PROTECT, related_name="appointments", verbose_name=_("slot")
+    )
+    doctor = models.ForeignKey(
+        Doctor, on_delete=models.PROTECT, related_name="appointments", verbose_name=_("doctor")
+    )
+    specialty = models.ForeignKey(
+        Specialty,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="appointments",
+        verbose_name=_("specialty"),
+    )
+    start_at = models.DateTimeField(verbose_name=_("starts at"))
+    end_at = models.DateTimeField(verbose_name=_("ends at"))
     status = models.CharField(
-        max_length=10, choices=AppointmentStatus.choices, default=AppointmentStatus.BOOKED
+        max_length=10,
+        choices=AppointmentStatus.choices,
+        default=AppointmentStatus.BOOKED,
+        verbose_name=_("status"),
     )
     patient_notes = models.TextField(_("reported symptoms"), blank=True)
-    source = models.CharField(max_length=8, choices=AppointmentSource.choices)
+    source = models.CharField(
+        max_length=8, choices=AppointmentSource.choices, verbose_name=_("source")
+    )
     cancel_reason = models.CharField(_("cancel reason"), max_length=300, blank=True)
     rescheduled_from = models.ForeignKey(
-        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="rescheduled_to"
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="rescheduled_to",
+        verbose_name=_("rescheduled from"),
     )
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
+        verbose_name = _("appointment")
+        verbose_name_plural = _("appointments")
         ordering = ["start_at", "id"]
         constraints = [
             models.UniqueConstraint(
@@ -358,18 +430,24 @@ class AuditEvent(models.Model):
         API = "api", _("API key")
         SYSTEM = "system", _("system")
 
-    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="audit_events")
-    actor_type = models.CharField(max_length=8, choices=ActorType.choices)
-    actor_id = models.CharField(max_length=64, blank=True)
-    actor_label = models.CharField(max_length=200, blank=True)
-    action = models.CharField(max_length=64)
-    object_type = models.CharField(max_length=64)
-    object_id = models.CharField(max_length=64)
-    before = models.JSONField(null=True, blank=True)
-    after = models.JSONField(null=True, blank=True)
-    at = models.DateTimeField(default=timezone.now)
+    clinic = models.ForeignKey(
+        Clinic, on_delete=models.CASCADE, related_name="audit_events", verbose_name=_("clinic")
+    )
+    actor_type = models.CharField(
+        max_length=8, choices=ActorType.choices, verbose_name=_("actor type")
+    )
+    actor_id = models.CharField(max_length=64, blank=True, verbose_name=_("actor id"))
+    actor_label = models.CharField(max_length=200, blank=True, verbose_name=_("actor"))
+    action = models.CharField(max_length=64, verbose_name=_("action"))
+    object_type = models.CharField(max_length=64, verbose_name=_("object type"))
+    object_id = models.CharField(max_length=64, verbose_name=_("object id"))
+    before = models.JSONField(null=True, blank=True, verbose_name=_("before"))
+    after = models.JSONField(null=True, blank=True, verbose_name=_("after"))
+    at = models.DateTimeField(default=timezone.now, verbose_name=_("at"))
 
     class Meta:
+        verbose_name = _("audit event")
+        verbose_name_plural = _("audit events")
         ordering = ["-at", "-id"]
         indexes = [
             models.Index(fields=["clinic", "at"], name="audit_clinic_at"),
@@ -386,12 +464,21 @@ class StaffMembership(models.Model):
         ADMIN = "admin", _("clinic admin")
 
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="memberships",
+        verbose_name=_("user"),
     )
-    clinic = models.ForeignKey(Clinic, on_delete=models.CASCADE, related_name="memberships")
-    role = models.CharField(max_length=16, choices=Role.choices, default=Role.RECEPTIONIST)
+    clinic = models.ForeignKey(
+        Clinic, on_delete=models.CASCADE, related_name="memberships", verbose_name=_("clinic")
+    )
+    role = models.CharField(
+        max_length=16, choices=Role.choices, default=Role.RECEPTIONIST, verbose_name=_("role")
+    )
 
     class Meta:
+        verbose_name = _("staff membership")
+        verbose_name_plural = _("staff memberships")
         constraints = [models.UniqueConstraint(fields=["user", "clinic"], name="membership_unique")]
 
     def __str__(self) -> str:
