@@ -16,12 +16,10 @@ or busy machine is visible in the figures rather than mistaken for slow code.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import gc
 import json
 import os
-import platform
 import random
 import re
 import statistics
@@ -280,28 +278,16 @@ def book_with_orm(clinic, patient, slot_id: int, actor, source: str, specialty, 
     from clinics import events, services
 
     with transaction.atomic():
-        now = timezone.now()
-        slot = services._lock_slots(clinic, [slot_id], patient=patient)[slot_id]
-        appointment = services._book_locked(
+        appointment = services._book_generic(
             clinic=clinic,
             patient=patient,
-            slot=slot,
+            slot_id=slot_id,
             actor=actor,
             source=source,
             specialty=specialty,
             notes=notes,
             holder=None,
-            now=now,
-        )
-        services._audit(
-            clinic=clinic,
-            actor=actor,
-            action="appointment.book",
-            object_type="appointment",
-            object_id=appointment.pk,
-            before=None,
-            after=services._appointment_state(appointment),
-            at=now,
+            now=timezone.now(),
         )
         events.emit(
             clinic_id=clinic.pk, name="cita.creada", payload=services._event_payload(appointment)
@@ -649,27 +635,12 @@ def booking_rounds(bench_url: str, clinic_id: int, slices: list[list]) -> tuple[
 def machine() -> dict:
     from django import get_version
     from django.db import connection
+    from machine_info import machine as machine_basics
 
     with connection.cursor() as cursor:
         cursor.execute("SHOW server_version")
         pg_version = cursor.fetchone()[0]
-    cpu = ""
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    return {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "load_average": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-        "django": get_version(),
-        "postgresql": pg_version,
-    }
+    return {**machine_basics(), "django": get_version(), "postgresql": pg_version}
 
 
 def verdict(pages: dict, booking: dict, pgbench: dict) -> dict:

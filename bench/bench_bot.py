@@ -27,7 +27,6 @@ import datetime as dt
 import itertools
 import json
 import os
-import platform
 import random
 import socket
 import subprocess
@@ -36,6 +35,8 @@ import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+from machine_info import machine
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "bot.json"
@@ -549,23 +550,6 @@ def warm_up_workers(base_url: str, graph) -> None:
 
 
 # --- the run ---------------------------------------------------------------------------------
-
-
-def machine() -> dict:
-    cpu = ""
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    return {
-        "hostname": platform.node(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
-    }
 
 
 def start_process(args: list[str], env: dict, log: Path) -> subprocess.Popen:

@@ -582,6 +582,47 @@ def holds_expire(*, now: dt.datetime | None = None, batch_size: int = 1000) -> i
 # --- appointments ----------------------------------------------------------------------------
 
 
+def _book_generic(
+    *,
+    clinic: Clinic,
+    patient: Patient,
+    slot_id: int,
+    actor: Actor,
+    source: str,
+    specialty: Specialty | None,
+    notes: str,
+    holder: str | None,
+    now: dt.datetime,
+) -> Appointment:
+    """The ORM booking path (SQLite; the benchmark's same-run comparison on PostgreSQL).
+
+    Call inside a transaction; the caller emits the event.
+    """
+    slot = _lock_slots(clinic, [slot_id], patient=patient)[slot_id]
+    appointment = _book_locked(
+        clinic=clinic,
+        patient=patient,
+        slot=slot,
+        actor=actor,
+        source=source,
+        specialty=specialty,
+        notes=notes,
+        holder=holder,
+        now=now,
+    )
+    _audit(
+        clinic=clinic,
+        actor=actor,
+        action="appointment.book",
+        object_type="appointment",
+        object_id=appointment.pk,
+        before=None,
+        after=_appointment_state(appointment),
+        at=now,
+    )
+    return appointment
+
+
 def appointment_book(
     *,
     clinic: Clinic,
@@ -619,27 +660,16 @@ def appointment_book(
                 now=now,
             )
         else:
-            slot = _lock_slots(clinic, [slot_id], patient=patient)[slot_id]
-            appointment = _book_locked(
+            appointment = _book_generic(
                 clinic=clinic,
                 patient=patient,
-                slot=slot,
+                slot_id=slot_id,
                 actor=actor,
                 source=source,
                 specialty=specialty,
                 notes=notes,
                 holder=holder,
                 now=now,
-            )
-            _audit(
-                clinic=clinic,
-                actor=actor,
-                action="appointment.book",
-                object_type="appointment",
-                object_id=appointment.pk,
-                before=None,
-                after=_appointment_state(appointment),
-                at=now,
             )
         events.emit(clinic_id=clinic.pk, name="cita.creada", payload=_event_payload(appointment))
     logger.info(
