@@ -5,6 +5,7 @@ both with scripts/ensure-services).
 """
 
 import datetime as dt
+import threading
 
 import pytest
 from django.conf import settings
@@ -22,6 +23,16 @@ from clinics.models import (
 )
 
 PASSWORD = "test-password-123"
+
+
+def eventually(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    """Wait until predicate() holds (for other processes' work); fail after `timeout` seconds."""
+    deadline = timezone.now() + dt.timedelta(seconds=timeout)
+    pause = threading.Event()
+    while not predicate():
+        if timezone.now() > deadline:
+            raise AssertionError(f"{what} not met within {timeout} s")
+        pause.wait(0.05)
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,8 @@ exactly as bot.processing would (state, data, patient id), so tests read like co
 import datetime as dt
 
 import pytest
+import redis as redis_lib
+from django.conf import settings
 from django.utils import timezone
 
 from bot import engine
@@ -165,3 +167,11 @@ def first_list(result: engine.StepResult) -> engine.Reply:
 
 def free_slot_count(slots: list[Slot]) -> int:
     return Slot.objects.filter(pk__in=[s.pk for s in slots], status="free").count()
+
+
+@pytest.fixture
+def r():
+    """A client on the tests' Redis database, for asserting the keys the bot writes."""
+    client = redis_lib.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    yield client
+    client.close()

@@ -4,25 +4,23 @@ Signed webhook payloads go over real HTTP to daphne; the worker runs the real en
 arrive over real HTTP at the fake Graph API; the LLM is the fake OpenAI-compatible server.
 """
 
-import datetime as dt
 import os
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import httpx
 import pytest
 from django.conf import settings
 from django.db import connection
-from django.utils import timezone
 
 from bot.models import Conversation, Direction, Message, MessageStatus
 from bot.webhook import signature_for
 from clinics import services
 from clinics.models import Appointment, AppointmentStatus, Patient
 from tests.bot.test_processing import reply_message, text_message, webhook_body
+from tests.conftest import eventually
 from tests.fakes import graph_server, openai_server
 
 fake_graph = graph_server.fake_graph  # the fixtures
@@ -41,15 +39,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def eventually(predicate, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = timezone.now() + dt.timedelta(seconds=timeout)
-    pause = threading.Event()
-    while not predicate():
-        if timezone.now() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        pause.wait(0.05)
 
 
 class App:

@@ -12,8 +12,6 @@ import json
 import threading
 
 import pytest
-import redis as redis_lib
-from django.conf import settings
 from django.db import connection
 from django.test import Client
 from django.utils import timezone
@@ -151,13 +149,6 @@ def echo(monkeypatch) -> EchoEngine:
     fake = EchoEngine()
     monkeypatch.setattr(engine, "step", fake)
     return fake
-
-
-@pytest.fixture
-def r():
-    client = redis_lib.Redis.from_url(settings.REDIS_URL, decode_responses=True)
-    yield client
-    client.close()
 
 
 # --- nothing lost, nothing doubled -----------------------------------------------------------

@@ -3,8 +3,6 @@
 import json
 
 import pytest
-import redis as redis_lib
-from django.conf import settings
 
 from bot import state
 
@@ -16,13 +14,6 @@ def _fresh_state():
     state.reset()
     yield
     state.reset()
-
-
-@pytest.fixture
-def r():
-    client = redis_lib.Redis.from_url(settings.REDIS_URL, decode_responses=True)
-    yield client
-    client.close()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import redis as redis_lib
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
@@ -25,6 +24,7 @@ from bot.models import Conversation, Direction, Message, MessageStatus, Periodic
 from clinics import services
 from clinics.models import SlotHold
 from tests.bot.test_processing import APP_SECRET, WA_ID, receive, text_message
+from tests.conftest import eventually
 from tests.fakes import graph_server
 
 fake_graph = graph_server.fake_graph  # the fixture
@@ -48,16 +48,6 @@ ECHO_WORKER = (
     "from django.core.management import call_command\n"
     "call_command('run_worker', *sys.argv[1:])\n"
 )
-
-
-def eventually(predicate, timeout: float = 20.0, what: str = "condition") -> None:
-    """Wait (on an Event, polling) until predicate() holds; fail after `timeout` seconds."""
-    deadline = timezone.now() + dt.timedelta(seconds=timeout)
-    pause = threading.Event()
-    while not predicate():
-        if timezone.now() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        pause.wait(0.05)
 
 
 class Workers:
@@ -118,13 +108,6 @@ def workers(transactional_db, fake_graph, tmp_path, settings):
     pool = Workers(tmp_path, fake_graph.url)
     yield pool
     pool.stop_all()  # before the database is flushed
-
-
-@pytest.fixture
-def r():
-    client = redis_lib.Redis.from_url(settings.REDIS_URL, decode_responses=True)
-    yield client
-    client.close()
 
 
 # --- periodic jobs, called directly ----------------------------------------------------------
