@@ -22,7 +22,6 @@ import traceback
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import F
@@ -31,6 +30,7 @@ from django.utils.translation import gettext as _
 
 from bot import engine, state
 from bot.models import Conversation, ConversationMode, Direction, Message, MessageStatus
+from sophia_web import live
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
             processed += 1
             conversation = outcome.conversation
             _deliver(outcome.outbound_ids)
+            live.touch([conversation_id])
             _mirror_session(conversation)
     finally:
         if lock.status is state.LockStatus.ACQUIRED:
@@ -161,8 +162,9 @@ def _run_one_turn(conversation_id: int) -> _Outcome | None:
 
     now = timezone.now()
     with transaction.atomic():
+        # NO KEY: staff can still commit a takeover (a row pointing at this one) mid-turn.
         conversation = (
-            Conversation.objects.select_for_update(of=("self",))
+            Conversation.objects.select_for_update(of=("self",), no_key=True)
             .select_related("clinic", "patient")
             .get(pk=conversation_id)
         )
@@ -431,19 +433,9 @@ def _typing_stopped(conversation: Conversation) -> None:
 
 def _broadcast_typing(conversation: Conversation, event: dict) -> None:
     """The same typing event to the dashboard's conversation group (best effort)."""
-    from channels.layers import get_channel_layer
-
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    if "Redis" in type(layer).__name__ and not state.is_available():
+    if settings.REDIS_URL and not state.is_available():
         return  # Redis is known to be down: don't wait on it
-    try:
-        async_to_sync(layer.group_send)(
-            f"conversation-{conversation.pk}", {"type": "conversation.typing", **event}
-        )
-    except Exception:
-        logger.debug("typing broadcast failed for conversation %s", conversation.pk)
+    live.send_ephemeral(f"conversation-{conversation.pk}", "typing", {"who": "bot", **event})
 
 
 def _mirror_session(conversation: Conversation) -> None:

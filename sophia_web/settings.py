@@ -86,6 +86,7 @@ INSTALLED_APPS = [
     "django_tasks_db",
     "clinics",
     "bot",
+    "console",
 ]
 
 MIDDLEWARE = [

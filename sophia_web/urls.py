@@ -5,7 +5,7 @@ from django.urls import include, path
 from sophia_web import health
 
 urlpatterns = [
-    path("", include("bot.console_urls")),
+    path("", include("console.urls")),
     path("cuenta/entrar/", auth_views.LoginView.as_view(), name="login"),
     path("cuenta/salir/", auth_views.LogoutView.as_view(), name="logout"),
     path("cuenta/clave/", auth_views.PasswordChangeView.as_view(), name="password_change"),
