@@ -5,9 +5,9 @@ import json
 import pytest
 
 from bot import simulator, whatsapp
-from bot.engine import Reply, Row
+from bot.messages import Reply, Row
 from bot.models import Conversation, Message, WebhookEvent
-from bot.webhook import to_inbound
+from bot.processing import to_inbound
 from tests.conftest import PASSWORD
 
 PHONE = "573001234567"
