@@ -30,7 +30,6 @@ from django.urls import path, reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import trigger_client_event
 
 from bot import webhook
 from clinics import access
@@ -358,7 +357,7 @@ def send(request: HttpRequest) -> HttpResponse:
             "reason": reason,
         }
         return _status(request, phone, text, 502)
-    return trigger_client_event(_status(request, phone, "", 200), "simSent")
+    return _status(request, phone, "", 200)
 
 
 def _post_webhook(value: dict) -> HttpResponse:

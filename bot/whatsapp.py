@@ -28,7 +28,7 @@ from sophia_web import live
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
-    from bot.engine import Reply
+    from bot.messages import Reply
     from clinics.models import Clinic
 
 logger = logging.getLogger(__name__)

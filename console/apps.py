@@ -1,3 +1,5 @@
+import importlib
+
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
 
@@ -8,4 +10,5 @@ class ConsoleConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from console import receivers  # noqa: F401  (domain events → live stats)
+        # Connects the receivers (conversation activity and domain events → live views).
+        importlib.import_module("console.receivers")
