@@ -133,18 +133,23 @@ def conversation_take_over(*, clinic: Clinic, conversation_id: int, user) -> Tak
                 conversation.pk,
                 {"from": current.taken_by_id if current else None},
             )
+    _mirror_takeover(conversation.pk, user)
+    logger.info("conversation %s taken over by staff %s", conversation.pk, user.pk)
+    return takeover
+
+
+def _mirror_takeover(conversation_id: int, user) -> None:
+    """Mode and assignee on the conversation row: waits for a running turn to let go of it."""
     with transaction.atomic():
-        Conversation.objects.filter(pk=conversation.pk).update(
+        Conversation.objects.filter(pk=conversation_id).update(
             mode=ConversationMode.HUMAN,
             assigned_to=user,
             needs_staff=False,
             updated_at=timezone.now(),
         )
         # Replies a running turn queued before the mirror could be written.
-        _suppress_queued_bot_replies(conversation.pk)
-        live.conversation_changed(conversation.pk)
-    logger.info("conversation %s taken over by staff %s", conversation.pk, user.pk)
-    return takeover
+        _suppress_queued_bot_replies(conversation_id)
+        live.conversation_changed(conversation_id)
 
 
 def conversation_hand_back(
