@@ -105,7 +105,7 @@ def conversation_context(conversation: Conversation) -> dict:
         "takeover": selectors.holder(conversation.pk),
         "window": selectors.reply_window(conversation),
         "handoff": selectors.handoff(conversation),
-        "messages": selectors.recent_messages(conversation.pk),
+        "recent_messages": selectors.recent_messages(conversation.pk),
         "notes": selectors.recent_notes(conversation.pk),
         "upcoming": upcoming,
         "past": past,

@@ -13,6 +13,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from bot import engine, processing, state, whatsapp
+from bot.gateway import OrmGateway
+from bot.messages import Reply
 from bot.models import Conversation, ConversationMode, Direction, Message, MessageStatus, Takeover
 from clinics.models import AuditEvent, Clinic
 from clinics.services import Actor
@@ -176,7 +178,7 @@ def conversation_hand_back(
         if takeover is not None:
             takeover.ended_at, takeover.ended_by = timezone.now(), user
             takeover.save(update_fields=["ended_at", "ended_by"])
-        processing.release_holds(locked)
+        OrmGateway(locked.clinic, locked.pk).holds_release()
         if locked.state != engine.State.LOCKED_OUT:
             locked.state = engine.State.IDENTIFIED if locked.patient_id else engine.State.START
         locked.context = {k: v for k, v in (locked.context or {}).items() if k in KEPT_ON_HAND_BACK}
@@ -187,9 +189,7 @@ def conversation_hand_back(
         if message:
             if not reply_window(locked).open:
                 raise ConsoleError("window_closed")
-            rows = whatsapp.queue_replies(
-                locked, [engine.Reply(kind="text", text=message)], sent_by=user
-            )
+            rows = whatsapp.queue_replies(locked, [Reply(kind="text", text=message)], sent_by=user)
         _audit(clinic, user, "conversation.hand_back", locked.pk, {"state": locked.state})
         live.conversation_changed(locked.pk)
         session_id = locked.session_id
@@ -210,9 +210,7 @@ def conversation_reply(*, clinic: Clinic, conversation_id: int, user, text: str)
     if not reply_window(conversation).open:
         raise ConsoleError("window_closed")
     with transaction.atomic():
-        (row,) = whatsapp.queue_replies(
-            conversation, [engine.Reply(kind="text", text=text)], sent_by=user
-        )
+        (row,) = whatsapp.queue_replies(conversation, [Reply(kind="text", text=text)], sent_by=user)
         Conversation.objects.filter(pk=conversation.pk).update(last_activity_at=timezone.now())
         _audit(clinic, user, "conversation.reply", conversation.pk, {"message_id": row.pk})
         live.conversation_changed(conversation.pk)

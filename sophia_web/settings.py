@@ -155,7 +155,12 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": "sophia:channels"},
+            # redis-py 8 times socket reads out after 5 s by default: exactly channels_redis'
+            # blocking receive (BZPOPMIN, 5 s), which then kills consumers at random.
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "prefix": "sophia:channels",
+            },
         }
     }
 else:

@@ -369,5 +369,7 @@
     var stream = document.getElementById("stream");
     if (stream && stream.contains(evt.detail.element)) stream.scrollTop = stream.scrollHeight;
   });
-  document.addEventListener("htmx:oobAfterSwap", function (evt) { decorate(evt.detail.target || document); });
+  document.addEventListener("htmx:oobAfterSwap", function () { decorate(document); });
+  document.addEventListener("htmx:afterSettle", function () { decorate(document); });
+  document.addEventListener("htmx:wsAfterMessage", function () { decorate(document); });
 })();
