@@ -425,14 +425,15 @@ class Stats:
     def chart(self) -> dict:
         """Geometry of the bookings-per-hour bar chart (server-rendered SVG)."""
         width, height, left, bottom, top = 640, 180, 8, 22, 18
-        slot = (width - left) / max(1, len(self.per_hour))
+        slot = (width - left) / max(1, len(self.per_hour))  # a float: bars share the width
         bar_width = max(4, int(slot * 0.62))
         base = height - bottom
         usable = base - top
         bars = []
         for i, (hour, count) in enumerate(zip(self.hour_labels, self.per_hour, strict=True)):
             h = round(usable * count / self.max_per_hour) if count else 0
-            x = round(left + i * slot + (slot - bar_width) / 2, 1)
+            # Whole numbers: a localised "22,5" would be two coordinates to SVG.
+            x = round(left + i * slot + (slot - bar_width) / 2)
             bars.append(
                 {
                     "hour": hour,
@@ -440,7 +441,7 @@ class Stats:
                     "x": x,
                     "y": base - h,
                     "h": h,
-                    "cx": round(x + bar_width / 2, 1),
+                    "cx": round(x + bar_width / 2),
                     "label_y": base - h - 4,
                     "now": hour == self.current_hour,
                 }

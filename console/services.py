@@ -143,11 +143,9 @@ def conversation_take_over(*, clinic: Clinic, conversation_id: int, user) -> Tak
 def _mirror_takeover(conversation_id: int, user) -> None:
     """Mode and assignee on the conversation row: waits for a running turn to let go of it."""
     with transaction.atomic():
+        # needs_staff stays: the handoff card keeps saying why; hand back or close clear it.
         Conversation.objects.filter(pk=conversation_id).update(
-            mode=ConversationMode.HUMAN,
-            assigned_to=user,
-            needs_staff=False,
-            updated_at=timezone.now(),
+            mode=ConversationMode.HUMAN, assigned_to=user, updated_at=timezone.now()
         )
         # Replies a running turn queued before the mirror could be written.
         _suppress_queued_bot_replies(conversation_id)

@@ -100,7 +100,9 @@ def inbox(request: HttpRequest, conversation_id: int | None = None) -> HttpRespo
     context["live_seq"] = _live_seq(groups)  # before any read: see the module docstring
     context["ws_path"] = ws_path
     context.update(_inbox_context(request))
-    if conversation_id is not None:
+    if conversation_id is None:
+        context["stats"] = selectors.clinic_stats(clinic)
+    else:
         conversation = selectors.inbox_row(conversation_id)
         context.update(console_live.conversation_context(conversation))
         context["stream"] = selectors.stream(conversation)

@@ -15,6 +15,8 @@ without it (the embedded demo) they live in this process.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import queue
@@ -23,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import httpx
 import redis
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -30,6 +33,9 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections, transaction
 from django.dispatch import Signal
+from django.http import Http404, HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +217,9 @@ def touch(conversation_ids: Iterable[int] = (), wa_message_ids: Iterable[str] = 
 
 def send_ephemeral(group: str, event_type: str, data: dict[str, Any]) -> None:
     """A passing event (typing, who is viewing): not numbered, not kept for resync."""
+    if settings.SOPHIA_LIVE_RELAY_URL:
+        _relay(group, event_type, data, ephemeral=True)
+        return
     message = {"type": CONSUMER_MESSAGE_TYPE, "group": group, "event": event_type, "data": data}
     try:
         publisher.group_send(group, message)
@@ -231,6 +240,9 @@ def broadcast(group: str, event_type: str, payload: str | dict[str, Any]) -> Non
 
 def send_now(group: str, event_type: str, payload: str | dict[str, Any]) -> dict | None:
     """Number, keep and send one event now (callers outside a transaction, and tests)."""
+    if settings.SOPHIA_LIVE_RELAY_URL:
+        _relay(group, event_type, payload, ephemeral=False)
+        return None
     event: dict[str, Any] = {"group": group, "event": event_type}
     if isinstance(payload, str):
         event["html"] = payload
@@ -243,6 +255,53 @@ def send_now(group: str, event_type: str, payload: str | dict[str, Any]) -> dict
     except Exception:
         logger.warning("live event %s to %s not sent", event_type, group, exc_info=True)
         return None
+
+
+# --- the embedded demo's relay ----------------------------------------------------------------
+# Without Redis the channel layer lives inside the web process, so a separate worker process
+# hands its events to the web process over HTTP (signed with SECRET_KEY), which sends them.
+
+
+def _relay_signature(body: bytes) -> str:
+    return hmac.new(settings.SECRET_KEY.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _relay(group: str, event_type: str, payload: Any, *, ephemeral: bool) -> None:
+    body = json.dumps(
+        {"group": group, "event": event_type, "payload": payload, "ephemeral": ephemeral}
+    ).encode()
+    try:
+        httpx.post(
+            settings.SOPHIA_LIVE_RELAY_URL,
+            content=body,
+            headers={"Content-Type": "application/json", "X-Sophia-Live": _relay_signature(body)},
+            timeout=2,
+        )
+    except httpx.HTTPError:
+        logger.warning("live event %s to %s not relayed", event_type, group)
+
+
+@csrf_exempt
+@require_POST
+def relay(request: HttpRequest) -> HttpResponse:
+    """The web process's end of the embedded demo's relay (404 unless SOPHIA_LIVE_RELAY)."""
+    if not settings.SOPHIA_LIVE_RELAY:
+        raise Http404("no relay")
+    signature = request.headers.get("X-Sophia-Live", "")
+    if not hmac.compare_digest(signature, _relay_signature(request.body)):
+        return HttpResponse(status=403)
+    try:
+        data = json.loads(request.body)
+        group, event_type, payload = data["group"], data["event"], data["payload"]
+    except (ValueError, KeyError, TypeError):
+        return HttpResponse(status=400)
+    if not isinstance(group, str) or not isinstance(event_type, str):
+        return HttpResponse(status=400)
+    if data.get("ephemeral"):
+        send_ephemeral(group, event_type, payload)
+    else:
+        send_now(group, event_type, payload)
+    return HttpResponse(status=204)
 
 
 def last_sequence(group: str) -> int:

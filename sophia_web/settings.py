@@ -253,5 +253,10 @@ LOGGING = {
     },
 }
 
+# The embedded demo (no Redis) runs the worker in another process: it relays live events to the
+# web process at SOPHIA_LIVE_RELAY_URL; the web process accepts them when SOPHIA_LIVE_RELAY is on.
+SOPHIA_LIVE_RELAY = envbool("SOPHIA_LIVE_RELAY", "False")
+SOPHIA_LIVE_RELAY_URL = os.getenv("SOPHIA_LIVE_RELAY_URL", "")
+
 # The demo's WhatsApp simulator (/simulator/): on in DEBUG or when asked for explicitly.
 SOPHIA_SIMULATOR = envbool("SOPHIA_SIMULATOR", "False")

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from sophia_web import health
+from sophia_web import health, live
 
 urlpatterns = [
     path("", include("console.urls")),
@@ -15,6 +15,7 @@ urlpatterns = [
         name="password_change_done",
     ),
     path("admin/", admin.site.urls),
+    path("live/relay/", live.relay, name="live-relay"),
     path("health/", health.health, name="health"),
     # The benchmark's do-nothing baseline (404 unless DEBUG or SOPHIA_BENCH=1).
     path("bench/noop/", health.noop, name="bench-noop"),

@@ -248,7 +248,7 @@
       var left = formatLeft(parseInt(el.dataset.deadline, 10) - now);
       if (el.classList.contains("window-left")) {
         var tpl = document.getElementById("conv-compose");
-        el.textContent = left ? (tpl && tpl.dataset.textLeft ? tpl.dataset.textLeft.replace("%s", left) : left) : "";
+        el.textContent = left ? (tpl && tpl.dataset.textLeft ? tpl.dataset.textLeft.replace("{time}", left) : left) : "";
       } else if (left) {
         el.textContent = left;
       } else {
@@ -273,7 +273,7 @@
   document.addEventListener("sophia:typing", function (evt) {
     var d = evt.detail.data, line = document.getElementById("conv-typing");
     if (d.who === "staff" && String(d.user_id) === userId) return;
-    var text = d.who === "bot" ? line && line.dataset.bot : (line && line.dataset.staff || "%s").replace("%s", d.name || "");
+    var text = d.who === "bot" ? line && line.dataset.bot : (line && line.dataset.staff || "{name}").replace("{name}", d.name || "");
     if (line) {
       line.textContent = d.typing ? text : "";
       clearTimeout(typingClear.line);
@@ -286,7 +286,7 @@
     var el = document.getElementById("conv-viewers");
     if (!el) return;
     var names = Object.keys(viewers).filter(function (id) { return id !== userId; }).map(function (id) { return viewers[id]; });
-    el.textContent = names.length ? (el.dataset.label || "%s").replace("%s", names.join(", ")) : "";
+    el.textContent = names.length ? (el.dataset.label || "{names}").replace("{names}", names.join(", ")) : "";
   }
   document.addEventListener("sophia:viewer.join", function (evt) {
     var d = evt.detail.data; viewers[String(d.user_id)] = d.name; showViewers();
