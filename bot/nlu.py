@@ -8,13 +8,14 @@ close to other words to guess.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 from dataclasses import dataclass
 from difflib import SequenceMatcher
 from enum import StrEnum
 
-from bot.text import normalize
+from bot.text import normalize, strip_accents
 
 # ---------------------------------------------------------------------------------------------
 # Fuzzy word matching
@@ -683,3 +684,342 @@ def match_specialty_name(text: str, names: dict[str, str]) -> str | None:
         and any(w.startswith(stem) for w in words)
     }
     return hits.pop() if len(hits) == 1 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# When: the day and time a patient asks for ("el viernes en la tarde", "después de las 5")
+
+# Longer texts are not requests for a time; a bound keeps every scan below cheap.
+MAX_WHEN_CHARS = 300
+
+WEEKDAYS = {
+    "lunes": 0,
+    "martes": 1,
+    "miercoles": 2,
+    "jueves": 3,
+    "viernes": 4,
+    "sabado": 5,
+    "sabados": 5,
+    "domingo": 6,
+    "domingos": 6,
+}
+
+
+class PartOfDay(StrEnum):
+    MORNING = "morning"
+    MIDDAY = "midday"
+    AFTERNOON = "afternoon"
+    EVENING = "evening"
+
+
+# Local wall-clock windows of the slot's start; the end is exclusive (None: until midnight).
+PART_OF_DAY_HOURS: dict[PartOfDay, tuple[dt.time, dt.time | None]] = {
+    PartOfDay.MORNING: (dt.time(0), dt.time(12)),
+    PartOfDay.MIDDAY: (dt.time(11), dt.time(14)),
+    PartOfDay.AFTERNOON: (dt.time(12), dt.time(18)),
+    PartOfDay.EVENING: (dt.time(17), None),
+}
+_PART_WORDS = {
+    "manana": PartOfDay.MORNING,
+    "mananas": PartOfDay.MORNING,
+    "tarde": PartOfDay.AFTERNOON,
+    "tardes": PartOfDay.AFTERNOON,
+    "noche": PartOfDay.EVENING,
+    "noches": PartOfDay.EVENING,
+}
+_PART_CUES = {"la", "las", "en", "por", "de"}
+
+_EARLIEST_PHRASES = (
+    "lo mas pronto",
+    "mas pronto posible",
+    "lo antes posible",
+    "cuanto antes",
+    "la mas temprana",
+    "el mas temprano",
+    "la mas temprano",
+    "lo mas temprano",
+    "la mas cercana",
+    "el mas cercano",
+    "la mas proxima",
+    "la primera disponible",
+    "la primera que haya",
+    "la primera que tengan",
+    "primera cita disponible",
+    "lo mas rapido",
+    "la mas rapida",
+    "apenas haya",
+)
+_NOT_THAT_DAY_PHRASES = (
+    "no puedo ese dia",
+    "ese dia no",
+    "no me sirve ese dia",
+    "no puedo ese",
+    "ese dia tengo",
+    "otro dia",
+    "otra fecha",
+    "no puedo ese dia",
+    "no puedo en ese dia",
+)
+_NEXT_WEEK_PHRASES = (
+    "proxima semana",
+    "otra semana",
+    "semana que viene",
+    "siguiente semana",
+    "semana entrante",
+    "semana proxima",
+)
+_THIS_WEEK_PHRASES = ("esta semana", "en la semana")
+_WEEKEND_PHRASES = ("fin de semana", "el finde", "este finde")
+_NEXT_MONTH_PHRASES = ("proximo mes", "mes que viene", "siguiente mes", "mes entrante")
+_AFTER_CUES = (("despues", "de"), ("a", "partir", "de"), ("desde",), ("luego", "de"))
+_BEFORE_CUES = (("antes", "de"), ("hasta",), ("maximo", "a"))
+_CLOCK_CHARS = re.compile(r"[^a-z0-9ñ:/\s]")
+_CLOCK_TOKEN = re.compile(r"^(\d{1,2})(?::(\d{2}))?(am|pm|h|hrs)?$")
+_DAY_MONTH = re.compile(r"^(\d{1,2})/(\d{1,2})(?:/(\d{2,4}))?$")
+_HOUR_WORDS = {k: v for k, v in NUMBER_WORDS.items() if k != "uno"}
+
+
+@dataclass(frozen=True)
+class When:
+    """What a patient asked for, in the clinic's local dates and wall-clock times.
+
+    `date_from`/`date_to` are inclusive local dates, `time_from`/`time_to` a window of the
+    slot's start (`time_to` exclusive), `weekdays` the allowed days (0 = Monday), `at` one exact
+    time ("a las 3pm"). `earliest`: "lo más pronto posible"; `not_that_day`: "no puedo ese día"
+    (the day after the one shown, decided by the caller).
+    """
+
+    date_from: dt.date | None = None
+    date_to: dt.date | None = None
+    time_from: dt.time | None = None
+    time_to: dt.time | None = None
+    weekdays: frozenset[int] | None = None
+    part_of_day: PartOfDay | None = None
+    at: TimeRequest | None = None
+    earliest: bool = False
+    not_that_day: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return self == When()
+
+
+def _hour_24(hour: int, afternoon: bool | None) -> int:
+    """Clinics open by day: "las 3" is 15:00, "las 9" 9:00, "las 12" noon."""
+    if afternoon is True:
+        return hour + 12 if hour < 12 else hour
+    if afternoon is False:
+        return 0 if hour == 12 else hour
+    return hour + 12 if 1 <= hour <= 6 else hour
+
+
+def _clock_at(tokens: list[str], i: int) -> tuple[TimeRequest, int] | None:
+    """A time starting at tokens[i] ("3", "3:30", "3pm", "tres"), and the index after it."""
+    token = tokens[i]
+    minute: int | None = None
+    afternoon: bool | None = None
+    if m := _CLOCK_TOKEN.match(token):
+        hour = int(m.group(1))
+        minute = int(m.group(2)) if m.group(2) else None
+        if m.group(3) in ("am", "pm"):
+            afternoon = m.group(3) == "pm"
+    elif token in _HOUR_WORDS:
+        hour = _HOUR_WORDS[token]
+    else:
+        return None
+    j = i + 1
+    rest = tokens[j : j + 3]
+    if rest[:1] in (["am"], ["pm"]):
+        afternoon, j = rest[0] == "pm", j + 1
+    elif rest[:2] in (["a", "m"], ["p", "m"]):
+        afternoon, j = rest[0] == "p", j + 2
+    elif rest[:2] == ["y", "media"]:
+        minute, j = 30, j + 2
+    elif rest[:2] == ["y", "cuarto"]:
+        minute, j = 15, j + 2
+    rest = tokens[j : j + 3]
+    if rest[:2] == ["de", "la"] and len(rest) == 3 and rest[2] in _PART_WORDS:
+        afternoon, j = _PART_WORDS[rest[2]] != PartOfDay.MORNING, j + 3
+    if hour > 23 or (minute is not None and minute > 59) or (afternoon is not None and hour > 12):
+        return None
+    return TimeRequest(hour, minute, afternoon), j
+
+
+def _cue_before(tokens: list[str], i: int, cues: tuple[tuple[str, ...], ...]) -> bool:
+    return any(tuple(tokens[max(0, i - len(c)) : i]) == c for c in cues)
+
+
+def _next_weekday(today: dt.date, weekday: int) -> dt.date:
+    return today + dt.timedelta(days=(weekday - today.weekday()) % 7)
+
+
+def _date_with_day(
+    today: dt.date, day: int, month: int | None, weekday: int | None
+) -> dt.date | None:
+    """The next date (from today) with that day of the month; a named weekday breaks ties."""
+    candidates = []
+    year, mon = today.year, today.month
+    for _ in range(13):
+        if month is None or mon == month:
+            with contextlib.suppress(ValueError):
+                candidate = dt.date(year, mon, day)
+                if candidate >= today:
+                    candidates.append(candidate)
+        year, mon = (year + 1, 1) if mon == 12 else (year, mon + 1)
+    if weekday is not None:
+        for candidate in candidates:
+            if candidate.weekday() == weekday:
+                return candidate
+    return candidates[0] if candidates else None
+
+
+def _month_range(year: int, month: int) -> tuple[dt.date, dt.date]:
+    first = dt.date(year, month, 1)
+    following = dt.date(year + (month == 12), month % 12 + 1, 1)
+    return first, following - dt.timedelta(days=1)
+
+
+_PLURAL_WEEKDAYS = {"sabados", "domingos"}
+_SPELLINGS = {"mañana": "manana", "mañanas": "mananas", "medio": "medio", "mediodía": "mediodia"}
+_PAST_CUES = {"desde", "hace", "pasado", "anterior"}
+
+
+def _after_clock(tokens: list[str], i: int) -> bool:
+    """ "3 de la tarde": "tarde" says a.m./p.m. of that time, not a part of the day."""
+    if i < 3 or tokens[i - 2 : i] != ["de", "la"]:
+        return False
+    before = tokens[i - 3]
+    return (
+        bool(_CLOCK_TOKEN.match(before)) or before in _HOUR_WORDS or before in ("media", "cuarto")
+    )
+
+
+def parse_when(text: str, today: dt.date) -> When:
+    """The day/time request in `text`, relative to the clinic's local `today`; When() if none.
+
+    Reads "mañana", "pasado mañana", "hoy", "el viernes", "el martes 8", "el 15 de diciembre",
+    "15/12", "la próxima semana", "el fin de semana", "en la tarde", "después de las 5",
+    "antes de las 10", "entre las 2 y las 4", "a las 3pm", "lo más pronto posible",
+    "no puedo ese día", "los martes". A bare number is never a date or a time ("8" is a row).
+    """
+    clock = " ".join(_CLOCK_CHARS.sub(" ", strip_accents(text[:MAX_WHEN_CHARS].casefold())).split())
+    tokens = [_SPELLINGS.get(token, token) for token in clock.split()]
+    norm = " ".join(tokens)
+    if not tokens:
+        return When()
+    found: dict = {}
+    if _has_phrase(norm, _EARLIEST_PHRASES):
+        found["earliest"] = True
+    if _has_phrase(norm, _NOT_THAT_DAY_PHRASES):
+        found["not_that_day"] = True
+    day: dt.date | None = None
+    weekdays: set[int] = set()
+    recurring = False
+    for i, token in enumerate(tokens):
+        previous = tokens[i - 1] if i else ""
+        following = tokens[i + 1] if i + 1 < len(tokens) else ""
+        if token == "hoy":
+            day = today
+        elif token == "manana" and previous == "pasado":
+            day = today + dt.timedelta(days=2)
+        elif token in _PART_WORDS:
+            if token == "manana" and previous not in _PART_CUES:
+                day = today + dt.timedelta(days=1)  # "mañana" on its own is tomorrow
+            elif previous in _PART_CUES and not _after_clock(tokens, i):
+                found["part_of_day"] = _PART_WORDS[token]
+        elif token in ("temprano", "temprana") and previous != "mas":
+            found["part_of_day"] = PartOfDay.MORNING
+        elif token in ("mediodia",) or (token == "dia" and previous == "medio"):
+            found["part_of_day"] = PartOfDay.MIDDAY
+        elif token in WEEKDAYS and (previous in _PAST_CUES or tokens[i - 2 : i - 1] == ["desde"]):
+            continue  # "tengo fiebre desde el lunes": when it started, not when to come
+        elif token in WEEKDAYS:
+            weekdays.add(WEEKDAYS[token])
+            recurring = recurring or previous == "los" or token in _PLURAL_WEEKDAYS
+            if following.isdigit() and tokens[i + 2 : i + 3] != ["de"]:
+                # "el martes 8": the 8th, which should be a Tuesday
+                day = _date_with_day(today, int(following), None, WEEKDAYS[token]) or day
+        elif token in MONTHS and (len(token) >= 5 or previous == "de"):
+            month = MONTHS[token]
+            number = None
+            if previous == "de" and tokens[i - 2 : i - 1] and tokens[i - 2].isdigit():
+                number = int(tokens[i - 2])  # "15 de diciembre"
+            elif previous.isdigit():
+                number = int(previous)  # "15 diciembre"
+            elif following.isdigit():
+                number = int(following)  # "diciembre 15"
+            if number is not None:
+                day = _date_with_day(today, number, month, None) or day
+            elif previous in ("en", "de", "para"):
+                first, last = _month_range(today.year + (month < today.month), month)
+                found["date_from"], found["date_to"] = max(first, today), last
+        elif token == "dia" and following.isdigit():
+            day = _date_with_day(today, int(following), None, None) or day
+        elif m := _DAY_MONTH.match(token):
+            day = _date_with_day(today, int(m.group(1)), int(m.group(2)), None) or day
+    if day is not None:
+        found["date_from"] = found["date_to"] = day
+    elif weekdays and not recurring and len(weekdays) == 1:
+        day = _next_weekday(today, next(iter(weekdays)))
+        found["date_from"] = found["date_to"] = day
+    elif weekdays:
+        found["weekdays"] = frozenset(weekdays)
+    if "date_from" not in found:
+        if _has_phrase(norm, _NEXT_WEEK_PHRASES):
+            monday = today + dt.timedelta(days=7 - today.weekday())
+            found["date_from"], found["date_to"] = monday, monday + dt.timedelta(days=6)
+        elif _has_phrase(norm, _WEEKEND_PHRASES):
+            saturday = _next_weekday(today, 5)
+            found["date_from"], found["date_to"] = saturday, saturday + dt.timedelta(days=1)
+        elif _has_phrase(norm, _THIS_WEEK_PHRASES):
+            found["date_from"] = today
+            found["date_to"] = today + dt.timedelta(days=6 - today.weekday())
+        elif _has_phrase(norm, _NEXT_MONTH_PHRASES):
+            first = dt.date(today.year + (today.month == 12), today.month % 12 + 1, 1)
+            found["date_from"] = first
+            found["date_to"] = dt.date(
+                first.year + (first.month == 12), first.month % 12 + 1, 1
+            ) - dt.timedelta(days=1)
+    part = found.get("part_of_day")
+    if part is not None:
+        found["time_from"], found["time_to"] = PART_OF_DAY_HOURS[part]
+    afternoon_hint = None if part is None else part != PartOfDay.MORNING
+    i = 0
+    between = False
+    while i < len(tokens):
+        token = tokens[i]
+        # "las 3", "la una"; a bare "la 3" is the third row of a list, never a time.
+        cue_las = i + 1 < len(tokens) and (
+            token == "las" or (token == "la" and tokens[i + 1] == "una")
+        )
+        bare_pm = _CLOCK_TOKEN.match(token) and (
+            token.endswith(("am", "pm")) or tokens[i + 1 : i + 2] in (["am"], ["pm"], ["p"], ["a"])
+        )
+        if not cue_las and not bare_pm:
+            between = between or token == "entre"
+            i += 1
+            continue
+        start = i + 1 if cue_las else i
+        parsed = _clock_at(tokens, start)
+        if parsed is None:
+            i += 1
+            continue
+        request, after = parsed
+        if request.afternoon is None and afternoon_hint is not None and request.hour < 12:
+            request = TimeRequest(request.hour, request.minute, afternoon_hint)
+        hour = _hour_24(request.hour, request.afternoon)
+        at = dt.time(hour, request.minute or 0)
+        if _cue_before(tokens, i, _AFTER_CUES) or (between and "time_from" not in found):
+            found["time_from"] = at
+            if part is not None:
+                found["time_to"] = PART_OF_DAY_HOURS[part][1]
+        elif _cue_before(tokens, i, _BEFORE_CUES) or (between and tokens[i - 1 : i] == ["y"]):
+            found["time_to"] = at
+            if part is not None and "time_from" not in found:
+                found["time_from"] = PART_OF_DAY_HOURS[part][0]
+        else:
+            found["at"] = TimeRequest(request.hour, request.minute, hour >= 12)
+        i = after
+    if found.get("time_from") and found.get("time_to") and found["time_from"] >= found["time_to"]:
+        found.pop("time_to")
+    return When(**found)
