@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from enum import StrEnum
 
-from bot.text import normalize, strip_accents
+from bot.text import MAX_TEXT, normalize, strip_accents
 
 # ---------------------------------------------------------------------------------------------
 # Fuzzy word matching
@@ -44,7 +44,8 @@ def _has_phrase(norm: str, phrases: tuple[str, ...]) -> bool:
 # Documents
 
 _DOC_PREFIX = re.compile(r"\b(?:c\.?\s?c|t\.?\s?i|c\.?\s?e|nit|pp|rc)\.?\s*(?=\d)", re.IGNORECASE)
-_DIGIT_GROUPS = re.compile(r"\d+(?:[.\-  ]\d+)*")
+# Digits and the separators people put between them; no repeat inside a repeat, so linear.
+_DIGIT_GROUPS = re.compile(r"\d(?:\d|[.\-  ](?=\d))*")
 _MIXED_TOKEN = re.compile(r"\b(?=\w*\d)(?=\w*[^\W\d_])\w+\b")
 # "1985-03-14" or "14.03.1985" has 8 digits but is a date: never read it as a document.
 _DATE_SHAPED = re.compile(r"^(?:\d{4}[.\-]\d{1,2}[.\-]\d{1,2}|\d{1,2}[.\-]\d{1,2}[.\-]\d{4})$")
@@ -65,7 +66,7 @@ def parse_document(text: str) -> DocumentParse:
     A number of the wrong length, or digits mixed with letters ("10203A4050"), is `invalid` so the
     bot can explain the format instead of treating it as small talk.
     """
-    cleaned = _DOC_PREFIX.sub(" ", text)
+    cleaned = _DOC_PREFIX.sub(" ", text[:MAX_TEXT])
     candidates = [
         re.sub(r"\D", "", m.group())
         for m in _DIGIT_GROUPS.finditer(cleaned)
@@ -117,10 +118,16 @@ MONTHS = {
 
 _NUMERIC_DMY = re.compile(r"\b(\d{1,2})\s*[/\-.]\s*(\d{1,2})\s*[/\-.]\s*(\d{4}|\d{2})\b")
 _NUMERIC_YMD = re.compile(r"\b(\d{4})\s*[/\-.]\s*(\d{1,2})\s*[/\-.]\s*(\d{1,2})\b")
-_WORDS_DMY = re.compile(r"\b(\d{1,2})\s+(?:de\s+)?([a-zñ]+)\s+(?:de\s+|del\s+)?(\d{4})\b")
-_WORDS_MDY = re.compile(r"\b([a-zñ]+)\s+(\d{1,2})\s+(?:de\s+|del\s+)?(\d{4})\b")
+_SPACED_DMY = re.compile(r"^(\d{1,2}) (\d{1,2}) (\d{4}|\d{2})$")
+# On normalised text (single spaces): "14 de marzo del 85", "marzo 14 de 1985", "14 marzo 85".
+_WORDS_DMY = re.compile(r"\b(\d{1,2}) (?:de )?([a-zñ]+) (?:de |del )?(?:ano )?(\d{4}|\d{2})\b")
+_WORDS_MDY = re.compile(r"\b([a-zñ]+) (\d{1,2}) (?:de |del )?(\d{4}|\d{2})\b")
+_WORDS_DM = re.compile(r"\b(\d{1,2}) (?:de )?([a-zñ]+)\b")
+_YEAR_ONLY = re.compile(r"\b(?:19|20)\d{2}\b")
 
 MAX_AGE_YEARS = 120
+# A birth date fits in a few words; a long text is not one.
+MAX_DATE_CHARS = 120
 
 
 class DateProblem(StrEnum):
@@ -128,12 +135,15 @@ class DateProblem(StrEnum):
     IMPOSSIBLE = "impossible"  # 31/02/1990
     FUTURE = "future"
     TOO_OLD = "too_old"
+    INCOMPLETE = "incomplete"  # "14 de marzo", "marzo del 85": the day, month or year is missing
+    AMBIGUOUS = "ambiguous"  # "3/4/26": 1926 or 2026? `candidates` says which ones
 
 
 @dataclass(frozen=True)
 class DateParse:
     date: dt.date | None = None
     problem: DateProblem | None = None
+    candidates: tuple[dt.date, ...] = ()
 
 
 def _month(word: str) -> int | None:
@@ -152,50 +162,74 @@ def _full_year(year: int, today: dt.date) -> int:
     return 2000 + year if 2000 + year <= today.year else 1900 + year
 
 
-def parse_birth_date(text: str, today: dt.date) -> DateParse:
-    """Read a date of birth: 14/03/1985, 14-03-1985, 1985-03-14, 14 de marzo de 1985, 14.03.85.
-
-    Day first, as Colombians write it. Future dates and ages over 120 are rejected.
-    """
-    raw = text.strip()
-    parts: tuple[int, int, int] | None = None
-    if m := _NUMERIC_YMD.search(raw):
-        parts = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
-    elif m := _NUMERIC_DMY.search(raw):
-        parts = (_full_year(int(m.group(3)), today), int(m.group(2)), int(m.group(1)))
-    else:
-        norm = normalize(raw)
-        if (m := _WORDS_DMY.search(norm)) and (month := _month(m.group(2))):
-            parts = (int(m.group(3)), month, int(m.group(1)))
-        elif (m := _WORDS_MDY.search(norm)) and (month := _month(m.group(1))):
-            parts = (int(m.group(3)), month, int(m.group(2)))
-    if parts is None:
-        return DateParse(problem=DateProblem.NOT_A_DATE)
+def _checked(parts: tuple[int, int, int], today: dt.date, two_digit_year: bool) -> DateParse:
+    year, month, day = parts
     try:
-        date = dt.date(*parts)
+        date = dt.date(year, month, day)
     except ValueError:
         return DateParse(problem=DateProblem.IMPOSSIBLE)
     if date > today:
         return DateParse(problem=DateProblem.FUTURE)
     if today.year - date.year > MAX_AGE_YEARS:
         return DateParse(problem=DateProblem.TOO_OLD)
+    if two_digit_year and year >= 2000:
+        # "3/4/26" in 2026: a baby, or someone born in 1926? Both are possible: ask.
+        with contextlib.suppress(ValueError):
+            older = date.replace(year=year - 100)
+            if today.year - older.year <= 100:
+                return DateParse(problem=DateProblem.AMBIGUOUS, candidates=(date, older))
     return DateParse(date=date)
+
+
+def parse_birth_date(text: str, today: dt.date) -> DateParse:
+    """Read a date of birth as people write it: 14/03/1985, 14/3/85, 14-03-1985, 1985-03-14,
+    14 de marzo de 1985, 14 de marzo del 85, marzo 14 1985, 14 03 1985.
+
+    Day first, as Colombians write it, unless the second number can only be a day
+    (03/14/1985). Future dates and ages over 120 are rejected; a date without its year or day
+    is INCOMPLETE and a two-digit year that fits two centuries AMBIGUOUS, so the bot can ask.
+    """
+    raw = text[:MAX_TEXT].strip()[:MAX_DATE_CHARS]
+    norm = normalize(raw)
+    if m := _NUMERIC_YMD.search(raw):
+        return _checked((int(m.group(1)), int(m.group(2)), int(m.group(3))), today, False)
+    numeric = _NUMERIC_DMY.search(raw) or _SPACED_DMY.match(norm)
+    if numeric:
+        first, second, year = (int(numeric.group(i)) for i in (1, 2, 3))
+        if second > 12 >= first:
+            first, second = second, first  # 03/14/1985 can only be month/day
+        return _checked((_full_year(year, today), second, first), today, year < 100)
+    if (m := _WORDS_DMY.search(norm)) and (month := _month(m.group(2))):
+        year = int(m.group(3))
+        return _checked((_full_year(year, today), month, int(m.group(1))), today, year < 100)
+    if (m := _WORDS_MDY.search(norm)) and (month := _month(m.group(1))):
+        year = int(m.group(3))
+        return _checked((_full_year(year, today), month, int(m.group(2))), today, year < 100)
+    if (m := _WORDS_DM.search(norm)) and _month(m.group(2)):
+        return DateParse(problem=DateProblem.INCOMPLETE)
+    words = norm.split()
+    if _YEAR_ONLY.search(norm) or any(_month(w) for w in words if len(w) >= 4):
+        return DateParse(problem=DateProblem.INCOMPLETE)
+    return DateParse(problem=DateProblem.NOT_A_DATE)
 
 
 # ---------------------------------------------------------------------------------------------
 # Names
 
-_NAME = re.compile(r"^[^\W\d_]+(?:[ '\-.][^\W\d_]+)*$")
+# Letters, with single spaces, apostrophes, hyphens or dots between them.
+_NAME = re.compile(r"^[^\W\d_](?:[^\W\d_]|[ '\-.](?=[^\W\d_]))*$")
 
 
 def parse_full_name(text: str) -> str | None:
     """A plausible full name (at least two words, letters only), tidied into title case."""
-    cleaned = " ".join(text.replace(",", " ").split())
+    cleaned = " ".join(text[:MAX_TEXT].replace(",", " ").split())
     for prefix in ("me llamo ", "mi nombre es ", "soy "):
         if cleaned.casefold().startswith(prefix):
             cleaned = cleaned[len(prefix) :]
     if not (5 <= len(cleaned) <= 120) or not _NAME.match(cleaned) or len(cleaned.split()) < 2:
         return None
+    if looks_like_symptoms(cleaned):
+        return None  # "me duele el oído y me zumba" is not anyone's name
     if cleaned.islower() or cleaned.isupper():
         cleaned = " ".join(w.capitalize() for w in cleaned.split())
     return cleaned
@@ -248,6 +282,7 @@ _NO_PHRASES = ("mejor no", "otra hora", "otro horario", "otra fecha", "otro dia"
 
 
 def is_yes(text: str) -> bool:
+    text = text[:MAX_TEXT]
     if any(e in text for e in _YES_EMOJI):
         return True
     norm = normalize(text)
@@ -258,6 +293,7 @@ def is_yes(text: str) -> bool:
 
 
 def is_no(text: str) -> bool:
+    text = text[:MAX_TEXT]
     if any(e in text for e in _NO_EMOJI):
         return True
     norm = normalize(text)
@@ -408,7 +444,7 @@ def parse_time(text: str) -> TimeRequest | None:
     A bare number is not a time here: "10" is the tenth row of a list.
     """
     norm = normalize(text)
-    raw = text.casefold()
+    raw = text[:MAX_TEXT].casefold()
     afternoon = _afternoon(norm)
     if m := _TIME_COLON.search(raw):
         hour, minute = int(m.group(1)), int(m.group(2))
@@ -1023,3 +1059,177 @@ def parse_when(text: str, today: dt.date) -> When:
     if found.get("time_from") and found.get("time_to") and found["time_from"] >= found["time_to"]:
         found.pop("time_to")
     return When(**found)
+
+
+# ---------------------------------------------------------------------------------------------
+# Doctors: "con la dra Rojas", "con el doctor de la otra vez"
+
+_TITLES = {"dr", "dra", "doctor", "doctora", "doc", "medico", "medica", "el", "la", "con"}
+_DOCTOR_CUES = {"dr", "dra", "doctor", "doctora", "doc", "medico", "medica"}
+_PREVIOUS_DOCTOR_PHRASES = (
+    "de la otra vez",
+    "de la vez pasada",
+    "de la ultima vez",
+    "de la ultima cita",
+    "mismo doctor",
+    "misma doctora",
+    "mismo medico",
+    "misma medica",
+    "el mismo de",
+    "la misma de",
+    "que me atendio",
+    "que me vio",
+    "de siempre",
+)
+# Words after "con" that are never a doctor's name ("con fiebre", "con mi hijo").
+_NOT_NAMES = {
+    "mi",
+    "mis",
+    "el",
+    "la",
+    "los",
+    "las",
+    "un",
+    "una",
+    "fiebre",
+    "dolor",
+    "tos",
+    "gripa",
+    "alguien",
+    "persona",
+    "asesor",
+    "urgencia",
+    "sangre",
+}
+
+
+@dataclass(frozen=True)
+class DoctorRequest:
+    """Which doctor the patient named: one id, several that fit (ask), or "the previous one"."""
+
+    doctor_id: int | None = None
+    candidates: tuple[int, ...] = ()
+    previous: bool = False
+    said: str = ""  # the words taken as the name, for "no encontré a la Dra. …"
+    titled: bool = False  # a title was written ("dra", "doctor"): a doctor was surely meant
+
+
+def _name_words(name: str) -> list[str]:
+    return [w for w in normalize(name).split() if w not in _TITLES and len(w) >= 3]
+
+
+def match_doctor(text: str, doctors: dict[int, str]) -> DoctorRequest:
+    """The doctor named in `text` among `doctors` ({id: full name}), accent-, case- and
+    title-insensitive, forgiving a typo in longer names.
+
+    Only words after a cue count ("con …", "dr", "dra", "doctora …"), so a symptom that happens
+    to be a surname is not a doctor. "con el doctor de la otra vez" → `previous`.
+    """
+    norm = normalize(text[:MAX_WHEN_CHARS])
+    words = norm.split()
+    if not words:
+        return DoctorRequest()
+    cued = any(w in _DOCTOR_CUES for w in words)
+    if cued and _has_phrase(norm, _PREVIOUS_DOCTOR_PHRASES):
+        return DoctorRequest(previous=True)
+    if _has_phrase(norm, ("con el de la otra vez", "con la de la otra vez", "con el mismo")):
+        return DoctorRequest(previous=True)
+    # The words right after each cue, up to three, are the name being said.
+    said: list[str] = []
+    title = ""
+    for i, word in enumerate(words):
+        if word in _DOCTOR_CUES:
+            title = title or word
+        if word not in _DOCTOR_CUES and word != "con":
+            continue
+        for follower in words[i + 1 : i + 5]:
+            if follower in _TITLES:
+                continue
+            if follower in _NOT_NAMES or not follower.isalpha() or len(follower) < 3:
+                break
+            if follower not in said:
+                said.append(follower)
+    said = said[:3]
+    if not said:
+        return DoctorRequest()
+    scores: dict[int, int] = {}
+    for doctor_id, name in doctors.items():
+        names = _name_words(name)
+        # An exact word counts twice a typo: "luis" is Luis before it is Luisa.
+        score = sum(
+            2 if w in names else 1 if any(_similar(w, n) for n in names) else 0 for w in said
+        )
+        if score:
+            scores[doctor_id] = score
+    if not scores:
+        return DoctorRequest(said=" ".join(said), titled=bool(title))
+    best = max(scores.values())
+    top = tuple(sorted(d for d, score in scores.items() if score == best))
+    if len(top) > 1 and title:
+        # "la dra Rojas" when there are a Dra. and a Dr. Rojas: the title tells them apart.
+        female = title in ("dra", "doctora", "medica")
+        fitting = tuple(d for d in top if _is_female_title(doctors[d]) is female)
+        top = fitting or top
+    if len(top) == 1:
+        return DoctorRequest(doctor_id=top[0], said=" ".join(said), titled=bool(title))
+    return DoctorRequest(candidates=top, said=" ".join(said), titled=bool(title))
+
+
+def _is_female_title(full_name: str) -> bool | None:
+    first = normalize(full_name).split()[:1]
+    if first in (["dra"], ["doctora"]):
+        return True
+    if first in (["dr"], ["doctor"]):
+        return False
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Symptoms written where a name was asked ("me duele el oído y me zumba")
+
+_SYMPTOM_WORDS = {
+    "duele",
+    "duelen",
+    "dolor",
+    "dolores",
+    "fiebre",
+    "tos",
+    "gripa",
+    "gripe",
+    "zumba",
+    "zumban",
+    "arde",
+    "pica",
+    "picazon",
+    "mareo",
+    "mareos",
+    "vomito",
+    "vomitos",
+    "diarrea",
+    "nauseas",
+    "sangra",
+    "hinchado",
+    "hinchada",
+    "inflamado",
+    "inflamada",
+    "molestia",
+    "malestar",
+    "siento",
+    "tengo",
+    "sintomas",
+    "alergia",
+    "infeccion",
+    "cita",
+    "quiero",
+    "necesito",
+}
+_FUNCTION_WORDS = {"me", "se", "le", "el", "los", "mi", "mis", "que", "y", "con", "un", "una", "no"}
+
+
+def looks_like_symptoms(text: str) -> bool:
+    """A sentence about health or a request, not a person's name."""
+    words = normalize(text[:MAX_WHEN_CHARS]).split()
+    if any(w in _SYMPTOM_WORDS for w in words):
+        return True
+    # "me zumba el oído": names never carry these little words.
+    return sum(1 for w in words if w in _FUNCTION_WORDS) >= 2

@@ -86,7 +86,7 @@ def test_it_reads_birth_dates(text):
         ("31/02/1990", DateProblem.IMPOSSIBLE),
         ("14/03/1850", DateProblem.TOO_OLD),
         ("no me acuerdo", DateProblem.NOT_A_DATE),
-        ("1985", DateProblem.NOT_A_DATE),
+        ("1985", DateProblem.INCOMPLETE),
     ],
 )
 def test_it_rejects_bad_birth_dates(text, problem):
