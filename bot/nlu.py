@@ -1233,3 +1233,101 @@ def looks_like_symptoms(text: str) -> bool:
         return True
     # "me zumba el oído": names never carry these little words.
     return sum(1 for w in words if w in _FUNCTION_WORDS) >= 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Questions about the clinic, answered from its FAQ entries
+
+_QUESTION_STARTS = {
+    "que",
+    "cual",
+    "cuales",
+    "cuanto",
+    "cuanta",
+    "cuantos",
+    "cuantas",
+    "donde",
+    "como",
+    "cuando",
+    "aceptan",
+    "reciben",
+    "tienen",
+    "hay",
+    "puedo",
+    "atienden",
+    "manejan",
+    "trabajan",
+    "venden",
+    "hacen",
+    "dan",
+    "sirve",
+}
+# Words every question has: they say nothing about which one it is.
+_FAQ_STOPWORDS = {
+    "que",
+    "cual",
+    "cuanto",
+    "como",
+    "donde",
+    "tienen",
+    "hay",
+    "para",
+    "por",
+    "la",
+    "el",
+    "los",
+    "las",
+    "de",
+    "del",
+    "una",
+    "un",
+    "cita",
+    "consulta",
+    "clinica",
+    "ustedes",
+}
+
+
+@dataclass(frozen=True)
+class FaqCandidate:
+    entry_id: int
+    question: str
+    keywords: tuple[str, ...]
+
+
+def is_question(text: str) -> bool:
+    """ "¿tienen parqueadero?", "cuánto vale la consulta": asking something, not telling."""
+    words = normalize(text).split()
+    return "?" in text[:MAX_TEXT] or bool(words and words[0] in _QUESTION_STARTS)
+
+
+def match_faq(text: str, entries: list[FaqCandidate]) -> int | None:
+    """The id of the FAQ entry the patient is asking about, or None when none fits.
+
+    Keyword phrases found whole in the text count by their length in words ("dónde dejo el
+    carro" beats "carro"); a long keyword may carry one typo; the entry's own question words
+    count a little. Ties go to the entry listed first.
+    """
+    norm = normalize(text)
+    words = norm.split()
+    if not words or len(words) > 40:
+        return None
+    padded = f" {norm} "
+    best_id, best = None, 0.0
+    for entry in entries:
+        score = 0.0
+        for keyword in entry.keywords:
+            phrase = normalize(keyword)
+            if not phrase:
+                continue
+            if f" {phrase} " in padded:
+                score += len(phrase.split())
+            elif " " not in phrase and len(phrase) >= 5 and _has_word(words, (phrase,)):
+                score += 0.8
+        question_words = {
+            w for w in normalize(entry.question).split() if w not in _FAQ_STOPWORDS and len(w) > 3
+        }
+        score += 0.5 * sum(1 for w in question_words if w in words)
+        if score > best:
+            best_id, best = entry.entry_id, score
+    return best_id if best >= 0.8 else None
