@@ -471,3 +471,39 @@ def test_it_never_takes_a_symptom_sentence_for_a_name(text):
 def test_it_still_accepts_names_with_particles(text):
     assert nlu.parse_full_name(text) == text
     assert not nlu.looks_like_symptoms(text)
+
+
+FAQ = [
+    nlu.FaqCandidate(
+        1, "¿Cuánto cuesta la consulta?", ("precio", "cuanto cuesta", "valor", "costo")
+    ),
+    nlu.FaqCandidate(2, "¿Qué EPS reciben?", ("eps", "seguro", "prepagada", "sanitas")),
+    nlu.FaqCandidate(3, "¿Tienen parqueadero?", ("parqueadero", "parqueo", "donde dejo el carro")),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "entry_id"),
+    [
+        ("¿cuánto cuesta la consulta?", 1),
+        ("qué precio tiene", 1),
+        ("¿reciben Sanitas?", 2),
+        ("atienden por prepagada?", 2),
+        ("hay parqueadero?", 3),
+        ("dónde dejo el carro", 3),
+        ("tienen parqeadero", 3),  # a typo
+    ],
+)
+def test_it_finds_the_faq_entry_a_question_is_about(text, entry_id):
+    assert nlu.match_faq(text, FAQ) == entry_id
+
+
+@pytest.mark.parametrize("text", ["¿venden helado?", "me duele la muela", "1", "sí"])
+def test_it_finds_no_faq_entry_for_other_things(text):
+    assert nlu.match_faq(text, FAQ) is None
+
+
+def test_it_tells_a_question_from_a_statement():
+    assert nlu.is_question("¿venden helado?")
+    assert nlu.is_question("tienen pediatra los sábados")
+    assert not nlu.is_question("me duele la muela")
