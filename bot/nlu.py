@@ -1331,3 +1331,9 @@ def match_faq(text: str, entries: list[FaqCandidate]) -> int | None:
         if score > best:
             best_id, best = entry.entry_id, score
     return best_id if best >= 0.8 else None
+
+
+def mentions_doctor(text: str) -> bool:
+    """Cheap test before looking doctors up: "con …" or a title ("dra", "doctor") is written."""
+    words = normalize(text[:MAX_WHEN_CHARS]).split()
+    return any(w in _DOCTOR_CUES or w == "con" for w in words)

@@ -61,7 +61,7 @@ SECTION_5_ROWS = [
     ("confirming", "no", State.CHOOSING_SLOT),
     ("booked", "¿dónde quedan?", State.BOOKED),
     ("booked", "cancelar mi cita", State.CANCELLING),
-    ("identified", "asesor", State.IDENTIFIED),
+    ("identified", "asesor", State.WAITING_FOR_STAFF),
     ("choosing", "me duele el pecho y no puedo respirar", State.CHOOSING_SLOT),
 ]
 
@@ -650,10 +650,15 @@ def test_it_answers_free_questions_with_the_llm_when_there_is_one(reach, fake_ll
     assert result.llm_completion_tokens == 30
 
 
-def test_it_shows_the_menu_for_free_questions_without_an_llm(reach):
+def test_it_says_it_does_not_know_and_offers_a_person_without_an_llm(reach):
+    """Issue 7: an unknown question gets an honest answer, never the help menu."""
     conversation = reach("booked")
     result = conversation.send("¿el parqueadero es gratis?")
-    assert "«mis citas»" in texts(result)
+    assert "No sé" in texts(result) and "«mis citas»" not in texts(result)
+    assert [b.id for b in result.replies[-1].buttons] == ["human:yes", "human:no"]
+    conversation.send("sí")
+    assert conversation.state == State.WAITING_FOR_STAFF
+    assert conversation.data["handoff_reason"] == "unsure"
 
 
 def test_it_never_calls_the_llm_on_the_deterministic_booking_path(clinic, agenda, patient):

@@ -4,7 +4,13 @@ from collections import Counter
 
 import pytest
 
-from bot.triage import TriageResult, classify, detect_red_flag, mentions_child
+from bot.triage import (
+    TriageResult,
+    classify,
+    detect_red_flag,
+    detect_red_flag_in_messages,
+    mentions_child,
+)
 from clinics.demo_data import SPECIALTIES
 from clinics.models import Specialty
 from tests.bot.triage_cases import (
@@ -223,8 +229,6 @@ SPLIT_RED_FLAGS = [
 
 @pytest.mark.parametrize(("messages", "code"), SPLIT_RED_FLAGS)
 def test_it_judges_red_flags_over_the_recent_messages_together(messages, code):
-    from bot.triage import detect_red_flag_in_messages
-
     assert detect_red_flag_in_messages(messages) == code
 
 
@@ -238,8 +242,6 @@ def test_it_judges_red_flags_over_the_recent_messages_together(messages, code):
     ],
 )
 def test_it_does_not_add_up_ordinary_complaints_into_an_emergency(messages):
-    from bot.triage import detect_red_flag_in_messages
-
     assert detect_red_flag_in_messages(messages) is None
 
 

@@ -14,6 +14,7 @@ from clinics.models import (
     AuditEvent,
     Clinic,
     Doctor,
+    FaqEntry,
     Patient,
     Schedule,
     Slot,
@@ -155,8 +156,6 @@ def test_it_keeps_edits_made_by_staff(settings):
 
 
 def test_it_seeds_faq_answers_for_each_clinic_and_keeps_edited_ones(settings):
-    from clinics.models import FaqEntry
-
     seed(1, settings)
     demo = Clinic.objects.get(slug="demo")
     questions = " ".join(demo.faq_entries.values_list("question", flat=True)).lower()
