@@ -14,6 +14,7 @@ from bot import engine
 from bot.engine import State
 from bot.gateway import OrmGateway
 from bot.messages import Inbound
+from bot.models import Conversation
 from clinics.models import (
     Appointment,
     AppointmentStatus,
@@ -823,3 +824,38 @@ def test_it_reads_an_unknown_button_payload_as_its_title(identified_chat, ana_bo
     result = identified_chat.tap("REMINDER_CANCEL", "Cancelar mi cita", kind="button")
     assert identified_chat.state == State.CANCELLING
     assert "¿Quieres cancelar tu cita" in texts(result)
+
+
+# --- issue 7: after "quiero hablar con una persona" the bot stops steering ------------------
+
+
+def test_it_hands_over_to_a_person_and_only_answers_red_flags_then(chat, clinic):
+    chat.send("1020304050")
+    result = chat.send("quiero hablar con una persona")
+    assert result.needs_staff and result.handoff_reason == "asked_for_person"
+    assert "persona" in texts(result)
+    assert chat.state == State.WAITING_FOR_STAFF
+    again = chat.send("hola? me duele la muela")
+    assert "fila" in texts(again)  # told once that they are in the queue…
+    assert chat.send("tengo fiebre").replies == []  # …and then nothing steers the chat
+    assert chat.send("1").replies == []
+    emergency = chat.send("me duele mucho el pecho y no puedo respirar")
+    assert emergency.urgent and "123" in texts(emergency)
+    assert chat.state == State.WAITING_FOR_STAFF
+    assert chat.data["handoff_reason"] == "asked_for_person"  # the first reason stays
+
+
+def test_it_mirrors_the_handoff_reason_on_the_conversation_and_clears_it_on_hand_back(chat, clinic):
+    chat.send("1020304050")
+    chat.send("asesor")
+    conversation = Conversation.objects.create(
+        clinic=clinic, wa_id=ANA_WA, context=chat.data, needs_staff=True
+    )
+    conversation.refresh_from_db()
+    assert conversation.handoff_reason == "asked_for_person"
+    resumed = engine.resume_after_staff(chat.snapshot)
+    assert resumed.state == State.IDENTIFIED and "handoff_reason" not in resumed.data
+    conversation.context, conversation.needs_staff = resumed.data, False
+    conversation.save(update_fields=["context", "needs_staff"])
+    conversation.refresh_from_db()
+    assert conversation.handoff_reason == ""
