@@ -394,6 +394,7 @@ def _on_start(turn: Turn) -> None:
     turn.snap.patient_id = None
     document = nlu.parse_document(turn.text)
     if document.document:
+        _keep_what_else_was_said(turn)
         _identify(turn, document.document)
         return
     if document.invalid:
@@ -418,6 +419,19 @@ def _on_start(turn: Turn) -> None:
         turn.data["pending_symptoms"] = turn.text.strip()[:500]
     known = turn.gateway.patient_by_whatsapp(turn.ctx.wa_id)
     turn.say(replies.greeting(turn.clinic, nlu.first_names(known.full_name) if known else ""))
+
+
+def _keep_what_else_was_said(turn: Turn) -> None:
+    """ "1020304050 me duele una muela": the symptoms (or the request) wait for the identity
+    check, so a returning patient needs no second message for them."""
+    rest = nlu.without_document(turn.text)
+    if not rest:
+        return
+    intent = nlu.detect_intent(rest)
+    if intent in (Intent.CANCEL, Intent.RESCHEDULE, Intent.MY_APPOINTMENTS):
+        turn.data["pending"] = intent.value
+    elif intent not in (Intent.GREETING, Intent.GOODBYE, Intent.MENU) and len(rest.split()) >= 2:
+        turn.data["pending_symptoms"] = rest[:500]
 
 
 def _identify(turn: Turn, document: str) -> None:
@@ -475,7 +489,15 @@ def _identified(turn: Turn, patient: PatientInfo, greeting: Reply) -> None:
         _list_appointments(turn)
     elif symptoms:
         name = nlu.first_names(patient.full_name)
-        if not _triage(turn, symptoms, expecting_symptoms=True, quiet_if_unsure=True):
+        # "1020304050, me duele una muela, ¿tienen el viernes con la dra Rojas?"
+        turn.request = _read_request(turn, symptoms, base=None)
+        turn.data["want"] = turn.request.want
+        if turn.request.notice is not None:
+            turn.say(turn.request.notice)
+        handled = (
+            turn.request.want.get("doctor_id") and _book_with_doctor(turn, symptoms)
+        ) or _triage(turn, symptoms, expecting_symptoms=True, quiet_if_unsure=True)
+        if not handled:
             turn.say(greeting)
         elif greeting.text and name:
             turn.replies.insert(0, replies.thanks(name))
@@ -633,7 +655,7 @@ def _on_idle(turn: Turn, *, expecting_symptoms: bool) -> None:
     turn.data["want"] = turn.request.want
     if turn.request.notice is not None:
         turn.say(turn.request.notice)
-    if turn.request.want.get("doctor_id") and _book_with_doctor(turn):
+    if turn.request.want.get("doctor_id") and _book_with_doctor(turn, turn.text):
         return
     if intent == Intent.MENU:
         turn.say(replies.menu())
@@ -641,6 +663,14 @@ def _on_idle(turn: Turn, *, expecting_symptoms: bool) -> None:
     if intent == Intent.BOOK:
         # "quiero una cita (con el dermatólogo)": a named specialty or clear symptoms go
         # straight to slots, otherwise ask for the symptoms.
+        if not _triage(
+            turn, turn.text, expecting_symptoms=False, quiet_if_unsure=True, use_llm=False
+        ):
+            turn.go(State.IDENTIFIED)
+            turn.say(replies.ask_symptoms())
+        return
+    if turn.request.changed and not nlu.looks_like_symptoms(turn.text):
+        # "el viernes en la tarde" before any symptoms: remember it, ask what brings them.
         if not _triage(
             turn, turn.text, expecting_symptoms=False, quiet_if_unsure=True, use_llm=False
         ):
@@ -1039,7 +1069,7 @@ def _doctor_specialty_ids(turn: Turn, doctor_id: int) -> tuple[int, ...]:
     return doctor.specialty_ids if doctor else ()
 
 
-def _book_with_doctor(turn: Turn) -> bool:
+def _book_with_doctor(turn: Turn, text: str) -> bool:
     """ "con la dra Rojas (el viernes)": that doctor's times, in the specialty the symptoms
     point to when she has it, else her first. True when it answered."""
     want = turn.data.get("want") or {}
@@ -1047,14 +1077,14 @@ def _book_with_doctor(turn: Turn) -> bool:
     specialties = [s for s in _specialties(turn) if s.id in own]
     if not specialties:
         return False
-    result = triage.classify(turn.text, specialties)
+    result = triage.classify(text, specialties)
     if result.red_flag:
         turn.say(replies.emergency(turn.clinic))
         turn.urgent = True
         return True
     specialty = next((s for s in specialties if s.slug == result.specialty), specialties[0])
-    if nlu.looks_like_symptoms(turn.text):
-        turn.data["symptoms"] = turn.text.strip()[:500]
+    if nlu.looks_like_symptoms(text):
+        turn.data["symptoms"] = text.strip()[:500]
     turn.data.pop("reschedule_id", None)
     _apply_request(turn, specialty)
     return True

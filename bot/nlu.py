@@ -1337,3 +1337,18 @@ def mentions_doctor(text: str) -> bool:
     """Cheap test before looking doctors up: "con …" or a title ("dra", "doctor") is written."""
     words = normalize(text[:MAX_WHEN_CHARS]).split()
     return any(w in _DOCTOR_CUES or w == "con" for w in words)
+
+
+_DOCUMENT_WORDS = re.compile(r"\b(?:mi )?(?:c[eé]dula|documento)(?: es)?\b", re.IGNORECASE)
+
+
+def without_document(text: str) -> str:
+    """What else a message says besides the document ("1020304050 me duele una muela")."""
+
+    def drop_document(match: re.Match) -> str:
+        digits = sum(c.isdigit() for c in match.group())
+        return " " if 8 <= digits <= 15 else match.group()
+
+    rest = _DIGIT_GROUPS.sub(drop_document, _DOC_PREFIX.sub(" ", text[:MAX_TEXT]))
+    rest = _DOCUMENT_WORDS.sub(" ", rest)
+    return " ".join(rest.replace(",", " , ").split()).strip(" ,.")

@@ -4,26 +4,31 @@ A `Conversation` is a name, the world it starts from (`setup`: names in `SETUPS`
 a patient sends (each optionally with checks on the bot's answer to it) and the checks on the
 outcome (`expect`): the booked slot's doctor and time, an emergency answer, the state reached…
 `run_conversation` plays it with `tests.bot.conftest.Chat` on a fresh demo clinic
-(`conversation_world`) and raises `ConversationFailed` with the whole transcript when a check
-fails. Outcomes are recorded in `conversation_results`, which writes the share that reached the
-right outcome and the messages each booking took to bench/results/<name>.json.
+(`build_world()`) and raises `ConversationFailed` with the whole transcript when a check
+fails. Outcomes are recorded in a dict (`collect_results`), which writes the share that
+reached the right outcome and the messages each booking took to bench/results/<name>.json.
 
 Reuse (another engineer's set, e.g. families):
 
     # tests/bot/test_family_conversations.py
-    from tests.bot.conversation_runner import (  # noqa: F401  (fixtures are used by name)
-        conversation_results, conversation_world, run_conversation,
-    )
+    from tests.bot.conversation_runner import build_world, collect_results, run_conversation
     from tests.bot.family_conversations import CONVERSATIONS
 
+    @pytest.fixture
+    def world(db):
+        return build_world()
+
+    @pytest.fixture(scope="module")
+    def results():
+        yield from collect_results("family_conversations")
+
     @pytest.mark.parametrize("conversation", CONVERSATIONS, ids=lambda c: c.name)
-    def test_it_reaches_the_right_outcome(conversation, conversation_world, conversation_results):
-        run_conversation(conversation, conversation_world, conversation_results)
+    def test_it_reaches_the_right_outcome(conversation, world, results):
+        run_conversation(conversation, world, results)
 
 with `CONVERSATIONS` a list of `Conversation(...)`. New starting points go in `SETUPS` (a
-function of the world) and new checks subclass `Check` (`check(run) -> str | None`, the
-problem or None). `conversation_results` is module-scoped: name the results file with
-`RESULTS_NAME = "families"` in the test module.
+function of the world: register yours with `SETUPS["name"] = function`) and new checks
+subclass `Check` (`check(run) -> str | None`: the problem, or None).
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from django.utils import timezone
 
 from bot import engine
@@ -182,7 +186,14 @@ def _holiday_tomorrow(world: World) -> None:
     )
 
 
+def _luisa_nine_taken_tomorrow(world: World) -> None:
+    """Tomorrow at 9:00 Dra. Luisa is taken (Dr. Rodríguez is free then)."""
+    slot = Slot.objects.get(doctor=world.doctor("Luisa Fernanda"), start_at=local_at(world, 1, 9))
+    Slot.objects.filter(pk=slot.pk).update(status="blocked")
+
+
 SETUPS: dict[str, Callable[[World], None]] = {
+    "luisa_nine_taken_tomorrow": _luisa_nine_taken_tomorrow,
     "past_dentist": _past_dentist,
     "upcoming_two": _upcoming_two,
     "upcoming_general": _upcoming_general,
@@ -291,7 +302,11 @@ class Booked(Check):
     minute: int | None = None
     after: int | None = None
     before: int | None = None
-    earliest: bool = False  # the first free time of that specialty (from tomorrow)
+    days: tuple[int, int] | None = None  # inclusive range of days from today
+    weekdays: tuple[int, ...] | None = None
+    not_day: int | None = None
+    not_hour: int | None = None
+    earliest: bool = False  # the first free time of that specialty
     patient: str | None = None
     rescheduled: bool = False  # it replaced an earlier appointment
 
@@ -314,6 +329,15 @@ class Booked(Check):
             problems.append(f"date {start:%Y-%m-%d}")
         if self.weekday is not None and start.weekday() != self.weekday:
             problems.append(f"weekday {start:%A}")
+        offset = (start.date() - run.world.today).days
+        if self.days is not None and not self.days[0] <= offset <= self.days[1]:
+            problems.append(f"day +{offset} outside {self.days}")
+        if self.weekdays is not None and start.weekday() not in self.weekdays:
+            problems.append(f"weekday {start:%A}")
+        if self.not_day is not None and offset == self.not_day:
+            problems.append(f"on day +{offset}")
+        if self.not_hour is not None and start.hour == self.not_hour:
+            problems.append(f"at {start:%H:%M}")
         if self.hour is not None and start.hour != self.hour:
             problems.append(f"hour {start:%H:%M}")
         if self.minute is not None and start.minute != self.minute:
@@ -327,7 +351,8 @@ class Booked(Check):
                 Slot.objects.filter(
                     clinic=run.world.clinic,
                     doctor__specialties=appt.specialty,
-                    start_at__gte=timezone.now() + dt.timedelta(hours=1),
+                    start_at__gte=timezone.now() + dt.timedelta(minutes=61),
+                    status="free",
                 )
                 .order_by("start_at")
                 .values_list("start_at", flat=True)
@@ -340,6 +365,24 @@ class Booked(Check):
         if self.rescheduled and appt.rescheduled_from_id is None:
             problems.append("not a rescheduling")
         return ", ".join(problems) or None
+
+
+@dataclass
+class BookedRow(Check):
+    """The booked slot is row `row` (1-based) of the last list shown before it was picked."""
+
+    row: int
+
+    def check(self, run: Run) -> str | None:
+        lists = [r for result in run.results for r in result.replies if r.kind == "list"]
+        booked = [a for a in run.new_appointments() if a.status == AppointmentStatus.BOOKED]
+        if not lists or len(booked) != 1:
+            return f"{len(lists)} lists, {len(booked)} bookings"
+        rows = [row for row in lists[-1].rows if row.id.startswith("slot:")]
+        if len(rows) < self.row:
+            return f"only {len(rows)} rows"
+        wanted = int(rows[self.row - 1].id.split(":")[1])
+        return None if booked[0].slot_id == wanted else f"booked slot {booked[0].slot_id}"
 
 
 @dataclass
@@ -416,9 +459,10 @@ class Registered(Check):
 
 @dataclass
 class Msg:
-    """One message, with checks on the answer to it."""
+    """One message, with checks on the answer to it; `text` may be a function of the world
+    (dates relative to the day the test runs)."""
 
-    text: str
+    text: str | Callable[[World], str]
     expect: tuple = ()
 
 
@@ -454,8 +498,9 @@ def run_conversation(conversation: Conversation, world: World, results: dict | N
     booked_at: int | None = None
     for number, message in enumerate(conversation.messages, start=1):
         msg = message if isinstance(message, Msg) else Msg(message)
-        result = chat.send(msg.text)
-        run.sent.append(msg.text)
+        text = msg.text(world) if callable(msg.text) else msg.text
+        result = chat.send(text)
+        run.sent.append(text)
         run.results.append(result)
         run.answers.append(reply_lines(result))
         for check in msg.expect:
@@ -465,7 +510,7 @@ def run_conversation(conversation: Conversation, world: World, results: dict | N
                 else check.check(run)
             )
             if problem:
-                problems.append(f"message {number} ({msg.text!r}): {problem}")
+                problems.append(f"message {number} ({text!r}): {problem}")
         if booked_at is None and any(
             a.status == AppointmentStatus.BOOKED for a in run.new_appointments()
         ):
@@ -488,22 +533,16 @@ def run_conversation(conversation: Conversation, world: World, results: dict | N
     return run
 
 
-# --- fixtures (import them into the test module) -----------------------------------------------
+# --- results -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def conversation_world(db) -> World:
-    return build_world()
-
-
-@pytest.fixture(scope="module")
-def conversation_results(request):
-    """Outcomes of the module's conversations; written to bench/results/<RESULTS_NAME>.json."""
+def collect_results(name: str):
+    """A generator for a module-scoped fixture: yields the dict `run_conversation` fills, then
+    writes the summary to bench/results/<name>.json."""
     results: dict[str, dict] = {}
     yield results
     if not results:
         return
-    name = getattr(request.module, "RESULTS_NAME", "conversations")
     summary = summarize(results)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / f"{name}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
