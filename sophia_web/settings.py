@@ -84,6 +84,7 @@ INSTALLED_APPS = [
     "django_tasks_db",
     "clinics",
     "bot",
+    "outreach",
 ]
 
 MIDDLEWARE = [
@@ -159,7 +160,7 @@ else:
 TASKS = {
     "default": {
         "BACKEND": "django_tasks_db.DatabaseBackend",
-        "QUEUES": ["default", "outbox", "turns"],
+        "QUEUES": ["default", "outbox", "turns", "outreach"],
     }
 }
 
