@@ -141,8 +141,8 @@ class ReminderDispatch(models.Model):
         _("status"), max_length=8, choices=Status.choices, default=Status.PENDING
     )
     skip_reason = models.CharField(_("why not sent"), max_length=32, blank=True)
-    # A worker owns a pending row until then; a crashed worker's rows are taken again after it.
-    lease_until = models.DateTimeField(_("claimed until"), null=True, blank=True)
+    # Not before then: the sending window closed while the reminder waited to be queued.
+    not_before = models.DateTimeField(_("not before"), null=True, blank=True)
     conversation = models.ForeignKey(
         Conversation,
         on_delete=models.SET_NULL,

@@ -4,11 +4,12 @@
    due — N hours before the start — for clinics inside their sending hours. The unique
    constraint makes this idempotent however many workers plan at once; outside the window
    nothing is planned, so a due reminder waits for the window to open.
-2. `reminders_send()` (tasks on the "outreach" queue) claims due rows with a lease (SKIP LOCKED),
-   then per row, in one transaction, re-checks the appointment (not cancelled, not started,
+2. `reminders_send()` (tasks on the "outreach" queue) takes a batch of due rows (FOR UPDATE SKIP
+   LOCKED, so workers share the backlog), re-checks each appointment (not cancelled, not started,
    patient not opted out, clinic inside its window) and queues the approved template in the
-   outbox. A worker killed half-way leaves the row pending; after the lease it is taken again,
-   and the outbox's own claim sends each message once.
+   outbox, all in one transaction; then the outbox delivers them. A worker killed half-way rolls
+   back: its rows are still pending for the next run, and the outbox's own claim sends each
+   message once.
 3. The patient's answer (template button or "confirmo" / "cancelar") goes through
    `reminder_respond()`, which confirms or cancels with clinics.services.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -45,8 +45,6 @@ logger = logging.getLogger(__name__)
 
 # A reminder closer than this to the start is not worth sending any more.
 MIN_LEAD = dt.timedelta(minutes=30)
-# How long a worker owns the rows it claimed; a crashed worker's rows go back after it.
-LEASE = dt.timedelta(seconds=float(os.getenv("SOPHIA_REMINDER_LEASE_SECONDS", "60")))
 CLAIM_BATCH = 50
 PLAN_BATCH = 5000
 # One send task stops after this long and queues a follow-up, so a worker stays responsive.
@@ -145,25 +143,11 @@ def pending_count(now: dt.datetime | None = None) -> int:
 
 def _claimable(now: dt.datetime):
     return ReminderDispatch.objects.filter(status=ReminderDispatch.Status.PENDING).filter(
-        Q(lease_until__isnull=True) | Q(lease_until__lte=now)
+        Q(not_before__isnull=True) | Q(not_before__lte=now)
     )
 
 
 # --- sending ---------------------------------------------------------------------------------
-
-
-def _claim(limit: int, now: dt.datetime) -> list[int]:
-    """Lease up to `limit` due rows to this caller; rows another worker holds are skipped."""
-    with transaction.atomic():
-        ids = list(
-            _claimable(now)
-            .select_for_update(skip_locked=True)
-            .order_by("due_at", "id")
-            .values_list("pk", flat=True)[:limit]
-        )
-        if ids:
-            ReminderDispatch.objects.filter(pk__in=ids).update(lease_until=now + LEASE)
-    return ids
 
 
 def _skip_reason(dispatch: ReminderDispatch, settings: OutreachSettings, now: dt.datetime) -> str:
@@ -179,15 +163,6 @@ def _skip_reason(dispatch: ReminderDispatch, settings: OutreachSettings, now: dt
     if not appointment.patient.whatsapp_id:
         return "no_whatsapp"
     return ""
-
-
-def _conversation_for(clinic: Clinic, patient: Patient) -> Conversation:
-    conversation, _created = Conversation.objects.get_or_create(
-        clinic=clinic,
-        wa_id=patient.whatsapp_id,
-        defaults={"patient": patient, "state": "CLOSED", "closed_at": timezone.now()},
-    )
-    return conversation
 
 
 def template_components(payload_confirm: str, payload_cancel: str, params: list[str]) -> list:
@@ -209,74 +184,114 @@ def template_components(payload_confirm: str, payload_cancel: str, params: list[
     ]
 
 
-def _queue_one(dispatch_id: int, now: dt.datetime) -> int | None:
-    """Queue one claimed reminder in the outbox (or skip it); the new message's id, if any."""
+def _conversations(pairs: set[tuple[int, str]], patients: dict) -> dict:
+    """(clinic id, number) → Conversation, creating the missing ones (two workers creating the
+    same one at once is harmless: the unique constraint keeps one)."""
+    if not pairs:
+        return {}
+    numbers = {wa_id for _clinic_id, wa_id in pairs}
+    clinic_ids = {clinic_id for clinic_id, _wa_id in pairs}
+
+    def existing() -> dict:
+        return {
+            (c.clinic_id, c.wa_id): c
+            for c in Conversation.objects.filter(clinic_id__in=clinic_ids, wa_id__in=numbers)
+        }
+
+    found = existing()
+    missing = pairs - set(found)
+    if missing:
+        now = timezone.now()
+        Conversation.objects.bulk_create(
+            [
+                Conversation(
+                    clinic_id=clinic_id,
+                    wa_id=wa_id,
+                    patient=patients[(clinic_id, wa_id)],
+                    state="CLOSED",
+                    closed_at=now,
+                )
+                for clinic_id, wa_id in missing
+            ],
+            ignore_conflicts=True,
+        )
+        found = existing()
+    return found
+
+
+def _queue_batch(limit: int, now: dt.datetime) -> list[int]:
+    """Take up to `limit` due reminders (SKIP LOCKED: other workers take other rows), re-check
+    each and queue its template in the outbox — all in one transaction, so a worker killed
+    half-way leaves every row pending for the next run. The new messages' ids."""
     with transaction.atomic():
-        dispatch = (
-            ReminderDispatch.objects.select_for_update(of=("self",))
+        batch = list(
+            _claimable(now)
+            .select_for_update(skip_locked=True, of=("self",))
             .select_related("clinic", "appointment__patient", "appointment__doctor")
-            .filter(pk=dispatch_id, status=ReminderDispatch.Status.PENDING)
-            .first()
+            .order_by("due_at", "id")[:limit]
         )
-        if dispatch is None:
-            return None  # another worker finished it after our lease ran out
-        clinic = dispatch.clinic
-        settings = clinic_settings(clinic)
-        if not settings.in_window(now):
-            # Deferred: the window closed while it waited. It goes when the window reopens.
-            dispatch.lease_until = settings.next_window_start(now)
-            dispatch.save(update_fields=["lease_until"])
-            return None
-        reason = _skip_reason(dispatch, settings, now)
-        if reason:
-            dispatch.status = ReminderDispatch.Status.SKIPPED
-            dispatch.skip_reason = reason
-            dispatch.lease_until = None
-            dispatch.save(update_fields=["status", "skip_reason", "lease_until"])
-            return None
-        appointment = dispatch.appointment
-        conversation = _conversation_for(clinic, appointment.patient)
-        message = whatsapp.queue_template(
-            conversation,
-            settings.template_name,
-            language=settings.template_language,
-            components=template_components(
-                f"{replies.REMINDER_CONFIRM}{appointment.pk}",
-                f"{replies.REMINDER_CANCEL}{appointment.pk}",
-                replies.reminder_parameters(appointment, clinic),
-            ),
-            text=replies.reminder_text(appointment, clinic),
+        if not batch:
+            return []
+        settings: dict[int, OutreachSettings] = {}
+        ready: list[tuple[ReminderDispatch, OutreachSettings]] = []
+        for dispatch in batch:
+            found = settings.get(dispatch.clinic_id)
+            if found is None:
+                found = settings[dispatch.clinic_id] = clinic_settings(dispatch.clinic)
+            if not found.in_window(now):
+                # The window closed while it waited: it goes when the window reopens.
+                dispatch.not_before = found.next_window_start(now)
+                continue
+            reason = _skip_reason(dispatch, found, now)
+            if reason:
+                dispatch.status = ReminderDispatch.Status.SKIPPED
+                dispatch.skip_reason = reason
+                continue
+            ready.append((dispatch, found))
+        patients = {
+            (d.clinic_id, d.appointment.patient.whatsapp_id): d.appointment.patient
+            for d, _settings in ready
+        }
+        conversations = _conversations(set(patients), patients)
+        message_ids = []
+        for dispatch, found in ready:
+            appointment = dispatch.appointment
+            conversation = conversations[(dispatch.clinic_id, appointment.patient.whatsapp_id)]
+            message = whatsapp.queue_template(
+                conversation,
+                found.template_name,
+                language=found.template_language,
+                components=template_components(
+                    f"{replies.REMINDER_CONFIRM}{appointment.pk}",
+                    f"{replies.REMINDER_CANCEL}{appointment.pk}",
+                    replies.reminder_parameters(appointment, dispatch.clinic),
+                ),
+                text=replies.reminder_text(appointment, dispatch.clinic),
+            )
+            dispatch.status = ReminderDispatch.Status.QUEUED
+            dispatch.conversation = conversation
+            dispatch.message = message
+            dispatch.not_before = None
+            dispatch.queued_at = now
+            message_ids.append(message.pk)
+        ReminderDispatch.objects.bulk_update(
+            batch,
+            ["status", "skip_reason", "not_before", "conversation", "message", "queued_at"],
         )
-        dispatch.status = ReminderDispatch.Status.QUEUED
-        dispatch.conversation = conversation
-        dispatch.message = message
-        dispatch.lease_until = None
-        dispatch.queued_at = now
-        dispatch.save(
-            update_fields=["status", "conversation", "message", "lease_until", "queued_at"]
-        )
-    return message.pk
+    return message_ids
 
 
 def reminders_send(limit: int = CLAIM_BATCH, now: dt.datetime | None = None) -> int:
-    """Claim up to `limit` due reminders, queue and deliver them; how many were queued."""
+    """Queue up to `limit` due reminders, then deliver them; how many were queued."""
     now = now or timezone.now()
-    queued = 0
-    for dispatch_id in _claim(limit, now):
-        try:
-            message_id = _queue_one(dispatch_id, now)
-        except Exception:
-            # The row stays pending; after its lease it is tried again (no crash loop).
-            logger.exception("reminder %s could not be queued", dispatch_id)
-            continue
-        if message_id is None:
-            continue
-        queued += 1
+    message_ids = _queue_batch(limit, now)
+    for message_id in message_ids:
         try:
             whatsapp.deliver(message_id)
         except Exception:
+            # The row stays in the outbox: the outbox's own retries take it from here.
             logger.exception("reminder message %s: delivery failed; the outbox retries", message_id)
-    return queued
+    return len(message_ids)
 
 
 def reminders_send_for(budget_seconds: float = TASK_BUDGET_SECONDS) -> tuple[int, bool]:
@@ -329,7 +344,7 @@ def withdraw(appointment_id: int) -> int:
     with transaction.atomic():
         skipped = ReminderDispatch.objects.filter(
             appointment_id=appointment_id, status=ReminderDispatch.Status.PENDING
-        ).update(status=ReminderDispatch.Status.SKIPPED, skip_reason="cancelled", lease_until=None)
+        ).update(status=ReminderDispatch.Status.SKIPPED, skip_reason="cancelled", not_before=None)
         # Only rows no sender has claimed yet: `queued`, never `sending`.
         failed = Message.objects.filter(
             reminder__appointment_id=appointment_id, status=MessageStatus.QUEUED

@@ -96,7 +96,7 @@ def test_it_keeps_a_claimed_reminder_waiting_when_the_window_closes_before_it_is
     assert templates_sent(fake_graph) == []
     dispatch = ReminderDispatch.objects.get(appointment=booked)
     assert dispatch.status == ReminderDispatch.Status.PENDING
-    assert dispatch.lease_until == local(WEDNESDAY, 8, 0)
+    assert dispatch.not_before == local(WEDNESDAY, 8, 0)
     clock.move_to(local(WEDNESDAY, 7, 59))
     assert reminders.reminders_send() == 0
     clock.move_to(local(WEDNESDAY, 8, 0))

@@ -20,7 +20,7 @@ from tests.outreach.conftest import book, make_patient
 
 fake_graph = graph_server.fake_graph  # the fixture
 
-WORKER_ENV = {"SOPHIA_REMINDER_LEASE_SECONDS": "1"}
+WORKER_ENV: dict[str, str] = {}
 
 
 def db_params() -> dict:
