@@ -19,10 +19,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.tasks import task
 from django.utils import timezone
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 # A reminder closer than this to the start is not worth sending any more.
 MIN_LEAD = dt.timedelta(minutes=30)
 CLAIM_BATCH = 50
+DELIVERY_THREADS = 4
 PLAN_BATCH = 5000
 # One send task stops after this long and queues a follow-up, so a worker stays responsive.
 TASK_BUDGET_SECONDS = 20.0
@@ -145,6 +147,9 @@ def _claimable(now: dt.datetime):
     return ReminderDispatch.objects.filter(status=ReminderDispatch.Status.PENDING).filter(
         Q(not_before__isnull=True) | Q(not_before__lte=now)
     )
+
+
+_senders = ThreadPoolExecutor(max_workers=DELIVERY_THREADS, thread_name_prefix="sophia-reminders")
 
 
 # --- sending ---------------------------------------------------------------------------------
@@ -281,16 +286,38 @@ def _queue_batch(limit: int, now: dt.datetime) -> list[int]:
     return message_ids
 
 
-def reminders_send(limit: int = CLAIM_BATCH, now: dt.datetime | None = None) -> int:
-    """Queue up to `limit` due reminders, then deliver them; how many were queued."""
-    now = now or timezone.now()
-    message_ids = _queue_batch(limit, now)
+def _deliver(message_ids: list[int]) -> None:
     for message_id in message_ids:
         try:
             whatsapp.deliver(message_id)
         except Exception:
             # The row stays in the outbox: the outbox's own retries take it from here.
             logger.exception("reminder message %s: delivery failed; the outbox retries", message_id)
+
+
+def _deliver_in_threads(message_ids: list[int]) -> None:
+    """Each send waits on the network and on two commits; a few threads overlap those waits."""
+
+    def deliver_slice(part: list[int]) -> None:
+        try:
+            _deliver(part)
+        finally:
+            connection.close()  # this thread's connection goes back to the pool
+
+    parts = [message_ids[i::DELIVERY_THREADS] for i in range(DELIVERY_THREADS)]
+    for future in [_senders.submit(deliver_slice, part) for part in parts if part]:
+        future.result()
+
+
+def reminders_send(limit: int = CLAIM_BATCH, now: dt.datetime | None = None) -> int:
+    """Queue up to `limit` due reminders, then deliver them; how many were queued."""
+    now = now or timezone.now()
+    message_ids = _queue_batch(limit, now)
+    # Other threads only see committed rows: inside a caller's transaction, deliver here.
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        _deliver_in_threads(message_ids)
+    else:
+        _deliver(message_ids)
     return len(message_ids)
 
 
