@@ -1,3 +1,5 @@
+from importlib import import_module
+
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
 
@@ -9,6 +11,5 @@ class OutreachConfig(AppConfig):
     verbose_name = _("Reminders and waitlist")
 
     def ready(self) -> None:
-        from outreach import receivers
-
-        receivers.connect()
+        # Once the models are loaded: the receivers import the services.
+        import_module("outreach.receivers").connect()

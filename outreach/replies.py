@@ -1,18 +1,34 @@
 """What reminders and waitlist offers say, in Spanish through gettext (msgids in English).
 
 Worker-started messages (a reminder, a waitlist offer, "someone else took it") and the bot's
-answers to their buttons are built here, so the wording of one feature lives in one place.
+answers to their buttons are built here, so the wording of one feature lives in one place. No
+ORM at run time: bot.engine imports this module.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING, Protocol
 
 from django.utils.translation import gettext as _
 
 from bot import replies as bot_replies
-from bot.engine import Button, Reply
-from clinics.models import Appointment, Clinic, Slot
+from bot.messages import AppointmentInfo, Button, Reply
+
+if TYPE_CHECKING:
+    import zoneinfo
+
+    from clinics.models import Appointment, Slot
+
+
+class HasTimeZone(Protocol):
+    """A clinic as the worker (clinics.models.Clinic) or the engine (ClinicInfo) holds it."""
+
+    name: str
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo: ...
+
 
 # Button and template payload ids; the engine routes them (bot/engine.py).
 REMINDER_CONFIRM = "reminder:confirm:"
@@ -23,7 +39,7 @@ WAITLIST_JOIN = "waitlist:join:"
 WAITLIST_NO = "waitlist:no"
 
 
-def when(moment: dt.datetime, clinic: Clinic) -> tuple[str, str]:
+def when(moment: dt.datetime, clinic: HasTimeZone) -> tuple[str, str]:
     """("jueves 3 de diciembre", "8:00 a. m.") in the clinic's time zone."""
     local = bot_replies.local(moment, clinic)
     return bot_replies.long_date(local), bot_replies.time_label(local)
@@ -36,13 +52,13 @@ def first_name(full_name: str) -> str:
 # --- reminders -------------------------------------------------------------------------------
 
 
-def reminder_parameters(appointment: Appointment, clinic: Clinic) -> list[str]:
+def reminder_parameters(appointment: Appointment, clinic: HasTimeZone) -> list[str]:
     """The approved template's body parameters {{1}}…{{4}}: name, date, time, doctor."""
     day, time = when(appointment.start_at, clinic)
     return [first_name(appointment.patient.full_name), day, time, appointment.doctor.full_name]
 
 
-def reminder_text(appointment: Appointment, clinic: Clinic) -> str:
+def reminder_text(appointment: Appointment, clinic: HasTimeZone) -> str:
     """How the template reads, for the staff's view of the conversation."""
     name, day, time, doctor = reminder_parameters(appointment, clinic)
     return _(
@@ -53,7 +69,7 @@ def reminder_text(appointment: Appointment, clinic: Clinic) -> str:
     )
 
 
-def reminder_confirmed(appointment: Appointment, clinic: Clinic) -> Reply:
+def reminder_confirmed(appointment: AppointmentInfo, clinic: HasTimeZone) -> Reply:
     day, time = when(appointment.start_at, clinic)
     return bot_replies.text(
         _("Thank you! Your appointment on %(day)s at %(time)s is confirmed. See you then.")
@@ -61,7 +77,7 @@ def reminder_confirmed(appointment: Appointment, clinic: Clinic) -> Reply:
     )
 
 
-def reminder_already_confirmed(appointment: Appointment, clinic: Clinic) -> Reply:
+def reminder_already_confirmed(appointment: AppointmentInfo, clinic: HasTimeZone) -> Reply:
     day, time = when(appointment.start_at, clinic)
     return bot_replies.text(
         _("Your appointment on %(day)s at %(time)s was already confirmed. See you then.")
@@ -69,7 +85,7 @@ def reminder_already_confirmed(appointment: Appointment, clinic: Clinic) -> Repl
     )
 
 
-def reminder_cancelled(appointment: Appointment, clinic: Clinic) -> Reply:
+def reminder_cancelled(appointment: AppointmentInfo, clinic: HasTimeZone) -> Reply:
     day, time = when(appointment.start_at, clinic)
     return bot_replies.text(
         _(
@@ -141,13 +157,13 @@ def waitlist_not_joined() -> Reply:
     return bot_replies.text(_("All right. Write “agendar” whenever you want to look again."))
 
 
-def offer_parameters(slot: Slot, clinic: Clinic, specialty_name: str) -> list[str]:
+def offer_parameters(slot: Slot, clinic: HasTimeZone, specialty_name: str) -> list[str]:
     """The waitlist template's body parameters {{1}}…{{4}}: specialty, date, time, doctor."""
     day, time = when(slot.start_at, clinic)
     return [specialty_name, day, time, slot.doctor.full_name]
 
 
-def offer_body(slot: Slot, clinic: Clinic, specialty_name: str, minutes: int) -> str:
+def offer_body(slot: Slot, clinic: HasTimeZone, specialty_name: str, minutes: int) -> str:
     specialty, day, time, doctor = offer_parameters(slot, clinic, specialty_name)
     return _(
         "Good news from the waitlist: a time for %(specialty)s freed up on %(day)s at %(time)s "
@@ -166,14 +182,14 @@ def offer(offer_id: int, body: str) -> Reply:
     )
 
 
-def offer_accepted(appointment: Appointment, clinic: Clinic) -> Reply:
+def offer_accepted(appointment: AppointmentInfo, clinic: HasTimeZone) -> Reply:
     day, time = when(appointment.start_at, clinic)
     return bot_replies.text(
         _(
             "It is yours! Your appointment is booked for %(day)s at %(time)s with %(doctor)s. "
             "We have taken you off the waitlist."
         )
-        % {"day": day, "time": time, "doctor": appointment.doctor.full_name}
+        % {"day": day, "time": time, "doctor": appointment.doctor_name}
     )
 
 
