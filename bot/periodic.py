@@ -31,6 +31,7 @@ from bot.models import (
     PeriodicJob,
 )
 from clinics import services
+from outreach import reminders, waitlist
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,8 @@ JOBS = (
     Job("expire_holds", dt.timedelta(seconds=30), expire_holds),
     Job("close_idle_conversations", dt.timedelta(seconds=60), close_idle_conversations),
     Job("prune_task_results", dt.timedelta(hours=1), prune_task_results),
+    Job("plan_reminders", dt.timedelta(seconds=30), reminders.reminders_job),
+    Job("waitlist_sweep", dt.timedelta(seconds=30), waitlist.waitlist_sweep),
 )
 
 
