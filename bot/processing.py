@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import time
 import traceback
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,6 +32,7 @@ from django.utils.translation import gettext as _
 
 from bot import engine, state
 from bot.models import Conversation, ConversationMode, Direction, Message, MessageStatus
+from sophia_web import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +162,7 @@ def _run_one_turn(conversation_id: int) -> _Outcome | None:
     from bot import whatsapp
 
     now = timezone.now()
+    started = time.perf_counter()
     with transaction.atomic():
         conversation = (
             Conversation.objects.select_for_update(of=("self",))
@@ -176,6 +179,7 @@ def _run_one_turn(conversation_id: int) -> _Outcome | None:
         conversation.last_activity_at = now
         conversation.save()
         rows = whatsapp.queue_replies(conversation, replies) if replies else []
+    metrics.BOT_TURN_LATENCY.observe(time.perf_counter() - started)
     return _Outcome(conversation, [row.pk for row in rows])
 
 
@@ -190,6 +194,7 @@ def _turn(conversation: Conversation, message: Message, now: dt.datetime) -> lis
         close_conversation(conversation, now)
 
     if _over_rate_limit(conversation, message, now):
+        metrics.RATE_LIMIT_HITS.labels(scope="bot").inc()
         if conversation.rate_limited_until is None or conversation.rate_limited_until <= now:
             conversation.rate_limited_until = now + RATE_WINDOW
             return [engine.Reply(kind="text", text=_("Please wait a moment…"))]

@@ -99,11 +99,11 @@ class SophiaJsonFormatter(JsonFormatter):
     """One JSON object per line: timestamp, level, logger, message and the context fields."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault(
-            "fmt", "{asctime}{levelname}{name}{message}"
-        )  # the fields; extras and context are added by python-json-logger
+        # The fields every line has; `extra=` fields and the bound context are added to them.
+        kwargs.setdefault("fmt", "{levelname}{name}{message}")
         kwargs.setdefault("style", "{")
-        kwargs.setdefault("rename_fields", {"asctime": "timestamp", "levelname": "level"})
+        kwargs.setdefault("timestamp", True)  # ISO 8601, UTC
+        kwargs.setdefault("rename_fields", {"levelname": "level", "name": "logger"})
         kwargs.setdefault("json_ensure_ascii", False)
         super().__init__(*args, **kwargs)
 
