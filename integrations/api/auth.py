@@ -8,6 +8,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions, permissions, throttling
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.request import Request
+from rest_framework.settings import api_settings
 
 from integrations.keys import ApiKeyError, api_key_authenticate
 from integrations.models import ApiKey
@@ -76,6 +77,10 @@ class ApiKeyRateThrottle(throttling.SimpleRateThrottle):
 
     scope = "api_key"
     cache_format = "throttle_api_key_%(ident)s"
+
+    def get_rate(self) -> str:
+        # Read at each request (not frozen at import), so a settings change applies.
+        return api_settings.DEFAULT_THROTTLE_RATES[self.scope]
 
     def get_cache_key(self, request: Request, view) -> str | None:
         if not isinstance(request.auth, ApiKey):

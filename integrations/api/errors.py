@@ -17,6 +17,7 @@ from clinics.services import (
     PatientExists,
     PatientOverlap,
     SlotTaken,
+    WrongClinic,
 )
 from sophia_web import metrics
 
@@ -61,6 +62,10 @@ def error_body(code: str, message: str, details: dict | None = None) -> dict:
 
 
 def booking_error_response(exc: BookingError) -> Response:
+    if isinstance(exc, WrongClinic):
+        # The API resolves everything else inside the key's clinic, so this is a slot id of
+        # another clinic: answered exactly like one that doesn't exist (no leak).
+        return Response(error_body("slot_not_found", "no such slot"), status=404)
     code = exc.code
     http_status = BOOKING_STATUS.get(type(exc))
     if http_status is None:
