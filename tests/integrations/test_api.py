@@ -325,6 +325,8 @@ def test_the_schema_and_docs_are_served_without_a_cdn(db):
 
 
 def test_every_error_has_the_same_shape_and_a_stable_code(api, slots):
+    json = "application/json"
+    backwards = {"date_from": "2030-01-02", "date_to": "2030-01-01"}
     cases = [
         (api.get(f"{API}/no-such-thing/"), 404, "not_found"),
         (api.get(f"{API}/citas/disponibles/", {"page_size": 51}), 400, "validation_error"),
@@ -332,9 +334,7 @@ def test_every_error_has_the_same_shape_and_a_stable_code(api, slots):
         (api.get(f"{API}/citas/disponibles/", {"specialty": "x"}), 404, "specialty_not_found"),
         (api.get(f"{API}/citas/disponibles/", {"doctor": 999999}), 404, "doctor_not_found"),
         (
-            api.get(
-                f"{API}/citas/disponibles/", {"date_from": "2030-01-02", "date_to": "2030-01-01"}
-            ),
+            api.get(f"{API}/citas/disponibles/", backwards),
             400,
             "validation_error",
         ),
@@ -358,9 +358,7 @@ def test_every_error_has_the_same_shape_and_a_stable_code(api, slots):
             "validation_error",
         ),
         (
-            api.post(
-                f"{API}/slots/{slots[0].pk}/hold/", {"minutes": 0}, content_type="application/json"
-            ),
+            api.post(f"{API}/slots/{slots[0].pk}/hold/", {"minutes": 0}, content_type=json),
             400,
             "validation_error",
         ),
