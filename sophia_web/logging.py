@@ -79,8 +79,9 @@ class MaskDigits(logging.Filter):
                 continue
             if isinstance(value, str):
                 setattr(record, name, mask(value))
-            elif isinstance(value, dict | list | tuple):
-                setattr(record, name, mask(repr(value)))
+            elif value is not None and not isinstance(value, bool | int | float):
+                # Objects (a request, a dict…) would be written as their str(): mask that.
+                setattr(record, name, mask(str(value)))
         record._sophia_masked = True
         return True
 
