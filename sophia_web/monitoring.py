@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from bot import state
 from bot.models import Conversation, Direction, Message, MessageStatus, PeriodicJob
+from clinics.models import Appointment
 from integrations.models import WebhookDelivery
 from sophia_web.metrics import MULTIPROC_DIR
 
@@ -72,7 +73,9 @@ def _database_figures(now: dt.datetime) -> dict[str, float]:
     oldest = outbox.order_by("created_at").values_list("created_at", flat=True).first()
     heartbeat = PeriodicJob.objects.order_by("-last_run_at").values_list("last_run_at", flat=True)
     last_run = heartbeat.first()
+    midnight = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
     figures = {
+        "booked_today": Appointment.objects.filter(created_at__gte=midnight).count(),
         "active": open_conversations.filter(last_activity_at__gte=now - idle).count(),
         "stale": open_conversations.filter(last_activity_at__lt=now - idle).count(),
         "outbox": outbox.count(),
@@ -120,6 +123,10 @@ class LiveGauges(Collector):
             "sophia_conversaciones_stale": (
                 db.get("stale"),
                 "Open conversations idle for longer than the idle window (should be closed).",
+            ),
+            "sophia_citas_agendadas_hoy": (
+                db.get("booked_today"),
+                "Appointments booked since midnight (TIME_ZONE), any channel.",
             ),
             "sophia_outbox_backlog": (db.get("outbox"), "Outbound messages waiting to be sent."),
             "sophia_outbox_oldest_age_seconds": (

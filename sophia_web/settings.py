@@ -284,3 +284,17 @@ SOPHIA_RAW_WEBHOOK_KEEP_DAYS = envint("SOPHIA_RAW_WEBHOOK_KEEP_DAYS", "30")
 SOPHIA_TASK_RESULTS_KEEP_HOURS = envint("SOPHIA_TASK_RESULTS_KEEP_HOURS", "6")
 SOPHIA_WEBHOOK_DELIVERIES_KEEP_DAYS = envint("SOPHIA_WEBHOOK_DELIVERIES_KEEP_DAYS", "30")
 SOPHIA_IDEMPOTENCY_KEEP_HOURS = envint("SOPHIA_IDEMPOTENCY_KEEP_HOURS", "24")
+
+# Production over HTTPS (TLS at nginx or a load balancer that sets X-Forwarded-Proto):
+# `manage.py check --deploy` is clean with SOPHIA_HTTPS=True. Off by default (the demo, tests).
+SOPHIA_HTTPS = envbool("SOPHIA_HTTPS", "False")
+if SOPHIA_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    # Probes and Prometheus talk to the containers directly over plain HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^health/$", r"^api/v1/health/", r"^metrics$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", str(60 * 60 * 24 * 365))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", "True")
+    SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", "True")
