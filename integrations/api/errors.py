@@ -6,6 +6,7 @@ import logging
 
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -111,6 +112,7 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     return response
 
 
+@csrf_exempt  # an API path: no session, no CSRF; any method gets the JSON 404
 def not_found(request: HttpRequest, *args, **kwargs) -> JsonResponse:
     """Unknown /api/v1/ paths: JSON like every other API error, not Django's HTML page."""
     return JsonResponse(error_body("not_found", "no such API endpoint"), status=404)

@@ -329,6 +329,7 @@ def test_every_error_has_the_same_shape_and_a_stable_code(api, slots):
     backwards = {"date_from": "2030-01-02", "date_to": "2030-01-01"}
     cases = [
         (api.get(f"{API}/no-such-thing/"), 404, "not_found"),
+        (api.post(f"{API}/slots/-1/hold/"), 404, "not_found"),
         (api.get(f"{API}/citas/disponibles/", {"page_size": 51}), 400, "validation_error"),
         (api.get(f"{API}/citas/disponibles/", {"cursor": "nonsense"}), 400, "invalid_cursor"),
         (api.get(f"{API}/citas/disponibles/", {"specialty": "x"}), 404, "specialty_not_found"),
