@@ -53,8 +53,6 @@ USER_AGENT = "Sophia-Webhooks/1"
 RETRY_FOR = dt.timedelta(hours=24)
 FIRST_RETRY_SECONDS = 30
 MAX_RETRY_SECONDS = 3 * 3600
-# Longer than the HTTP timeout: a lease still running means a worker is on it.
-LEASE_SECONDS = 60
 # How long a queued attempt may wait for a worker before the sweeper queues it again.
 DISPATCH_GRACE = dt.timedelta(minutes=2)
 REPLAY_TOLERANCE_SECONDS = 300
@@ -188,11 +186,10 @@ def _dispatch(delivery_id: int, attempt: int, *, manual: bool = False) -> None:
 def deliveries_redrive(now: dt.datetime | None = None, limit: int = 200) -> int:
     """Queue due retries, and attempts whose task or worker was lost (periodic job)."""
     now = now or timezone.now()
+    # Due and nobody on it, or leased by a worker that never finished (killed mid-request).
     due = list(
-        WebhookDelivery.objects.filter(
-            status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=now
-        )
-        .filter(Q(leased_until=None) | Q(leased_until__lt=now))
+        WebhookDelivery.objects.filter(status=WebhookDelivery.Status.PENDING)
+        .filter(Q(next_attempt_at__lte=now, leased_until=None) | Q(leased_until__lt=now))
         .order_by("next_attempt_at")
         .values_list("pk", "attempts")[:limit]
     )
@@ -201,7 +198,7 @@ def deliveries_redrive(now: dt.datetime | None = None, limit: int = 200) -> int:
         # Push the due time on first, so the next sweep doesn't queue it again meanwhile.
         moved = WebhookDelivery.objects.filter(
             pk=delivery_id, attempts=attempts, status=WebhookDelivery.Status.PENDING
-        ).update(next_attempt_at=now + DISPATCH_GRACE)
+        ).update(next_attempt_at=now + DISPATCH_GRACE, leased_until=None)
         if moved:
             _dispatch(delivery_id, attempts)
             queued += 1
@@ -231,13 +228,18 @@ def retry_delay(attempts: int) -> dt.timedelta:
     return dt.timedelta(seconds=base * random.uniform(0.9, 1.1))
 
 
+def lease_seconds() -> float:
+    """How long one attempt may take before another worker may redo it (> the HTTP timeout)."""
+    return max(settings.SOPHIA_WEBHOOK_LEASE_SECONDS, settings.SOPHIA_WEBHOOK_TIMEOUT_SECONDS + 5)
+
+
 def _claim(delivery_id: int, attempt: int, now: dt.datetime) -> bool:
     return (
         WebhookDelivery.objects.filter(
             pk=delivery_id, attempts=attempt, status=WebhookDelivery.Status.PENDING
         )
         .filter(Q(leased_until=None) | Q(leased_until__lt=now))
-        .update(leased_until=now + dt.timedelta(seconds=LEASE_SECONDS))
+        .update(leased_until=now + dt.timedelta(seconds=lease_seconds()))
         == 1
     )
 

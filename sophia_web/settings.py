@@ -278,6 +278,8 @@ METRICS_TOKEN = envsecret("METRICS_TOKEN")
 # Outgoing webhooks: plain http:// endpoints only when allowed (tests, a private network).
 SOPHIA_WEBHOOKS_ALLOW_HTTP = envbool("SOPHIA_WEBHOOKS_ALLOW_HTTP", str(DEBUG))
 SOPHIA_WEBHOOK_TIMEOUT_SECONDS = float(os.getenv("SOPHIA_WEBHOOK_TIMEOUT_SECONDS", "10"))
+# A worker killed mid-request leaves its attempt leased this long; then another worker redoes it.
+SOPHIA_WEBHOOK_LEASE_SECONDS = float(os.getenv("SOPHIA_WEBHOOK_LEASE_SECONDS", "60"))
 
 # Retention (periodic purge): raw WhatsApp payloads, finished task results, webhook deliveries.
 SOPHIA_RAW_WEBHOOK_KEEP_DAYS = envint("SOPHIA_RAW_WEBHOOK_KEEP_DAYS", "30")

@@ -39,7 +39,7 @@ class WebhookReceiver:
         self.requests: list[Received] = []
         self.applied: dict[str, dict] = {}  # event id → body, each applied once
         self._fail: list[int] = []
-        self._hang = threading.Event()
+        self._hang = 0
         self._release = threading.Event()
         self._cond = threading.Condition()
         receiver = self
@@ -60,8 +60,10 @@ class WebhookReceiver:
                     if status == 200:
                         event_id = headers.get(webhooks.EVENT_ID_HEADER, "")
                         receiver.applied.setdefault(event_id, json.loads(body))
+                    hang = receiver._hang > 0
+                    receiver._hang -= 1 if hang else 0
                     receiver._cond.notify_all()
-                if receiver._hang.is_set():
+                if hang:
                     receiver._release.wait(30)
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
@@ -89,9 +91,13 @@ class WebhookReceiver:
         with self._cond:
             self._fail.extend([status] * count)
 
-    def hang(self) -> None:
-        """Every following request waits 30 s before answering (a worker killed meanwhile)."""
-        self._hang.set()
+    def hang_next(self, count: int = 1) -> None:
+        """The next requests are applied but not answered until `release()` (or 30 s)."""
+        with self._cond:
+            self._hang += count
+
+    def release(self) -> None:
+        self._release.set()
 
     def wait_for(self, predicate: Callable[[list[Received]], bool], timeout: float = 30) -> None:
         with self._cond:

@@ -212,14 +212,15 @@ def test_it_redrives_an_attempt_whose_worker_died_mid_request(
     delivery = WebhookDelivery.objects.get()
     now = timezone.now()
     # What a worker killed during the POST leaves: a lease, the attempt not counted.
-    WebhookDelivery.objects.filter(pk=delivery.pk).update(
-        leased_until=now + dt.timedelta(seconds=webhooks.LEASE_SECONDS), next_attempt_at=now
-    )
+    lease = dt.timedelta(seconds=webhooks.lease_seconds())
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(leased_until=now + lease)
     assert webhooks.deliveries_redrive(now=now) == 0  # the lease still runs
     assert webhooks.delivery_attempt(delivery.pk, 0) is None
-    after_lease = now + dt.timedelta(seconds=webhooks.LEASE_SECONDS + 1)
+    # Once the lease has run out the sweeper queues the same attempt again, at once.
+    after_lease = now + lease + dt.timedelta(seconds=1)
     assert webhooks.deliveries_redrive(now=after_lease) == 1
-    WebhookDelivery.objects.filter(pk=delivery.pk).update(leased_until=None)
+    delivery.refresh_from_db()
+    assert delivery.leased_until is None and delivery.attempts == 0
     assert webhooks.delivery_attempt(delivery.pk, 0) is True
     assert len(receiver.applied) == 1
 
