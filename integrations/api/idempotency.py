@@ -19,7 +19,7 @@ from rest_framework.exceptions import APIException
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from clinics.services import BookingError
+from clinics.errors import BookingError
 from integrations.api.errors import ApiError
 from integrations.models import IdempotentResponse
 
