@@ -367,7 +367,7 @@ def test_every_error_has_the_same_shape_and_a_stable_code(api, slots):
     for response, status, code in cases:
         assert response.status_code == status, (code, response.content)
         assert error_of(response)["code"] == code
-    details = error_of(cases[1][0])["details"]
+    details = error_of(cases[2][0])["details"]
     assert "page_size" in details
 
 
