@@ -17,6 +17,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("health/", health.health, name="health"),
     path("api/v1/", include("integrations.api.urls")),
+    path("integraciones/", include("integrations.urls")),
     path("metrics", monitoring.metrics_view, name="metrics"),
     # The benchmark's do-nothing baseline (404 unless DEBUG or SOPHIA_BENCH=1).
     path("bench/noop/", health.noop, name="bench-noop"),
