@@ -31,8 +31,8 @@ from bot.models import (
     PeriodicJob,
 )
 from clinics import services
-from outreach import reminders, waitlist
 from integrations import retention, webhooks
+from outreach import reminders, waitlist
 
 logger = logging.getLogger(__name__)
 
