@@ -28,6 +28,7 @@ from bot.models import (
     Conversation,
     ConversationMode,
     Direction,
+    HandoffReason,
     Message,
     MessageStatus,
     Takeover,
@@ -243,6 +244,8 @@ FLOW_LABELS = {
     engine.State.REGISTERING_NAME: "Registering",
     engine.State.REGISTERING_BIRTH: "Registering",
     engine.State.CHOOSING_SPECIALTY: "Choosing a specialty",
+    engine.State.RESCHEDULING: "Rescheduling",
+    engine.State.WAITING_FOR_STAFF: "Waiting for staff",
 }
 
 
@@ -310,20 +313,26 @@ class Handoff:
     held_slot: Slot | None = None
 
 
-def handoff(conversation: Conversation, now: dt.datetime | None = None) -> Handoff | None:
+# Why the bot handed over, as a receptionist says it (English msgids; templates translate).
+HANDOFF_WORDS = {
+    HandoffReason.ASKED_FOR_PERSON: "Asked for a person",
+    HandoffReason.RED_FLAG: "Red-flag symptoms",
+    HandoffReason.IDENTITY_LOCKOUT: "Identity check failed three times",
+    HandoffReason.RATE_LIMIT: "Wrote too many messages in a minute",
+    HandoffReason.UNSURE: "The bot was unsure of the specialty",
+}
+
+
+def handoff(conversation: Conversation) -> Handoff | None:
     """Why the bot handed over and what it had gathered; None while the bot is fine alone."""
-    now = now or timezone.now()
     reasons = []
     if conversation.urgent:
-        reasons.append("Red-flag symptoms")
-    if conversation.state == engine.State.LOCKED_OUT:
-        reasons.append("Identity check failed three times")
-    if conversation.rate_limited_until and conversation.rate_limited_until > now - WINDOW:
-        reasons.append("Wrote too many messages in a minute")
-    if conversation.state == engine.State.CHOOSING_SPECIALTY:
-        reasons.append("The bot was unsure of the specialty")
+        reasons.append(HANDOFF_WORDS[HandoffReason.RED_FLAG])
+    reason = conversation.handoff_reason
+    if reason in HANDOFF_WORDS and reason != HandoffReason.RED_FLAG:
+        reasons.append(HANDOFF_WORDS[reason])
     if conversation.needs_staff and not reasons:
-        reasons.append("Asked for a person")
+        reasons.append(HANDOFF_WORDS[HandoffReason.ASKED_FOR_PERSON])
     if not reasons and conversation.mode != ConversationMode.HUMAN:
         return None
     data = conversation.context or {}

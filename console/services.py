@@ -27,8 +27,6 @@ logger = logging.getLogger(__name__)
 MAX_REPLY = whatsapp.MAX_TEXT_BODY
 MAX_NOTE = 4000
 MAX_VARIABLE = 200
-# Context the bot keeps when staff hand a conversation back; the rest was a flow in progress.
-KEPT_ON_HAND_BACK = frozenset({"identity_misses"})
 
 
 class ConsoleError(Exception):
@@ -155,11 +153,10 @@ def _mirror_takeover(conversation_id: int, user) -> None:
 def conversation_hand_back(
     *, clinic: Clinic, conversation_id: int, user, message: str = ""
 ) -> Conversation:
-    """Give the conversation back to the bot at a sane state (DESIGN §5).
-
-    The flow in progress is dropped (holds released): an identified patient goes back to
-    IDENTIFIED, anyone else to START; a lock-out stays until staff lift it. The patient gets
-    nothing unless `message` is given.
+    """Give the conversation back to the bot at a sane state (DESIGN §5, the engine's
+    resume_after_staff): the flow in progress is dropped (holds released), an identified
+    patient goes back to IDENTIFIED, anyone else to START. The patient gets nothing unless
+    `message` is given.
     """
     conversation = _conversation(clinic, conversation_id)
     message = (message or "").strip()
@@ -177,9 +174,13 @@ def conversation_hand_back(
             takeover.ended_at, takeover.ended_by = timezone.now(), user
             takeover.save(update_fields=["ended_at", "ended_by"])
         OrmGateway(locked.clinic, locked.pk).holds_release()
-        if locked.state != engine.State.LOCKED_OUT:
-            locked.state = engine.State.IDENTIFIED if locked.patient_id else engine.State.START
-        locked.context = {k: v for k, v in (locked.context or {}).items() if k in KEPT_ON_HAND_BACK}
+        resumed = engine.resume_after_staff(
+            engine.Snapshot(
+                state=locked.state, data=dict(locked.context or {}), patient_id=locked.patient_id
+            )
+        )
+        locked.state = str(resumed.state)
+        locked.context = resumed.data
         locked.mode = ConversationMode.BOT
         locked.assigned_to = None
         locked.needs_staff = False
