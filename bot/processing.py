@@ -433,7 +433,9 @@ def _broadcast_typing(conversation: Conversation, event: dict) -> None:
     """The same typing event to the dashboard's conversation group (best effort)."""
     if settings.REDIS_URL and not state.is_available():
         return  # Redis is known to be down: don't wait on it
-    live.send_ephemeral(f"conversation-{conversation.pk}", "typing", {"who": "bot", **event})
+    data = {"who": "bot", "conversation": conversation.pk, **event}
+    live.send_ephemeral(f"conversation-{conversation.pk}", "typing", data)
+    live.send_ephemeral(f"clinic-{conversation.clinic_id}", "typing", data)  # the inbox row
 
 
 def _mirror_session(conversation: Conversation) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 
 from django.db import transaction
@@ -29,6 +30,11 @@ from sophia_web import live
 
 logger = logging.getLogger(__name__)
 
+# Stats are slower to compute than a conversation's fragments: their own thread, at most one
+# render per clinic every STATS_EVERY seconds, so they never hold a conversation update up.
+STATS_EVERY = 1.0
+_stats_publisher = live.Publisher("sophia-live-stats")
+_stats_last: dict[int, float] = {}
 _pending_lock = threading.Lock()
 _pending: set[tuple[str, int]] = set()
 # Per conversation, the urgent / needs-a-person flags last published (attention on a rise only).
@@ -59,13 +65,18 @@ def _submit(kind: str, pk: int) -> None:
         if key in _pending:
             return  # already waiting: it will render the latest state
         _pending.add(key)
-    live.publisher.submit(_run, key)
+    (_stats_publisher if kind == "stats" else live.publisher).submit(_run, key)
 
 
 def _run(key: tuple[str, int]) -> None:
+    kind, pk = key
+    if kind == "stats":
+        wait = _stats_last.get(pk, 0.0) + STATS_EVERY - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)  # in the stats thread: changes meanwhile fold into this render
+        _stats_last[pk] = time.monotonic()
     with _pending_lock:
         _pending.discard(key)
-    kind, pk = key
     with translation.override("es"):
         if kind == "stats":
             _publish_stats(pk)

@@ -22,6 +22,7 @@ from django.db.models import (
 )
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django.utils.formats import date_format
 
 from bot import engine, state
 from bot.models import (
@@ -117,13 +118,7 @@ def with_row_data(queryset: QuerySet[Conversation]) -> QuerySet[Conversation]:
     )
     return (
         queryset.select_related("clinic", "patient", "assigned_to")
-        .annotate(
-            last_text=_last_message("text"),
-            last_kind=_last_message("kind"),
-            last_direction=_last_message("direction"),
-            last_at=_last_message("created_at"),
-            last_out_at=last_out,
-        )
+        .annotate(last_message_id=_last_message("id"), last_out_at=last_out)
         .annotate(unanswered=Coalesce(unanswered, Value(0)))
     )
 
@@ -214,14 +209,40 @@ def decorate(rows: list[Conversation], now: dt.datetime | None = None) -> None:
             int((row.window_closes_at - now).total_seconds()) if row.window_open else 0
         )
         row.display_name = display_name(row)
+        # Precomputed here: an inbox page renders 25 rows, and template filters cost more.
         tz = row.clinic.tz
-        row.is_today = row.last_activity_at.astimezone(tz).date() == now.astimezone(tz).date()
-    if rows and state.is_available():
-        for row in rows:
-            row.locked = bool(state.is_locked(row.session_id))
-    else:
-        for row in rows:
-            row.locked = False
+        local = row.last_activity_at.astimezone(tz)
+        row.time_label = (
+            local.strftime("%H:%M")
+            if local.date() == now.astimezone(tz).date()
+            else date_format(local, "j M")
+        )
+        row.is_urgent = row.urgent and row.closed_at is None
+        row.is_waiting = row.needs_staff and row.mode == ConversationMode.BOT
+        row.sort_key = f"{int(row.is_urgent)}:{int(local.timestamp()):012d}:{row.pk:012d}"
+        row.initials = initials(row.display_name)
+        row.deadline = int(row.window_closes_at.timestamp()) if row.window_open else 0
+        if row.assigned_to_id and row.assigned_to:
+            row.holder_name = row.assigned_to.get_full_name() or row.assigned_to.get_username()
+        else:
+            row.holder_name = ""
+    locked = state.locked_sessions([row.session_id for row in rows]) if rows else set()
+    last = {
+        m.pk: m
+        for m in Message.objects.filter(
+            pk__in=[r.last_message_id for r in rows if r.last_message_id]
+        ).only("id", "text", "kind", "direction", "created_at")
+    }
+    for row in rows:
+        row.locked = row.session_id in locked
+        message = last.get(row.last_message_id)
+        row.last_text = message.text if message else ""
+        row.last_direction = message.direction if message else ""
+
+
+def initials(name: str) -> str:
+    parts = [p for p in str(name or "").replace("…", "").split() if p[:1].isalpha()]
+    return "".join(p[0] for p in parts[:2]).upper() or "#"
 
 
 def display_name(conversation: Conversation) -> str:

@@ -130,7 +130,7 @@ class _Store:
 _store = _Store()
 
 
-class _Publisher:
+class Publisher:
     """Sends for synchronous callers without making them wait, in submission order.
 
     One daemon thread with its own event loop: the Redis channel layer keeps one connection
@@ -139,7 +139,8 @@ class _Publisher:
     happen right away through async_to_sync instead.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "sophia-live") -> None:
+        self.name = name
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -188,7 +189,7 @@ class _Publisher:
         done.wait(timeout)
 
 
-publisher = _Publisher()
+publisher = Publisher()
 
 # Sent after commit when conversations change outside the console (a webhook stored messages or
 # statuses, a turn ran, the outbox sent): receivers get `conversation_ids` and `wa_message_ids`.

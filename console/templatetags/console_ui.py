@@ -5,6 +5,8 @@ from __future__ import annotations
 from django import template
 from django.utils.translation import gettext as _
 
+from console import selectors
+
 register = template.Library()
 
 
@@ -50,7 +52,4 @@ def choices(message) -> dict:
     return result
 
 
-@register.filter
-def initials(name: str) -> str:
-    parts = [p for p in str(name or "").replace("…", "").split() if p[:1].isalpha()]
-    return "".join(p[0] for p in parts[:2]).upper() or "#"
+register.filter("initials", selectors.initials)

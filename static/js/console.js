@@ -273,12 +273,19 @@
   document.addEventListener("sophia:typing", function (evt) {
     var d = evt.detail.data, line = document.getElementById("conv-typing");
     if (d.who === "staff" && String(d.user_id) === userId) return;
-    var text = d.who === "bot" ? line && line.dataset.bot : (line && line.dataset.staff || "{name}").replace("{name}", d.name || "");
-    if (line) {
-      line.textContent = d.typing ? text : "";
-      clearTimeout(typingClear.line);
-      if (d.typing) typingClear.line = setTimeout(function () { line.textContent = ""; }, 8000);
+    var on = d.who === "bot" ? d.status === "typing" : !!d.typing;
+    var rowTag = d.conversation && document.getElementById("row-typing-" + d.conversation);
+    if (rowTag) {
+      rowTag.hidden = !on;
+      clearTimeout(typingClear["row" + d.conversation]);
+      typingClear["row" + d.conversation] = setTimeout(function () { rowTag.hidden = true; }, 8000);
     }
+    var open = document.querySelector("[data-conversation-open]");
+    if (!line || !open || (d.conversation && String(d.conversation) !== open.getAttribute("data-conversation-open"))) return;
+    var text = d.who === "bot" ? line.dataset.bot : (line.dataset.staff || "{name}").replace("{name}", d.name || "");
+    line.textContent = on ? text : "";
+    clearTimeout(typingClear.line);
+    if (on) typingClear.line = setTimeout(function () { line.textContent = ""; }, 8000);
   });
 
   var viewers = {};
