@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from bot import nlu, replies, triage
 from bot.messages import (
+    MAX_LIST_ROWS,
     AppointmentInfo,
     ClinicInfo,
     Inbound,
@@ -643,7 +644,7 @@ def _offer_specialties(
 ) -> None:
     ordered = sorted(
         specialties, key=lambda s: (first.index(s.slug) if s.slug in first else len(first), s.name)
-    )[: replies.MAX_ROWS]
+    )[:MAX_LIST_ROWS]
     turn.data["specialty_options"] = [s.slug for s in ordered]
     turn.go(State.CHOOSING_SPECIALTY)
     turn.say(replies.choose_specialty(ordered, no_slots_for=no_slots_for))
@@ -993,7 +994,7 @@ def _start_pick_appointment(turn: Turn, *, to_cancel: bool) -> None:
         turn.say(replies.no_upcoming())
         return
     _reset_flow(turn)
-    turn.data["options"] = [a.id for a in appointments[: replies.MAX_ROWS]]
+    turn.data["options"] = [a.id for a in appointments[:MAX_LIST_ROWS]]
     if len(appointments) == 1:
         _picked_appointment(turn, appointments[0], to_cancel=to_cancel)
         return

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import openai
 from django.conf import settings
 
+from bot import network
+
 if TYPE_CHECKING:
     from bot.messages import ClinicInfo, SpecialtyInfo
 
@@ -64,13 +66,17 @@ class LLMHelper:
         self.model = model
         # One attempt: a patient is waiting, and the rules already have an answer.
         self.client = openai.OpenAI(
-            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=0,
         )
 
     def classify(
         self, text: str, specialties: Sequence[SpecialtyInfo]
     ) -> tuple[str | None, float, Usage] | None:
         """(slug or None, confidence, usage) with the slug one of `specialties`; None on error."""
+        network.check("the LLM")
         slugs = [s.slug for s in specialties]
         if not slugs:
             return None
@@ -119,6 +125,7 @@ class LLMHelper:
         self, question: str, clinic: ClinicInfo, specialties: Sequence[SpecialtyInfo]
     ) -> tuple[str, Usage] | None:
         """A short Spanish reply grounded only in the clinic's data; None on error or bad output."""
+        network.check("the LLM")
         system = _ANSWER_SYSTEM.format(name=clinic.name, facts=clinic_facts(clinic, specialties))
         try:
             response = self.client.chat.completions.create(
