@@ -25,6 +25,7 @@ import dataclasses
 import datetime as dt
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +42,7 @@ from bot import engine, llm, state, whatsapp
 from bot.gateway import OrmGateway
 from bot.messages import Inbound, Reply
 from bot.models import Conversation, ConversationMode, Direction, Message, MessageStatus
+from sophia_web import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -193,9 +195,9 @@ class _ReplayLLM:
         key = ("classify", text, tuple(s.slug for s in specialties))
         return self._replay(key, lambda: self._helper.classify(text, specialties))
 
-    def answer(self, question, clinic, specialties):
+    def answer(self, question, clinic, specialties, faq=()):
         key = ("answer", question, clinic.name)
-        return self._replay(key, lambda: self._helper.answer(question, clinic, specialties))
+        return self._replay(key, lambda: self._helper.answer(question, clinic, specialties, faq))
 
 
 # More questions than this in one turn and the rules answer the rest.
@@ -227,6 +229,7 @@ def _run_one_turn_once(
     conversation_id: int, message: Message, llm: _ReplayLLM | None, counted: dict[int, bool]
 ) -> _Outcome | None:
     now = timezone.now()
+    started = time.perf_counter()
     with transaction.atomic():
         conversation = (
             Conversation.objects.select_for_update(of=("self",))
@@ -243,6 +246,7 @@ def _run_one_turn_once(
         conversation.last_activity_at = now
         conversation.save()
         rows = whatsapp.queue_replies(conversation, replies) if replies else []
+    metrics.BOT_TURN_LATENCY.observe(time.perf_counter() - started)
     return _Outcome(conversation, rows)
 
 
@@ -265,6 +269,8 @@ def _turn(
     counted = {} if counted is None else counted
     if message.pk not in counted:  # a turn run again after an LLM question counts once
         counted[message.pk] = _over_rate_limit(conversation, message, now)
+        if counted[message.pk]:
+            metrics.RATE_LIMIT_HITS.labels(scope="bot").inc()
     if counted[message.pk]:
         if conversation.rate_limited_until is None or conversation.rate_limited_until <= now:
             conversation.rate_limited_until = now + RATE_WINDOW

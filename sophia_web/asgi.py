@@ -7,18 +7,15 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sophia_web.settings")
 django_asgi_app = get_asgi_application()
 
-from django.conf import settings  # noqa: E402
-
-if settings.SERVE_STATIC:
-    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-
-    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
-
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from sophia_web.logging import route_daphne_access_log  # noqa: E402
 from sophia_web.routing import websocket_urlpatterns  # noqa: E402
+
+# daphne's access log through Python logging: JSON and masked like every other line.
+route_daphne_access_log()
 
 application = ProtocolTypeRouter(
     {

@@ -80,7 +80,7 @@ def test_it_refuses_a_body_that_is_not_a_message(client, clinic):
 def test_it_asks_for_a_login(client, clinic):
     response = client.get("/simulator/")
     assert response.status_code == 302
-    assert response["Location"].startswith("/admin/login/")
+    assert response["Location"].startswith("/cuenta/entrar/")
 
 
 def test_it_is_for_clinic_staff_only(client, outsider):
