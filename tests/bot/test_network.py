@@ -10,7 +10,7 @@ from django.db import transaction
 
 from bot import llm, network, state, whatsapp
 from bot.engine import State
-from bot.messages import Reply
+from bot.messages import ClinicInfo, Reply, SpecialtyInfo
 from bot.models import Conversation, Direction, MessageStatus
 from tests.bot.test_processing import APP_SECRET, WA_ID, receive, run_ready_tasks, text_message
 from tests.fakes import graph_server, openai_server
@@ -46,9 +46,9 @@ def test_it_refuses_a_graph_call_inside_a_transaction(clinic, fake_graph):
 
 def test_it_refuses_an_llm_call_inside_a_transaction(helper, fake_openai):
     with pytest.raises(network.NetworkInTransactionError), transaction.atomic():
-        helper.classify("me siento raro", [])
+        helper.classify("me siento raro", [SpecialtyInfo(id=1, slug="general", name="General")])
     with pytest.raises(network.NetworkInTransactionError), transaction.atomic():
-        helper.answer("¿tienen parqueadero?", None, [])
+        helper.answer("¿tienen parqueadero?", ClinicInfo(id=1, name="Clínica"), [])
     assert fake_openai.requests == []
 
 
