@@ -45,6 +45,7 @@ BOOKING_PROCESSES = int(os.getenv("BENCH_PROCESSES", "8"))
 BOOKING_SECONDS = float(os.getenv("BENCH_SECONDS", "10"))
 # Service booking runs, each between two pgbench runs; the ratio is the median round's.
 BOOKING_ROUNDS = max(1, int(os.getenv("BENCH_ROUNDS", "3")))
+RESCHEDULE_PATIENTS = 16  # per process, in the reschedule run
 HOT_SET = 2 * BOOKING_PROCESSES  # the few slots everyone fights over at any moment
 PGBENCH_SCALE = 10
 NOTES = "dolor de cabeza y fiebre desde ayer"
@@ -381,7 +382,8 @@ def booking_worker(
 
     current: dict[int, int] = {}  # reschedule: each own patient's appointment
     if mode == "reschedule":
-        patients = patients[seed::BOOKING_PROCESSES]
+        # A few patients per process, each with one appointment to move around.
+        patients = patients[seed::BOOKING_PROCESSES][:RESCHEDULE_PATIENTS]
         for number, patient in enumerate(patients):
             cold = len(slots) - 1 - seed * len(patients) - number  # far from the hot set
             booked[cold] = 1
