@@ -327,7 +327,7 @@ def booking_worker(
     slots: list[tuple[int, int]],
     patient_ids: list[int],
     booked,
-    start_wall: float,
+    start_together,
     results,
 ) -> None:
     """One booking process: like a patient picking from the page they were shown, it picks a
@@ -400,8 +400,8 @@ def booking_worker(
     counts = {"booked": 0, "taken": 0, "patient_overlap": 0, "other_refusal": 0, "errors": 0}
     latencies: list[int] = []
     first_free = 0
-    time.sleep(max(0.0, start_wall - time.time()))
-    stop = start_wall + BOOKING_SECONDS
+    start_together.wait()  # every process set up: all start booking now
+    stop = time.time() + BOOKING_SECONDS
     while time.time() < stop:
         while first_free < len(slots) and booked[first_free]:
             first_free += 1
@@ -451,9 +451,10 @@ def measure_booking(
     ctx = multiprocessing.get_context("spawn")
     booked = ctx.Array("b", len(slots), lock=False)
     results = ctx.Queue()
-    # Spawned processes import Django first; all start booking at the same wall-clock instant.
-    start_wall = time.time() + 4 + BOOKING_PROCESSES * 0.5
-    shared = (slots, patient_ids, booked, start_wall, results)
+    # Spawned processes import Django first (slowly on a loaded machine): they all start booking
+    # when the last one is ready.
+    start_together = ctx.Barrier(BOOKING_PROCESSES)
+    shared = (slots, patient_ids, booked, start_together, results)
     processes = [
         ctx.Process(
             target=booking_worker,
