@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import openai
 from django.conf import settings
+
+from sophia_web import metrics
 
 if TYPE_CHECKING:
     from bot.messages import ClinicInfo, FaqInfo, SpecialtyInfo
@@ -67,6 +70,22 @@ class LLMHelper:
             api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
         )
 
+    def _complete(self, purpose: str, **request):
+        """One chat completion, counted and timed for /metrics (calls, errors, tokens)."""
+        metrics.LLM_CALLS.labels(purpose=purpose).inc()
+        started = time.perf_counter()
+        try:
+            response = self.client.chat.completions.create(**request)
+        except openai.OpenAIError:
+            metrics.LLM_ERRORS.labels(purpose=purpose).inc()
+            raise
+        finally:
+            metrics.LLM_LATENCY.labels(purpose=purpose).observe(time.perf_counter() - started)
+        prompt, completion = _usage(response)
+        metrics.LLM_TOKENS.labels(kind="prompt").inc(prompt)
+        metrics.LLM_TOKENS.labels(kind="completion").inc(completion)
+        return response
+
     def classify(
         self, text: str, specialties: Sequence[SpecialtyInfo]
     ) -> tuple[str | None, float, Usage] | None:
@@ -85,7 +104,8 @@ class LLMHelper:
             "additionalProperties": False,
         }
         try:
-            response = self.client.chat.completions.create(
+            response = self._complete(
+                "classify",
                 model=self.model,
                 messages=[
                     {"role": "system", "content": f"{_CLASSIFY_SYSTEM}\nOpciones:\n{options}"},
@@ -128,7 +148,8 @@ class LLMHelper:
             name=clinic.name, facts=clinic_facts(clinic, specialties, faq)
         )
         try:
-            response = self.client.chat.completions.create(
+            response = self._complete(
+                "answer",
                 model=self.model,
                 messages=[
                     {"role": "system", "content": system},

@@ -292,6 +292,8 @@ class Patient(models.Model):
     full_name = models.CharField(_("full name"), max_length=200)
     birth_date = models.DateField(_("date of birth"), null=True, blank=True)
     whatsapp_id = models.CharField(_("WhatsApp number"), max_length=20, blank=True)
+    # Set when the patient wrote "STOP" / "no quiero recordatorios"; staff see it on the card.
+    reminders_opted_out_at = models.DateTimeField(_("stopped reminders at"), null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
 
     class Meta:
