@@ -22,6 +22,7 @@ class ConversationAdmin(ClinicScopedAdmin):
         "state",
         "mode",
         "needs_staff",
+        "handoff_reason",
         "urgent",
         "last_activity_at",
         "clinic",
@@ -29,6 +30,7 @@ class ConversationAdmin(ClinicScopedAdmin):
     list_filter = [
         "mode",
         "needs_staff",
+        "handoff_reason",
         "urgent",
         "state",
         ("clinic", admin.RelatedOnlyFieldListFilter),
