@@ -495,9 +495,13 @@ def _identified(turn: Turn, patient: PatientInfo, greeting: Reply) -> None:
         turn.data["want"] = turn.request.want
         if turn.request.notice is not None:
             turn.say(turn.request.notice)
+        # "1020304050 quiero una cita": no symptoms yet, the greeting asks for them.
+        asking = nlu.detect_intent(symptoms) == Intent.BOOK
         handled = (
             turn.request.want.get("doctor_id") and _book_with_doctor(turn, symptoms)
-        ) or _triage(turn, symptoms, expecting_symptoms=True, quiet_if_unsure=True)
+        ) or _triage(
+            turn, symptoms, expecting_symptoms=not asking, quiet_if_unsure=True, use_llm=not asking
+        )
         if not handled:
             turn.say(greeting)
         elif greeting.text and name:
@@ -652,7 +656,8 @@ def _on_idle(turn: Turn, *, expecting_symptoms: bool) -> None:
     if intent == Intent.GREETING:
         turn.say(replies.identified(nlu.first_names(patient.full_name)))
         return
-    turn.request = _read_request(turn, turn.text, base=None)
+    # "quiero una cita para el viernes" … "me duele una muela": the day asked first still holds.
+    turn.request = _read_request(turn, turn.text, base=turn.data.get("want"))
     turn.data["want"] = turn.request.want
     if turn.request.notice is not None:
         turn.say(turn.request.notice)
