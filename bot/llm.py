@@ -22,7 +22,7 @@ from django.conf import settings
 from sophia_web import metrics
 
 if TYPE_CHECKING:
-    from bot.messages import ClinicInfo, SpecialtyInfo
+    from bot.messages import ClinicInfo, FaqInfo, SpecialtyInfo
 
 logger = logging.getLogger(__name__)
 
@@ -136,10 +136,17 @@ class LLMHelper:
         return slug, max(0.0, min(1.0, confidence)), usage
 
     def answer(
-        self, question: str, clinic: ClinicInfo, specialties: Sequence[SpecialtyInfo]
+        self,
+        question: str,
+        clinic: ClinicInfo,
+        specialties: Sequence[SpecialtyInfo],
+        faq: Sequence[FaqInfo] = (),
     ) -> tuple[str, Usage] | None:
-        """A short Spanish reply grounded only in the clinic's data; None on error or bad output."""
-        system = _ANSWER_SYSTEM.format(name=clinic.name, facts=clinic_facts(clinic, specialties))
+        """A short Spanish reply grounded only in the clinic's data and its FAQ answers (what
+        its admins wrote); None on error or bad output."""
+        system = _ANSWER_SYSTEM.format(
+            name=clinic.name, facts=clinic_facts(clinic, specialties, faq)
+        )
         try:
             response = self._complete(
                 "answer",
@@ -168,8 +175,10 @@ class LLMHelper:
         return reply[:MAX_ANSWER_CHARS], usage
 
 
-def clinic_facts(clinic: ClinicInfo, specialties: Sequence[SpecialtyInfo]) -> str:
-    """The only things the helper may say about a clinic."""
+def clinic_facts(
+    clinic: ClinicInfo, specialties: Sequence[SpecialtyInfo], faq: Sequence[FaqInfo] = ()
+) -> str:
+    """The only things the helper may say about a clinic: its data and its FAQ answers."""
     facts = [
         ("Nombre", clinic.name),
         ("Dirección", clinic.address),
@@ -178,6 +187,7 @@ def clinic_facts(clinic: ClinicInfo, specialties: Sequence[SpecialtyInfo]) -> st
         ("Especialidades", ", ".join(s.name for s in specialties) or "—"),
         ("Línea de emergencias", clinic.emergency_line),
     ]
+    facts += [(entry.question, entry.answer) for entry in faq]
     return "\n".join(f"- {label}: {value or 'no disponible'}" for label, value in facts)
 
 

@@ -86,6 +86,7 @@ INSTALLED_APPS = [
     "django_tasks_db",
     "clinics",
     "bot",
+    "outreach",
 ]
 
 MIDDLEWARE = [
@@ -166,7 +167,7 @@ else:
 TASKS = {
     "default": {
         "BACKEND": "django_tasks_db.DatabaseBackend",
-        "QUEUES": ["default", "outbox", "turns"],
+        "QUEUES": ["default", "outbox", "turns", "outreach"],
     }
 }
 
