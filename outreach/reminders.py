@@ -41,6 +41,7 @@ from clinics.models import (
 )
 from outreach import replies
 from outreach.models import OutreachSettings, ReminderDispatch
+from sophia_web import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -318,6 +319,7 @@ def reminders_send(limit: int = CLAIM_BATCH, now: dt.datetime | None = None) -> 
         _deliver_in_threads(message_ids)
     else:
         _deliver(message_ids)
+    metrics.REMINDERS_SENT.inc(len(message_ids))
     return len(message_ids)
 
 
