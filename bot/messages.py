@@ -107,3 +107,13 @@ class AppointmentInfo:
     start_at: dt.datetime
     doctor_name: str
     specialty: SpecialtyInfo | None = None
+
+
+@dataclass(frozen=True)
+class OutreachResult:
+    """What answering a reminder or a waitlist offer did. `outcome` is one of the outcome names
+    of outreach.reminders.Answer or outreach.waitlist.OfferOutcome ("confirmed", "booked",
+    "taken", "not_found", …)."""
+
+    outcome: str
+    appointment: AppointmentInfo | None = None
