@@ -48,6 +48,7 @@ def _render(request, current, specialties, counts, form, status: int = 200) -> H
         template,
         {
             "section": "waitlist",
+            "clinic_tz": request.clinic.time_zone,
             "specialties": [(s, counts.get(s.pk, 0)) for s in specialties],
             "current": current,
             "entries": entries,
