@@ -34,6 +34,7 @@ from clinics.models import (
     BlockedPeriod,
     Clinic,
     Doctor,
+    FaqEntry,
     Patient,
     Schedule,
     Slot,
@@ -501,6 +502,19 @@ class BlockedPeriodAdmin(ClinicScopedAdmin):
                 )
                 % {"count": count},
             )
+
+
+@admin.register(FaqEntry)
+class FaqEntryAdmin(ClinicScopedAdmin):
+    """What the bot answers about the clinic (price, insurance, parking…): the clinic's admins
+    keep it true; receptionists read it to know what patients were told."""
+
+    add_roles = change_roles = delete_roles = ADMIN_ONLY
+    list_display = ["question", "clinic", "active", "position"]
+    list_editable = ["active", "position"]
+    list_filter = [("clinic", admin.RelatedOnlyFieldListFilter), "active"]
+    list_select_related = ["clinic"]
+    search_fields = ["question", "keywords", "answer"]
 
 
 @admin.register(Slot)
