@@ -202,6 +202,10 @@ SOPHIA_MIN_NOTICE_MINUTES = envint("SOPHIA_MIN_NOTICE_MINUTES", "60")
 SOPHIA_SESSION_IDLE_MINUTES = envint("SOPHIA_SESSION_IDLE_MINUTES", "30")
 SOPHIA_RATE_LIMIT_PER_MINUTE = envint("SOPHIA_RATE_LIMIT_PER_MINUTE", "10")
 SOPHIA_SLOT_DAYS_AHEAD = envint("SOPHIA_SLOT_DAYS_AHEAD", "21")
+# The approved WhatsApp template telling a patient an agenda change cancelled their appointment
+# (used outside the 24-hour window); body parameters: first name, date, time, doctor.
+SOPHIA_CANCEL_TEMPLATE = os.getenv("SOPHIA_CANCEL_TEMPLATE", "cita_cancelada_reagendar")
+SOPHIA_CANCEL_TEMPLATE_LANGUAGE = os.getenv("SOPHIA_CANCEL_TEMPLATE_LANGUAGE", "es")
 
 LOGGING = {
     "version": 1,
