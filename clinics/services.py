@@ -430,6 +430,8 @@ def slots_generate(
             clinic=clinic, date_from=date_from, date_to=date_to, doctor=doctor
         )
         if created or blocked:
+            start, end = scheduling.local_day_bounds(date_from, date_to, clinic.tz)
+            _emit_agenda(clinic, [doctor.pk] if doctor else None, start, end)
             _audit(
                 clinic=clinic,
                 actor=actor,
@@ -2144,3 +2146,37 @@ def doctor_update(
             start, end = scheduling.local_day_bounds(window_from, window_to, clinic.tz)
             _emit_agenda(clinic, [doctor.pk], start, end)
     return doctor
+
+
+def patient_update_contact(
+    *, clinic: Clinic, patient_id: int, full_name: str, whatsapp_id: str, actor: Actor
+) -> Patient:
+    """Staff correct a patient's name or WhatsApp number (empty: none on file)."""
+    _check_actor(actor)
+    patient_id = _check_id(patient_id, "patient_id")
+    name = " ".join(full_name.split()) if isinstance(full_name, str) else ""
+    if not 3 <= len(name) <= 200:
+        raise InvalidInput("the full name must have 3 to 200 characters")
+    whatsapp_id = _clean_whatsapp_id(whatsapp_id) if whatsapp_id else ""
+    with transaction.atomic():
+        patient = Patient.objects.select_for_update().filter(pk=patient_id, clinic=clinic).first()
+        if patient is None:
+            raise PatientNotFound("no such patient in this clinic")
+        before = _patient_state(patient)
+        if (patient.full_name, patient.whatsapp_id) == (name, whatsapp_id):
+            return patient
+        patient.full_name = name
+        patient.whatsapp_id = whatsapp_id
+        patient.save(update_fields=["full_name", "whatsapp_id"])
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="patient.update_contact",
+            object_type="patient",
+            object_id=patient.pk,
+            before=before,
+            after=_patient_state(patient),
+            at=timezone.now(),
+        )
+    logger.info("patient %s contact updated actor=%s", patient.pk, actor.type)
+    return patient
