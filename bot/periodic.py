@@ -19,8 +19,9 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
 
-from bot import processing, state
+from bot import processing, state, whatsapp
 from bot.models import (
     Conversation,
     ConversationMode,
@@ -29,7 +30,7 @@ from bot.models import (
     MessageStatus,
     PeriodicJob,
 )
-from clinics import services as clinic_services
+from clinics import services
 from clinics.models import Clinic
 
 logger = logging.getLogger(__name__)
@@ -42,8 +43,6 @@ STRANDED_AFTER = dt.timedelta(seconds=float(os.getenv("SOPHIA_STRANDED_TURN_SECO
 
 def deliver_outbox(now: dt.datetime | None = None) -> int:
     """Send (and retry, with the client's backoff) outbound messages that are due."""
-    from bot import whatsapp
-
     return whatsapp.deliver_due(100)
 
 
@@ -54,8 +53,6 @@ def pick_up_stranded_turns(now: dt.datetime | None = None, limit: int = 200) -> 
     a queued `run_turns` task. Scheduling twice is harmless: the row lock serialises turns and a
     processed message is never taken again.
     """
-    from django_tasks_db.models import DBTaskResult
-
     now = now or timezone.now()
     waiting = (
         Message.objects.filter(
@@ -72,7 +69,7 @@ def pick_up_stranded_turns(now: dt.datetime | None = None, limit: int = 200) -> 
         if state.is_locked(wa_id):
             continue
         queued = DBTaskResult.objects.ready().filter(
-            task_path="bot.tasks.run_turns", args_kwargs__args__0=conversation_id
+            task_path=processing.run_turns.module_path, args_kwargs__args__0=conversation_id
         )
         if queued.exists():
             continue
@@ -118,15 +115,11 @@ def close_idle_conversations(now: dt.datetime | None = None, limit: int = 500) -
 
 
 def expire_holds(now: dt.datetime | None = None) -> int:
-    from clinics import services
-
     return services.holds_expire(now=now)
 
 
 def prune_task_results(now: dt.datetime | None = None) -> int:
     """Delete finished task results, and RUNNING ones left behind by killed workers."""
-    from django_tasks_db.models import DBTaskResult
-
     now = now or timezone.now()
     keep = dt.timedelta(hours=getattr(settings, "SOPHIA_TASK_RESULTS_KEEP_HOURS", 6))
     finished, _ = DBTaskResult.objects.finished().filter(finished_at__lt=now - keep).delete()
@@ -144,7 +137,7 @@ def keep_agendas_generated(now: dt.datetime | None = None) -> int:
     created = 0
     for clinic in Clinic.objects.order_by("pk"):
         try:
-            created += clinic_services.agenda_keep_generated(clinic=clinic)
+            created += services.agenda_keep_generated(clinic=clinic)
         except Exception:
             # One clinic's bad data must not keep the others' agendas from rolling forward.
             logger.exception("keeping the agenda of clinic %s generated failed", clinic.pk)

@@ -1,3 +1,5 @@
+from importlib import import_module
+
 from django.apps import AppConfig
 
 
@@ -6,5 +8,5 @@ class ClinicsConfig(AppConfig):
     verbose_name = "Clinics"
 
     def ready(self) -> None:
-        # Connects the live calendars' receiver of domain events.
-        from clinics import agenda_live  # noqa: F401
+        # Connect the live calendars' receiver of domain events in every process (web, worker).
+        import_module("clinics.agenda_live")

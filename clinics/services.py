@@ -22,7 +22,21 @@ from django.db.models import Exists, Q
 from django.utils import timezone
 from django.utils.text import slugify
 
-from clinics import events, notify, scheduling
+from clinics import events, scheduling
+from clinics.errors import (  # noqa: F401  (re-exported: callers catch services.X)
+    AppointmentNotFound,
+    BookingError,
+    InvalidInput,
+    NotCancellable,
+    NotHolder,
+    PatientExists,
+    PatientNotFound,
+    PatientOverlap,
+    RegistrationClosed,
+    SlotTaken,
+    SlotUnavailable,
+    WrongClinic,
+)
 from clinics.models import (
     OCCUPYING_STATUSES,
     UPCOMING_STATUSES,
@@ -75,64 +89,6 @@ class Actor:
     @classmethod
     def system(cls, label: str) -> Actor:
         return cls(AuditEvent.ActorType.SYSTEM, "", label)
-
-
-class BookingError(Exception):
-    """A refusal the caller caused; `code` is stable, `message` is English for logs and APIs."""
-
-    code = "booking_error"
-
-    def __init__(self, message: str = "", *, code: str | None = None) -> None:
-        if code:
-            self.code = code
-        self.message = message or self.code.replace("_", " ")
-        super().__init__(self.message)
-
-
-class SlotTaken(BookingError):
-    code = "slot_taken"  # someone else holds or booked it first
-
-
-class SlotUnavailable(BookingError):
-    code = "slot_not_found"  # also "slot_in_past", "slot_blocked"
-
-
-class PatientOverlap(BookingError):
-    code = "patient_overlap"  # the patient already has an appointment at that time
-
-
-class PatientNotFound(BookingError):
-    code = "patient_not_found"
-
-
-class PatientExists(BookingError):
-    code = "patient_exists"
-
-
-class RegistrationClosed(BookingError):
-    code = "self_registration_disabled"
-
-
-class WrongClinic(BookingError):
-    code = "wrong_clinic"
-
-
-class InvalidInput(BookingError):
-    code = "invalid_input"  # also "invalid_document", "invalid_cursor", "invalid_status"
-
-
-class NotHolder(BookingError):
-    code = "hold_not_yours"
-
-
-class NotCancellable(BookingError):
-    code = "not_cancellable"
-
-
-class AppointmentNotFound(NotCancellable):
-    """Unknown, another clinic's, or another patient's: callers can't tell which (no leak)."""
-
-    code = "appointment_not_found"
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -1243,11 +1199,11 @@ def _cancel_stranded(
     user=None,
     now: dt.datetime,
 ) -> tuple[list[Appointment], int, int]:
-    """Cancel these appointments (skipping any that stopped being upcoming) and queue a
-    WhatsApp message to each patient offering to rebook: (cancelled, queued, unreachable).
+    """Cancel these appointments (skipping any that stopped being upcoming), each patient to be
+    told by WhatsApp with an offer to rebook: (cancelled, to be told, without WhatsApp).
 
-    The messages are outbox rows written in this transaction, so a patient is told exactly when
-    the cancellation commits; the worker delivers them.
+    The message goes from bot.notices once the cancellation commits (the `cita.cancelada` event
+    carries `notify_patient`); the worker delivers it.
     """
     if not appointments:
         return [], 0, 0
@@ -1272,12 +1228,19 @@ def _cancel_stranded(
             actor=actor,
             now=now,
         )
-        events.emit(clinic_id=clinic.pk, name="cita.cancelada", payload=_event_payload(appointment))
+        events.emit(
+            clinic_id=clinic.pk,
+            name="cita.cancelada",
+            payload={
+                **_event_payload(appointment),
+                "reason": reason,
+                "notify_patient": True,
+                "notified_by": user.pk if user is not None else None,
+            },
+        )
         cancelled.append(appointment)
-    queued, unreachable = notify.cancellations_queue(
-        clinic=clinic, appointments=cancelled, reason=reason, sent_by=user, now=now
-    )
-    return cancelled, queued, unreachable
+    reachable = sum(1 for a in cancelled if a.patient.whatsapp_id)
+    return cancelled, reachable, len(cancelled) - reachable
 
 
 def _settle_stranded(

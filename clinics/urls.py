@@ -38,11 +38,6 @@ urlpatterns = [
     path(
         "ajustes/especialidades/<int:specialty_id>/", views_admin.specialty_edit, name="specialty"
     ),
-    path(
-        "ajustes/especialidades/<int:specialty_id>/probar/",
-        views_admin.specialty_try,
-        name="specialty-try",
-    ),
     path("ajustes/medicos/", views_admin.doctors, name="doctors"),
     path("ajustes/medicos/<int:doctor_id>/", views_admin.doctor_edit, name="doctor"),
     path(

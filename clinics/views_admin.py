@@ -17,7 +17,6 @@ from django.urls import reverse
 from django.utils.translation import gettext as _
 from django.views.decorators.http import require_POST
 
-from bot import triage
 from clinics import access, scheduling, selectors, services
 from clinics.forms import (
     ClinicSettingsForm,
@@ -123,36 +122,6 @@ def specialty_edit(request: HttpRequest, specialty_id: int) -> HttpResponse:
             "tab": "specialties",
         },
         status=422 if form.errors else 200,
-    )
-
-
-@require_POST
-@admin_page
-def specialty_try(request: HttpRequest, specialty_id: int) -> HttpResponse:
-    """What the bot would make of a patient's phrase, with the keywords as typed (unsaved)."""
-    specialty = access.get_object_for_clinic(Specialty.objects, request, pk=specialty_id)
-    form = TriagePhraseForm(request.POST)
-    result = None
-    if form.is_valid():
-        candidates = list(Specialty.objects.filter(clinic=request.clinic))
-        for candidate in candidates:
-            if candidate.pk == specialty.pk:
-                candidate.triage_keywords = request.POST.get("triage_keywords", "")[:4000]
-        result = triage.classify_rules(form.cleaned_data["phrase"], candidates)
-        names = {s.slug: s.name for s in candidates}
-        result = {
-            "specialty": names.get(result.specialty or "", ""),
-            "is_this": result.specialty == specialty.slug,
-            "confidence": round(result.confidence * 100),
-            "confident": result.confident,
-            "red_flag": result.red_flag,
-            "alternatives": [names.get(s, s) for s in result.alternatives],
-        }
-    return render(
-        request,
-        "clinics/specialty.html#try-result",
-        {"try_form": form, "result": result, "specialty": specialty},
-        status=200 if form.is_valid() else 422,
     )
 
 

@@ -184,18 +184,19 @@ def test_it_keeps_stranded_bookings_when_told_to(clinic, agenda_doctor, admin_ac
 
 
 def test_it_cancels_stranded_bookings_and_queues_a_template_outside_the_window(
-    clinic, agenda_doctor, admin_actor, patient, clinic_admin
+    clinic, agenda_doctor, admin_actor, patient, clinic_admin, django_capture_on_commit_callbacks
 ):
     monday = next_weekday(clinic, 0)
     appointment = book(clinic, patient, agenda_doctor, monday, 8)
-    change = services.schedule_replace(
-        clinic=clinic,
-        doctor_id=agenda_doctor.pk,
-        blocks=[block(slot_minutes=20)],
-        actor=admin_actor,
-        stranded_action="cancel_notify",
-        user=clinic_admin,
-    )
+    with django_capture_on_commit_callbacks(execute=True):
+        change = services.schedule_replace(
+            clinic=clinic,
+            doctor_id=agenda_doctor.pk,
+            blocks=[block(slot_minutes=20)],
+            actor=admin_actor,
+            stranded_action="cancel_notify",
+            user=clinic_admin,
+        )
     appointment.refresh_from_db()
     assert appointment.status == "cancelled" and change.notified == 1
     # The new 20-minute agenda fills the morning: the cancelled booking leaves no hole.
@@ -212,7 +213,7 @@ def test_it_cancels_stranded_bookings_and_queues_a_template_outside_the_window(
 
 
 def test_it_sends_free_text_inside_the_24_hour_window(
-    clinic, agenda_doctor, admin_actor, patient, clinic_admin
+    clinic, agenda_doctor, admin_actor, patient, clinic_admin, django_capture_on_commit_callbacks
 ):
     Conversation.objects.create(
         clinic=clinic,
@@ -222,17 +223,18 @@ def test_it_sends_free_text_inside_the_24_hour_window(
     )
     monday = next_weekday(clinic, 0)
     book(clinic, patient, agenda_doctor, monday, 8)
-    services.blocked_period_add(
-        clinic=clinic,
-        kind="absence",
-        doctor_id=agenda_doctor.pk,
-        starts_at=local(clinic, monday, 0),
-        ends_at=local(clinic, monday + dt.timedelta(days=1), 0),
-        reason="Congreso",
-        actor=admin_actor,
-        stranded_action="cancel_notify",
-        user=clinic_admin,
-    )
+    with django_capture_on_commit_callbacks(execute=True):
+        services.blocked_period_add(
+            clinic=clinic,
+            kind="absence",
+            doctor_id=agenda_doctor.pk,
+            starts_at=local(clinic, monday, 0),
+            ends_at=local(clinic, monday + dt.timedelta(days=1), 0),
+            reason="Congreso",
+            actor=admin_actor,
+            stranded_action="cancel_notify",
+            user=clinic_admin,
+        )
     (message,) = Message.objects.all()
     assert message.kind == "text" and message.sent_by == clinic_admin
     assert message.payload["text"]["body"].startswith("Hola Ana.")
