@@ -15,6 +15,7 @@ from babel import Locale
 from django import forms
 from django.core.exceptions import ValidationError
 from django.utils import timezone
+from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 
 from clinics import scheduling, services
@@ -31,13 +32,13 @@ from clinics.models import (
 DATE = forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d")
 TIME = forms.TimeInput(attrs={"type": "time", "step": 300}, format="%H:%M")
 WEEKDAY_CHOICES = [
-    (0, _("Mon")),
-    (1, _("Tue")),
-    (2, _("Wed")),
-    (3, _("Thu")),
-    (4, _("Fri")),
-    (5, _("Sat")),
-    (6, _("Sun")),
+    (0, capfirst(_("Mon"))),
+    (1, capfirst(_("Tue"))),
+    (2, capfirst(_("Wed"))),
+    (3, capfirst(_("Thu"))),
+    (4, capfirst(_("Fri"))),
+    (5, capfirst(_("Sat"))),
+    (6, capfirst(_("Sun"))),
 ]
 STRANDED_CHOICES = [
     (services.STRANDED_KEEP, _("Keep these appointments")),
@@ -67,17 +68,17 @@ def _country_choices() -> list[tuple[str, str]]:
 
 
 class ClinicSettingsForm(forms.ModelForm):
-    time_zone = forms.ChoiceField(label=_("time zone"), choices=_time_zone_choices)
-    country = forms.ChoiceField(label=_("country"), choices=_country_choices)
-    hold_minutes = forms.IntegerField(label=_("hold minutes"), min_value=1, max_value=60)
+    time_zone = forms.ChoiceField(label=capfirst(_("time zone")), choices=_time_zone_choices)
+    country = forms.ChoiceField(label=capfirst(_("country")), choices=_country_choices)
+    hold_minutes = forms.IntegerField(label=capfirst(_("hold minutes")), min_value=1, max_value=60)
     min_notice_minutes = forms.IntegerField(
-        label=_("minimum notice (minutes)"), min_value=0, max_value=60 * 24 * 30
+        label=capfirst(_("minimum notice (minutes)")), min_value=0, max_value=60 * 24 * 30
     )
     booking_horizon_days = forms.IntegerField(
-        label=_("booking horizon (days)"), min_value=7, max_value=366
+        label=capfirst(_("booking horizon (days)")), min_value=7, max_value=366
     )
     whatsapp_number = forms.RegexField(
-        label=_("WhatsApp number shown to patients"),
+        label=capfirst(_("WhatsApp number shown to patients")),
         regex=r"^\+?[0-9 ]{7,20}$",
         required=False,
         error_messages={"invalid": _("Write the number with digits only, e.g. +57 300 1234567.")},
@@ -93,9 +94,9 @@ class ClinicSettingsForm(forms.ModelForm):
 
 
 class SpecialtyForm(forms.Form):
-    name = forms.CharField(label=_("name"), min_length=2, max_length=120)
+    name = forms.CharField(label=capfirst(_("name")), min_length=2, max_length=120)
     triage_keywords = forms.CharField(
-        label=_("triage keywords"),
+        label=capfirst(_("triage keywords")),
         required=False,
         max_length=4000,
         widget=forms.Textarea(attrs={"rows": 5}),
@@ -107,7 +108,7 @@ class SpecialtyForm(forms.Form):
 
 class TriagePhraseForm(forms.Form):
     phrase = forms.CharField(
-        label=_("Try a phrase"),
+        label=capfirst(_("Try a phrase")),
         max_length=500,
         widget=forms.TextInput(
             attrs={"placeholder": _("e.g. my son has had a fever since yesterday")}
@@ -116,14 +117,14 @@ class TriagePhraseForm(forms.Form):
 
 
 class DoctorForm(forms.Form):
-    full_name = forms.CharField(label=_("full name"), min_length=2, max_length=120)
+    full_name = forms.CharField(label=capfirst(_("full name")), min_length=2, max_length=120)
     specialties = forms.ModelMultipleChoiceField(
-        label=_("specialties"),
+        label=capfirst(_("specialties")),
         queryset=Specialty.objects.none(),
         widget=forms.CheckboxSelectMultiple,
         error_messages={"required": _("Choose at least one specialty.")},
     )
-    active = forms.BooleanField(label=_("active"), required=False, initial=True)
+    active = forms.BooleanField(label=capfirst(_("active")), required=False, initial=True)
 
     def __init__(self, *args, clinic: Clinic, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -132,18 +133,18 @@ class DoctorForm(forms.Form):
 
 class ScheduleBlockForm(forms.Form):
     weekdays = forms.TypedMultipleChoiceField(
-        label=_("days"),
+        label=capfirst(_("days")),
         choices=WEEKDAY_CHOICES,
         coerce=int,
         widget=forms.CheckboxSelectMultiple,
         error_messages={"required": _("Choose at least one weekday.")},
     )
-    start_time = forms.TimeField(label=_("from"), widget=TIME)
-    end_time = forms.TimeField(label=_("to"), widget=TIME)
-    slot_minutes = forms.IntegerField(label=_("minutes per appointment"), initial=20)
-    valid_from = forms.DateField(label=_("valid from"), widget=DATE)
-    valid_to = forms.DateField(label=_("valid to"), widget=DATE, required=False)
-    every_n_weeks = forms.IntegerField(label=_("every N weeks"), initial=1)
+    start_time = forms.TimeField(label=capfirst(_("from")), widget=TIME)
+    end_time = forms.TimeField(label=capfirst(_("to")), widget=TIME)
+    slot_minutes = forms.IntegerField(label=capfirst(_("minutes per appointment")), initial=20)
+    valid_from = forms.DateField(label=capfirst(_("valid from")), widget=DATE)
+    valid_to = forms.DateField(label=capfirst(_("valid to")), widget=DATE, required=False)
+    every_n_weeks = forms.IntegerField(label=capfirst(_("every N weeks")), initial=1)
 
 
 class BaseScheduleFormSet(forms.BaseFormSet):
@@ -196,7 +197,7 @@ class DecisionMixin(forms.Form):
     """What to do with bookings a change strands; required only when there are some."""
 
     stranded_action = forms.ChoiceField(
-        label=_("Booked appointments affected"),
+        label=capfirst(_("Booked appointments affected")),
         choices=STRANDED_CHOICES,
         required=False,
         widget=forms.RadioSelect,
@@ -204,12 +205,14 @@ class DecisionMixin(forms.Form):
 
 
 class ExtraHoursForm(forms.Form):
-    doctor = forms.ModelChoiceField(label=_("doctor"), queryset=Doctor.objects.none())
-    date = forms.DateField(label=_("date"), widget=DATE)
-    start_time = forms.TimeField(label=_("from"), widget=TIME)
-    end_time = forms.TimeField(label=_("to"), widget=TIME)
-    slot_minutes = forms.IntegerField(label=_("minutes per appointment"), initial=20)
-    note = forms.CharField(label=_("note"), max_length=200, required=False)
+    doctor = forms.ModelChoiceField(
+        label=capfirst(_("doctor")), queryset=Doctor.objects.none(), empty_label=_("Choose…")
+    )
+    date = forms.DateField(label=capfirst(_("date")), widget=DATE)
+    start_time = forms.TimeField(label=capfirst(_("from")), widget=TIME)
+    end_time = forms.TimeField(label=capfirst(_("to")), widget=TIME)
+    slot_minutes = forms.IntegerField(label=capfirst(_("minutes per appointment")), initial=20)
+    note = forms.CharField(label=capfirst(_("note")), max_length=200, required=False)
 
     def __init__(self, *args, clinic: Clinic, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -240,10 +243,12 @@ class ExtraHoursForm(forms.Form):
 class PeriodForm(DecisionMixin):
     """An absence (a doctor) or a holiday (every doctor) over whole local days."""
 
-    doctor = forms.ModelChoiceField(label=_("doctor"), queryset=Doctor.objects.none())
-    date_from = forms.DateField(label=_("from"), widget=DATE)
-    date_to = forms.DateField(label=_("to (inclusive)"), widget=DATE)
-    reason = forms.CharField(label=_("reason"), max_length=200, required=False)
+    doctor = forms.ModelChoiceField(
+        label=capfirst(_("doctor")), queryset=Doctor.objects.none(), empty_label=_("Choose…")
+    )
+    date_from = forms.DateField(label=capfirst(_("from")), widget=DATE)
+    date_to = forms.DateField(label=capfirst(_("to (inclusive)")), widget=DATE)
+    reason = forms.CharField(label=capfirst(_("reason")), max_length=200, required=False)
 
     def __init__(self, *args, clinic: Clinic, kind: str, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -252,7 +257,7 @@ class PeriodForm(DecisionMixin):
         if kind == BlockedPeriod.Kind.HOLIDAY:
             del self.fields["doctor"]
             self.fields["reason"].required = True
-            self.fields["reason"].label = _("holiday name")
+            self.fields["reason"].label = capfirst(_("holiday name"))
         else:
             self.fields["doctor"].queryset = Doctor.objects.filter(clinic=clinic)
 
@@ -276,11 +281,13 @@ class PeriodForm(DecisionMixin):
 class BlockRangeForm(DecisionMixin):
     """Block a doctor's slots by hand over part of one day."""
 
-    doctor = forms.ModelChoiceField(label=_("doctor"), queryset=Doctor.objects.none())
-    date = forms.DateField(label=_("date"), widget=DATE)
-    start_time = forms.TimeField(label=_("from"), widget=TIME)
-    end_time = forms.TimeField(label=_("to"), widget=TIME)
-    reason = forms.CharField(label=_("reason"), max_length=200, required=False)
+    doctor = forms.ModelChoiceField(
+        label=capfirst(_("doctor")), queryset=Doctor.objects.none(), empty_label=_("Choose…")
+    )
+    date = forms.DateField(label=capfirst(_("date")), widget=DATE)
+    start_time = forms.TimeField(label=capfirst(_("from")), widget=TIME)
+    end_time = forms.TimeField(label=capfirst(_("to")), widget=TIME)
+    reason = forms.CharField(label=capfirst(_("reason")), max_length=200, required=False)
 
     def __init__(self, *args, clinic: Clinic, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -306,8 +313,8 @@ class BlockRangeForm(DecisionMixin):
 
 
 class GenerateRangeForm(forms.Form):
-    date_from = forms.DateField(label=_("from"), widget=DATE)
-    date_to = forms.DateField(label=_("to (inclusive)"), widget=DATE)
+    date_from = forms.DateField(label=capfirst(_("from")), widget=DATE)
+    date_to = forms.DateField(label=capfirst(_("to (inclusive)")), widget=DATE)
 
     def __init__(self, *args, clinic: Clinic, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -327,21 +334,21 @@ class GenerateRangeForm(forms.Form):
 
 
 class HolidayYearForm(forms.Form):
-    year = forms.IntegerField(label=_("year"), min_value=2000, max_value=2100)
+    year = forms.IntegerField(label=capfirst(_("year")), min_value=2000, max_value=2100)
 
 
 class PatientRegisterForm(forms.Form):
     document = forms.RegexField(
-        label=_("document number"),
+        label=capfirst(_("document number")),
         regex=r"^\d{8,15}$",
         error_messages={
             "invalid": _("The document number must have 8 to 15 digits, with no other characters.")
         },
     )
-    full_name = forms.CharField(label=_("full name"), min_length=3, max_length=200)
-    birth_date = forms.DateField(label=_("date of birth"), widget=DATE)
+    full_name = forms.CharField(label=capfirst(_("full name")), min_length=3, max_length=200)
+    birth_date = forms.DateField(label=capfirst(_("date of birth")), widget=DATE)
     whatsapp_id = forms.RegexField(
-        label=_("WhatsApp number"),
+        label=capfirst(_("WhatsApp number")),
         regex=r"^\+?\d{6,20}$",
         required=False,
         error_messages={"invalid": _("Write the number with digits only, e.g. 573001234567.")},
@@ -355,9 +362,9 @@ class PatientRegisterForm(forms.Form):
 
 
 class PatientContactForm(forms.Form):
-    full_name = forms.CharField(label=_("full name"), min_length=3, max_length=200)
+    full_name = forms.CharField(label=capfirst(_("full name")), min_length=3, max_length=200)
     whatsapp_id = forms.RegexField(
-        label=_("WhatsApp number"),
+        label=capfirst(_("WhatsApp number")),
         regex=r"^\+?\d{6,20}$",
         required=False,
         error_messages={"invalid": _("Write the number with digits only, e.g. 573001234567.")},
@@ -366,26 +373,26 @@ class PatientContactForm(forms.Form):
 
 class CancelForm(forms.Form):
     reason = forms.CharField(
-        label=_("reason"),
+        label=capfirst(_("reason")),
         max_length=300,
         error_messages={"required": _("Write why the appointment is cancelled.")},
     )
 
 
 class AppointmentFilterForm(forms.Form):
-    date_from = forms.DateField(label=_("from"), widget=DATE, required=False)
-    date_to = forms.DateField(label=_("to"), widget=DATE, required=False)
+    date_from = forms.DateField(label=capfirst(_("from")), widget=DATE, required=False)
+    date_to = forms.DateField(label=capfirst(_("to")), widget=DATE, required=False)
     doctor = forms.ModelChoiceField(
-        label=_("doctor"), queryset=Doctor.objects.none(), required=False
+        label=capfirst(_("doctor")), queryset=Doctor.objects.none(), required=False
     )
     specialty = forms.ModelChoiceField(
-        label=_("specialty"), queryset=Specialty.objects.none(), required=False
+        label=capfirst(_("specialty")), queryset=Specialty.objects.none(), required=False
     )
     status = forms.ChoiceField(
-        label=_("status"), choices=[("", "—"), *AppointmentStatus.choices], required=False
+        label=capfirst(_("status")), choices=[("", "—"), *AppointmentStatus.choices], required=False
     )
     source = forms.ChoiceField(
-        label=_("source"), choices=[("", "—"), *AppointmentSource.choices], required=False
+        label=capfirst(_("source")), choices=[("", "—"), *AppointmentSource.choices], required=False
     )
 
     def __init__(self, *args, clinic: Clinic, **kwargs) -> None:

@@ -70,6 +70,17 @@ ERROR_MESSAGES = {
 }
 
 
+# The audit trail in words (AuditEvent.action codes written by clinics.services).
+ACTION_LABELS = {
+    "appointment.book": gettext_lazy("Booked"),
+    "appointment.cancel": gettext_lazy("Cancelled"),
+    "appointment.reschedule": gettext_lazy("Rescheduled"),
+    "appointment.confirmed": gettext_lazy("Confirmed"),
+    "appointment.attended": gettext_lazy("Attended"),
+    "appointment.no_show": gettext_lazy("No show"),
+}
+
+
 def error_text(error: BookingError) -> str:
     return str(ERROR_MESSAGES.get(error.code, _("The change could not be made. Check the data.")))
 
@@ -194,6 +205,8 @@ def _slot_panel_context(request: HttpRequest, slot: Slot) -> dict:
             .first()
         )
         trail = selectors.appointment_trail(clinic=clinic, appointment=appointment)
+        for event in trail:
+            event.label = ACTION_LABELS.get(event.action, event.action)
     return {
         "slot": slot,
         "cell": cell,
@@ -229,7 +242,7 @@ def patient_picker(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "clinics/slot_panel.html#patient-results",
-        {"results": results, "slot_id": slot.pk, "q": request.GET.get("q")},
+        {"results": results, "slot": slot, "q": request.GET.get("q")},
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 
+from babel import Locale
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -339,7 +340,7 @@ def _exceptions_context(request: HttpRequest, **forms) -> dict:
             prefix="generate",
             initial={"date_from": today, "date_to": today + dt.timedelta(days=28)},
         ),
-        "country": clinic.country,
+        "country_name": Locale("es").territories.get(clinic.country, clinic.country),
         "years_loaded": clinic.holiday_years_loaded,
         "today": today,
     }
