@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import time
 import traceback
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -35,6 +36,7 @@ from bot import engine, llm, state, whatsapp
 from bot.gateway import OrmGateway
 from bot.messages import Inbound, Reply
 from bot.models import Conversation, ConversationMode, Direction, Message, MessageStatus
+from sophia_web import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +165,7 @@ class _Outcome:
 
 def _run_one_turn(conversation_id: int) -> _Outcome | None:
     now = timezone.now()
+    started = time.perf_counter()
     with transaction.atomic():
         conversation = (
             Conversation.objects.select_for_update(of=("self",))
@@ -179,6 +182,7 @@ def _run_one_turn(conversation_id: int) -> _Outcome | None:
         conversation.last_activity_at = now
         conversation.save()
         rows = whatsapp.queue_replies(conversation, replies) if replies else []
+    metrics.BOT_TURN_LATENCY.observe(time.perf_counter() - started)
     return _Outcome(conversation, [row.pk for row in rows])
 
 
@@ -193,6 +197,7 @@ def _turn(conversation: Conversation, message: Message, now: dt.datetime) -> lis
         close_conversation(conversation, now)
 
     if _over_rate_limit(conversation, message, now):
+        metrics.RATE_LIMIT_HITS.labels(scope="bot").inc()
         if conversation.rate_limited_until is None or conversation.rate_limited_until <= now:
             conversation.rate_limited_until = now + RATE_WINDOW
             return [Reply(kind="text", text=_("Please wait a moment…"))]
