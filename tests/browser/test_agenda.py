@@ -268,3 +268,41 @@ def test_a_receptionist_books_from_the_calendar_but_cannot_edit_schedules(
         f"/ajustes/medicos/{doctor.pk}/horario/",
     ):
         assert outsider.goto(live_app.url + path).status == 404, path
+
+
+def test_the_admin_tunes_triage_and_the_desk_works_its_lists(
+    live_app, page, clinic, specialty, doctor, clinic_admin, patient, tmp_path
+):
+    services.slots_generate(
+        clinic=clinic,
+        date_from=timezone.localdate(),
+        date_to=timezone.localdate() + dt.timedelta(days=7),
+    )
+    slot = Slot.objects.filter(doctor=doctor).order_by("start_at").first()
+    services.appointment_book(
+        clinic=clinic, patient=patient, slot_id=slot.pk, actor=Actor.patient(patient), source="bot"
+    )
+    login(page, live_app, clinic_admin)
+    page.goto(f"{live_app.url}/ajustes/especialidades/{specialty.pk}/")
+    page.get_by_label("Palabras clave de triaje").fill("fiebre, gripa, tos seca")
+    page.get_by_label("Prueba una frase").fill("tengo tos seca desde hace días")
+    page.get_by_role("button", name="Probar").click()
+    result = page.locator("#try-result")
+    expect(result).to_contain_text("Medicina General")
+    expect(result).to_contain_text("Confianza")
+    shot(page, tmp_path, "agenda-specialty-tester")
+    page.get_by_label("Prueba una frase").fill("me duele el pecho y no puedo respirar")
+    page.get_by_role("button", name="Probar").click()
+    expect(result).to_contain_text("Señal de alarma")
+
+    page.goto(f"{live_app.url}/citas/")
+    expect(page.locator("table.data")).to_contain_text("Ana María Gómez")
+    shot(page, tmp_path, "agenda-appointments")
+    page.goto(f"{live_app.url}/pacientes/?q=Ana")
+    expect(page.locator("#patient-list")).to_contain_text("1020304050")
+    page.get_by_role("link", name="Ana María Gómez").click()
+    expect(page.get_by_role("heading", name="Ana María Gómez")).to_be_visible()
+    shot(page, tmp_path, "agenda-patient-card")
+    page.goto(f"{live_app.url}/ajustes/")
+    expect(page.get_by_label("Zona horaria")).to_have_value("America/Bogota")
+    shot(page, tmp_path, "agenda-settings")
