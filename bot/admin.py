@@ -23,6 +23,7 @@ class ConversationAdmin(ClinicScopedAdmin):
         "state",
         "mode",
         "needs_staff",
+        "handoff_reason",
         "urgent",
         "last_activity_at",
         "clinic",
@@ -30,6 +31,7 @@ class ConversationAdmin(ClinicScopedAdmin):
     list_filter = [
         "mode",
         "needs_staff",
+        "handoff_reason",
         "urgent",
         "state",
         ("clinic", admin.RelatedOnlyFieldListFilter),

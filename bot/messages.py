@@ -161,3 +161,13 @@ class SlotFilter:
     weekdays: tuple[int, ...] | None = None
     doctor_id: int | None = None
     patient_id: int | None = None
+
+
+@dataclass(frozen=True)
+class OutreachResult:
+    """What answering a reminder or a waitlist offer did. `outcome` is one of the outcome names
+    of outreach.reminders.Answer or outreach.waitlist.OfferOutcome ("confirmed", "booked",
+    "taken", "not_found", …)."""
+
+    outcome: str
+    appointment: AppointmentInfo | None = None

@@ -239,6 +239,10 @@ SOPHIA_SLOT_DAYS_AHEAD = envint("SOPHIA_SLOT_DAYS_AHEAD", "21")
 SOPHIA_NETWORK_GUARD = os.getenv("SOPHIA_NETWORK_GUARD", "log")
 # Turns a worker process runs at once (threads); 0 sizes it to the machine.
 SOPHIA_WORKER_CONCURRENCY = envint("SOPHIA_WORKER_CONCURRENCY", "0")
+# The approved WhatsApp template telling a patient an agenda change cancelled their appointment
+# (used outside the 24-hour window); body parameters: first name, date, time, doctor.
+SOPHIA_CANCEL_TEMPLATE = os.getenv("SOPHIA_CANCEL_TEMPLATE", "cita_cancelada_reagendar")
+SOPHIA_CANCEL_TEMPLATE_LANGUAGE = os.getenv("SOPHIA_CANCEL_TEMPLATE_LANGUAGE", "es")
 
 # Logs: JSON lines (LOG_FORMAT=plain for a human-readable console). The MaskDigits filter sits
 # on the handler, so every record — any logger, daphne's access log included — is masked.
