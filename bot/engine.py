@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING
 
 from bot import nlu, replies, triage
 from bot.messages import (
+    MAX_LIST_ROWS,
     AppointmentInfo,
     ClinicInfo,
     Inbound,
@@ -506,9 +507,13 @@ def _identified(turn: Turn, patient: PatientInfo, greeting: Reply) -> None:
         turn.data["want"] = turn.request.want
         if turn.request.notice is not None:
             turn.say(turn.request.notice)
+        # "1020304050 quiero una cita": no symptoms yet, the greeting asks for them.
+        asking = nlu.detect_intent(symptoms) == Intent.BOOK
         handled = (
             turn.request.want.get("doctor_id") and _book_with_doctor(turn, symptoms)
-        ) or _triage(turn, symptoms, expecting_symptoms=True, quiet_if_unsure=True)
+        ) or _triage(
+            turn, symptoms, expecting_symptoms=not asking, quiet_if_unsure=True, use_llm=not asking
+        )
         if not handled:
             turn.say(greeting)
         elif greeting.text and name:
@@ -663,7 +668,8 @@ def _on_idle(turn: Turn, *, expecting_symptoms: bool) -> None:
     if intent == Intent.GREETING:
         turn.say(replies.identified(nlu.first_names(patient.full_name)))
         return
-    turn.request = _read_request(turn, turn.text, base=None)
+    # "quiero una cita para el viernes" … "me duele una muela": the day asked first still holds.
+    turn.request = _read_request(turn, turn.text, base=turn.data.get("want"))
     turn.data["want"] = turn.request.want
     if turn.request.notice is not None:
         turn.say(turn.request.notice)
@@ -856,7 +862,7 @@ def _offer_specialties(
 ) -> None:
     ordered = sorted(
         specialties, key=lambda s: (first.index(s.slug) if s.slug in first else len(first), s.name)
-    )[: replies.MAX_ROWS]
+    )[:MAX_LIST_ROWS]
     turn.data["specialty_options"] = [s.slug for s in ordered]
     turn.go(State.CHOOSING_SPECIALTY)
     turn.say(replies.choose_specialty(ordered, no_slots_for=no_slots_for))
@@ -1453,7 +1459,7 @@ def _start_pick_appointment(turn: Turn, *, to_cancel: bool) -> None:
         turn.say(replies.no_upcoming())
         return
     _reset_flow(turn)
-    turn.data["options"] = [a.id for a in appointments[: replies.MAX_ROWS]]
+    turn.data["options"] = [a.id for a in appointments[:MAX_LIST_ROWS]]
     if turn.pending_want:
         turn.data["pending_want"] = turn.pending_want
     named = _named_appointment(turn, appointments, by_date=to_cancel)

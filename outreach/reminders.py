@@ -326,6 +326,7 @@ def reminders_send(limit: int = CLAIM_BATCH, now: dt.datetime | None = None) -> 
         _deliver_in_threads(message_ids)
     else:
         _deliver(message_ids)
+    metrics.REMINDERS_SENT.inc(len(message_ids))
     return len(message_ids)
 
 

@@ -294,6 +294,7 @@ def waitlist_offer_slot(*, slot_id: int, now: dt.datetime | None = None) -> int:
             transaction.on_commit(lambda: offered.inc(len(made)))
     if made:
         logger.info("waitlist: slot %s offered to %d patient(s)", slot_id, len(made))
+        metrics.WAITLIST_OFFERS.inc(len(made))
     return len(made)
 
 
