@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
@@ -285,14 +284,7 @@ def _queue_batch(limit: int, now: dt.datetime) -> list[int]:
             batch,
             ["status", "skip_reason", "not_before", "conversation", "message", "queued_at"],
         )
-        sent = Counter(str(dispatch.clinic_id) for dispatch, _settings in ready)
-        transaction.on_commit(lambda: _count_sent(sent))
     return message_ids
-
-
-def _count_sent(per_clinic: Counter) -> None:
-    for clinic_id, count in per_clinic.items():
-        metrics.REMINDERS_SENT.labels(clinic=clinic_id).inc(count)
 
 
 def _deliver(message_ids: list[int]) -> None:

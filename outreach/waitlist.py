@@ -289,9 +289,6 @@ def waitlist_offer_slot(*, slot_id: int, now: dt.datetime | None = None) -> int:
                 entry.save(update_fields=["conversation", "updated_at"])
             made.append(message.pk)
         _deliver_after_commit(made)
-        if made:
-            offered = metrics.WAITLIST_OFFERS.labels(clinic=str(slot.clinic_id))
-            transaction.on_commit(lambda: offered.inc(len(made)))
     if made:
         logger.info("waitlist: slot %s offered to %d patient(s)", slot_id, len(made))
         metrics.WAITLIST_OFFERS.inc(len(made))
