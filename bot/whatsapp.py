@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import random
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import httpx
@@ -407,6 +408,17 @@ def _backoff_seconds(attempt: int, error: WhatsAppError) -> float:
     return delay
 
 
+def _wamid_of(data: dict, message_id: int) -> str | None:
+    """WhatsApp's id of a message the API accepted (None, logged, when it gave none)."""
+    wamid = None
+    messages = data.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[0], dict):
+        wamid = messages[0].get("id") or None
+    if wamid is None:
+        logger.warning("outbound message %s: sent, but the API returned no message id", message_id)
+    return wamid
+
+
 def _deliver_one(message_id: int) -> bool:
     if not _claim(message_id):
         return False
@@ -463,12 +475,7 @@ def _send_claimed(message: Message) -> bool:
         # A bug must not strand the row in 'sending' for a whole lease, nor kill the worker.
         logger.exception("outbound message %s: unexpected error while sending", message_id)
         return _record_failure(message, mine, attempt, WhatsAppError(repr(exc)[:300]))
-    wamid = None
-    messages = data.get("messages")
-    if isinstance(messages, list) and messages and isinstance(messages[0], dict):
-        wamid = messages[0].get("id") or None
-    if wamid is None:
-        logger.warning("outbound message %s: sent, but the API returned no message id", message_id)
+    wamid = _wamid_of(data, message_id)
     sent = {
         "status": MessageStatus.SENT,
         "attempts": F("attempts") + 1,
@@ -563,6 +570,78 @@ def deliver(message_id: int) -> bool:
         while (following := _next_in_conversation(current)) is not None and _deliver_one(following):
             current = following
     return sent
+
+
+def deliver_many(message_ids: Sequence[int]) -> int:
+    """Send several outbox rows of different conversations (reminders, waitlist offers) with
+    one claim for all and one write for all that went out, instead of `deliver`'s two per row.
+
+    Same rules as `deliver`: only due rows nobody else is sending and with no earlier pending
+    row in their conversation (the others stay for the outbox); failures are recorded row by
+    row. How many went out.
+    """
+    if not message_ids:
+        return 0
+    now = timezone.now()
+    earlier_pending = Message.objects.filter(
+        conversation_id=OuterRef("conversation_id"),
+        direction=Direction.OUT,
+        status__in=_PENDING,
+        id__lt=OuterRef("id"),
+    )
+    with transaction.atomic():
+        claimed = list(
+            Message.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("clinic")
+            .filter(id__in=list(message_ids), direction=Direction.OUT, status__in=_PENDING)
+            .filter(_due(now))
+            .exclude(Exists(earlier_pending))
+            .order_by("id")
+        )
+        Message.objects.filter(pk__in=[m.pk for m in claimed]).update(
+            status=MessageStatus.SENDING, next_attempt_at=now + LEASE
+        )
+    sent: list[Message] = []
+    for message in claimed:
+        mine = Message.objects.filter(pk=message.pk, status=MessageStatus.SENDING)
+        attempt = message.attempts + 1
+        try:
+            data = post_message(message.clinic, message.payload)
+        except WhatsAppError as exc:
+            _record_failure(message, mine, attempt, exc)
+            continue
+        except Exception as exc:
+            logger.exception("outbound message %s: unexpected error while sending", message.pk)
+            _record_failure(message, mine, attempt, WhatsAppError(repr(exc)[:300]))
+            continue
+        message.wa_message_id = _wamid_of(data, message.pk)
+        message.status = MessageStatus.SENT
+        message.attempts = attempt
+        message.next_attempt_at = None
+        message.error_code = message.error = ""
+        sent.append(message)
+    fields = ["wa_message_id", "status", "attempts", "next_attempt_at", "error_code", "error"]
+    try:
+        with transaction.atomic():
+            Message.objects.bulk_update(sent, fields)
+    except IntegrityError:
+        # A reused WhatsApp id: record the others one by one (they did go out).
+        for message in sent:
+            try:
+                with transaction.atomic():
+                    message.save(update_fields=fields)
+            except IntegrityError:
+                logger.error("outbound message %s: its WhatsApp id is already taken", message.pk)
+                message.wa_message_id = None
+                message.save(update_fields=fields)
+    for message in sent:
+        logger.info(
+            "outbound message %s sent to …%s (attempt %d)",
+            message.pk,
+            str(message.payload.get("to", ""))[-4:],
+            message.attempts,
+        )
+    return len(sent)
 
 
 def deliver_due(limit: int = 100) -> int:
