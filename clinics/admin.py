@@ -27,6 +27,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from clinics import services
+from clinics.identifiers import mask
 from clinics.models import (
     Appointment,
     AppointmentStatus,
@@ -80,10 +81,6 @@ def scoped_choices(model: type[models.Model], ids: list[int]) -> QuerySet | None
     if model is Schedule:
         return Schedule.objects.filter(doctor__clinic_id__in=ids)
     return None
-
-
-def mask(value: str, keep: int = 4) -> str:
-    return f"…{value[-keep:]}" if value else ""
 
 
 def local_date(clinic: Clinic) -> dt.date:

@@ -12,8 +12,10 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from clinics.identifiers import DOCUMENT_PATTERN, mask
+
 document_validator = RegexValidator(
-    r"^\d{8,15}$", _("The document number must have 8 to 15 digits, with no other characters.")
+    DOCUMENT_PATTERN, _("The document number must have 8 to 15 digits, with no other characters.")
 )
 
 
@@ -398,7 +400,7 @@ class Patient(models.Model):
     @property
     def masked_document(self) -> str:
         """For logs and lists: never the whole document."""
-        return f"…{self.document[-3:]}"
+        return mask(self.document, keep=3)
 
 
 class AppointmentStatus(models.TextChoices):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,6 +36,7 @@ from clinics.errors import (  # noqa: F401  (re-exported: callers catch services
     SlotUnavailable,
     WrongClinic,
 )
+from clinics.identifiers import DOCUMENT_RE, WHATSAPP_ID_RE, mask
 from clinics.models import (
     OCCUPYING_STATUSES,
     UPCOMING_STATUSES,
@@ -58,8 +58,6 @@ from clinics.models import (
 
 logger = logging.getLogger(__name__)
 
-DOCUMENT_RE = re.compile(r"^\d{8,15}$")
-WHATSAPP_ID_RE = re.compile(r"^\d{6,20}$")
 MAX_HOLD_MINUTES = 60
 MAX_NOTES = 2000
 
@@ -147,10 +145,6 @@ def _event_payload(appointment: Appointment) -> dict:
         "status": appointment.status,
         "source": appointment.source,
     }
-
-
-def _mask(value: str) -> str:
-    return f"…{value[-4:]}" if value else ""
 
 
 def _check_actor(actor: Actor) -> None:
@@ -1010,7 +1004,7 @@ def _patient_state(patient: Patient) -> dict:
         "id": patient.pk,
         "document": patient.masked_document,
         "full_name": patient.full_name,
-        "whatsapp_id": _mask(patient.whatsapp_id),
+        "whatsapp_id": mask(patient.whatsapp_id),
     }
 
 
@@ -1062,7 +1056,7 @@ def patient_register(
             after=_patient_state(patient),
             at=now,
         )
-    logger.info("patient %s registered (%s) actor=%s", patient.pk, _mask(document), actor.type)
+    logger.info("patient %s registered (%s) actor=%s", patient.pk, mask(document), actor.type)
     return patient
 
 
@@ -1092,7 +1086,7 @@ def patient_link_whatsapp(
             at=timezone.now(),
         )
     patient.whatsapp_id = whatsapp_id
-    logger.info("patient %s linked to WhatsApp %s", patient.pk, _mask(whatsapp_id))
+    logger.info("patient %s linked to WhatsApp %s", patient.pk, mask(whatsapp_id))
     return patient
 
 

@@ -21,6 +21,7 @@ urlpatterns = [
         auth_views.PasswordChangeDoneView.as_view(),
         name="password_change_done",
     ),
+    path("lista-de-espera/", include("outreach.urls")),
     path("admin/", admin.site.urls),
     path("health/", health.health, name="health"),
     path("api/v1/", include("integrations.api.urls")),

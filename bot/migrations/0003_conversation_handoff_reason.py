@@ -13,6 +13,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='conversation',
             name='handoff_reason',
-            field=models.CharField(blank=True, choices=[('asked_for_person', 'asked for a person'), ('red_flag', 'red flag'), ('identity_lockout', 'identity check failed'), ('rate_limit', 'too many messages'), ('unsure', 'the bot was unsure')], max_length=20, verbose_name='handoff reason'),
+            field=models.CharField(blank=True, default='', db_default='', choices=[('asked_for_person', 'asked for a person'), ('red_flag', 'red flag'), ('identity_lockout', 'identity check failed'), ('rate_limit', 'too many messages'), ('unsure', 'the bot was unsure')], max_length=20, verbose_name='handoff reason'),
         ),
     ]
