@@ -9,7 +9,8 @@ from django.http import HttpRequest
 from django.utils.translation import gettext_lazy
 
 from bot.models import Conversation, Message, PeriodicJob, WebhookEvent
-from clinics.admin import ADMIN_ONLY, ClinicScopedAdmin, ReadOnlyRecordAdmin, mask
+from clinics.admin import ADMIN_ONLY, ClinicScopedAdmin, ReadOnlyRecordAdmin
+from clinics.identifiers import mask
 
 
 @admin.register(Conversation)

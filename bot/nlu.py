@@ -16,6 +16,7 @@ from difflib import SequenceMatcher
 from enum import StrEnum
 
 from bot.text import MAX_TEXT, normalize, strip_accents
+from clinics.identifiers import is_document
 
 # ---------------------------------------------------------------------------------------------
 # Fuzzy word matching
@@ -72,7 +73,7 @@ def parse_document(text: str) -> DocumentParse:
         for m in _DIGIT_GROUPS.finditer(cleaned)
         if not _DATE_SHAPED.match(m.group())
     ]
-    valid = [c for c in candidates if 8 <= len(c) <= 15]
+    valid = [c for c in candidates if is_document(c)]
     if len(set(valid)) == 1:
         return DocumentParse(document=valid[0])
     if valid:
