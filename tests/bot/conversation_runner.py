@@ -11,12 +11,16 @@ reached the right outcome and the messages each booking took to bench/results/<n
 Reuse (another engineer's set, e.g. families):
 
     # tests/bot/test_family_conversations.py
-    from tests.bot.conversation_runner import build_world, collect_results, run_conversation
+    from tests.bot.conversation_runner import collect_results, run_conversation, shared_world
     from tests.bot.family_conversations import CONVERSATIONS
 
+    @pytest.fixture(scope="module")
+    def demo_world(django_db_setup, django_db_blocker):
+        yield from shared_world(django_db_blocker)
+
     @pytest.fixture
-    def world(db):
-        return build_world()
+    def world(demo_world, db):
+        return demo_world
 
     @pytest.fixture(scope="module")
     def results():
@@ -130,6 +134,25 @@ def build_world() -> World:
     )
     ana = Patient.objects.create(clinic=clinic, **ANA)
     return World(clinic, doctors, specialties, ana, today)
+
+
+def shared_world(django_db_blocker):
+    """A generator for a module-scoped fixture: one world for every conversation of a module
+    (each test's own changes roll back with its transaction), removed afterwards.
+
+        @pytest.fixture(scope="module")
+        def demo_world(django_db_setup, django_db_blocker):
+            yield from shared_world(django_db_blocker)
+
+        @pytest.fixture
+        def world(demo_world, db):
+            return demo_world
+    """
+    with django_db_blocker.unblock():
+        world = build_world()
+    yield world
+    with django_db_blocker.unblock():
+        Clinic.objects.filter(pk=world.clinic.pk).delete()
 
 
 def _appointment(world: World, doctor_name: str, when: dt.datetime, status: str) -> Appointment:
