@@ -24,7 +24,7 @@ Reuse (another engineer's set, e.g. families):
 
     @pytest.fixture(scope="module")
     def results():
-        yield from collect_results("family_conversations")
+        yield from collect_results("family_conversations", expected=len(CONVERSATIONS))
 
     @pytest.mark.parametrize("conversation", CONVERSATIONS, ids=lambda c: c.name)
     def test_it_reaches_the_right_outcome(conversation, world, results):
@@ -559,16 +559,20 @@ def run_conversation(conversation: Conversation, world: World, results: dict | N
 # --- results -----------------------------------------------------------------------------------
 
 
-def collect_results(name: str):
+def collect_results(name: str, expected: int):
     """A generator for a module-scoped fixture: yields the dict `run_conversation` fills, then
-    writes the summary to bench/results/<name>.json."""
+    prints the summary and, when all `expected` conversations ran (not a `-k` selection),
+    writes it to bench/results/<name>.json."""
     results: dict[str, dict] = {}
     yield results
     if not results:
         return
     summary = summarize(results)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    if len(results) == expected:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (RESULTS_DIR / f"{name}.json").write_text(
+            json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+        )
     print(f"\n{name}: {summary['passed']}/{summary['total']} right ({summary['share']:.0%})")
     for kind, figures in summary["messages_per_booking"].items():
         print(f"  messages per booking ({kind}): {figures}")

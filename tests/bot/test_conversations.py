@@ -25,7 +25,7 @@ def world(demo_world, db):
 
 @pytest.fixture(scope="module")
 def results():
-    yield from collect_results("conversations")
+    yield from collect_results("conversations", expected=len(CONVERSATIONS))
 
 
 def test_it_has_a_big_varied_set():
