@@ -45,6 +45,7 @@ from clinics.models import (
 from outreach import replies
 from outreach.models import OutreachSettings, PartOfDay, WaitlistEntry, WaitlistOffer
 from outreach.reminders import clinic_settings
+from sophia_web import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +61,10 @@ def _deliver_after_commit(message_ids: Iterable[int]) -> None:
         return
 
     def deliver() -> None:
-        for message_id in ids:
-            try:
-                whatsapp.deliver(message_id)
-            except Exception:
-                logger.exception(
-                    "waitlist message %s: delivery failed; the outbox retries", message_id
-                )
+        try:
+            whatsapp.deliver_many(ids)
+        except Exception:
+            logger.exception("waitlist messages %s: delivery failed; the outbox retries", ids)
 
     transaction.on_commit(deliver, robust=True)
 
@@ -293,6 +291,7 @@ def waitlist_offer_slot(*, slot_id: int, now: dt.datetime | None = None) -> int:
         _deliver_after_commit(made)
     if made:
         logger.info("waitlist: slot %s offered to %d patient(s)", slot_id, len(made))
+        metrics.WAITLIST_OFFERS.inc(len(made))
     return len(made)
 
 
