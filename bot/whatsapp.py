@@ -415,9 +415,9 @@ def _held_by_staff() -> Q:
     return Q(sent_by__isnull=True) & ~Q(kind="template") & Q(Exists(open_takeover))
 
 
-def _suppress_if_held(message_id: int) -> None:
+def _suppress_if_held(*message_ids: int) -> None:
     suppressed = (
-        Message.objects.filter(id=message_id, direction=Direction.OUT, status__in=_PENDING)
+        Message.objects.filter(id__in=message_ids, direction=Direction.OUT, status__in=_PENDING)
         .filter(_held_by_staff())
         .update(
             status=MessageStatus.SUPPRESSED,
@@ -426,11 +426,9 @@ def _suppress_if_held(message_id: int) -> None:
         )
     )
     if suppressed:
-        logger.info("outbound message %s suppressed: staff hold the conversation", message_id)
-        conversation_id = (
-            Message.objects.filter(pk=message_id).values_list("conversation_id", flat=True).first()
-        )
-        live.touch([conversation_id])
+        logger.info("%s outbound message(s) suppressed: staff hold the conversation", suppressed)
+        rows = Message.objects.filter(pk__in=message_ids)
+        live.touch(set(rows.values_list("conversation_id", flat=True)))
 
 
 def _backoff_seconds(attempt: int, error: WhatsAppError) -> float:
@@ -467,6 +465,7 @@ def send_queued(rows: list[Message]) -> int:
         return 0
     now = timezone.now()
     ids = [row.pk for row in rows]
+    _suppress_if_held(*ids)  # staff took over while the turn ran: none of it goes out
     earlier_pending = Message.objects.filter(
         conversation_id=OuterRef("conversation_id"),
         direction=Direction.OUT,
@@ -476,6 +475,7 @@ def send_queued(rows: list[Message]) -> int:
     claimed = (
         Message.objects.filter(id__in=ids, status=MessageStatus.QUEUED)
         .exclude(Exists(earlier_pending))
+        .exclude(_held_by_staff())
         .update(status=MessageStatus.SENDING, next_attempt_at=now + LEASE)
     )
     if claimed != len(rows):
@@ -632,6 +632,7 @@ def deliver_many(message_ids: Sequence[int]) -> int:
             .filter(id__in=list(message_ids), direction=Direction.OUT, status__in=_PENDING)
             .filter(_due(now))
             .exclude(Exists(earlier_pending))
+            .exclude(_held_by_staff())
             .order_by("id")
         )
         Message.objects.filter(pk__in=[m.pk for m in claimed]).update(
