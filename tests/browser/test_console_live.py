@@ -191,6 +191,7 @@ def test_it_catches_up_after_the_websocket_drops(
     login(phone, live_app, receptionist)
     open_simulator(phone, live_app, clinic)
     patient_says(phone, "Hola")
+    expect(phone.locator(".sim-out")).not_to_have_count(0, timeout=20_000)
     conversation = conversation_of(clinic)
     console.goto(f"{live_app.url}/conversaciones/{conversation.pk}/")
     wait_live(console)
