@@ -36,6 +36,7 @@ from bot import engine, llm, state, whatsapp
 from bot.gateway import OrmGateway
 from bot.messages import Inbound, Reply
 from bot.models import Conversation, ConversationMode, Direction, Message, MessageStatus
+from sophia_web import logging as sophia_logging
 from sophia_web import metrics
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,12 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
         return 0
 
     processed = 0
+    # Every log line of these turns carries the clinic and the masked session id.
+    log_context = sophia_logging.bind(
+        clinic=conversation.clinic_id,
+        session=sophia_logging.mask_session(session_id),
+        action="bot.turn",
+    )
     try:
         while True:
             upcoming = _pending(conversation_id).values("wa_message_id").first()
@@ -151,6 +158,7 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
     finally:
         if lock.status is state.LockStatus.ACQUIRED:
             state.release_lock(session_id, lock.token)
+        sophia_logging.reset(log_context)
     # A message stored while we were finishing found the lock still held: run it now.
     if has_pending(conversation_id):
         schedule_turns(conversation_id)

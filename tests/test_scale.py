@@ -12,6 +12,7 @@
 
 import asyncio
 import datetime as dt
+import json
 import os
 import signal
 import socket
@@ -183,6 +184,20 @@ def test_a_turn_processed_by_a_worker_reaches_the_dashboard_group_via_redis(
     events = asyncio.run(listen())
     assert [e["status"] for e in events] == ["typing", "stopped"]
     assert all(e["type"] == "conversation.typing" for e in events)
+
+    # The four processes' logs: JSON lines, the turn's lines tagged with the clinic and the
+    # masked session id, and the patient's number in none of them.
+    lines = [
+        json.loads(line)
+        for log in cluster.tmp_path.glob("*.log")
+        for line in log.read_text().splitlines()
+        if line.startswith("{")
+    ]
+    turn_lines = [line for line in lines if line.get("action") == "bot.turn"]
+    assert turn_lines and all(line["session"] == "…4567" for line in turn_lines)
+    assert all(line["clinic"] == clinic.pk for line in turn_lines)
+    for log in cluster.tmp_path.glob("*.log"):
+        assert ANA_WA not in log.read_text()
 
 
 def test_bookings_on_both_web_processes_are_delivered_once_each_by_two_workers(
