@@ -10,6 +10,7 @@ Lock order, to stay deadlock-free: slots (by id) first, then appointments.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import re
@@ -52,6 +53,7 @@ from clinics.models import (
     Specialty,
 )
 from clinics.scheduling import generate_slots
+from sophia_web import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,20 @@ class Actor:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _counts_conflicts(service: Callable) -> Callable:
+    """Count refusals because someone else got there first (/metrics), whoever called."""
+
+    @functools.wraps(service)
+    def counted(*args, **kwargs):
+        try:
+            return service(*args, **kwargs)
+        except (SlotTaken, PatientOverlap) as exc:
+            metrics.BOOKING_CONFLICTS.labels(code=exc.code).inc()
+            raise
+
+    return counted
 
 
 def _audit(
@@ -404,6 +420,7 @@ def slots_generate(
     return created
 
 
+@_counts_conflicts
 def slot_hold(
     *,
     clinic: Clinic,
@@ -579,6 +596,7 @@ def _book_generic(
     return appointment
 
 
+@_counts_conflicts
 def appointment_book(
     *,
     clinic: Clinic,
@@ -849,6 +867,7 @@ def appointment_cancel(
     return appointment
 
 
+@_counts_conflicts
 def appointment_reschedule(
     *,
     clinic: Clinic,
