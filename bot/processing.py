@@ -10,20 +10,26 @@ The webhook stores each inbound message (status `received`) and, after commit, c
 - the oldest `received` message is taken (by WhatsApp timestamp, then id), the engine runs, the
   conversation and the message are saved, replies go to the outbox — all or nothing. A crash
   mid-turn rolls back: the message stays `received` and a retry or the sweeper runs it again;
-- after commit the new outbox rows are sent at once; the worker's `deliver_due` retries failures.
+- no network call runs inside that transaction (bot.network guards both clients). When the
+  engine asks the LLM, the transaction is rolled back, the LLM is asked with no transaction open,
+  and the turn runs again from the start with the answer at hand (the engine is deterministic, so
+  it takes the same path up to that question). The typing indicator goes out from a side thread
+  that holds no transaction; the replies are sent after commit, and the worker's `deliver_due`
+  retries failures.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import logging
+import threading
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
@@ -132,19 +138,15 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
         action="bot.turn",
     )
     try:
-        while True:
-            upcoming = _pending(conversation_id).values("wa_message_id").first()
-            if upcoming is None:
-                break
-            state.extend_lock(session_id, lock.token)
+        while (message := _pending(conversation_id).first()) is not None:
+            if processed:
+                state.extend_lock(session_id, lock.token)
             typing = None
             if conversation.mode == ConversationMode.BOT:
                 # The indicator's HTTP call overlaps the turn instead of delaying it.
-                typing = _side_calls.submit(
-                    _typing_started, conversation, upcoming["wa_message_id"]
-                )
+                typing = _side_calls.submit(_typing_started, conversation, message.wa_message_id)
             try:
-                outcome = _run_one_turn(conversation_id)
+                outcome = _run_one_turn(conversation_id, message)
             finally:
                 if typing is not None:
                     _finish(typing)  # so "typing…" never lands after the reply
@@ -153,7 +155,7 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
                 continue  # another worker (Redis down) took that message first
             processed += 1
             conversation = outcome.conversation
-            _deliver(outcome.outbound_ids)
+            _deliver(outcome.outbound)
             _mirror_session(conversation)
     finally:
         if lock.status is state.LockStatus.ACQUIRED:
@@ -168,10 +170,72 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
 @dataclasses.dataclass
 class _Outcome:
     conversation: Conversation
-    outbound_ids: list[int]
+    outbound: list[Message]
 
 
-def _run_one_turn(conversation_id: int) -> _Outcome | None:
+class _LLMNeeded(BaseException):
+    """The engine asked the LLM a question not answered yet: unwind the turn's transaction.
+
+    A BaseException because the engine and triage treat any Exception from the LLM as "no
+    answer, use the rules" — and this is not an LLM failure.
+    """
+
+    def __init__(self, key: tuple, ask: Callable[[], object]) -> None:
+        super().__init__(key[0])
+        self.key = key
+        self.ask = ask
+
+
+class _ReplayLLM:
+    """Stands for bot.llm's helper inside the turn's transaction: answers asked outside it are
+    replayed; a new question raises _LLMNeeded."""
+
+    def __init__(self, helper, answers: dict) -> None:
+        self._helper = helper
+        self._answers = answers
+
+    def _replay(self, key: tuple, ask: Callable[[], object]) -> object:
+        if key not in self._answers:
+            raise _LLMNeeded(key, ask)
+        return self._answers[key]
+
+    def classify(self, text, specialties):
+        key = ("classify", text, tuple(s.slug for s in specialties))
+        return self._replay(key, lambda: self._helper.classify(text, specialties))
+
+    def answer(self, question, clinic, specialties, faq=()):
+        key = ("answer", question, clinic.name)
+        return self._replay(key, lambda: self._helper.answer(question, clinic, specialties, faq))
+
+
+# More questions than this in one turn and the rules answer the rest.
+MAX_LLM_CALLS_PER_TURN = 3
+
+
+def _run_one_turn(conversation_id: int, message: Message) -> _Outcome | None:
+    """Run the turn of `message`, the conversation's oldest pending one when it was read."""
+    helper = _llm_helper()
+    answers: dict[tuple, object] = {}
+    counted: dict[int, bool] = {}  # message id → over the rate limit (counted once per message)
+    while True:
+        llm = _ReplayLLM(helper, answers) if helper is not None else None
+        try:
+            return _run_one_turn_once(conversation_id, message, llm, counted)
+        except _LLMNeeded as needed:  # rolled back: no transaction is open here
+            answers[needed.key] = _ask(needed) if len(answers) < MAX_LLM_CALLS_PER_TURN else None
+
+
+def _ask(needed: _LLMNeeded) -> object:
+    try:
+        return needed.ask()
+    except Exception:  # the LLM is optional: any failure means "no answer"
+        logger.exception("llm %s failed; rules only", needed.key[0])
+        return None
+
+
+def _run_one_turn_once(
+    conversation_id: int, message: Message, llm: _ReplayLLM | None, counted: dict[int, bool]
+) -> _Outcome | None:
     now = timezone.now()
     started = time.perf_counter()
     with transaction.atomic():
@@ -180,21 +244,27 @@ def _run_one_turn(conversation_id: int) -> _Outcome | None:
             .select_related("clinic", "patient")
             .get(pk=conversation_id)
         )
-        message = _pending(conversation_id).first()
-        if message is None:
+        # Under the row lock, claim the message: 0 rows when another worker (Redis down) ran it.
+        claimed = Message.objects.filter(pk=message.pk, status=MessageStatus.RECEIVED).update(
+            status=MessageStatus.PROCESSED, processed_at=now
+        )
+        if not claimed:
             return None
-        replies = _turn(conversation, message, now)
-        message.status = MessageStatus.PROCESSED
-        message.processed_at = now
-        message.save(update_fields=["status", "processed_at"])
+        replies = _turn(conversation, message, now, llm, counted)
         conversation.last_activity_at = now
         conversation.save()
         rows = whatsapp.queue_replies(conversation, replies) if replies else []
     metrics.BOT_TURN_LATENCY.observe(time.perf_counter() - started)
-    return _Outcome(conversation, [row.pk for row in rows])
+    return _Outcome(conversation, rows)
 
 
-def _turn(conversation: Conversation, message: Message, now: dt.datetime) -> list[Reply]:
+def _turn(
+    conversation: Conversation,
+    message: Message,
+    now: dt.datetime,
+    llm: _ReplayLLM | None = None,
+    counted: dict[int, bool] | None = None,
+) -> list[Reply]:
     """One inbound message against the locked conversation; returns the replies to queue."""
     if conversation.last_inbound_at is None or conversation.last_inbound_at < message.created_at:
         conversation.last_inbound_at = message.created_at
@@ -204,14 +274,18 @@ def _turn(conversation: Conversation, message: Message, now: dt.datetime) -> lis
     if conversation.closed_at is None and _idle_before(conversation, message):
         close_conversation(conversation, now)
 
-    if _over_rate_limit(conversation, message, now):
-        metrics.RATE_LIMIT_HITS.labels(scope="bot").inc()
+    counted = {} if counted is None else counted
+    if message.pk not in counted:  # a turn run again after an LLM question counts once
+        counted[message.pk] = _over_rate_limit(conversation, message, now)
+        if counted[message.pk]:
+            metrics.RATE_LIMIT_HITS.labels(scope="bot").inc()
+    if counted[message.pk]:
         if conversation.rate_limited_until is None or conversation.rate_limited_until <= now:
             conversation.rate_limited_until = now + RATE_WINDOW
             return [Reply(kind="text", text=_("Please wait a moment…"))]
         return []
 
-    return _run_engine(conversation, message, now)
+    return _run_engine(conversation, message, now, llm)
 
 
 def give_up_on(message_id: int) -> bool:
@@ -243,7 +317,7 @@ def give_up_on(message_id: int) -> bool:
         conversation.pk,
         message.attempts,
     )
-    _deliver([row.pk for row in rows])
+    _deliver(rows)
     return True
 
 
@@ -286,7 +360,9 @@ def _over_rate_limit(conversation: Conversation, message: Message, now: dt.datet
     return count > settings.SOPHIA_RATE_LIMIT_PER_MINUTE
 
 
-def _run_engine(conversation: Conversation, message: Message, now: dt.datetime) -> list[Reply]:
+def _run_engine(
+    conversation: Conversation, message: Message, now: dt.datetime, llm: _ReplayLLM | None
+) -> list[Reply]:
     snapshot = engine.Snapshot(
         state=_state_of(conversation),
         data=dict(conversation.context or {}),
@@ -297,7 +373,7 @@ def _run_engine(conversation: Conversation, message: Message, now: dt.datetime) 
         conversation_id=conversation.pk,
         wa_id=conversation.wa_id,
         now=now,
-        llm=_llm_helper(),
+        llm=llm,
     )
     try:
         # A savepoint: whatever the engine wrote before failing is undone, the turn goes on.
@@ -413,15 +489,12 @@ def _finish(future: Future) -> None:
         logger.warning("typing indicator still pending after %s s", TYPING_WAIT_SECONDS)
 
 
-def _deliver(outbound_ids: Iterable[int]) -> None:
+def _deliver(rows: list[Message]) -> None:
     """Send the turn's replies now, in order; the first failure leaves the rest to the worker."""
-    for message_id in outbound_ids:
-        try:
-            if not whatsapp.deliver(message_id):
-                return
-        except Exception:
-            logger.exception("delivering message %s failed; the outbox will retry", message_id)
-            return
+    try:
+        whatsapp.send_queued(rows)
+    except Exception:
+        logger.exception("delivering %d message(s) failed; the outbox will retry", len(rows))
 
 
 def _typing_started(conversation: Conversation, wa_message_id: str | None) -> None:
@@ -438,18 +511,58 @@ def _typing_stopped(conversation: Conversation) -> None:
 
 
 def _broadcast_typing(conversation: Conversation, event: dict) -> None:
-    """The same typing event to the dashboard's conversation group (best effort)."""
+    """The same typing event to the dashboard's conversation group (best effort, not waited
+    for: the turn goes on while it is sent)."""
     layer = get_channel_layer()
     if layer is None:
         return
     if "Redis" in type(layer).__name__ and not state.is_available():
         return  # Redis is known to be down: don't wait on it
-    try:
-        async_to_sync(layer.group_send)(
-            f"conversation-{conversation.pk}", {"type": "conversation.typing", **event}
-        )
-    except Exception:
-        logger.debug("typing broadcast failed for conversation %s", conversation.pk)
+    _typing_events.send(
+        layer, f"conversation-{conversation.pk}", {"type": "conversation.typing", **event}
+    )
+
+
+class _GroupSender:
+    """One event loop thread per process sending channel-layer events in the order given.
+
+    `async_to_sync(layer.group_send)` per event would build an event loop (and, with
+    channels_redis, a Redis connection pool) per call; this keeps one of each for the process.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue | None = None
+        self._mutex = threading.Lock()
+
+    def _start(self) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._queue = asyncio.Queue()
+            ready.set()
+            self._loop.run_until_complete(self._drain())
+
+        threading.Thread(target=run, name="sophia-live", daemon=True).start()
+        ready.wait()
+
+    async def _drain(self) -> None:
+        while True:
+            layer, group, event = await self._queue.get()
+            try:
+                await layer.group_send(group, event)
+            except Exception:
+                logger.debug("live event to %s not sent", group)
+
+    def send(self, layer, group: str, event: dict) -> None:
+        with self._mutex:
+            if self._loop is None:
+                self._start()
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (layer, group, event))
+
+
+_typing_events = _GroupSender()
 
 
 def _mirror_session(conversation: Conversation) -> None:

@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import json
 import logging
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, Q
+from django.db.models import Count, Exists, Min, OuterRef, Q, Subquery, Value
+from django.db.models.functions import Now
 from django.utils import timezone
+from django.utils.text import slugify
 
-from clinics import events
+from clinics import events, scheduling
 from clinics.errors import (  # noqa: F401  (re-exported: callers catch services.X)
     AppointmentNotFound,
     BookingError,
@@ -37,6 +37,7 @@ from clinics.errors import (  # noqa: F401  (re-exported: callers catch services
     SlotUnavailable,
     WrongClinic,
 )
+from clinics.identifiers import DOCUMENT_RE, WHATSAPP_ID_RE, mask
 from clinics.models import (
     OCCUPYING_STATUSES,
     UPCOMING_STATUSES,
@@ -44,21 +45,21 @@ from clinics.models import (
     AppointmentSource,
     AppointmentStatus,
     AuditEvent,
+    BlockedPeriod,
     Clinic,
     Doctor,
+    ExtraHours,
     Patient,
+    Schedule,
     Slot,
     SlotHold,
     SlotStatus,
     Specialty,
 )
-from clinics.scheduling import generate_slots
 from sophia_web import metrics
 
 logger = logging.getLogger(__name__)
 
-DOCUMENT_RE = re.compile(r"^\d{8,15}$")
-WHATSAPP_ID_RE = re.compile(r"^\d{6,20}$")
 MAX_HOLD_MINUTES = 60
 MAX_NOTES = 2000
 
@@ -162,10 +163,6 @@ def _event_payload(appointment: Appointment) -> dict:
     }
 
 
-def _mask(value: str) -> str:
-    return f"…{value[-4:]}" if value else ""
-
-
 def _check_actor(actor: Actor) -> None:
     if not isinstance(actor, Actor) or actor.type not in AuditEvent.ActorType.values:
         raise InvalidInput("actor must be an Actor with a known type")
@@ -195,15 +192,38 @@ def _check_patient(clinic: Clinic, patient: Patient | None, *, query: bool = Tru
 
 
 def _lock_slots(
-    clinic: Clinic, slot_ids: list[int], also: list[int] = (), patient: Patient | None = None
+    clinic: Clinic,
+    slot_ids: list[int],
+    also: list[int] = (),
+    *,
+    now: dt.datetime | None = None,
+    holder: str | None = None,
+    patient: Patient | None = None,
 ) -> dict[int, Slot]:
     """Lock `slot_ids` (which must be this clinic's) and `also` in one statement, in id order,
-    so two services never deadlock. With `patient`, the same statement checks the patient
+    so two services never deadlock. Booking is the write many people race for, and its cost is
+    how long the slot stays locked: so the same statement reads all the booking rules need —
+    whether `holder` has a live hold on each slot (`holder_holds_it`), the doctor's specialty
+    when the doctor has exactly one (`only_specialty_id`) and, with `patient`, that the patient
     still exists (the foreign key is only checked at COMMIT, too late for a clean error)."""
+    live_hold = SlotHold.objects.filter(
+        slot=OuterRef("pk"), holder=holder or "", released_at=None, expires_at__gt=now or Now()
+    )
+    one_specialty = (
+        Doctor.specialties.through.objects.filter(doctor_id=OuterRef("doctor_id"))
+        .values("doctor_id")
+        .annotate(count=Count("pk"), first=Min("specialty_id"))
+        .filter(count=1)
+        .values("first")
+    )
     rows = (
         Slot.objects.select_for_update(of=("self",))
         .select_related("doctor")
         .filter(pk__in={*slot_ids, *also})
+        .annotate(
+            holder_holds_it=Exists(live_hold) if holder else Value(False),
+            only_specialty_id=Subquery(one_specialty),
+        )
         .order_by("pk")
     )
     if patient is not None:
@@ -222,49 +242,17 @@ def _lock_slots(
     return locked
 
 
-def _live_hold_by(slot: Slot, holder: str | None, now: dt.datetime) -> SlotHold | None:
-    if not holder:
-        return None
-    return (
-        SlotHold.objects.filter(slot=slot, holder=holder, released_at=None, expires_at__gt=now)
-        .order_by("-expires_at")
-        .first()
-    )
-
-
-def _check_slot_state(
-    *,
-    start_at: dt.datetime,
-    status: str,
-    held_until: dt.datetime | None,
-    doctor_active: bool,
-    now: dt.datetime,
-    holder_holds_it: Callable[[], bool],
-) -> None:
-    """The booking rules for a locked slot, on plain values so both booking paths (the ORM one
-    and the PostgreSQL fast path of `appointment_book`) share them. `holder_holds_it` is only
-    asked when the slot is held live, so callers may make it lazy."""
-    if start_at <= now:
+def _check_bookable(slot: Slot, *, now: dt.datetime) -> None:
+    """Raise unless the holder `_lock_slots` was given may take this locked slot now."""
+    if slot.start_at <= now:
         raise SlotUnavailable("the slot has already started", code="slot_in_past")
-    if status == SlotStatus.BLOCKED or not doctor_active:
+    if slot.status == SlotStatus.BLOCKED or not slot.doctor.active:
         raise SlotUnavailable("the slot is blocked", code="slot_blocked")
-    if status == SlotStatus.BOOKED:
+    if slot.status == SlotStatus.BOOKED:
         raise SlotTaken("the slot is already booked")
-    held_live = status == SlotStatus.HELD and held_until is not None and held_until > now
-    if held_live and not holder_holds_it():
+    held_live = slot.status == SlotStatus.HELD and slot.held_until and slot.held_until > now
+    if held_live and not slot.holder_holds_it:
         raise SlotTaken("someone else is holding the slot")
-
-
-def _check_bookable(slot: Slot, *, holder: str | None, now: dt.datetime) -> None:
-    """Raise unless `holder` may take this (locked) slot now."""
-    _check_slot_state(
-        start_at=slot.start_at,
-        status=slot.status,
-        held_until=slot.held_until,
-        doctor_active=slot.doctor.active,
-        now=now,
-        holder_holds_it=lambda: _live_hold_by(slot, holder, now) is not None,
-    )
 
 
 def _free_slot(slot: Slot) -> None:
@@ -304,8 +292,8 @@ def _book_locked(
     now: dt.datetime,
     rescheduled_from: Appointment | None = None,
 ) -> Appointment:
-    """Book a slot the caller has locked, inside the caller's transaction."""
-    _check_bookable(slot, holder=holder, now=now)
+    """Book a slot the caller has locked (`_lock_slots`), inside the caller's transaction."""
+    _check_bookable(slot, now=now)
     # On PostgreSQL the exclusion constraint answers this at the INSERT (no extra query); the
     # embedded SQLite demo has no such constraint, so it asks first.
     if (
@@ -318,11 +306,7 @@ def _book_locked(
         ).exists()
     ):
         raise PatientOverlap("the patient already has an appointment at that time")
-    if specialty is None:
-        only = list(slot.doctor.specialties.values_list("pk", flat=True)[:2])
-        specialty_id = only[0] if len(only) == 1 else None
-    else:
-        specialty_id = specialty.pk
+    specialty_id = specialty.pk if specialty is not None else slot.only_specialty_id
     appointment = Appointment(
         clinic=clinic,
         patient=patient,
@@ -343,9 +327,9 @@ def _book_locked(
     except IntegrityError as exc:
         raise _integrity_to_booking_error(exc) from exc
     was_held = slot.status == SlotStatus.HELD
-    slot.status = SlotStatus.BOOKED
-    slot.held_until = None
-    slot.save(update_fields=["status", "held_until", "updated_at"])
+    Slot.objects.filter(pk=slot.pk).update(
+        status=SlotStatus.BOOKED, held_until=None, updated_at=now
+    )
     if was_held:
         SlotHold.objects.filter(slot=slot, released_at=None).update(released_at=now)
     return appointment
@@ -389,10 +373,18 @@ def slots_generate(
         raise WrongClinic("the doctor belongs to another clinic")
     actor = actor or Actor.system("slots_generate")
     with transaction.atomic():
-        created, blocked = generate_slots(
+        # The doctors' rows are locked so that a schedule being replaced right now is either
+        # wholly before or wholly after this run.
+        doctors = Doctor.objects.select_for_update().filter(clinic=clinic).order_by("pk")
+        if doctor is not None:
+            doctors = doctors.filter(pk=doctor.pk)
+        list(doctors.values_list("pk", flat=True))
+        created, blocked = scheduling.generate_slots(
             clinic=clinic, date_from=date_from, date_to=date_to, doctor=doctor
         )
         if created or blocked:
+            start, end = scheduling.local_day_bounds(date_from, date_to, clinic.tz)
+            _emit_agenda(clinic, [doctor.pk] if doctor else None, start, end)
             _audit(
                 clinic=clinic,
                 actor=actor,
@@ -429,7 +421,8 @@ def slot_hold(
     patient: Patient | None = None,
     minutes: int | None = None,
 ) -> SlotHold:
-    """Hold a bookable slot for `holder` (default SOPHIA_HOLD_MINUTES); drops their other hold.
+    """Hold a bookable slot for `holder` (default: the clinic's hold minutes); drops their
+    other hold.
 
     Holding the slot you already hold renews it.
     """
@@ -437,7 +430,7 @@ def slot_hold(
     if not isinstance(holder, str) or not holder.strip() or len(holder) > 120:
         raise InvalidInput("holder must be a non-empty string of at most 120 characters")
     if minutes is None:
-        minutes = settings.SOPHIA_HOLD_MINUTES
+        minutes = clinic.hold_minutes
     if isinstance(minutes, bool) or not isinstance(minutes, int):
         raise InvalidInput("minutes must be an integer")
     if not 1 <= minutes <= MAX_HOLD_MINUTES:
@@ -452,9 +445,9 @@ def slot_hold(
             )
         )
         others = [i for i in previous if i != slot_id]
-        locked = _lock_slots(clinic, [slot_id], also=others)
+        locked = _lock_slots(clinic, [slot_id], also=others, now=now, holder=holder)
         slot = locked[slot_id]
-        _check_bookable(slot, holder=holder, now=now)
+        _check_bookable(slot, now=now)
         released = []
         for prev_id in others:
             prev = locked.get(prev_id)
@@ -498,9 +491,8 @@ def slot_release(*, clinic: Clinic, slot_id: int, holder: str) -> bool:
         raise InvalidInput("holder must be a non-empty string")
     with transaction.atomic():
         now = timezone.now()
-        slot = _lock_slots(clinic, [slot_id])[slot_id]
-        hold = _live_hold_by(slot, holder, now)
-        if hold is None:
+        slot = _lock_slots(clinic, [slot_id], now=now, holder=holder)[slot_id]
+        if not slot.holder_holds_it:
             return False
         SlotHold.objects.filter(slot=slot, holder=holder, released_at=None).update(released_at=now)
         if slot.status == SlotStatus.HELD:
@@ -555,47 +547,6 @@ def holds_expire(*, now: dt.datetime | None = None, batch_size: int = 1000) -> i
 # --- appointments ----------------------------------------------------------------------------
 
 
-def _book_generic(
-    *,
-    clinic: Clinic,
-    patient: Patient,
-    slot_id: int,
-    actor: Actor,
-    source: str,
-    specialty: Specialty | None,
-    notes: str,
-    holder: str | None,
-    now: dt.datetime,
-) -> Appointment:
-    """The ORM booking path (SQLite; the benchmark's same-run comparison on PostgreSQL).
-
-    Call inside a transaction; the caller emits the event.
-    """
-    slot = _lock_slots(clinic, [slot_id], patient=patient)[slot_id]
-    appointment = _book_locked(
-        clinic=clinic,
-        patient=patient,
-        slot=slot,
-        actor=actor,
-        source=source,
-        specialty=specialty,
-        notes=notes,
-        holder=holder,
-        now=now,
-    )
-    _audit(
-        clinic=clinic,
-        actor=actor,
-        action="appointment.book",
-        object_type="appointment",
-        object_id=appointment.pk,
-        before=None,
-        after=_appointment_state(appointment),
-        at=now,
-    )
-    return appointment
-
-
 @_counts_conflicts
 def appointment_book(
     *,
@@ -621,30 +572,28 @@ def appointment_book(
     notes = notes.strip()[:MAX_NOTES]
     with transaction.atomic():
         now = timezone.now()
-        if connection.vendor == "postgresql":
-            appointment = _book_postgresql(
-                clinic=clinic,
-                patient=patient,
-                slot_id=slot_id,
-                actor=actor,
-                source=source,
-                specialty=specialty,
-                notes=notes,
-                holder=holder,
-                now=now,
-            )
-        else:
-            appointment = _book_generic(
-                clinic=clinic,
-                patient=patient,
-                slot_id=slot_id,
-                actor=actor,
-                source=source,
-                specialty=specialty,
-                notes=notes,
-                holder=holder,
-                now=now,
-            )
+        slot = _lock_slots(clinic, [slot_id], now=now, holder=holder, patient=patient)[slot_id]
+        appointment = _book_locked(
+            clinic=clinic,
+            patient=patient,
+            slot=slot,
+            actor=actor,
+            source=source,
+            specialty=specialty,
+            notes=notes,
+            holder=holder,
+            now=now,
+        )
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="appointment.book",
+            object_type="appointment",
+            object_id=appointment.pk,
+            before=None,
+            after=_appointment_state(appointment),
+            at=now,
+        )
         events.emit(clinic_id=clinic.pk, name="cita.creada", payload=_event_payload(appointment))
     logger.info(
         "appointment %s booked slot=%s patient=%s source=%s actor=%s",
@@ -654,150 +603,6 @@ def appointment_book(
         source,
         actor.type,
     )
-    return appointment
-
-
-# The PostgreSQL booking path, in SQL: booking is the one write that many people race for, and
-# under contention its cost is the time the slot row stays locked. The ORM path spent ~2 ms of
-# Python per booking (query compilation, model saves) mostly inside that window. Here the same
-# work is two statements: lock-and-read, then one write statement for appointment + slot +
-# holds + audit. The rules are shared with the ORM path (`_check_slot_state`); the database
-# constraints stay the final guarantee (their violations map to the same errors).
-
-# Lock the slot (FOR UPDATE, as select_for_update) and read everything the rules need in the
-# same round trip: the doctor's active flag, whether the patient still exists in this clinic
-# (its foreign key is only checked at COMMIT, too late for a clean error), whether `holder` has
-# a live hold, and the doctor's specialty when the doctor has exactly one.
-_BOOK_LOCK_SQL = """
-SELECT s.clinic_id, s.doctor_id, s.start_at, s.end_at, s.status, s.held_until, d.active,
-       EXISTS (SELECT 1 FROM clinics_patient p
-               WHERE p.id = %(patient)s AND p.clinic_id = %(clinic)s),
-       %(holder)s::varchar IS NOT NULL AND EXISTS (
-           SELECT 1 FROM clinics_slothold h
-           WHERE h.slot_id = s.id AND h.holder = %(holder)s AND h.released_at IS NULL
-             AND h.expires_at > %(now)s),
-       (SELECT CASE WHEN count(*) = 1 THEN min(ds.specialty_id) END
-        FROM clinics_doctor_specialties ds WHERE ds.doctor_id = s.doctor_id)
-FROM clinics_slot s JOIN clinics_doctor d ON d.id = s.doctor_id
-WHERE s.id = %(slot)s
-FOR UPDATE OF s
-"""
-
-# Every write of a booking in one statement (data-modifying CTEs all run, in one snapshot).
-# The audit row's `after` is the state built in Python (`_appointment_state`) plus the new id.
-_BOOK_WRITE_SQL = """
-WITH appointment AS (
-    INSERT INTO clinics_appointment (
-        clinic_id, patient_id, slot_id, doctor_id, specialty_id, start_at, end_at, status,
-        patient_notes, source, cancel_reason, rescheduled_from_id, created_at, updated_at)
-    VALUES (%(clinic)s, %(patient)s, %(slot)s, %(doctor)s, %(specialty)s, %(start_at)s,
-            %(end_at)s, %(status)s, %(notes)s, %(source)s, '', NULL, %(now)s, %(now)s)
-    RETURNING id
-), booked_slot AS (
-    UPDATE clinics_slot SET status = %(booked)s, held_until = NULL, updated_at = %(now)s
-    WHERE id = %(slot)s
-), released_holds AS (
-    -- Only when the slot was held: a free slot has no open hold to close.
-    UPDATE clinics_slothold SET released_at = %(now)s
-    WHERE %(was_held)s AND slot_id = %(slot)s AND released_at IS NULL
-), audit AS (
-    INSERT INTO clinics_auditevent (
-        clinic_id, actor_type, actor_id, actor_label, action, object_type, object_id,
-        before, after, at)
-    SELECT %(clinic)s, %(actor_type)s, %(actor_id)s, %(actor_label)s, 'appointment.book',
-           'appointment', a.id::text, NULL, %(after)s::jsonb || jsonb_build_object('id', a.id),
-           %(now)s
-    FROM appointment a
-)
-SELECT id FROM appointment
-"""
-
-
-def _book_postgresql(
-    *,
-    clinic: Clinic,
-    patient: Patient,
-    slot_id: int,
-    actor: Actor,
-    source: str,
-    specialty: Specialty | None,
-    notes: str,
-    holder: str | None,
-    now: dt.datetime,
-) -> Appointment:
-    """`appointment_book`'s work inside its transaction, on PostgreSQL (see the SQL above)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _BOOK_LOCK_SQL,
-            {"slot": slot_id, "clinic": clinic.pk, "patient": patient.pk, "holder": holder or None,
-             "now": now},
-        )  # fmt: skip
-        row = cursor.fetchone()
-        if row is None:
-            raise SlotUnavailable(f"slot {slot_id} does not exist", code="slot_not_found")
-        (slot_clinic_id, doctor_id, start_at, end_at, status, held_until, doctor_active,
-         patient_exists, holder_holds_it, only_specialty_id) = row  # fmt: skip
-        if slot_clinic_id != clinic.pk:
-            raise WrongClinic(f"slot {slot_id} belongs to another clinic")
-        if not patient_exists:
-            raise PatientNotFound("the patient does not exist")
-        _check_slot_state(
-            start_at=start_at,
-            status=status,
-            held_until=held_until,
-            doctor_active=doctor_active,
-            now=now,
-            holder_holds_it=lambda: holder_holds_it,
-        )
-        appointment = Appointment(
-            clinic=clinic,
-            patient=patient,
-            slot_id=slot_id,
-            doctor_id=doctor_id,
-            specialty_id=specialty.pk if specialty is not None else only_specialty_id,
-            start_at=start_at,
-            end_at=end_at,
-            status=AppointmentStatus.BOOKED,
-            patient_notes=notes,
-            source=source,
-            cancel_reason="",
-            rescheduled_from=None,
-            created_at=now,
-            updated_at=now,
-        )
-        if specialty is not None:
-            appointment.specialty = specialty
-        try:
-            cursor.execute(
-                _BOOK_WRITE_SQL,
-                {
-                    "clinic": clinic.pk,
-                    "patient": patient.pk,
-                    "slot": slot_id,
-                    "doctor": doctor_id,
-                    "specialty": appointment.specialty_id,
-                    "start_at": start_at,
-                    "end_at": end_at,
-                    "status": AppointmentStatus.BOOKED,
-                    "notes": notes,
-                    "source": source,
-                    "now": now,
-                    "booked": SlotStatus.BOOKED,
-                    "was_held": status == SlotStatus.HELD,
-                    "actor_type": actor.type,
-                    "actor_id": str(actor.id)[:64],
-                    "actor_label": str(actor.label)[:200],
-                    "after": json.dumps(_appointment_state(appointment)),
-                },
-            )
-        except IntegrityError as exc:
-            # The exclusion/unique constraints refused it (a race the lock could not see, e.g.
-            # the same patient booking another slot at that time): the atomic block rolls back.
-            raise _integrity_to_booking_error(exc) from exc
-        appointment.pk = cursor.fetchone()[0]
-    # The instance mirrors the row just written: no re-read.
-    appointment._state.adding = False
-    appointment._state.db = connection.alias
     return appointment
 
 
@@ -847,7 +652,7 @@ def appointment_cancel(
     with transaction.atomic():
         now = timezone.now()
         found = _load_appointment(clinic, appointment_id, patient)
-        slot = _lock_slots(clinic, [found.slot_id])[found.slot_id]
+        slot = _lock_slots(clinic, [found.slot_id], now=now)[found.slot_id]
         appointment = Appointment.objects.select_for_update().get(pk=found.pk)
         _cancel_locked(
             clinic=clinic,
@@ -887,11 +692,11 @@ def appointment_reschedule(
         found = _load_appointment(clinic, appointment_id, patient)
         if found.slot_id == new_slot_id:
             raise InvalidInput("the new slot is the current one")
-        slots = _lock_slots(clinic, [found.slot_id, new_slot_id])
+        slots = _lock_slots(clinic, [found.slot_id, new_slot_id], now=now, holder=holder)
         old = Appointment.objects.select_for_update().select_related("patient").get(pk=found.pk)
         new_slot = slots[new_slot_id]
         # Check the new slot before touching the old appointment, for the clearer error.
-        _check_bookable(new_slot, holder=holder, now=now)
+        _check_bookable(new_slot, now=now)
         _cancel_locked(
             clinic=clinic,
             appointment=old,
@@ -1017,7 +822,7 @@ def _patient_state(patient: Patient) -> dict:
         "id": patient.pk,
         "document": patient.masked_document,
         "full_name": patient.full_name,
-        "whatsapp_id": _mask(patient.whatsapp_id),
+        "whatsapp_id": mask(patient.whatsapp_id),
     }
 
 
@@ -1069,7 +874,7 @@ def patient_register(
             after=_patient_state(patient),
             at=now,
         )
-    logger.info("patient %s registered (%s) actor=%s", patient.pk, _mask(document), actor.type)
+    logger.info("patient %s registered (%s) actor=%s", patient.pk, mask(document), actor.type)
     return patient
 
 
@@ -1099,7 +904,1056 @@ def patient_link_whatsapp(
             at=timezone.now(),
         )
     patient.whatsapp_id = whatsapp_id
-    logger.info("patient %s linked to WhatsApp %s", patient.pk, _mask(whatsapp_id))
+    logger.info("patient %s linked to WhatsApp %s", patient.pk, mask(whatsapp_id))
+    return patient
+
+
+# --- agendas: clinic settings, specialties, doctors, schedules and exceptions -----------------
+# Admin changes to what can be booked. Each runs in one transaction with the doctor (or, for
+# clinic-wide changes, the clinic) locked, so two admins' changes and the periodic generation
+# apply one after the other. Bookings a change would strand are never touched silently: the
+# caller passes `stranded_action` ("keep" or "cancel_notify") once it has shown them.
+
+STRANDED_KEEP = "keep"
+STRANDED_CANCEL = "cancel_notify"
+STRANDED_ACTIONS = (STRANDED_KEEP, STRANDED_CANCEL)
+MAX_PERIOD_DAYS = 366
+CLINIC_SETTINGS_FIELDS = (
+    "name",
+    "address",
+    "opening_hours",
+    "what_to_bring",
+    "emergency_line",
+    "time_zone",
+    "country",
+    "whatsapp_number",
+    "self_registration",
+    "hold_minutes",
+    "min_notice_minutes",
+    "booking_horizon_days",
+)
+
+
+class StrandedDecisionNeeded(BookingError):
+    """The change would strand booked appointments and the caller has not said what to do."""
+
+    code = "stranded_decision_needed"
+
+    def __init__(self, appointments: list[Appointment]) -> None:
+        super().__init__(f"{len(appointments)} booked appointments would be stranded")
+        self.appointments = appointments
+
+
+@dataclass
+class AgendaChange:
+    """What an agenda change did, for the admin's confirmation page and the audit."""
+
+    created: int = 0
+    removed: int = 0
+    blocked: int = 0
+    freed: int = 0
+    stranded: list[Appointment] = field(default_factory=list)
+    cancelled: list[Appointment] = field(default_factory=list)
+    notified: int = 0  # WhatsApp messages queued
+    unreachable: int = 0  # cancelled patients without a WhatsApp number
+
+    def as_json(self) -> dict:
+        return {
+            "created": self.created,
+            "removed": self.removed,
+            "blocked": self.blocked,
+            "freed": self.freed,
+            "stranded": [a.pk for a in self.stranded],
+            "cancelled": [a.pk for a in self.cancelled],
+            "notified": self.notified,
+            "unreachable": self.unreachable,
+        }
+
+
+def agenda_window(clinic: Clinic, now: dt.datetime | None = None) -> tuple[dt.date, dt.date]:
+    """Local dates [today, today + booking horizon]: where slots are kept generated."""
+    today = timezone.localdate(now or timezone.now(), clinic.tz)
+    return today, today + dt.timedelta(days=clinic.booking_horizon_days)
+
+
+def _check_stranded_action(action: str | None) -> None:
+    if action is not None and action not in STRANDED_ACTIONS:
+        raise InvalidInput(f"stranded_action must be one of {STRANDED_ACTIONS}")
+
+
+def _lock_doctor(clinic: Clinic, doctor_id: object) -> Doctor:
+    doctor_id = _check_id(doctor_id, "doctor_id")
+    doctor = Doctor.objects.select_for_update().filter(pk=doctor_id).first()
+    if doctor is None or doctor.clinic_id != clinic.pk:
+        # Another clinic's doctor reads as unknown: ids of other tenants are never confirmed.
+        raise InvalidInput("no such doctor in this clinic", code="doctor_not_found")
+    return doctor
+
+
+def _emit_agenda(clinic: Clinic, doctor_ids: list[int] | None, start, end) -> None:
+    events.emit(
+        clinic_id=clinic.pk,
+        name="agenda.actualizada",
+        payload={
+            "doctor_ids": doctor_ids,
+            "starts_at": start.isoformat(),
+            "ends_at": end.isoformat(),
+        },
+    )
+
+
+def _cancel_stranded(
+    *,
+    clinic: Clinic,
+    appointments: list[Appointment],
+    actor: Actor,
+    reason: str,
+    user=None,
+    now: dt.datetime,
+) -> tuple[list[Appointment], int, int]:
+    """Cancel these appointments (skipping any that stopped being upcoming), each patient to be
+    told by WhatsApp with an offer to rebook: (cancelled, to be told, without WhatsApp).
+
+    The message goes from bot.notices once the cancellation commits (the `cita.cancelada` event
+    carries `notify_patient`); the worker delivers it.
+    """
+    if not appointments:
+        return [], 0, 0
+    slot_ids = sorted({a.slot_id for a in appointments})
+    slots = _lock_slots(clinic, slot_ids)
+    locked = {
+        a.pk: a
+        for a in Appointment.objects.select_for_update()
+        .select_related("patient", "doctor")
+        .filter(pk__in=[a.pk for a in appointments], clinic=clinic)
+        .order_by("pk")
+    }
+    cancelled = []
+    for appointment in sorted(locked.values(), key=lambda a: (a.start_at, a.pk)):
+        if appointment.status not in UPCOMING_STATUSES or appointment.start_at <= now:
+            continue
+        _cancel_locked(
+            clinic=clinic,
+            appointment=appointment,
+            slot=slots[appointment.slot_id],
+            reason=reason,
+            actor=actor,
+            now=now,
+        )
+        events.emit(
+            clinic_id=clinic.pk,
+            name="cita.cancelada",
+            payload={
+                **_event_payload(appointment),
+                "reason": reason,
+                "notify_patient": True,
+                "notified_by": user.pk if user is not None else None,
+            },
+        )
+        cancelled.append(appointment)
+    reachable = sum(1 for a in cancelled if a.patient.whatsapp_id)
+    return cancelled, reachable, len(cancelled) - reachable
+
+
+def _settle_stranded(
+    *,
+    clinic: Clinic,
+    change: AgendaChange,
+    stranded_action: str | None,
+    actor: Actor,
+    reason: str,
+    user,
+    now: dt.datetime,
+) -> None:
+    if not change.stranded:
+        return
+    if stranded_action is None:
+        raise StrandedDecisionNeeded(change.stranded)
+    if stranded_action == STRANDED_CANCEL:
+        change.cancelled, change.notified, change.unreachable = _cancel_stranded(
+            clinic=clinic,
+            appointments=change.stranded,
+            actor=actor,
+            reason=reason,
+            user=user,
+            now=now,
+        )
+
+
+def _retire_slots(slot_ids: list[int], now: dt.datetime) -> int:
+    """Take unbooked slots off the agenda: delete them, or block the ones whose cancelled
+    appointments keep them (history); a booking that raced in keeps its slot."""
+    if not slot_ids:
+        return 0
+    rows = list(
+        Slot.objects.select_for_update()
+        .filter(pk__in=slot_ids)
+        .exclude(status=SlotStatus.BOOKED)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    with_history = set(
+        Appointment.objects.filter(slot_id__in=rows).values_list("slot_id", flat=True)
+    )
+    Slot.objects.filter(pk__in=with_history).update(
+        status=SlotStatus.BLOCKED, held_until=None, updated_at=now
+    )
+    deletable = [pk for pk in rows if pk not in with_history]
+    SlotHold.objects.filter(slot_id__in=deletable).delete()
+    Slot.objects.filter(pk__in=deletable).delete()
+    return len(rows)
+
+
+def _apply_plan(
+    *,
+    clinic: Clinic,
+    doctor: Doctor,
+    schedules: list[Schedule],
+    extras: list[ExtraHours],
+    stranded_action: str | None,
+    actor: Actor,
+    reason: str,
+    user,
+    now: dt.datetime,
+) -> AgendaChange:
+    """Make the doctor's slots over the horizon match `schedules` + `extras` (already saved)."""
+    date_from, date_to = agenda_window(clinic, now)
+    diff = scheduling.agenda_diff(
+        clinic=clinic,
+        doctor=doctor,
+        schedules=schedules,
+        extras=extras,
+        date_from=date_from,
+        date_to=date_to,
+        now=now,
+    )
+    change = AgendaChange(stranded=diff.stranded)
+    _settle_stranded(
+        clinic=clinic,
+        change=change,
+        stranded_action=stranded_action,
+        actor=actor,
+        reason=reason,
+        user=user,
+        now=now,
+    )
+    cancelled_slots = [a.slot_id for a in change.cancelled]
+    change.removed = _retire_slots(diff.to_remove + cancelled_slots, now)
+    if doctor.active:
+        change.created, change.blocked = scheduling.generate_slots(
+            clinic=clinic, date_from=date_from, date_to=date_to, doctor=doctor
+        )
+    start, end = scheduling.local_day_bounds(date_from, date_to, clinic.tz)
+    _emit_agenda(clinic, [doctor.pk], start, end)
+    return change
+
+
+def _schedule_state(schedule: Schedule) -> dict:
+    return {
+        "weekdays": schedule.weekdays,
+        "start_time": schedule.start_time.isoformat(),
+        "end_time": schedule.end_time.isoformat(),
+        "slot_minutes": schedule.slot_minutes,
+        "valid_from": schedule.valid_from.isoformat(),
+        "valid_to": schedule.valid_to.isoformat() if schedule.valid_to else None,
+        "every_n_weeks": schedule.every_n_weeks,
+    }
+
+
+def _to_schedules(doctor: Doctor, blocks: list[dict]) -> list[Schedule]:
+    schedules = []
+    for block in blocks:
+        try:
+            schedule = Schedule(
+                doctor=doctor,
+                weekdays=sorted({int(d) for d in block["weekdays"]}),
+                start_time=block["start_time"],
+                end_time=block["end_time"],
+                slot_minutes=int(block["slot_minutes"]),
+                valid_from=block["valid_from"],
+                valid_to=block.get("valid_to") or None,
+                every_n_weeks=int(block.get("every_n_weeks") or 1),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput(f"incomplete schedule block: {exc}") from exc
+        if not (
+            isinstance(schedule.start_time, dt.time)
+            and isinstance(schedule.end_time, dt.time)
+            and isinstance(schedule.valid_from, dt.date)
+            and (schedule.valid_to is None or isinstance(schedule.valid_to, dt.date))
+        ):
+            raise InvalidInput("schedule blocks need times and dates")
+        schedules.append(schedule)
+    return schedules
+
+
+def schedule_blocks_check(
+    *, clinic: Clinic, doctor: Doctor, blocks: list[dict], now: dt.datetime | None = None
+) -> tuple[list[Schedule], list[scheduling.BlockProblem]]:
+    """The blocks as unsaved Schedule rows and their problems (what the form shows)."""
+    if doctor.clinic_id != clinic.pk:
+        raise InvalidInput("no such doctor in this clinic", code="doctor_not_found")
+    schedules = _to_schedules(doctor, blocks)
+    today = timezone.localdate(now or timezone.now(), clinic.tz)
+    return schedules, scheduling.check_schedule_blocks(schedules, today)
+
+
+def schedule_replace(
+    *,
+    clinic: Clinic,
+    doctor_id: int,
+    blocks: list[dict],
+    actor: Actor,
+    stranded_action: str | None = None,
+    user=None,
+) -> AgendaChange:
+    """Replace a doctor's weekly blocks and bring the slots over the horizon in line.
+
+    Unbooked slots that leave the agenda go; new ones are generated; booked appointments outside
+    the new agenda are kept or cancelled with a WhatsApp message (`stranded_action`).
+    Raises StrandedDecisionNeeded (nothing written) when there are some and no action was given.
+    """
+    _check_actor(actor)
+    _check_stranded_action(stranded_action)
+    with transaction.atomic():
+        now = timezone.now()
+        doctor = _lock_doctor(clinic, doctor_id)
+        schedules, problems = schedule_blocks_check(
+            clinic=clinic, doctor=doctor, blocks=blocks, now=now
+        )
+        if problems:
+            raise InvalidInput(str(problems[0].message), code="invalid_schedule")
+        before = [_schedule_state(s) for s in doctor.schedules.order_by("pk")]
+        Schedule.objects.filter(doctor=doctor).delete()
+        Schedule.objects.bulk_create(schedules)
+        change = _apply_plan(
+            clinic=clinic,
+            doctor=doctor,
+            schedules=schedules,
+            extras=list(ExtraHours.objects.filter(doctor=doctor)),
+            stranded_action=stranded_action,
+            actor=actor,
+            reason="schedule_changed",
+            user=user,
+            now=now,
+        )
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="schedule.replace",
+            object_type="doctor",
+            object_id=doctor.pk,
+            before={"blocks": before},
+            after={"blocks": [_schedule_state(s) for s in schedules], **change.as_json()},
+            at=now,
+        )
+    logger.info("schedule of doctor %s replaced: %s", doctor.pk, change.as_json())
+    return change
+
+
+def _check_extra(clinic: Clinic, doctor: Doctor, extra: ExtraHours, today: dt.date) -> None:
+    if extra.date < today:
+        raise InvalidInput("the date is in the past", code="date_in_past")
+    problems = scheduling.check_schedule_blocks(
+        [
+            Schedule(
+                doctor=doctor,
+                weekdays=[extra.date.weekday()],
+                start_time=extra.start_time,
+                end_time=extra.end_time,
+                slot_minutes=extra.slot_minutes,
+                valid_from=extra.date,
+                valid_to=extra.date,
+            )
+        ],
+        today,
+    )
+    if problems:
+        raise InvalidInput(str(problems[0].message), code="invalid_schedule")
+
+
+def extra_hours_add(
+    *,
+    clinic: Clinic,
+    doctor_id: int,
+    date: dt.date,
+    start_time: dt.time,
+    end_time: dt.time,
+    slot_minutes: int,
+    actor: Actor,
+    note: str = "",
+) -> AgendaChange:
+    """Hours on one date on top of the weekly schedule; their slots are generated at once."""
+    _check_actor(actor)
+    with transaction.atomic():
+        now = timezone.now()
+        doctor = _lock_doctor(clinic, doctor_id)
+        extra = ExtraHours(
+            doctor=doctor,
+            date=date,
+            start_time=start_time,
+            end_time=end_time,
+            slot_minutes=slot_minutes,
+            note=(note or "").strip()[:200],
+        )
+        _check_extra(clinic, doctor, extra, timezone.localdate(now, clinic.tz))
+        day_start, day_end = scheduling.local_day_bounds(date, date, clinic.tz)
+        planned = scheduling.plan_intervals(
+            schedules=[],
+            extras=[extra],
+            date_from=date,
+            date_to=date,
+            tz=clinic.tz,
+        ).get(doctor.pk, [])
+        first, last = (planned[0][0], planned[-1][1]) if planned else (day_start, day_start)
+        busy = list(
+            Slot.objects.filter(doctor=doctor, start_at__lt=last, end_at__gt=first)
+            .exclude(status=SlotStatus.BLOCKED)
+            .values_list("start_at", "end_at")
+        )
+        if any(a < e and s < b for a, b in planned for s, e in busy):
+            raise InvalidInput(
+                "the extra hours overlap slots the doctor already has", code="overlaps_agenda"
+            )
+        extra.save()
+        change = AgendaChange()
+        if doctor.active:
+            change.created, change.blocked = scheduling.generate_slots(
+                clinic=clinic, date_from=date, date_to=date, doctor=doctor
+            )
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="extra_hours.add",
+            object_type="extra_hours",
+            object_id=extra.pk,
+            before=None,
+            after={
+                "doctor_id": doctor.pk,
+                "date": date.isoformat(),
+                "start_time": start_time.isoformat(),
+                "end_time": end_time.isoformat(),
+                "slot_minutes": slot_minutes,
+                **change.as_json(),
+            },
+            at=now,
+        )
+        _emit_agenda(clinic, [doctor.pk], day_start, day_end)
+    return change
+
+
+def extra_hours_remove(
+    *,
+    clinic: Clinic,
+    extra_id: int,
+    actor: Actor,
+    stranded_action: str | None = None,
+    user=None,
+) -> AgendaChange:
+    """Remove extra hours: their unbooked slots go; bookings in them are kept or cancelled."""
+    _check_actor(actor)
+    _check_stranded_action(stranded_action)
+    extra_id = _check_id(extra_id, "extra_id")
+    with transaction.atomic():
+        now = timezone.now()
+        found = ExtraHours.objects.filter(pk=extra_id, doctor__clinic=clinic).first()
+        if found is None:
+            raise InvalidInput("no such extra hours in this clinic", code="not_found")
+        doctor = _lock_doctor(clinic, found.doctor_id)
+        remaining = list(ExtraHours.objects.filter(doctor=doctor).exclude(pk=extra_id))
+        found.delete()
+        change = _apply_plan(
+            clinic=clinic,
+            doctor=doctor,
+            schedules=list(Schedule.objects.filter(doctor=doctor)),
+            extras=remaining,
+            stranded_action=stranded_action,
+            actor=actor,
+            reason="schedule_changed",
+            user=user,
+            now=now,
+        )
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="extra_hours.remove",
+            object_type="extra_hours",
+            object_id=extra_id,
+            before={"doctor_id": doctor.pk, "date": found.date.isoformat()},
+            after=change.as_json(),
+            at=now,
+        )
+    return change
+
+
+def _period_state(period: BlockedPeriod) -> dict:
+    return {
+        "kind": period.kind,
+        "doctor_id": period.doctor_id,
+        "starts_at": period.starts_at.isoformat(),
+        "ends_at": period.ends_at.isoformat(),
+        "reason": period.reason,
+    }
+
+
+def blocked_period_add(
+    *,
+    clinic: Clinic,
+    kind: str,
+    starts_at: dt.datetime,
+    ends_at: dt.datetime,
+    actor: Actor,
+    doctor_id: int | None = None,
+    reason: str = "",
+    stranded_action: str | None = None,
+    user=None,
+) -> tuple[BlockedPeriod, AgendaChange]:
+    """An absence (a doctor), a holiday (the whole clinic) or a block set by hand.
+
+    Its free slots become blocked at once; booked appointments in it are kept or cancelled with
+    a WhatsApp message (their slots stay blocked). StrandedDecisionNeeded when there are some
+    and no `stranded_action` was given.
+    """
+    _check_actor(actor)
+    _check_stranded_action(stranded_action)
+    if kind not in BlockedPeriod.Kind.values:
+        raise InvalidInput(f"unknown kind {kind!r}")
+    if not isinstance(starts_at, dt.datetime) or not isinstance(ends_at, dt.datetime):
+        raise InvalidInput("starts_at and ends_at must be datetimes")
+    if starts_at.tzinfo is None or ends_at.tzinfo is None:
+        raise InvalidInput("starts_at and ends_at must carry a time zone")
+    if ends_at <= starts_at:
+        raise InvalidInput("the end is not after the start", code="end_before_start")
+    if ends_at - starts_at > dt.timedelta(days=MAX_PERIOD_DAYS):
+        raise InvalidInput("at most one year at a time", code="period_too_long")
+    if kind != BlockedPeriod.Kind.HOLIDAY and doctor_id is None:
+        raise InvalidInput("absences and blocks need a doctor", code="doctor_not_found")
+    reason = (reason or "").strip()[:200]
+    with transaction.atomic():
+        now = timezone.now()
+        if ends_at <= now:
+            raise InvalidInput("the period is over already", code="date_in_past")
+        if doctor_id is not None:
+            doctor = _lock_doctor(clinic, doctor_id)
+        else:
+            doctor = None
+            Clinic.objects.select_for_update().filter(pk=clinic.pk).first()
+        period = BlockedPeriod.objects.create(
+            clinic=clinic,
+            doctor=doctor,
+            kind=kind,
+            starts_at=starts_at,
+            ends_at=ends_at,
+            reason=reason,
+        )
+        change = AgendaChange(
+            stranded=scheduling.stranded_in_period(
+                clinic=clinic, doctor=doctor, starts_at=starts_at, ends_at=ends_at, now=now
+            )
+        )
+        _settle_stranded(
+            clinic=clinic,
+            change=change,
+            stranded_action=stranded_action,
+            actor=actor,
+            reason=reason or str(BlockedPeriod.Kind(kind).label),
+            user=user,
+            now=now,
+        )
+        change.blocked = scheduling.block_free_slots(
+            clinic, [(doctor.pk if doctor else None, starts_at, ends_at)], doctor
+        )
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action=f"{kind}.add",
+            object_type="blocked_period",
+            object_id=period.pk,
+            before=None,
+            after={**_period_state(period), **change.as_json()},
+            at=now,
+        )
+        _emit_agenda(clinic, [doctor.pk] if doctor else None, starts_at, ends_at)
+    logger.info("%s %s added: %s", kind, period.pk, change.as_json())
+    return period, change
+
+
+def _free_blocked_slots(
+    clinic: Clinic, doctor: Doctor | None, starts_at: dt.datetime, ends_at: dt.datetime
+) -> list[Slot]:
+    """Blocked slots in [starts_at, ends_at) that no remaining period covers and that the agenda
+    still has (not retired) become free again; returns them."""
+    candidates = Slot.objects.select_for_update().filter(
+        clinic=clinic, status=SlotStatus.BLOCKED, start_at__lt=ends_at, end_at__gt=starts_at
+    )
+    if doctor is not None:
+        candidates = candidates.filter(doctor=doctor)
+    candidates = list(candidates.order_by("pk"))
+    if not candidates:
+        return []
+    doctor_ids = sorted({s.doctor_id for s in candidates})
+    span_start = min(s.start_at for s in candidates)
+    span_end = max(s.end_at for s in candidates)
+    blocks = scheduling.blocked_periods(clinic, doctor_ids, span_start, span_end)
+    tz = clinic.tz
+    day_from = timezone.localdate(span_start, tz)
+    day_to = timezone.localdate(span_end, tz)
+    plan = scheduling.plan_intervals(
+        schedules=Schedule.objects.filter(doctor_id__in=doctor_ids),
+        extras=ExtraHours.objects.filter(
+            doctor_id__in=doctor_ids, date__gte=day_from, date__lte=day_to
+        ),
+        date_from=day_from,
+        date_to=day_to,
+        tz=tz,
+    )
+    planned = {(d, i) for d, intervals in plan.items() for i in intervals}
+    freed = [
+        s
+        for s in candidates
+        if (s.doctor_id, (s.start_at, s.end_at)) in planned
+        and not any(
+            (b_doctor is None or b_doctor == s.doctor_id)
+            and b_start < s.end_at
+            and s.start_at < b_end
+            for b_doctor, b_start, b_end in blocks
+        )
+    ]
+    now = timezone.now()
+    Slot.objects.filter(pk__in=[s.pk for s in freed]).update(
+        status=SlotStatus.FREE, held_until=None, updated_at=now
+    )
+    for slot in freed:
+        slot.status = SlotStatus.FREE
+        events.emit(
+            clinic_id=clinic.pk,
+            name="slot.liberado",
+            payload={"slot_id": slot.pk, "doctor_id": slot.doctor_id, "reason": "unblocked"},
+        )
+    return freed
+
+
+def blocked_period_remove(*, clinic: Clinic, period_id: int, actor: Actor) -> AgendaChange:
+    """Remove an absence, holiday or block: the slots it blocked are free again, and slots it
+    kept from being generated are generated now."""
+    _check_actor(actor)
+    period_id = _check_id(period_id, "period_id")
+    with transaction.atomic():
+        now = timezone.now()
+        found = BlockedPeriod.objects.filter(pk=period_id, clinic=clinic).first()
+        if found is None:
+            raise InvalidInput("no such period in this clinic", code="not_found")
+        if found.doctor_id is not None:
+            doctor = _lock_doctor(clinic, found.doctor_id)
+        else:
+            doctor = None
+            Clinic.objects.select_for_update().filter(pk=clinic.pk).first()
+        period = BlockedPeriod.objects.select_for_update().filter(pk=period_id).first()
+        if period is None:
+            raise InvalidInput("no such period in this clinic", code="not_found")
+        before = _period_state(period)
+        period.delete()
+        change = AgendaChange()
+        change.freed = len(_free_blocked_slots(clinic, doctor, period.starts_at, period.ends_at))
+        window_from, window_to = agenda_window(clinic, now)
+        day_from = max(window_from, timezone.localdate(period.starts_at, clinic.tz))
+        day_to = min(window_to, timezone.localdate(period.ends_at, clinic.tz))
+        if day_from <= day_to:
+            change.created, _ = scheduling.generate_slots(
+                clinic=clinic, date_from=day_from, date_to=day_to, doctor=doctor
+            )
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action=f"{before['kind']}.remove",
+            object_type="blocked_period",
+            object_id=period_id,
+            before=before,
+            after=change.as_json(),
+            at=now,
+        )
+        _emit_agenda(clinic, [doctor.pk] if doctor else None, period.starts_at, period.ends_at)
+    logger.info("blocked period %s removed: %s", period_id, change.as_json())
+    return change
+
+
+def slot_unblock(*, clinic: Clinic, slot_id: int, actor: Actor) -> Slot:
+    """Unblock one slot blocked by hand (splitting a hand-set range around it). A slot inside an
+    absence or holiday stays blocked: those are lifted by removing them."""
+    _check_actor(actor)
+    slot_id = _check_id(slot_id, "slot_id")
+    with transaction.atomic():
+        now = timezone.now()
+        found = Slot.objects.filter(pk=slot_id).first()
+        if found is None or found.clinic_id != clinic.pk:
+            raise SlotUnavailable(f"slot {slot_id} does not exist", code="slot_not_found")
+        _lock_doctor(clinic, found.doctor_id)
+        slot = _lock_slots(clinic, [slot_id])[slot_id]
+        if slot.status != SlotStatus.BLOCKED:
+            raise InvalidInput("the slot is not blocked", code="not_blocked")
+        covering = list(
+            BlockedPeriod.objects.select_for_update()
+            .filter(
+                Q(doctor__isnull=True) | Q(doctor_id=slot.doctor_id),
+                clinic=clinic,
+                starts_at__lt=slot.end_at,
+                ends_at__gt=slot.start_at,
+            )
+            .order_by("pk")
+        )
+        if any(p.kind != BlockedPeriod.Kind.BLOCK for p in covering):
+            raise InvalidInput("the slot is inside an absence or holiday", code="slot_in_absence")
+        for period in covering:
+            period_pk = period.pk
+            before = _period_state(period)
+            pieces = [
+                (period.starts_at, slot.start_at),
+                (slot.end_at, period.ends_at),
+            ]
+            pieces = [(a, b) for a, b in pieces if b > a]
+            if pieces:
+                period.starts_at, period.ends_at = pieces[0]
+                period.save(update_fields=["starts_at", "ends_at"])
+                for a, b in pieces[1:]:
+                    BlockedPeriod.objects.create(
+                        clinic=clinic,
+                        doctor_id=period.doctor_id,
+                        kind=period.kind,
+                        starts_at=a,
+                        ends_at=b,
+                        reason=period.reason,
+                    )
+            else:
+                period.delete()
+            _audit(
+                clinic=clinic,
+                actor=actor,
+                action="block.split" if pieces else "block.remove",
+                object_type="blocked_period",
+                object_id=period_pk,
+                before=before,
+                after={"slot_id": slot.pk, "pieces": len(pieces)},
+                at=now,
+            )
+        before_status = slot.status
+        _free_slot(slot)
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="slot.unblock",
+            object_type="slot",
+            object_id=slot.pk,
+            before={"status": before_status},
+            after={"status": slot.status},
+            at=now,
+        )
+        events.emit(
+            clinic_id=clinic.pk,
+            name="slot.liberado",
+            payload={"slot_id": slot.pk, "doctor_id": slot.doctor_id, "reason": "unblocked"},
+        )
+        _emit_agenda(clinic, [slot.doctor_id], slot.start_at, slot.end_at)
+    return slot
+
+
+def holidays_load(
+    *, clinic: Clinic, year: int, actor: Actor, force: bool = False
+) -> list[BlockedPeriod]:
+    """Add the public holidays of the clinic's country for `year` as clinic-wide whole-day
+    periods, once per year (a holiday an admin removed stays removed unless `force`).
+    Bookings on them are kept: the admin sees them in the list and decides."""
+    _check_actor(actor)
+    if isinstance(year, bool) or not isinstance(year, int) or not 2000 <= year <= 2100:
+        raise InvalidInput("year out of range")
+    with transaction.atomic():
+        now = timezone.now()
+        locked = Clinic.objects.select_for_update().get(pk=clinic.pk)
+        loaded = list(locked.holiday_years_loaded or [])
+        if year in loaded and not force:
+            return []
+        tz = clinic.tz
+        existing = set(
+            BlockedPeriod.objects.filter(
+                clinic=clinic, kind=BlockedPeriod.Kind.HOLIDAY, doctor__isnull=True
+            ).values_list("starts_at", flat=True)
+        )
+        added = []
+        for day, name in scheduling.country_holidays(locked.country, year):
+            starts_at, ends_at = scheduling.local_day_bounds(day, day, tz)
+            if starts_at in existing or ends_at <= now:
+                continue
+            added.append(
+                BlockedPeriod(
+                    clinic=clinic,
+                    kind=BlockedPeriod.Kind.HOLIDAY,
+                    starts_at=starts_at,
+                    ends_at=ends_at,
+                    reason=name[:200],
+                )
+            )
+        BlockedPeriod.objects.bulk_create(added)
+        if year not in loaded:
+            loaded.append(year)
+            Clinic.objects.filter(pk=clinic.pk).update(holiday_years_loaded=sorted(loaded))
+            clinic.holiday_years_loaded = sorted(loaded)
+        for period in added:
+            scheduling.block_free_slots(clinic, [(None, period.starts_at, period.ends_at)])
+        if added:
+            _audit(
+                clinic=clinic,
+                actor=actor,
+                action="holiday.load",
+                object_type="clinic",
+                object_id=clinic.pk,
+                before=None,
+                after={
+                    "year": year,
+                    "country": locked.country,
+                    "days": [p.starts_at.astimezone(tz).date().isoformat() for p in added],
+                },
+                at=now,
+            )
+            _emit_agenda(clinic, None, added[0].starts_at, added[-1].ends_at)
+    return added
+
+
+def agenda_keep_generated(*, clinic: Clinic, actor: Actor | None = None) -> int:
+    """The periodic job's work for one clinic: holidays of the years in the horizon, then slots
+    from today to the end of the horizon (idempotent)."""
+    actor = actor or Actor.system("agenda_keep_generated")
+    date_from, date_to = agenda_window(clinic)
+    for year in sorted({date_from.year, date_to.year}):
+        holidays_load(clinic=clinic, year=year, actor=actor)
+    return slots_generate(clinic=clinic, date_from=date_from, date_to=date_to, actor=actor)
+
+
+# --- clinic settings, specialties and doctors ------------------------------------------------
+
+
+def clinic_update_settings(*, clinic: Clinic, values: dict, actor: Actor) -> Clinic:
+    """Change the clinic's settings (only CLINIC_SETTINGS_FIELDS), validated by the model."""
+    _check_actor(actor)
+    unknown = set(values) - set(CLINIC_SETTINGS_FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown settings {sorted(unknown)}")
+    with transaction.atomic():
+        locked = Clinic.objects.select_for_update().get(pk=clinic.pk)
+        before = {name: getattr(locked, name) for name in values}
+        for name, value in values.items():
+            setattr(locked, name, value)
+        try:
+            locked.full_clean(exclude=["slug", "phone_number_id", "whatsapp_access_token"])
+        except ValidationError as exc:
+            raise InvalidInput(f"invalid settings: {sorted(exc.message_dict)}") from exc
+        locked.save(update_fields=list(values))
+        changed = {n: v for n, v in values.items() if before[n] != v}
+        if changed:
+            _audit(
+                clinic=clinic,
+                actor=actor,
+                action="clinic.settings",
+                object_type="clinic",
+                object_id=clinic.pk,
+                before={n: before[n] for n in changed},
+                after=changed,
+                at=timezone.now(),
+            )
+    for name, value in values.items():
+        setattr(clinic, name, value)
+    return locked
+
+
+def _unique_slug(clinic: Clinic, name: str, exclude_pk: int | None = None) -> str:
+    base = slugify(name)[:45] or "especialidad"
+    slug, n = base, 2
+    taken = Specialty.objects.filter(clinic=clinic)
+    if exclude_pk:
+        taken = taken.exclude(pk=exclude_pk)
+    while taken.filter(slug=slug).exists():
+        slug, n = f"{base}-{n}", n + 1
+    return slug
+
+
+def _clean_name(value: object, what: str) -> str:
+    name = " ".join(value.split()) if isinstance(value, str) else ""
+    if not 2 <= len(name) <= 120:
+        raise InvalidInput(f"the {what} must have 2 to 120 characters", code="invalid_name")
+    return name
+
+
+def specialty_create(*, clinic: Clinic, name: str, triage_keywords: str, actor: Actor) -> Specialty:
+    _check_actor(actor)
+    name = _clean_name(name, "name")
+    with transaction.atomic():
+        if Specialty.objects.filter(clinic=clinic, name__iexact=name).exists():
+            raise InvalidInput("a specialty with that name exists", code="specialty_exists")
+        specialty = Specialty.objects.create(
+            clinic=clinic,
+            name=name,
+            slug=_unique_slug(clinic, name),
+            triage_keywords=(triage_keywords or "").strip(),
+        )
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="specialty.create",
+            object_type="specialty",
+            object_id=specialty.pk,
+            before=None,
+            after={"name": name, "keywords": specialty.keyword_list()},
+            at=timezone.now(),
+        )
+    return specialty
+
+
+def specialty_update(
+    *, clinic: Clinic, specialty_id: int, name: str, triage_keywords: str, actor: Actor
+) -> Specialty:
+    """Rename a specialty or change its triage keywords (the slug stays: the bot keys on it)."""
+    _check_actor(actor)
+    name = _clean_name(name, "name")
+    specialty_id = _check_id(specialty_id, "specialty_id")
+    with transaction.atomic():
+        specialty = (
+            Specialty.objects.select_for_update().filter(pk=specialty_id, clinic=clinic).first()
+        )
+        if specialty is None:
+            raise InvalidInput("no such specialty in this clinic", code="not_found")
+        if (
+            Specialty.objects.filter(clinic=clinic, name__iexact=name)
+            .exclude(pk=specialty.pk)
+            .exists()
+        ):
+            raise InvalidInput("a specialty with that name exists", code="specialty_exists")
+        before = {"name": specialty.name, "keywords": specialty.keyword_list()}
+        specialty.name = name
+        specialty.triage_keywords = (triage_keywords or "").strip()
+        specialty.save(update_fields=["name", "triage_keywords"])
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="specialty.update",
+            object_type="specialty",
+            object_id=specialty.pk,
+            before=before,
+            after={"name": name, "keywords": specialty.keyword_list()},
+            at=timezone.now(),
+        )
+    return specialty
+
+
+def _clinic_specialties(clinic: Clinic, specialty_ids: list) -> list[Specialty]:
+    ids = {_check_id(i, "specialty_id") for i in specialty_ids}
+    found = list(Specialty.objects.filter(clinic=clinic, pk__in=ids))
+    if len(found) != len(ids):
+        raise InvalidInput("unknown specialty for this clinic", code="not_found")
+    return found
+
+
+def doctor_create(
+    *, clinic: Clinic, full_name: str, specialty_ids: list[int], actor: Actor
+) -> Doctor:
+    _check_actor(actor)
+    full_name = _clean_name(full_name, "full name")
+    with transaction.atomic():
+        specialties = _clinic_specialties(clinic, specialty_ids)
+        doctor = Doctor.objects.create(clinic=clinic, full_name=full_name)
+        doctor.specialties.set(specialties)
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="doctor.create",
+            object_type="doctor",
+            object_id=doctor.pk,
+            before=None,
+            after={"full_name": full_name, "specialties": sorted(s.pk for s in specialties)},
+            at=timezone.now(),
+        )
+    return doctor
+
+
+def doctor_update(
+    *,
+    clinic: Clinic,
+    doctor_id: int,
+    full_name: str,
+    specialty_ids: list[int],
+    active: bool,
+    actor: Actor,
+) -> Doctor:
+    """Edit a doctor. Deactivating stops new bookings (availability and booking both skip
+    inactive doctors); appointments already booked stay, listed on the doctor's page."""
+    _check_actor(actor)
+    full_name = _clean_name(full_name, "full name")
+    with transaction.atomic():
+        now = timezone.now()
+        doctor = _lock_doctor(clinic, doctor_id)
+        specialties = _clinic_specialties(clinic, specialty_ids)
+        before = {
+            "full_name": doctor.full_name,
+            "active": doctor.active,
+            "specialties": sorted(doctor.specialties.values_list("pk", flat=True)),
+        }
+        doctor.full_name = full_name
+        doctor.active = bool(active)
+        doctor.save(update_fields=["full_name", "active"])
+        doctor.specialties.set(specialties)
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="doctor.update",
+            object_type="doctor",
+            object_id=doctor.pk,
+            before=before,
+            after={
+                "full_name": full_name,
+                "active": doctor.active,
+                "specialties": sorted(s.pk for s in specialties),
+            },
+            at=now,
+        )
+        if before["active"] != doctor.active:
+            window_from, window_to = agenda_window(clinic, now)
+            if doctor.active:
+                scheduling.generate_slots(
+                    clinic=clinic, date_from=window_from, date_to=window_to, doctor=doctor
+                )
+            start, end = scheduling.local_day_bounds(window_from, window_to, clinic.tz)
+            _emit_agenda(clinic, [doctor.pk], start, end)
+    return doctor
+
+
+def patient_update_contact(
+    *, clinic: Clinic, patient_id: int, full_name: str, whatsapp_id: str, actor: Actor
+) -> Patient:
+    """Staff correct a patient's name or WhatsApp number (empty: none on file)."""
+    _check_actor(actor)
+    patient_id = _check_id(patient_id, "patient_id")
+    name = " ".join(full_name.split()) if isinstance(full_name, str) else ""
+    if not 3 <= len(name) <= 200:
+        raise InvalidInput("the full name must have 3 to 200 characters")
+    whatsapp_id = _clean_whatsapp_id(whatsapp_id) if whatsapp_id else ""
+    with transaction.atomic():
+        patient = Patient.objects.select_for_update().filter(pk=patient_id, clinic=clinic).first()
+        if patient is None:
+            raise PatientNotFound("no such patient in this clinic")
+        before = _patient_state(patient)
+        if (patient.full_name, patient.whatsapp_id) == (name, whatsapp_id):
+            return patient
+        patient.full_name = name
+        patient.whatsapp_id = whatsapp_id
+        patient.save(update_fields=["full_name", "whatsapp_id"])
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="patient.update_contact",
+            object_type="patient",
+            object_id=patient.pk,
+            before=before,
+            after=_patient_state(patient),
+            at=timezone.now(),
+        )
+    logger.info("patient %s contact updated actor=%s", patient.pk, actor.type)
     return patient
 
 

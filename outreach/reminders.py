@@ -288,16 +288,15 @@ def _queue_batch(limit: int, now: dt.datetime) -> list[int]:
 
 
 def _deliver(message_ids: list[int]) -> None:
-    for message_id in message_ids:
-        try:
-            whatsapp.deliver(message_id)
-        except Exception:
-            # The row stays in the outbox: the outbox's own retries take it from here.
-            logger.exception("reminder message %s: delivery failed; the outbox retries", message_id)
+    try:
+        whatsapp.deliver_many(message_ids)
+    except Exception:
+        # The rows stay in the outbox: the outbox's own retries take it from here.
+        logger.exception("reminder messages: delivery failed; the outbox retries")
 
 
 def _deliver_in_threads(message_ids: list[int]) -> None:
-    """Each send waits on the network and on two commits; a few threads overlap those waits."""
+    """Each send waits on the network; a few threads overlap those waits."""
 
     def deliver_slice(part: list[int]) -> None:
         try:

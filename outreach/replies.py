@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 from django.utils.translation import gettext as _
 
 from bot import replies as bot_replies
-from bot.messages import AppointmentInfo, Button, Reply
+from bot.messages import AppointmentInfo, Button, OutreachResult, Reply
 
 if TYPE_CHECKING:
     import zoneinfo
@@ -111,6 +111,32 @@ def reminder_too_late() -> Reply:
     )
 
 
+def reminder_not_found() -> Reply:
+    return bot_replies.text(
+        _(
+            "We could not find that reminder. Write “mis citas” to see your appointments or "
+            "“asesor” to talk to a person."
+        )
+    )
+
+
+def reminder_result(result: OutreachResult, clinic: HasTimeZone) -> Reply:
+    """The bot's answer to a Confirm / Cancel tap (or "confirmo" / "cancelar")."""
+    appointment = result.appointment
+    if appointment is not None:
+        if result.outcome == "confirmed":
+            return reminder_confirmed(appointment, clinic)
+        if result.outcome == "already_confirmed":
+            return reminder_already_confirmed(appointment, clinic)
+        if result.outcome == "cancelled":
+            return reminder_cancelled(appointment, clinic)
+    if result.outcome == "already_cancelled":
+        return reminder_already_cancelled()
+    if result.outcome == "too_late":
+        return reminder_too_late()
+    return reminder_not_found()
+
+
 def reminders_stopped() -> Reply:
     return bot_replies.text(
         _(
@@ -127,8 +153,9 @@ def reminders_resumed() -> Reply:
 # --- waitlist --------------------------------------------------------------------------------
 
 
-def waitlist_invite(specialty_name: str, slug: str) -> Reply:
-    """What the bot adds when no slot fits: join the specialty's waitlist?"""
+def waitlist_invite(specialty_name: str, join_id: str) -> Reply:
+    """What the bot adds when no slot fits: join the specialty's waitlist? `join_id` is the
+    specialty's slug, optionally followed by ":<doctor id>:<part of day>"."""
     return bot_replies.buttons_reply(
         _(
             "Would you like to join the waitlist for %(specialty)s? When a time frees up we "
@@ -136,7 +163,7 @@ def waitlist_invite(specialty_name: str, slug: str) -> Reply:
         )
         % {"specialty": specialty_name},
         [
-            Button(id=f"{WAITLIST_JOIN}{slug}", title=_("Join the waitlist")),
+            Button(id=f"{WAITLIST_JOIN}{join_id}", title=_("Join the waitlist")),
             Button(id=WAITLIST_NO, title=_("No, thanks")),
         ],
     )
@@ -206,6 +233,28 @@ def offer_declined() -> Reply:
     return bot_replies.text(
         _("All right, we will offer it to someone else. You keep your place on the waitlist.")
     )
+
+
+def offer_overlap() -> Reply:
+    return bot_replies.text(
+        _(
+            "You already have an appointment at that time, so we will offer this one to someone "
+            "else. You keep your place on the waitlist."
+        )
+    )
+
+
+def offer_result(result: OutreachResult, clinic: HasTimeZone) -> Reply:
+    """The bot's answer to a waitlist offer's buttons."""
+    if result.outcome == "booked" and result.appointment is not None:
+        return offer_accepted(result.appointment, clinic)
+    if result.outcome == "taken":
+        return offer_taken()
+    if result.outcome == "declined":
+        return offer_declined()
+    if result.outcome == "overlap":
+        return offer_overlap()
+    return offer_gone()
 
 
 def offer_gone() -> Reply:

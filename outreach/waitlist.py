@@ -61,13 +61,10 @@ def _deliver_after_commit(message_ids: Iterable[int]) -> None:
         return
 
     def deliver() -> None:
-        for message_id in ids:
-            try:
-                whatsapp.deliver(message_id)
-            except Exception:
-                logger.exception(
-                    "waitlist message %s: delivery failed; the outbox retries", message_id
-                )
+        try:
+            whatsapp.deliver_many(ids)
+        except Exception:
+            logger.exception("waitlist messages %s: delivery failed; the outbox retries", ids)
 
     transaction.on_commit(deliver, robust=True)
 

@@ -3,14 +3,15 @@ and its reminder lands once; two workers share a backlog without sending anythin
 
 import datetime as dt
 import signal
+import threading
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from bot.models import Message, PeriodicJob
+from bot.models import Conversation, Message, PeriodicJob
 from clinics.models import Appointment
 from outreach.models import OutreachSettings, ReminderDispatch
 from tests.bot.test_worker import workers  # noqa: F401 (the fixture)
@@ -57,17 +58,25 @@ def test_it_retries_a_reminder_whose_worker_was_killed_and_sends_it_once(
     fake_graph,
 ):
     (appointment,) = due_appointments(clinic, doctor, 1)
-    blocker = psycopg.connect(**db_params())
+    # Another transaction is creating the patient's conversation and has not committed: the
+    # worker, inside its transaction (reminder claimed, nothing committed), waits on that row.
+    held, release, backend = threading.Event(), threading.Event(), []
+
+    def create_the_conversation_slowly() -> None:
+        try:
+            with transaction.atomic():
+                Conversation.objects.create(clinic=clinic, wa_id=appointment.patient.whatsapp_id)
+                backend.append(connection.connection.info.backend_pid)
+                held.set()
+                release.wait(60)
+                transaction.set_rollback(True)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=create_the_conversation_slowly)
+    holder.start()
     try:
-        # An uncommitted conversation for the patient's number: the worker stops inside its
-        # transaction, after claiming the reminder, on the unique index of that INSERT.
-        blocker.execute(
-            "INSERT INTO bot_conversation (clinic_id, wa_id, contact_name, state, context, mode,"
-            " needs_staff, urgent, last_activity_at, llm_prompt_tokens, llm_completion_tokens,"
-            " created_at, updated_at) VALUES (%s, %s, '', 'START', '{}', 'bot', false, false,"
-            " now(), 0, 0, now(), now())",
-            [clinic.pk, appointment.patient.whatsapp_id],
-        )
+        assert held.wait(30)
         first = workers.start(**WORKER_ENV)
 
         def worker_waits_on_the_conversation() -> bool:
@@ -75,7 +84,7 @@ def test_it_retries_a_reminder_whose_worker_was_killed_and_sends_it_once(
                 row = watcher.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
                     " AND query LIKE 'INSERT INTO \"bot_conversation\"%%'",
-                    [blocker.info.backend_pid],
+                    [backend[0]],
                 ).fetchone()
             return row[0] > 0
 
@@ -83,8 +92,8 @@ def test_it_retries_a_reminder_whose_worker_was_killed_and_sends_it_once(
         first.kill()
         first.wait(timeout=10)
     finally:
-        blocker.rollback()
-        blocker.close()
+        release.set()
+        holder.join(timeout=30)
 
     dispatch = ReminderDispatch.objects.get(appointment=appointment)
     assert dispatch.status == ReminderDispatch.Status.PENDING  # its transaction rolled back
