@@ -115,7 +115,7 @@ class Cluster:
                 except httpx.TransportError:
                     return False
 
-            eventually(up, what="daphne serving /health/")
+            eventually(up, timeout=120, what="daphne serving /health/")
         return self
 
     def kill(self, name: str) -> None:
