@@ -98,6 +98,13 @@ class Cluster:
         self.spawn(name, "manage.py", "run_worker", "--interval", "0.05", "--worker-id", name)
 
     def start(self) -> "Cluster":
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # never leave servers behind a failed start
+            raise
+
+    def _start(self) -> "Cluster":
         for name in ("a", "b"):
             port = free_port()
             self.spawn(
