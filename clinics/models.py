@@ -1,5 +1,7 @@
 """The scheduling domain (DESIGN §3). Only clinics.services changes bookings."""
 
+from __future__ import annotations
+
 import datetime as dt
 import zoneinfo
 
@@ -149,6 +151,21 @@ class Schedule(models.Model):
         )
 
 
+class BlockedPeriodQuerySet(models.QuerySet):
+    def covering(self, *, clinic_id, doctor_id, start_at, end_at) -> BlockedPeriodQuerySet:
+        """Periods that overlap [start_at, end_at) for that doctor: theirs or the whole clinic's.
+
+        The arguments may be values or expressions (`OuterRef("start_at")`), so one definition
+        serves a single slot (clinics.services) and an availability query (clinics.selectors).
+        """
+        return self.filter(
+            Q(doctor__isnull=True) | Q(doctor_id=doctor_id),
+            clinic_id=clinic_id,
+            starts_at__lt=end_at,
+            ends_at__gt=start_at,
+        )
+
+
 class BlockedPeriod(models.Model):
     """A holiday (whole clinic, doctor empty) or a doctor's absence; no slots inside it."""
 
@@ -166,6 +183,8 @@ class BlockedPeriod(models.Model):
     starts_at = models.DateTimeField(_("starts at"))
     ends_at = models.DateTimeField(_("ends at"))
     reason = models.CharField(_("reason"), max_length=200, blank=True)
+
+    objects = BlockedPeriodQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("blocked period")

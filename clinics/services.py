@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, Q
+from django.db.models import Case, Exists, OuterRef, Q, Value, When
 from django.utils import timezone
 
 from clinics import events
@@ -29,6 +29,7 @@ from clinics.models import (
     AppointmentSource,
     AppointmentStatus,
     AuditEvent,
+    BlockedPeriod,
     Clinic,
     Doctor,
     Patient,
@@ -260,6 +261,19 @@ def _live_hold_by(slot: Slot, holder: str | None, now: dt.datetime) -> SlotHold 
     )
 
 
+def slot_in_blocked_period(
+    *, clinic_id: int, doctor_id: int, start_at: dt.datetime, end_at: dt.datetime
+) -> bool:
+    """Does a blocked period (holiday, absence) cover any part of this time of this doctor?
+
+    The rule that such a time is never held or booked, whatever the slot's status says: a
+    period entered after the slot was generated, or one whose booked slot was cancelled since.
+    """
+    return BlockedPeriod.objects.covering(
+        clinic_id=clinic_id, doctor_id=doctor_id, start_at=start_at, end_at=end_at
+    ).exists()
+
+
 def _check_slot_state(
     *,
     start_at: dt.datetime,
@@ -268,10 +282,12 @@ def _check_slot_state(
     doctor_active: bool,
     now: dt.datetime,
     holder_holds_it: Callable[[], bool],
+    in_blocked_period: Callable[[], bool],
 ) -> None:
     """The booking rules for a locked slot, on plain values so both booking paths (the ORM one
     and the PostgreSQL fast path of `appointment_book`) share them. `holder_holds_it` is only
-    asked when the slot is held live, so callers may make it lazy."""
+    asked when the slot is held live and `in_blocked_period` when the slot is otherwise
+    bookable, so callers may make them lazy."""
     if start_at <= now:
         raise SlotUnavailable("the slot has already started", code="slot_in_past")
     if status == SlotStatus.BLOCKED or not doctor_active:
@@ -281,6 +297,8 @@ def _check_slot_state(
     held_live = status == SlotStatus.HELD and held_until is not None and held_until > now
     if held_live and not holder_holds_it():
         raise SlotTaken("someone else is holding the slot")
+    if in_blocked_period():
+        raise SlotUnavailable("the slot is inside a blocked period", code="slot_blocked")
 
 
 def _check_bookable(slot: Slot, *, holder: str | None, now: dt.datetime) -> None:
@@ -292,13 +310,28 @@ def _check_bookable(slot: Slot, *, holder: str | None, now: dt.datetime) -> None
         doctor_active=slot.doctor.active,
         now=now,
         holder_holds_it=lambda: _live_hold_by(slot, holder, now) is not None,
+        in_blocked_period=lambda: slot_in_blocked_period(
+            clinic_id=slot.clinic_id,
+            doctor_id=slot.doctor_id,
+            start_at=slot.start_at,
+            end_at=slot.end_at,
+        ),
     )
 
 
-def _free_slot(slot: Slot) -> None:
-    slot.status = SlotStatus.FREE
+def _free_slot(slot: Slot) -> bool:
+    """Give a (locked) slot back: free, or blocked when a blocked period covers it now.
+
+    True when it became free (callers emit slot.liberado only then).
+    """
+    blocked = slot_in_blocked_period(
+        clinic_id=slot.clinic_id, doctor_id=slot.doctor_id, start_at=slot.start_at,
+        end_at=slot.end_at,
+    )  # fmt: skip
+    slot.status = SlotStatus.BLOCKED if blocked else SlotStatus.FREE
     slot.held_until = None
     slot.save(update_fields=["status", "held_until", "updated_at"])
+    return not blocked
 
 
 def _integrity_to_booking_error(exc: IntegrityError) -> BookingError:
@@ -485,8 +518,7 @@ def slot_hold(
         released = []
         for prev_id in others:
             prev = locked.get(prev_id)
-            if prev is not None and prev.status == SlotStatus.HELD:
-                _free_slot(prev)
+            if prev is not None and prev.status == SlotStatus.HELD and _free_slot(prev):
                 released.append(prev)
         SlotHold.objects.filter(Q(holder=holder) | Q(slot=slot), released_at=None).update(
             released_at=now
@@ -530,8 +562,7 @@ def slot_release(*, clinic: Clinic, slot_id: int, holder: str) -> bool:
         if hold is None:
             return False
         SlotHold.objects.filter(slot=slot, holder=holder, released_at=None).update(released_at=now)
-        if slot.status == SlotStatus.HELD:
-            _free_slot(slot)
+        if slot.status == SlotStatus.HELD and _free_slot(slot):
             events.emit(
                 clinic_id=clinic.pk,
                 name="slot.liberado",
@@ -559,10 +590,30 @@ def holds_expire(*, now: dt.datetime | None = None, batch_size: int = 1000) -> i
             if not batch:
                 break
             ids = [pk for pk, _, _ in batch]
+            # Back to free, or to blocked where a blocked period covers the slot by now.
+            in_blocked_period = Exists(
+                BlockedPeriod.objects.covering(
+                    clinic_id=OuterRef("clinic_id"),
+                    doctor_id=OuterRef("doctor_id"),
+                    start_at=OuterRef("start_at"),
+                    end_at=OuterRef("end_at"),
+                )
+            )
             Slot.objects.filter(pk__in=ids).update(
-                status=SlotStatus.FREE, held_until=None, updated_at=timezone.now()
+                status=Case(
+                    When(in_blocked_period, then=Value(SlotStatus.BLOCKED)),
+                    default=Value(SlotStatus.FREE),
+                ),
+                held_until=None,
+                updated_at=timezone.now(),
             )
             SlotHold.objects.filter(slot_id__in=ids, released_at=None).update(released_at=now)
+            blocked = set(
+                Slot.objects.filter(pk__in=ids, status=SlotStatus.BLOCKED).values_list(
+                    "pk", flat=True
+                )
+            )
+            batch = [row for row in batch if row[0] not in blocked]
             for pk, clinic_id, doctor_id in batch:
                 events.emit(
                     clinic_id=clinic_id,
@@ -570,7 +621,7 @@ def holds_expire(*, now: dt.datetime | None = None, batch_size: int = 1000) -> i
                     payload={"slot_id": pk, "doctor_id": doctor_id, "reason": "hold_expired"},
                 )
             freed += len(batch)
-        if len(batch) < batch_size:
+        if len(ids) < batch_size:
             break
     # Holds whose slot was booked or re-held already: just close them.
     SlotHold.objects.filter(released_at=None, expires_at__lte=now).update(released_at=now)
@@ -774,6 +825,9 @@ def _book_postgresql(
             doctor_active=doctor_active,
             now=now,
             holder_holds_it=lambda: holder_holds_it,
+            in_blocked_period=lambda: slot_in_blocked_period(
+                clinic_id=slot_clinic_id, doctor_id=doctor_id, start_at=start_at, end_at=end_at
+            ),
         )
         appointment = Appointment(
             clinic=clinic,
@@ -829,7 +883,8 @@ def _book_postgresql(
 
 def _cancel_locked(
     *, clinic: Clinic, appointment: Appointment, slot: Slot, reason: str, actor: Actor, now
-) -> None:
+) -> bool:
+    """Cancel inside the caller's transaction; True when the slot became free (not blocked)."""
     if appointment.status not in UPCOMING_STATUSES or appointment.start_at <= now:
         raise NotCancellable(
             f"only upcoming booked or confirmed appointments can change "
@@ -839,8 +894,7 @@ def _cancel_locked(
     appointment.status = AppointmentStatus.CANCELLED
     appointment.cancel_reason = reason
     appointment.save(update_fields=["status", "cancel_reason", "updated_at"])
-    if slot.status == SlotStatus.BOOKED:
-        _free_slot(slot)
+    freed = slot.status == SlotStatus.BOOKED and _free_slot(slot)
     _audit(
         clinic=clinic,
         actor=actor,
@@ -851,6 +905,7 @@ def _cancel_locked(
         after=_appointment_state(appointment),
         at=now,
     )
+    return freed
 
 
 def appointment_cancel(
@@ -875,7 +930,7 @@ def appointment_cancel(
         found = _load_appointment(clinic, appointment_id, patient)
         slot = _lock_slots(clinic, [found.slot_id])[found.slot_id]
         appointment = Appointment.objects.select_for_update().get(pk=found.pk)
-        _cancel_locked(
+        freed = _cancel_locked(
             clinic=clinic,
             appointment=appointment,
             slot=slot,
@@ -884,11 +939,12 @@ def appointment_cancel(
             now=now,
         )
         events.emit(clinic_id=clinic.pk, name="cita.cancelada", payload=_event_payload(appointment))
-        events.emit(
-            clinic_id=clinic.pk,
-            name="slot.liberado",
-            payload={"slot_id": slot.pk, "doctor_id": slot.doctor_id, "reason": "cancelled"},
-        )
+        if freed:
+            events.emit(
+                clinic_id=clinic.pk,
+                name="slot.liberado",
+                payload={"slot_id": slot.pk, "doctor_id": slot.doctor_id, "reason": "cancelled"},
+            )
     logger.info("appointment %s cancelled actor=%s", appointment.pk, actor.type)
     return appointment
 
@@ -917,7 +973,7 @@ def appointment_reschedule(
         new_slot = slots[new_slot_id]
         # Check the new slot before touching the old appointment, for the clearer error.
         _check_bookable(new_slot, holder=holder, now=now)
-        _cancel_locked(
+        freed = _cancel_locked(
             clinic=clinic,
             appointment=old,
             slot=slots[old.slot_id],
@@ -950,11 +1006,16 @@ def appointment_reschedule(
         payload = _event_payload(new)
         payload["previous"] = _event_payload(old)
         events.emit(clinic_id=clinic.pk, name="cita.reprogramada", payload=payload)
-        events.emit(
-            clinic_id=clinic.pk,
-            name="slot.liberado",
-            payload={"slot_id": old.slot_id, "doctor_id": old.doctor_id, "reason": "rescheduled"},
-        )
+        if freed:
+            events.emit(
+                clinic_id=clinic.pk,
+                name="slot.liberado",
+                payload={
+                    "slot_id": old.slot_id,
+                    "doctor_id": old.doctor_id,
+                    "reason": "rescheduled",
+                },
+            )
     logger.info("appointment %s rescheduled to %s actor=%s", old.pk, new.pk, actor.type)
     return new
 
