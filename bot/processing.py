@@ -15,21 +15,24 @@ The webhook stores each inbound message (status `received`) and, after commit, c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import signal
+import threading
 import traceback
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from bot import engine, state
+from bot import engine, nlu, state
 from bot.models import Conversation, ConversationMode, Direction, Message, MessageStatus
 
 logger = logging.getLogger(__name__)
@@ -42,6 +45,15 @@ RATE_WINDOW = dt.timedelta(seconds=state.RATE_WINDOW_SECONDS)
 TYPING_WAIT_SECONDS = 5.0
 # Context keys that outlive a closed session.
 KEPT_ON_CLOSE = frozenset({"identity_misses"})
+# WhatsApp's own limit for a text. Longer text (only a forged or broken client sends it) is
+# stored whole but never processed whole: no pattern, no LLM ever sees more than this.
+MAX_TURN_TEXT = 4096
+# Runs of one message's turn before it is set aside for staff. Each run is counted before it
+# starts, in its own commit, so a run that kills or hangs its worker counts too, and whichever
+# worker (or the stranded-turn sweeper) meets the message next sets it aside.
+MAX_TURN_ATTEMPTS = 3
+# The longest a turn waits for its conversation's row lock (see _bound_lock_waits).
+LOCK_WAIT_LIMIT = "5s"
 
 # Engine states under the seed's names, for the session hash (`estado_flujo`).
 SEED_STATE_NAMES = {
@@ -117,12 +129,17 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
         return 0
 
     processed = 0
+    retry_after = 0.0
     try:
         while True:
-            upcoming = _pending(conversation_id).values("wa_message_id").first()
+            upcoming = _pending(conversation_id).values("pk", "wa_message_id", "attempts").first()
             if upcoming is None:
                 break
+            if upcoming["attempts"] >= MAX_TURN_ATTEMPTS:
+                give_up_on(upcoming["pk"])  # its earlier runs never finished
+                continue
             state.extend_lock(session_id, lock.token)
+            Message.objects.filter(pk=upcoming["pk"]).update(attempts=F("attempts") + 1)
             typing = None
             if conversation.mode == ConversationMode.BOT:
                 # The indicator's HTTP call overlaps the turn instead of delaying it.
@@ -137,15 +154,20 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
                     _typing_stopped(conversation)
             if outcome is None:
                 continue  # another worker (Redis down) took that message first
-            processed += 1
             conversation = outcome.conversation
             _deliver(outcome.outbound_ids)
+            if outcome.retry_after:
+                retry_after = outcome.retry_after
+                break  # over the rate limit: the rest waits for the window, in order
+            processed += 1
             _mirror_session(conversation)
     finally:
         if lock.status is state.LockStatus.ACQUIRED:
             state.release_lock(session_id, lock.token)
-    # A message stored while we were finishing found the lock still held: run it now.
-    if has_pending(conversation_id):
+    if retry_after:
+        schedule_turns(conversation_id, delay=retry_after)
+    elif has_pending(conversation_id):
+        # A message stored while we were finishing found the lock still held: run it now.
         schedule_turns(conversation_id)
     return processed
 
@@ -154,6 +176,7 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
 class _Outcome:
     conversation: Conversation
     outbound_ids: list[int]
+    retry_after: float = 0.0  # seconds: the message waits for the rate-limit window
 
 
 def _run_one_turn(conversation_id: int) -> _Outcome | None:
@@ -161,6 +184,7 @@ def _run_one_turn(conversation_id: int) -> _Outcome | None:
 
     now = timezone.now()
     with transaction.atomic():
+        _bound_lock_waits()
         conversation = (
             Conversation.objects.select_for_update(of=("self",))
             .select_related("clinic", "patient")
@@ -169,10 +193,20 @@ def _run_one_turn(conversation_id: int) -> _Outcome | None:
         message = _pending(conversation_id).first()
         if message is None:
             return None
-        replies = _turn(conversation, message, now)
+        if conversation.mode == ConversationMode.BOT:
+            if _greeting_with_more_behind(message):
+                # "hola" "hola" "hola": the answer to the last message greets once for all.
+                replies = []
+                message.error = "coalesced with the next message"
+            elif wait := _rate_limit_wait(conversation, now):
+                return _defer(conversation, message, now, wait)
+            else:
+                replies = _turn(conversation, message, now)
+        else:
+            replies = _turn(conversation, message, now)
         message.status = MessageStatus.PROCESSED
         message.processed_at = now
-        message.save(update_fields=["status", "processed_at"])
+        message.save(update_fields=["status", "processed_at", "error"])
         conversation.last_activity_at = now
         conversation.save()
         rows = whatsapp.queue_replies(conversation, replies) if replies else []
@@ -189,13 +223,70 @@ def _turn(conversation: Conversation, message: Message, now: dt.datetime) -> lis
     if conversation.closed_at is None and _idle_before(conversation, message):
         close_conversation(conversation, now)
 
-    if _over_rate_limit(conversation, message, now):
-        if conversation.rate_limited_until is None or conversation.rate_limited_until <= now:
-            conversation.rate_limited_until = now + RATE_WINDOW
-            return [engine.Reply(kind="text", text=_("Please wait a moment…"))]
-        return []
-
     return _run_engine(conversation, message, now)
+
+
+def _greeting_with_more_behind(message: Message) -> bool:
+    if message.kind != "text" or len(message.text) > 100:
+        return False
+    if nlu.detect_intent(message.text) != nlu.Intent.GREETING:
+        return False
+    return _pending(message.conversation_id).exclude(pk=message.pk).exists()
+
+
+def _rate_limit_wait(conversation: Conversation, now: dt.datetime) -> float:
+    """0 when the conversation may take a turn now (and it is counted), else seconds to wait.
+
+    SOPHIA_RATE_LIMIT_PER_MINUTE turns per window, counted in Redis; with Redis unusable, the
+    turns of the last minute are counted in PostgreSQL instead.
+    """
+    limit = settings.SOPHIA_RATE_LIMIT_PER_MINUTE
+    wait = state.take_turn(conversation.session_id, limit)
+    if wait is not None:
+        return wait
+    recent = list(
+        Message.objects.filter(
+            conversation=conversation,
+            direction=Direction.IN,
+            status=MessageStatus.PROCESSED,
+            processed_at__gt=now - RATE_WINDOW,
+        )
+        .order_by("-processed_at")
+        .values_list("processed_at", flat=True)[:limit]
+    )
+    if len(recent) < limit:
+        return 0.0
+    return max((recent[-1] + RATE_WINDOW - now).total_seconds(), 0.1)
+
+
+def _defer(conversation: Conversation, message: Message, now: dt.datetime, wait: float) -> _Outcome:
+    """Over the rate limit: the message stays pending for the next window (never dropped); the
+    patient is asked to wait once per window."""
+    from bot import whatsapp
+
+    # Waiting is not a failed run.
+    Message.objects.filter(pk=message.pk).update(attempts=F("attempts") - 1)
+    replies = []
+    if conversation.rate_limited_until is None or conversation.rate_limited_until <= now:
+        replies = [engine.Reply(kind="text", text=_("Please wait a moment…"))]
+    conversation.rate_limited_until = now + dt.timedelta(seconds=wait)
+    conversation.save(update_fields=["rate_limited_until", "updated_at"])
+    rows = whatsapp.queue_replies(conversation, replies) if replies else []
+    logger.info("conversation %s over the rate limit: next turn in %.1f s", conversation.pk, wait)
+    return _Outcome(conversation, [row.pk for row in rows], retry_after=wait)
+
+
+def _bound_lock_waits() -> None:
+    """In this transaction, wait at most LOCK_WAIT_LIMIT for a row lock (PostgreSQL).
+
+    The conversation row is held for a turn's few milliseconds, and by a webhook's insert for
+    less. Only a worker hung inside a turn holds it longer; waiting on it would hang this worker
+    too, and with it every other patient. After the limit the statement fails, the turn rolls
+    back and is tried again later (the stranded-turn sweeper), and this worker moves on.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [LOCK_WAIT_LIMIT])
 
 
 def give_up_on(message_id: int) -> bool:
@@ -204,6 +295,7 @@ def give_up_on(message_id: int) -> bool:
     from bot import whatsapp
 
     with transaction.atomic():
+        _bound_lock_waits()
         message = (
             Message.objects.select_for_update()
             .filter(pk=message_id, direction=Direction.IN, status=MessageStatus.RECEIVED)
@@ -259,19 +351,6 @@ def _idle_before(conversation: Conversation, message: Message) -> bool:
     return previous is not None and message.created_at - previous > idle_limit
 
 
-def _over_rate_limit(conversation: Conversation, message: Message, now: dt.datetime) -> bool:
-    count = state.count_message(conversation.session_id)
-    if count is None:
-        # Redis unusable: count this conversation's inbound messages of the last minute instead.
-        count = Message.objects.filter(
-            conversation=conversation,
-            direction=Direction.IN,
-            created_at__gt=now - RATE_WINDOW,
-            created_at__lte=message.created_at,
-        ).count()
-    return count > settings.SOPHIA_RATE_LIMIT_PER_MINUTE
-
-
 def _run_engine(
     conversation: Conversation, message: Message, now: dt.datetime
 ) -> list[engine.Reply]:
@@ -289,8 +368,18 @@ def _run_engine(
     )
     try:
         # A savepoint: whatever the engine wrote before failing is undone, the turn goes on.
-        with transaction.atomic():
+        with transaction.atomic(), time_budget(settings.SOPHIA_TURN_BUDGET_SECONDS):
             result = engine.step(snapshot, _inbound(message, conversation), ctx)
+    except TurnTimeout:
+        logger.error(
+            "turn of conversation %s message %s ran past its %s s budget; set aside for staff",
+            conversation.pk,
+            message.pk,
+            settings.SOPHIA_TURN_BUDGET_SECONDS,
+        )
+        message.error = f"set aside: the turn ran past {settings.SOPHIA_TURN_BUDGET_SECONDS} s"
+        conversation.needs_staff = True
+        return [_apology()]
     except (OperationalError, InterfaceError):
         raise  # the database itself is in trouble: roll back the turn, it is retried later
     except Exception as exc:
@@ -326,7 +415,43 @@ def _inbound(message: Message, conversation: Conversation) -> engine.Inbound:
     from bot.webhook import to_inbound
 
     message.conversation = conversation  # already loaded and locked: no second query
-    return to_inbound(message)
+    inbound = to_inbound(message)
+    if len(inbound.text) > MAX_TURN_TEXT:
+        logger.warning(
+            "message %s has %d characters; the turn reads the first %d",
+            message.pk,
+            len(inbound.text),
+            MAX_TURN_TEXT,
+        )
+        inbound = dataclasses.replace(inbound, text=inbound.text[:MAX_TURN_TEXT])
+    return inbound
+
+
+class TurnTimeout(BaseException):
+    """A turn ran past its time budget. A BaseException, so no `except Exception` on the way
+    (an optional LLM call's fallback, say) can swallow it."""
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float):
+    """Raise TurnTimeout in the block after `seconds` (SIGALRM; even inside a regular
+    expression, which checks for signals as it runs). Only the main thread receives signals —
+    where run_worker runs tasks; elsewhere the block runs unbounded and a turn that never ends
+    is left to MAX_TURN_ATTEMPTS and the stranded-turn sweeper."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TurnTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _state_of(conversation: Conversation) -> engine.State:
