@@ -32,7 +32,10 @@ from clinics.models import (
     BlockedPeriod,
     Clinic,
     Doctor,
+    IdentityFailure,
+    IdentityLockout,
     Patient,
+    PatientPhone,
     Slot,
     SlotHold,
     SlotStatus,
@@ -1187,3 +1190,211 @@ def patient_link_whatsapp(
     patient.whatsapp_id = whatsapp_id
     logger.info("patient %s linked to WhatsApp %s", patient.pk, _mask(whatsapp_id))
     return patient
+
+
+# --- identity: failed checks, lock-outs, a patient's numbers ---------------------------------
+
+# Wrong birth dates before a lock-out: per patient (over every number and conversation) and
+# per number (over every patient it tries).
+IDENTITY_MAX_FAILURES_PER_PATIENT = 3
+IDENTITY_MAX_FAILURES_PER_NUMBER = 3
+
+
+@dataclass(frozen=True)
+class IdentityStatus:
+    """Which identity lock-outs stand in the way of a check (see IdentityLockout)."""
+
+    patient_locked: bool = False
+    number_locked: bool = False
+
+    @property
+    def locked(self) -> bool:
+        return self.patient_locked or self.number_locked
+
+
+def identity_status(
+    *, clinic: Clinic, wa_id: str, patient: Patient | None = None
+) -> IdentityStatus:
+    """The active lock-outs for this number and, when given, this patient."""
+    active = IdentityLockout.objects.filter(clinic=clinic, lifted_at=None)
+    number = active.filter(patient=None, wa_id=wa_id).exists()
+    locked_patient = patient is not None and active.filter(patient=patient).exists()
+    return IdentityStatus(patient_locked=locked_patient, number_locked=number)
+
+
+def _lock_out(clinic: Clinic, *, patient: Patient | None, wa_id: str, now: dt.datetime) -> None:
+    """Create the active lock-out unless one stands (the partial unique constraints decide)."""
+    try:
+        with transaction.atomic():
+            IdentityLockout.objects.create(
+                clinic=clinic, patient=patient, wa_id="" if patient else wa_id, locked_at=now
+            )
+    except IntegrityError:
+        return  # already locked out
+    _audit(
+        clinic=clinic,
+        actor=Actor.system("identity checks"),
+        action="identity.lockout",
+        object_type="patient" if patient else "whatsapp_number",
+        object_id=patient.pk if patient else _mask(wa_id),
+        before=None,
+        after={"patient_id": patient.pk if patient else None, "whatsapp_id": _mask(wa_id)},
+        at=now,
+    )
+
+
+def identity_failure_record(
+    *, clinic: Clinic, wa_id: str, patient: Patient | None
+) -> IdentityStatus:
+    """Count one wrong answer to an identity check from `wa_id` about `patient`'s document.
+
+    It counts for the number and for the patient, across conversations and idle closes; the
+    one that reaches its limit is locked out until staff lift it (identity_lockout_lift).
+    Returns the status after this failure.
+    """
+    wa_id = _clean_whatsapp_id(wa_id)
+    if patient is not None:
+        _check_patient(clinic, patient, query=False)
+    with transaction.atomic():
+        now = timezone.now()
+        if patient is not None:
+            # Serialises failures about one patient arriving from several numbers at once.
+            Patient.objects.select_for_update().filter(pk=patient.pk).first()
+        IdentityFailure.objects.create(clinic=clinic, patient=patient, wa_id=wa_id, at=now)
+        open_failures = IdentityFailure.objects.filter(clinic=clinic, cleared_at=None)
+        if open_failures.filter(wa_id=wa_id).count() >= IDENTITY_MAX_FAILURES_PER_NUMBER:
+            _lock_out(clinic, patient=None, wa_id=wa_id, now=now)
+        if (
+            patient is not None
+            and open_failures.filter(patient=patient).count() >= IDENTITY_MAX_FAILURES_PER_PATIENT
+        ):
+            _lock_out(clinic, patient=patient, wa_id=wa_id, now=now)
+        _audit(
+            clinic=clinic,
+            actor=Actor.system("identity checks"),
+            action="identity.failure",
+            object_type="patient" if patient else "whatsapp_number",
+            object_id=patient.pk if patient else _mask(wa_id),
+            before=None,
+            after={"patient_id": patient.pk if patient else None, "whatsapp_id": _mask(wa_id)},
+            at=now,
+        )
+        status = identity_status(clinic=clinic, wa_id=wa_id, patient=patient)
+    logger.warning(
+        "identity check failed from %s for patient %s (locked: patient=%s number=%s)",
+        _mask(wa_id),
+        patient.pk if patient else "-",
+        status.patient_locked,
+        status.number_locked,
+    )
+    return status
+
+
+def identity_lockout_lift(*, clinic: Clinic, lockout_id: int, actor: Actor) -> IdentityLockout:
+    """Staff lift a lock-out: identity checks are accepted again and the failures that led to
+    it no longer count. Lifting a lifted one changes nothing. Audited."""
+    _check_actor(actor)
+    if actor.type not in (AuditEvent.ActorType.STAFF, AuditEvent.ActorType.API):
+        raise InvalidInput("only staff lift identity lock-outs")
+    lockout_id = _check_id(lockout_id, "lockout_id")
+    with transaction.atomic():
+        lockout = (
+            IdentityLockout.objects.select_for_update().filter(pk=lockout_id, clinic=clinic).first()
+        )
+        if lockout is None:
+            raise InvalidInput("no such lock-out in this clinic", code="lockout_not_found")
+        if lockout.lifted_at is not None:
+            return lockout
+        now = timezone.now()
+        lockout.lifted_at = now
+        if actor.type == AuditEvent.ActorType.STAFF:
+            lockout.lifted_by_id = _check_id(actor.id, "actor.id")
+        lockout.save(update_fields=["lifted_at", "lifted_by"])
+        failures = IdentityFailure.objects.filter(clinic=clinic, cleared_at=None)
+        if lockout.patient_id:
+            failures = failures.filter(patient_id=lockout.patient_id)
+        else:
+            failures = failures.filter(wa_id=lockout.wa_id)
+        cleared = failures.update(cleared_at=now)
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="identity.lockout_lift",
+            object_type="patient" if lockout.patient_id else "whatsapp_number",
+            object_id=lockout.patient_id or _mask(lockout.wa_id),
+            before={"lockout_id": lockout.pk, "active": True},
+            after={"lockout_id": lockout.pk, "active": False, "failures_cleared": cleared},
+            at=now,
+        )
+    logger.info("identity lock-out %s lifted actor=%s", lockout.pk, actor.type)
+    return lockout
+
+
+def patient_phone_add(
+    *, clinic: Clinic, patient: Patient, wa_id: str, how: str, actor: Actor
+) -> PatientPhone | None:
+    """Record `wa_id` as verified for the patient (a new phone, a parent's phone).
+
+    Never replaces the number on file (Patient.whatsapp_id): that one needs no row and changes
+    only by staff. Idempotent; None when the number is the one on file. Audited (masked).
+    """
+    _check_actor(actor)
+    _check_patient(clinic, patient)
+    wa_id = _clean_whatsapp_id(wa_id)
+    if how not in PatientPhone.How.values:
+        raise InvalidInput(f"unknown verification {how!r}")
+    if patient.whatsapp_id == wa_id:
+        return None
+    with transaction.atomic():
+        now = timezone.now()
+        phone, created = PatientPhone.objects.get_or_create(
+            patient=patient,
+            wa_id=wa_id,
+            defaults={"clinic": clinic, "how": how, "verified_at": now},
+        )
+        if created:
+            _audit(
+                clinic=clinic,
+                actor=actor,
+                action="patient.phone_add",
+                object_type="patient",
+                object_id=patient.pk,
+                before=None,
+                after={"whatsapp_id": _mask(wa_id), "how": how},
+                at=now,
+            )
+    if created:
+        logger.info("patient %s: number %s added (%s)", patient.pk, _mask(wa_id), how)
+    return phone
+
+
+def patient_phone_remove(*, clinic: Clinic, patient: Patient, wa_id: str, actor: Actor) -> bool:
+    """Staff remove one of the patient's numbers (also the one on file): from the next message
+    on, that number speaks for the patient no more. False when it was not theirs. Audited."""
+    _check_actor(actor)
+    if actor.type not in (AuditEvent.ActorType.STAFF, AuditEvent.ActorType.API):
+        raise InvalidInput("only staff remove a patient's numbers")
+    _check_patient(clinic, patient)
+    wa_id = _clean_whatsapp_id(wa_id)
+    with transaction.atomic():
+        locked = Patient.objects.select_for_update().get(pk=patient.pk)
+        removed, _ = PatientPhone.objects.filter(patient=locked, wa_id=wa_id).delete()
+        on_file = locked.whatsapp_id == wa_id
+        if on_file:
+            locked.whatsapp_id = ""
+            locked.save(update_fields=["whatsapp_id"])
+            patient.whatsapp_id = ""
+        if not removed and not on_file:
+            return False
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="patient.phone_remove",
+            object_type="patient",
+            object_id=patient.pk,
+            before={"whatsapp_id": _mask(wa_id), "on_file": on_file},
+            after=None,
+            at=timezone.now(),
+        )
+    logger.info("patient %s: number %s removed", patient.pk, _mask(wa_id))
+    return True
