@@ -1,9 +1,9 @@
 """The conversation state machine (DESIGN §5, §6 Identity).
 
-`step(snapshot, inbound, ctx)` is pure: no HTTP, no Redis. It reaches clinic data only through
-clinics.services / clinics.selectors (plus a few plain reads of this clinic's rows) and triage
-through bot.triage. bot.processing persists the returned state and data, queues the replies in
-the outbox and mirrors page mappings to Redis.
+`step(snapshot, inbound, ctx)` is pure: no HTTP, no Redis, no ORM. It reaches clinic data only
+through the gateway in its context (bot.gateway: clinics.selectors/services behind a Protocol,
+an in-memory one in the tests) and triage through bot.triage. bot.processing persists the
+returned state and data, queues the replies in the outbox and mirrors page mappings to Redis.
 
 Every message first passes the red-flag check, then the "talk to a person" check; then the
 handler of the current state (one per state, in `HANDLERS`) decides. Deterministic paths —
@@ -37,14 +37,24 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from typing import TYPE_CHECKING
 
-# bot.replies imports this module back; it only touches engine.Reply & co. at call time.
 from bot import nlu, replies, triage
+from bot.messages import (
+    AppointmentInfo,
+    ClinicInfo,
+    Inbound,
+    PatientInfo,
+    Reply,
+    SlotInfo,
+    SpecialtyInfo,
+)
 from bot.nlu import Intent
 from bot.text import normalize
-from clinics import selectors, services
-from clinics.models import Appointment, AuditEvent, Clinic, Patient, Slot, Specialty
+from clinics.errors import BookingError
+
+if TYPE_CHECKING:
+    from bot.gateway import Gateway
 
 logger = logging.getLogger(__name__)
 
@@ -67,41 +77,6 @@ class State(StrEnum):
     RESCHEDULING = "RESCHEDULING"  # picking which appointment to move
 
 
-@dataclass(frozen=True)
-class Inbound:
-    """One patient message, already parsed from the webhook."""
-
-    kind: Literal["text", "interactive", "button", "unsupported"]
-    text: str = ""  # text body, or the title of the chosen row/button
-    reply_id: str = ""  # id of an interactive list/button reply or a template button payload
-    wa_id: str = ""
-    contact_name: str = ""
-
-
-@dataclass(frozen=True)
-class Row:
-    id: str
-    title: str  # ≤ 24 chars
-    description: str = ""  # ≤ 72 chars
-
-
-@dataclass(frozen=True)
-class Button:
-    id: str
-    title: str  # ≤ 20 chars
-
-
-@dataclass(frozen=True)
-class Reply:
-    """One outbound WhatsApp message; bot.whatsapp turns it into a Graph API body."""
-
-    kind: Literal["text", "list", "buttons"]
-    text: str
-    rows: tuple[Row, ...] = ()  # list: ≤ 10 rows
-    button: str = ""  # list: the button label, ≤ 20 chars
-    buttons: tuple[Button, ...] = ()  # buttons: ≤ 3
-
-
 @dataclass
 class Snapshot:
     """What the engine remembers of a conversation between turns (Conversation row)."""
@@ -113,8 +88,8 @@ class Snapshot:
 
 @dataclass
 class Context:
-    clinic: Clinic
-    conversation_id: int  # holds are taken as f"conversation:{conversation_id}"
+    gateway: Gateway  # the clinic's data, for this conversation (holds are taken in its name)
+    conversation_id: int  # for log lines
     wa_id: str
     now: dt.datetime
     llm: object | None = None  # bot.llm helper when OPENAI_API_KEY is set, else None
@@ -143,7 +118,7 @@ _REPLY_PREFIXES = ("slot:", "spec:", "appt:", "confirm:", "cancel:")
 _FAQ_INTENTS = (Intent.ADDRESS, Intent.HOURS, Intent.WHAT_TO_BRING, Intent.PHONE)
 
 
-def _faq(intent: Intent, clinic: Clinic) -> Reply:
+def _faq(intent: Intent, clinic: ClinicInfo) -> Reply:
     """Questions answered from the clinic's own data, never by an LLM."""
     build = {
         Intent.ADDRESS: replies.address,
@@ -167,7 +142,7 @@ class Turn:
     closed: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    _patient: Patient | None = None
+    _patient: PatientInfo | None = None
 
     @property
     def text(self) -> str:
@@ -182,12 +157,12 @@ class Turn:
         return self.snap.data
 
     @property
-    def clinic(self) -> Clinic:
-        return self.ctx.clinic
+    def gateway(self) -> Gateway:
+        return self.ctx.gateway
 
     @property
-    def holder(self) -> str:
-        return f"conversation:{self.ctx.conversation_id}"
+    def clinic(self) -> ClinicInfo:
+        return self.ctx.gateway.clinic
 
     @property
     def today(self) -> dt.date:
@@ -199,14 +174,12 @@ class Turn:
     def go(self, state: State) -> None:
         self.snap.state = state
 
-    def patient(self) -> Patient | None:
+    def patient(self) -> PatientInfo | None:
         """The verified patient of this conversation, or None."""
         if self.snap.patient_id is None:
             return None
-        if self._patient is None or self._patient.pk != self.snap.patient_id:
-            self._patient = Patient.objects.filter(
-                pk=self.snap.patient_id, clinic=self.clinic
-            ).first()
+        if self._patient is None or self._patient.id != self.snap.patient_id:
+            self._patient = self.gateway.patient(self.snap.patient_id)
         return self._patient
 
     def result(self) -> StepResult:
@@ -242,7 +215,7 @@ def step(snapshot: Snapshot, inbound: Inbound, ctx: Context) -> StepResult:
         return turn.result()
     # Red flags first, in every state: an emergency message, never a slot list first.
     if inbound.kind == "text" and _red_flag(turn.text):
-        turn.say(replies.emergency(ctx.clinic))
+        turn.say(replies.emergency(turn.clinic))
         turn.urgent = True
         logger.info("conversation %s: red flag, urgent", ctx.conversation_id)
         return turn.result()
@@ -295,8 +268,8 @@ def _release_hold(turn: Turn) -> None:
     if slot_id is None:
         return
     try:
-        services.slot_release(clinic=turn.clinic, slot_id=slot_id, holder=turn.holder)
-    except services.BookingError as exc:
+        turn.gateway.slot_release(slot_id=slot_id)
+    except BookingError as exc:
         logger.info("conversation %s: release failed: %s", turn.ctx.conversation_id, exc.code)
 
 
@@ -332,14 +305,14 @@ def _on_start(turn: Turn) -> None:
         return
     if intent is None and len(normalize(turn.text).split()) >= 3:
         turn.data["pending_symptoms"] = turn.text.strip()[:500]
-    known = Patient.objects.filter(clinic=turn.clinic, whatsapp_id=turn.ctx.wa_id).first()
+    known = turn.gateway.patient_by_whatsapp(turn.ctx.wa_id)
     turn.say(replies.greeting(turn.clinic, nlu.first_names(known.full_name) if known else ""))
 
 
 def _identify(turn: Turn, document: str) -> None:
     try:
-        patient = selectors.patient_by_document(clinic=turn.clinic, document=document)
-    except services.BookingError:
+        patient = turn.gateway.patient_by_document(document)
+    except BookingError:
         turn.say(replies.invalid_document())
         return
     turn.data.pop("register", None)
@@ -369,20 +342,20 @@ def _identify(turn: Turn, document: str) -> None:
         return
     # Until the birth date matches, this conversation speaks for nobody.
     turn.snap.patient_id = None
-    turn.data["verify_patient_id"] = patient.pk
+    turn.data["verify_patient_id"] = patient.id
     turn.go(State.VERIFYING)
     turn.say(replies.ask_birth_date_to_verify())
 
 
-def _identified(turn: Turn, patient: Patient, greeting: Reply) -> None:
+def _identified(turn: Turn, patient: PatientInfo, greeting: Reply) -> None:
     pending = turn.data.pop("pending", None)
     symptoms = turn.data.pop("pending_symptoms", None)
     _reset_flow(turn)
     turn.data.pop("identity_misses", None)
-    turn.snap.patient_id = patient.pk
+    turn.snap.patient_id = patient.id
     turn._patient = patient
     turn.go(State.IDENTIFIED)
-    logger.info("conversation %s: patient %s identified", turn.ctx.conversation_id, patient.pk)
+    logger.info("conversation %s: patient %s identified", turn.ctx.conversation_id, patient.id)
     if pending == Intent.CANCEL:
         _start_pick_appointment(turn, to_cancel=True)
     elif pending == Intent.RESCHEDULE:
@@ -414,9 +387,8 @@ def _on_verifying(turn: Turn) -> None:
     if document.document and parsed.date is None:
         _identify(turn, document.document)
         return
-    patient = Patient.objects.filter(
-        pk=turn.data.get("verify_patient_id"), clinic=turn.clinic
-    ).first()
+    verify_id = turn.data.get("verify_patient_id")
+    patient = turn.gateway.patient(verify_id) if isinstance(verify_id, int) else None
     if patient is None or patient.birth_date is None:
         _reset_flow(turn)
         turn.go(State.START)
@@ -437,13 +409,10 @@ def _on_verifying(turn: Turn) -> None:
             turn.say(replies.birth_date_mismatch(MAX_IDENTITY_MISSES - misses))
         return
     try:
-        patient = services.patient_link_whatsapp(
-            clinic=turn.clinic,
-            patient=patient,
-            whatsapp_id=turn.ctx.wa_id,
-            actor=services.Actor.patient(patient),
+        patient = turn.gateway.patient_link_whatsapp(
+            patient_id=patient.id, whatsapp_id=turn.ctx.wa_id
         )
-    except services.BookingError as exc:
+    except BookingError as exc:
         # The number could not be stored (odd wa_id): the person is still verified for now.
         logger.warning("conversation %s: link failed: %s", turn.ctx.conversation_id, exc.code)
     _identified(turn, patient, replies.identified(nlu.first_names(patient.full_name)))
@@ -480,15 +449,13 @@ def _on_registering_birth(turn: Turn) -> None:
         turn.say(replies.date_problem(parsed.problem or ""))
         return
     try:
-        patient = services.patient_register(
-            clinic=turn.clinic,
+        patient = turn.gateway.patient_register(
             document=register["document"],
             full_name=register["name"],
             birth_date=parsed.date,
             whatsapp_id=turn.ctx.wa_id,
-            actor=services.Actor(AuditEvent.ActorType.PATIENT, "", "patient via WhatsApp"),
         )
-    except services.BookingError as exc:
+    except BookingError as exc:
         logger.warning(
             "conversation %s: registration failed: %s", turn.ctx.conversation_id, exc.code
         )
@@ -600,7 +567,7 @@ def _free_answer(turn: Turn) -> None:
     llm = turn.ctx.llm
     if llm is not None and not turn.reply_id and _is_free_text(turn.text):
         try:
-            answer = llm.answer(turn.text, turn.clinic)
+            answer = llm.answer(turn.text, turn.clinic, _specialties(turn))
         except Exception:  # the LLM is optional: any failure falls back to the menu
             logger.exception("conversation %s: llm answer failed", turn.ctx.conversation_id)
             answer = None
@@ -624,8 +591,8 @@ def _answer_text(turn: Turn, answer: object) -> str:
     return str(reply or "").strip()
 
 
-def _specialties(turn: Turn) -> list[Specialty]:
-    return list(Specialty.objects.filter(clinic=turn.clinic).order_by("name"))
+def _specialties(turn: Turn) -> list[SpecialtyInfo]:
+    return turn.gateway.specialties()
 
 
 def _triage(
@@ -669,7 +636,10 @@ def _triage(
 
 
 def _offer_specialties(
-    turn: Turn, specialties: list[Specialty], first: tuple[str, ...] = (), no_slots_for: str = ""
+    turn: Turn,
+    specialties: list[SpecialtyInfo],
+    first: tuple[str, ...] = (),
+    no_slots_for: str = "",
 ) -> None:
     ordered = sorted(
         specialties, key=lambda s: (first.index(s.slug) if s.slug in first else len(first), s.name)
@@ -692,7 +662,7 @@ def _on_choosing_specialty(turn: Turn) -> None:
 
 
 def _choose_specialty(turn: Turn, slug: str) -> None:
-    specialty = Specialty.objects.filter(clinic=turn.clinic, slug=slug).first()
+    specialty = turn.gateway.specialty(slug)
     if specialty is None:
         _offer_specialties(turn, _specialties(turn))
         return
@@ -703,25 +673,17 @@ def _choose_specialty(turn: Turn, slug: str) -> None:
 # --- slots: CHOOSING_SLOT, CONFIRMING ------------------------------------------------------------
 
 
-def _show_page(turn: Turn, specialty: Specialty, *, page: int, intro: str = "") -> None:
+def _show_page(turn: Turn, specialty: SpecialtyInfo, *, page: int, intro: str = "") -> None:
     """Fetch and show slot page `page` of `specialty` (keyset cursor kept per page)."""
     cursors: list[str | None] = list(turn.data.get("cursors") or [None])
     if turn.data.get("specialty") != specialty.slug:
         cursors, page = [None], 1
     page = max(1, min(page, len(cursors)))
     try:
-        slot_page = selectors.available_slots(
-            clinic=turn.clinic,
-            specialty=specialty,
-            cursor=cursors[page - 1],
-            page_size=PAGE_SIZE,
-            now=turn.ctx.now,
-        )
-    except services.BookingError:  # a stale cursor: start again from the first page
+        slot_page = _slot_page(turn, specialty, cursors[page - 1])
+    except BookingError:  # a stale cursor: start again from the first page
         cursors, page = [None], 1
-        slot_page = selectors.available_slots(
-            clinic=turn.clinic, specialty=specialty, page_size=PAGE_SIZE, now=turn.ctx.now
-        )
+        slot_page = _slot_page(turn, specialty, None)
     turn.data["specialty"] = specialty.slug
     if not slot_page.slots:
         if page > 1:
@@ -745,7 +707,7 @@ def _show_page(turn: Turn, specialty: Specialty, *, page: int, intro: str = "") 
         page=page,
         cursors=cursors,
         has_more=slot_page.has_more,
-        shown=[slot.pk for slot in slot_page.slots],
+        shown=[slot.id for slot in slot_page.slots],
         shown_times=[f"{s.start_at.astimezone(tz):%H:%M}" for s in slot_page.slots],
     )
     turn.go(State.CHOOSING_SLOT)
@@ -761,9 +723,15 @@ def _show_page(turn: Turn, specialty: Specialty, *, page: int, intro: str = "") 
     )
 
 
-def _current_specialty(turn: Turn) -> Specialty | None:
+def _slot_page(turn: Turn, specialty: SpecialtyInfo, cursor: str | None):
+    return turn.gateway.slot_page(
+        specialty_id=specialty.id, cursor=cursor, page_size=PAGE_SIZE, now=turn.ctx.now
+    )
+
+
+def _current_specialty(turn: Turn) -> SpecialtyInfo | None:
     slug = turn.data.get("specialty")
-    return Specialty.objects.filter(clinic=turn.clinic, slug=slug).first() if slug else None
+    return turn.gateway.specialty(slug) if isinstance(slug, str) and slug else None
 
 
 def _reshow(turn: Turn, notice: Reply | None = None) -> None:
@@ -810,20 +778,14 @@ def _slot_at_time(turn: Turn, request: nlu.TimeRequest) -> int | None:
     cursor = None
     for _ in range(LOOKAHEAD_PAGES):
         try:
-            slot_page = selectors.available_slots(
-                clinic=turn.clinic,
-                specialty=specialty,
-                cursor=cursor,
-                page_size=PAGE_SIZE,
-                now=turn.ctx.now,
-            )
-        except services.BookingError:
+            slot_page = _slot_page(turn, specialty, cursor)
+        except BookingError:
             return None
         local = [slot.start_at.astimezone(tz) for slot in slot_page.slots]
         times = [nlu.ShownTime(t.hour, t.minute) for t in local]
         index = nlu.match_time(request, times, strict=True)
         if index is not None:
-            return slot_page.slots[index].pk
+            return slot_page.slots[index].id
         pages.append((slot_page.slots, times))
         if not slot_page.has_more:
             break
@@ -831,7 +793,7 @@ def _slot_at_time(turn: Turn, request: nlu.TimeRequest) -> int | None:
     for slots, times in pages:
         index = nlu.match_time(request, times)
         if index is not None:
-            return slots[index].pk
+            return slots[index].id
     return None
 
 
@@ -898,20 +860,18 @@ def _on_choosing_slot(turn: Turn) -> None:
 def _hold(turn: Turn, slot_id: int) -> None:
     patient = turn.patient()
     try:
-        hold = services.slot_hold(
-            clinic=turn.clinic, slot_id=slot_id, holder=turn.holder, patient=patient
-        )
-    except services.BookingError as exc:
+        slot = turn.gateway.slot_hold(slot_id=slot_id, patient_id=patient.id if patient else None)
+    except BookingError as exc:
         logger.info("conversation %s: hold refused: %s", turn.ctx.conversation_id, exc.code)
         turn.data.pop("held_slot", None)
         _reshow(turn, replies.slot_taken())
         return
-    turn.data["held_slot"] = hold.slot_id
+    turn.data["held_slot"] = slot.id
     turn.go(State.CONFIRMING)
-    turn.say(_confirm_reply(turn, hold.slot))
+    turn.say(_confirm_reply(turn, slot))
 
 
-def _confirm_reply(turn: Turn, slot: Slot, *, help_first: bool = False) -> Reply:
+def _confirm_reply(turn: Turn, slot: SlotInfo, *, help_first: bool = False) -> Reply:
     specialty = _current_specialty(turn)
     name = specialty.name if specialty else ""
     build = replies.confirm_help if help_first else replies.confirm_slot
@@ -920,11 +880,8 @@ def _confirm_reply(turn: Turn, slot: Slot, *, help_first: bool = False) -> Reply
 
 def _on_confirming(turn: Turn) -> None:
     patient = turn.patient()
-    slot = (
-        Slot.objects.select_related("doctor")
-        .filter(pk=turn.data.get("held_slot"), clinic=turn.clinic)
-        .first()
-    )
+    held = turn.data.get("held_slot")
+    slot = turn.gateway.slot(held) if isinstance(held, int) else None
     if patient is None or slot is None:
         turn.data.pop("held_slot", None)
         _reshow(turn)
@@ -941,10 +898,10 @@ def _on_confirming(turn: Turn) -> None:
         _drop_booking(turn, rescheduling)
         return
     picked = _picked_slot(turn)
-    if picked is not None and picked != slot.pk:
+    if picked is not None and picked != slot.id:
         _hold(turn, picked)  # "mejor la 4": the new hold replaces the old one
         return
-    if picked == slot.pk or nlu.is_yes(turn.text):
+    if picked == slot.id or nlu.is_yes(turn.text):
         _book(turn, patient, slot)
         return
     if nlu.is_no(turn.text):
@@ -955,7 +912,7 @@ def _on_confirming(turn: Turn) -> None:
         later = _slot_at_time(turn, request)
         if later is None:
             turn.say(replies.time_not_found())
-        elif later != slot.pk:
+        elif later != slot.id:
             _hold(turn, later)  # "mejor el de las 10": the new hold replaces this one
         else:
             _book(turn, patient, slot)
@@ -976,31 +933,22 @@ def _drop_booking(turn: Turn, rescheduling: bool) -> None:
     turn.say(replies.booking_dropped(rescheduling=rescheduling))
 
 
-def _book(turn: Turn, patient: Patient, slot: Slot) -> None:
-    actor = services.Actor.patient(patient)
+def _book(turn: Turn, patient: PatientInfo, slot: SlotInfo) -> None:
     reschedule_id = turn.data.get("reschedule_id")
     try:
         if reschedule_id:
-            appointment = services.appointment_reschedule(
-                clinic=turn.clinic,
-                appointment_id=reschedule_id,
-                new_slot_id=slot.pk,
-                actor=actor,
-                holder=turn.holder,
-                patient=patient,
+            appointment = turn.gateway.appointment_reschedule(
+                patient_id=patient.id, appointment_id=reschedule_id, new_slot_id=slot.id
             )
         else:
-            appointment = services.appointment_book(
-                clinic=turn.clinic,
-                patient=patient,
-                slot_id=slot.pk,
-                actor=actor,
-                source="bot",
-                specialty=_current_specialty(turn),
+            specialty = _current_specialty(turn)
+            appointment = turn.gateway.appointment_book(
+                patient_id=patient.id,
+                slot_id=slot.id,
+                specialty_id=specialty.id if specialty else None,
                 notes=turn.data.get("symptoms", ""),
-                holder=turn.holder,
             )
-    except services.BookingError as exc:
+    except BookingError as exc:
         logger.info("conversation %s: booking refused: %s", turn.ctx.conversation_id, exc.code)
         turn.data.pop("held_slot", None)
         if exc.code == "patient_overlap":
@@ -1012,17 +960,13 @@ def _book(turn: Turn, patient: Patient, slot: Slot) -> None:
         else:
             _reshow(turn, replies.hold_expired())
         return
-    appointment = (
-        Appointment.objects.select_related("doctor", "specialty").filter(pk=appointment.pk).first()
-        or appointment
-    )
     _reset_flow(turn)
     turn.go(State.BOOKED)
     turn.say(replies.booked(appointment, turn.clinic, rescheduled=bool(reschedule_id)))
     logger.info(
         "conversation %s: appointment %s %s",
         turn.ctx.conversation_id,
-        appointment.pk,
+        appointment.id,
         "rescheduled" if reschedule_id else "booked",
     )
 
@@ -1030,13 +974,11 @@ def _book(turn: Turn, patient: Patient, slot: Slot) -> None:
 # --- the patient's appointments: list, cancel, reschedule --------------------------------------
 
 
-def _upcoming(turn: Turn) -> list[Appointment]:
+def _upcoming(turn: Turn) -> list[AppointmentInfo]:
     patient = turn.patient()
     if patient is None:
         return []
-    return selectors.patient_upcoming_appointments(
-        clinic=turn.clinic, patient=patient, now=turn.ctx.now
-    )
+    return turn.gateway.upcoming_appointments(patient_id=patient.id, now=turn.ctx.now)
 
 
 def _list_appointments(turn: Turn) -> None:
@@ -1051,7 +993,7 @@ def _start_pick_appointment(turn: Turn, *, to_cancel: bool) -> None:
         turn.say(replies.no_upcoming())
         return
     _reset_flow(turn)
-    turn.data["options"] = [a.pk for a in appointments[: replies.MAX_ROWS]]
+    turn.data["options"] = [a.id for a in appointments[: replies.MAX_ROWS]]
     if len(appointments) == 1:
         _picked_appointment(turn, appointments[0], to_cancel=to_cancel)
         return
@@ -1059,28 +1001,28 @@ def _start_pick_appointment(turn: Turn, *, to_cancel: bool) -> None:
     turn.say(replies.pick_appointment(appointments, turn.clinic, to_cancel=to_cancel))
 
 
-def _picked_appointment(turn: Turn, appointment: Appointment, *, to_cancel: bool) -> None:
+def _picked_appointment(turn: Turn, appointment: AppointmentInfo, *, to_cancel: bool) -> None:
     if to_cancel:
-        turn.data["cancel_id"] = appointment.pk
+        turn.data["cancel_id"] = appointment.id
         turn.go(State.CANCELLING)
         turn.say(replies.confirm_cancel(appointment, turn.clinic))
         return
-    specialty = appointment.specialty or appointment.doctor.specialties.order_by("name").first()
+    specialty = turn.gateway.rebooking_specialty(appointment.id)
     if specialty is None:
         turn.go(State.IDENTIFIED)
         turn.say(replies.cancel_failed())
         turn.needs_staff = True
         return
     _reset_flow(turn)
-    turn.data["reschedule_id"] = appointment.pk
+    turn.data["reschedule_id"] = appointment.id
     turn.data["specialty"] = specialty.slug
     _show_page(turn, specialty, page=1, intro=replies.reschedule_intro(appointment, turn.clinic))
 
 
-def _option_picked(turn: Turn, appointments: list[Appointment]) -> Appointment | None:
+def _option_picked(turn: Turn, appointments: list[AppointmentInfo]) -> AppointmentInfo | None:
     """The offered appointment the patient chose — only among their own upcoming ones."""
     options = [i for i in turn.data.get("options") or [] if isinstance(i, int)]
-    by_id = {a.pk: a for a in appointments if a.pk in options}
+    by_id = {a.id: a for a in appointments if a.id in options}
     if value := _reply_value(turn, "appt"):
         return by_id.get(_int(value) or 0)
     if turn.reply_id:
@@ -1096,7 +1038,8 @@ def _option_picked(turn: Turn, appointments: list[Appointment]) -> Appointment |
 
 
 def _on_cancelling(turn: Turn) -> None:
-    if turn.patient() is None:
+    patient = turn.patient()
+    if patient is None:
         _reset_flow(turn)
         turn.go(State.START)
         _on_start(turn)
@@ -1115,14 +1058,14 @@ def _on_cancelling(turn: Turn) -> None:
             return
         turn.say(replies.pick_appointment_help())
         return
-    appointment = next((a for a in appointments if a.pk == cancel_id), None)
+    appointment = next((a for a in appointments if a.id == cancel_id), None)
     if appointment is None:
         _reset_flow(turn)
         turn.go(State.IDENTIFIED)
         turn.say(replies.cancel_failed())
         return
     if turn.reply_id == replies.CANCEL_YES or (not turn.reply_id and nlu.is_yes(turn.text)):
-        _cancel(turn, appointment)
+        _cancel(turn, patient, appointment)
         return
     if turn.reply_id == replies.CANCEL_NO or (not turn.reply_id and nlu.is_no(turn.text)):
         _cancel_kept(turn)
@@ -1138,17 +1081,14 @@ def _cancel_kept(turn: Turn) -> None:
     turn.say(replies.cancel_kept())
 
 
-def _cancel(turn: Turn, appointment: Appointment) -> None:
-    patient = turn.patient()
+def _cancel(turn: Turn, patient: PatientInfo, appointment: AppointmentInfo) -> None:
     try:
-        services.appointment_cancel(
-            clinic=turn.clinic,
-            appointment_id=appointment.pk,
-            actor=services.Actor.patient(patient),
+        turn.gateway.appointment_cancel(
+            patient_id=patient.id,
+            appointment_id=appointment.id,
             reason="cancelled by the patient on WhatsApp",
-            patient=patient,
         )
-    except services.BookingError as exc:
+    except BookingError as exc:
         logger.info("conversation %s: cancel refused: %s", turn.ctx.conversation_id, exc.code)
         _reset_flow(turn)
         turn.go(State.IDENTIFIED)

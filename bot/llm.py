@@ -19,7 +19,7 @@ import openai
 from django.conf import settings
 
 if TYPE_CHECKING:
-    from clinics.models import Clinic, Specialty
+    from bot.messages import ClinicInfo, SpecialtyInfo
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class LLMHelper:
         )
 
     def classify(
-        self, text: str, specialties: Sequence[Specialty]
+        self, text: str, specialties: Sequence[SpecialtyInfo]
     ) -> tuple[str | None, float, Usage] | None:
         """(slug or None, confidence, usage) with the slug one of `specialties`; None on error."""
         slugs = [s.slug for s in specialties]
@@ -115,9 +115,11 @@ class LLMHelper:
             return None
         return slug, max(0.0, min(1.0, confidence)), usage
 
-    def answer(self, question: str, clinic: Clinic) -> tuple[str, Usage] | None:
+    def answer(
+        self, question: str, clinic: ClinicInfo, specialties: Sequence[SpecialtyInfo]
+    ) -> tuple[str, Usage] | None:
         """A short Spanish reply grounded only in the clinic's data; None on error or bad output."""
-        system = _ANSWER_SYSTEM.format(name=clinic.name, facts=clinic_facts(clinic))
+        system = _ANSWER_SYSTEM.format(name=clinic.name, facts=clinic_facts(clinic, specialties))
         try:
             response = self.client.chat.completions.create(
                 model=self.model,
@@ -145,15 +147,14 @@ class LLMHelper:
         return reply[:MAX_ANSWER_CHARS], usage
 
 
-def clinic_facts(clinic: Clinic) -> str:
+def clinic_facts(clinic: ClinicInfo, specialties: Sequence[SpecialtyInfo]) -> str:
     """The only things the helper may say about a clinic."""
-    specialties = ", ".join(s.name for s in clinic.specialties.all()) or "—"
     facts = [
         ("Nombre", clinic.name),
         ("Dirección", clinic.address),
         ("Horario", clinic.opening_hours),
         ("Qué traer a la cita", clinic.what_to_bring),
-        ("Especialidades", specialties),
+        ("Especialidades", ", ".join(s.name for s in specialties) or "—"),
         ("Línea de emergencias", clinic.emergency_line),
     ]
     return "\n".join(f"- {label}: {value or 'no disponible'}" for label, value in facts)

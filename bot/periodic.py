@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import OperationalError, transaction
 from django.utils import timezone
+from django_tasks_db.models import DBTaskResult
 
-from bot import processing, state
+from bot import processing, state, whatsapp
 from bot.models import (
     Conversation,
     ConversationMode,
@@ -28,6 +29,7 @@ from bot.models import (
     MessageStatus,
     PeriodicJob,
 )
+from clinics import services
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +41,6 @@ STRANDED_AFTER = dt.timedelta(seconds=float(os.getenv("SOPHIA_STRANDED_TURN_SECO
 
 def deliver_outbox(now: dt.datetime | None = None) -> int:
     """Send (and retry, with the client's backoff) outbound messages that are due."""
-    from bot import whatsapp
-
     return whatsapp.deliver_due(100)
 
 
@@ -55,8 +55,6 @@ def pick_up_stranded_turns(now: dt.datetime | None = None, limit: int = 200) -> 
     worker: once the lock has expired, a message whose runs (counted as each starts) reached
     STRANDED_GIVE_UP_AFTER goes to staff, and the conversation's next message gets its turn.
     """
-    from django_tasks_db.models import DBTaskResult
-
     now = now or timezone.now()
     waiting = (
         Message.objects.filter(
@@ -74,7 +72,7 @@ def pick_up_stranded_turns(now: dt.datetime | None = None, limit: int = 200) -> 
         if state.is_locked(wa_id):
             continue
         queued = DBTaskResult.objects.ready().filter(
-            task_path="bot.tasks.run_turns", args_kwargs__args__0=conversation_id
+            task_path=processing.run_turns.module_path, args_kwargs__args__0=conversation_id
         )
         if queued.exists():
             continue
@@ -121,15 +119,11 @@ def close_idle_conversations(now: dt.datetime | None = None, limit: int = 500) -
 
 
 def expire_holds(now: dt.datetime | None = None) -> int:
-    from clinics import services
-
     return services.holds_expire(now=now)
 
 
 def prune_task_results(now: dt.datetime | None = None) -> int:
     """Delete finished task results, and RUNNING ones left behind by killed workers."""
-    from django_tasks_db.models import DBTaskResult
-
     now = now or timezone.now()
     keep = dt.timedelta(hours=getattr(settings, "SOPHIA_TASK_RESULTS_KEEP_HOURS", 6))
     finished, _ = DBTaskResult.objects.finished().filter(finished_at__lt=now - keep).delete()

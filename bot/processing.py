@@ -26,13 +26,17 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
+from django.tasks import task
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from bot import engine, nlu, state
+from bot import engine, llm, nlu, state, whatsapp
+from bot.gateway import OrmGateway
+from bot.messages import Inbound, Reply
 from bot.models import Conversation, ConversationMode, Direction, Message, MessageStatus
 
 logger = logging.getLogger(__name__)
@@ -71,20 +75,23 @@ SEED_STATE_NAMES = {
 # --- scheduling ------------------------------------------------------------------------------
 
 
+@task(queue_name="turns")
+def run_turns(conversation_id: int, attempt: int = 0) -> int:
+    """The background task (django-tasks-db, `manage.py run_worker`): every pending inbound
+    message of one conversation, in order."""
+    return process_conversation(conversation_id, attempt=attempt)
+
+
 def schedule_turns(conversation_id: int, *, delay: float = 0.0, attempt: int = 0) -> None:
     """Enqueue `run_turns` for the conversation (queue "turns"); `delay` in seconds."""
-    from bot.tasks import run_turns
-
-    task = run_turns
+    turns = run_turns
     if delay:
-        task = task.using(run_after=timezone.now() + dt.timedelta(seconds=delay))
-    task.enqueue(conversation_id, attempt)
+        turns = turns.using(run_after=timezone.now() + dt.timedelta(seconds=delay))
+    turns.enqueue(conversation_id, attempt)
 
 
 async def aschedule_turns(conversation_id: int) -> None:
     """`schedule_turns` for async callers."""
-    from bot.tasks import run_turns
-
     await run_turns.aenqueue(conversation_id, 0)
 
 
@@ -105,8 +112,6 @@ def _pending(conversation_id: int):
 def warm_up() -> None:
     """Import and build what the first turn would (engine, outbound client, LLM client), so a
     freshly started worker doesn't make its first patient wait for it."""
-    from bot import tasks, webhook, whatsapp  # noqa: F401
-
     whatsapp.client()
     _llm_helper()
 
@@ -180,8 +185,6 @@ class _Outcome:
 
 
 def _run_one_turn(conversation_id: int) -> _Outcome | None:
-    from bot import whatsapp
-
     now = timezone.now()
     with transaction.atomic():
         _bound_lock_waits()
@@ -213,7 +216,7 @@ def _run_one_turn(conversation_id: int) -> _Outcome | None:
     return _Outcome(conversation, [row.pk for row in rows])
 
 
-def _turn(conversation: Conversation, message: Message, now: dt.datetime) -> list[engine.Reply]:
+def _turn(conversation: Conversation, message: Message, now: dt.datetime) -> list[Reply]:
     """One inbound message against the locked conversation; returns the replies to queue."""
     if conversation.last_inbound_at is None or conversation.last_inbound_at < message.created_at:
         conversation.last_inbound_at = message.created_at
@@ -262,13 +265,11 @@ def _rate_limit_wait(conversation: Conversation, now: dt.datetime) -> float:
 def _defer(conversation: Conversation, message: Message, now: dt.datetime, wait: float) -> _Outcome:
     """Over the rate limit: the message stays pending for the next window (never dropped); the
     patient is asked to wait once per window."""
-    from bot import whatsapp
-
     # Waiting is not a failed run.
     Message.objects.filter(pk=message.pk).update(attempts=F("attempts") - 1)
     replies = []
     if conversation.rate_limited_until is None or conversation.rate_limited_until <= now:
-        replies = [engine.Reply(kind="text", text=_("Please wait a moment…"))]
+        replies = [Reply(kind="text", text=_("Please wait a moment…"))]
     conversation.rate_limited_until = now + dt.timedelta(seconds=wait)
     conversation.save(update_fields=["rate_limited_until", "updated_at"])
     rows = whatsapp.queue_replies(conversation, replies) if replies else []
@@ -292,8 +293,6 @@ def _bound_lock_waits() -> None:
 def give_up_on(message_id: int) -> bool:
     """Set aside an inbound message whose turn keeps dying: processed, staff flagged, the patient
     told a person will continue. False if it was processed meanwhile."""
-    from bot import whatsapp
-
     with transaction.atomic():
         _bound_lock_waits()
         message = (
@@ -325,8 +324,8 @@ def give_up_on(message_id: int) -> bool:
     return True
 
 
-def _apology() -> engine.Reply:
-    return engine.Reply(
+def _apology() -> Reply:
+    return Reply(
         kind="text",
         text=_(
             "Sorry, something went wrong on our side. A member of our team will "
@@ -351,16 +350,14 @@ def _idle_before(conversation: Conversation, message: Message) -> bool:
     return previous is not None and message.created_at - previous > idle_limit
 
 
-def _run_engine(
-    conversation: Conversation, message: Message, now: dt.datetime
-) -> list[engine.Reply]:
+def _run_engine(conversation: Conversation, message: Message, now: dt.datetime) -> list[Reply]:
     snapshot = engine.Snapshot(
         state=_state_of(conversation),
         data=dict(conversation.context or {}),
         patient_id=conversation.patient_id,
     )
     ctx = engine.Context(
-        clinic=conversation.clinic,
+        gateway=OrmGateway(conversation.clinic, conversation.pk),
         conversation_id=conversation.pk,
         wa_id=conversation.wa_id,
         now=now,
@@ -411,9 +408,7 @@ def _run_engine(
     return list(result.replies)
 
 
-def _inbound(message: Message, conversation: Conversation) -> engine.Inbound:
-    from bot.webhook import to_inbound
-
+def _inbound(message: Message, conversation: Conversation) -> Inbound:
     message.conversation = conversation  # already loaded and locked: no second query
     inbound = to_inbound(message)
     if len(inbound.text) > MAX_TURN_TEXT:
@@ -454,6 +449,32 @@ def time_budget(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
+def to_inbound(message: Message) -> Inbound:
+    """The engine's view of a stored inbound message."""
+    raw = message.payload if isinstance(message.payload, dict) else {}
+    reply_id = ""
+    if message.kind == "interactive":
+        interactive = raw.get("interactive") or {}
+        reply = interactive.get(interactive.get("type", "")) or {}
+        reply_id = str(reply.get("id", "")) if isinstance(reply, dict) else ""
+        kind = "interactive"
+    elif message.kind == "button":
+        button = raw.get("button") or {}
+        reply_id = str(button.get("payload", "")) if isinstance(button, dict) else ""
+        kind = "button"
+    elif message.kind == "text":
+        kind = "text"
+    else:
+        kind = "unsupported"
+    return Inbound(
+        kind=kind,
+        text=message.text,
+        reply_id=reply_id,
+        wa_id=message.conversation.wa_id,
+        contact_name=message.conversation.contact_name,
+    )
+
+
 def _state_of(conversation: Conversation) -> engine.State:
     try:
         return engine.State(conversation.state)
@@ -463,10 +484,6 @@ def _state_of(conversation: Conversation) -> engine.State:
 
 
 def _llm_helper() -> object | None:
-    try:
-        from bot import llm
-    except ImportError:
-        return None
     try:
         return llm.get_helper()
     except Exception:
@@ -484,33 +501,13 @@ def close_conversation(conversation: Conversation, now: dt.datetime) -> None:
     fact about this phone, not session state), and so do failed identity checks: waiting half an
     hour must not buy a stranger three more guesses at someone's date of birth.
     """
-    release_holds(conversation)
+    OrmGateway(conversation.clinic, conversation.pk).holds_release()
     kept = {k: v for k, v in (conversation.context or {}).items() if k in KEPT_ON_CLOSE}
     conversation.state = engine.State.CLOSED
     conversation.closed_at = now
     conversation.context = kept
     session_id = conversation.session_id
     transaction.on_commit(lambda: state.forget_session(session_id))
-
-
-def release_holds(conversation: Conversation) -> int:
-    """Release the conversation's live slot holds through clinics.services."""
-    from clinics import services
-    from clinics.models import SlotHold
-
-    holder = f"conversation:{conversation.pk}"
-    slot_ids = SlotHold.objects.filter(
-        holder=holder, released_at=None, expires_at__gt=timezone.now()
-    ).values_list("slot_id", flat=True)
-    released = 0
-    for slot_id in list(slot_ids):
-        try:
-            released += services.slot_release(
-                clinic=conversation.clinic, slot_id=slot_id, holder=holder
-            )
-        except services.BookingError as exc:
-            logger.warning("could not release hold on slot %s: %s", slot_id, exc)
-    return released
 
 
 # --- side effects outside the transaction ----------------------------------------------------
@@ -528,8 +525,6 @@ def _finish(future: Future) -> None:
 
 def _deliver(outbound_ids: Iterable[int]) -> None:
     """Send the turn's replies now, in order; the first failure leaves the rest to the worker."""
-    from bot import whatsapp
-
     for message_id in outbound_ids:
         try:
             if not whatsapp.deliver(message_id):
@@ -540,8 +535,6 @@ def _deliver(outbound_ids: Iterable[int]) -> None:
 
 
 def _typing_started(conversation: Conversation, wa_message_id: str | None) -> None:
-    from bot import whatsapp
-
     if wa_message_id:
         try:
             whatsapp.send_typing(conversation.clinic, wa_message_id)
@@ -556,8 +549,6 @@ def _typing_stopped(conversation: Conversation) -> None:
 
 def _broadcast_typing(conversation: Conversation, event: dict) -> None:
     """The same typing event to the dashboard's conversation group (best effort)."""
-    from channels.layers import get_channel_layer
-
     layer = get_channel_layer()
     if layer is None:
         return

@@ -1,23 +1,27 @@
 """The bot's messages: short, warm Spanish through gettext, within WhatsApp's size limits.
 
-Every builder returns an `engine.Reply`. Lists and buttons are clipped to DESIGN §7 here, in one
-place, so the engine never sends something the Graph API would refuse.
+Every builder returns a `bot.messages.Reply`. Lists and buttons are clipped to DESIGN §7 here,
+in one place, so the engine never sends something the Graph API would refuse.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from django.utils.dates import MONTHS, MONTHS_3, WEEKDAYS, WEEKDAYS_ABBR
 from django.utils.translation import gettext as _
 from django.utils.translation import ngettext, pgettext
 
-from bot import engine  # engine imports this module too: use engine.X at call time
-
-if TYPE_CHECKING:
-    from clinics.models import Appointment, Clinic, Slot, Specialty
+from bot.messages import (
+    AppointmentInfo,
+    Button,
+    ClinicInfo,
+    Reply,
+    Row,
+    SlotInfo,
+    SpecialtyInfo,
+)
 
 MAX_ROWS = 10
 MAX_ROW_TITLE = 24
@@ -33,21 +37,21 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def text(body: str) -> engine.Reply:
-    return engine.Reply(kind="text", text=clip_body(body))
+def text(body: str) -> Reply:
+    return Reply(kind="text", text=clip_body(body))
 
 
 def clip_body(body: str) -> str:
     return body if len(body) <= MAX_BODY else body[: MAX_BODY - 1] + "…"
 
 
-def list_reply(body: str, button: str, rows: Sequence[engine.Row]) -> engine.Reply:
-    return engine.Reply(
+def list_reply(body: str, button: str, rows: Sequence[Row]) -> Reply:
+    return Reply(
         kind="list",
         text=clip_body(body),
         button=clip(button, MAX_LIST_BUTTON),
         rows=tuple(
-            engine.Row(
+            Row(
                 id=row.id,
                 title=clip(row.title, MAX_ROW_TITLE),
                 description=clip(row.description, MAX_ROW_DESCRIPTION),
@@ -57,13 +61,12 @@ def list_reply(body: str, button: str, rows: Sequence[engine.Row]) -> engine.Rep
     )
 
 
-def buttons_reply(body: str, buttons: Sequence[engine.Button]) -> engine.Reply:
-    return engine.Reply(
+def buttons_reply(body: str, buttons: Sequence[Button]) -> Reply:
+    return Reply(
         kind="buttons",
         text=clip_body(body),
         buttons=tuple(
-            engine.Button(id=b.id, title=clip(b.title, MAX_BUTTON_TITLE))
-            for b in buttons[:MAX_BUTTONS]
+            Button(id=b.id, title=clip(b.title, MAX_BUTTON_TITLE)) for b in buttons[:MAX_BUTTONS]
         ),
     )
 
@@ -71,7 +74,7 @@ def buttons_reply(body: str, buttons: Sequence[engine.Button]) -> engine.Reply:
 # --- dates and times, in the clinic's time zone ----------------------------------------------
 
 
-def local(moment: dt.datetime, clinic: Clinic) -> dt.datetime:
+def local(moment: dt.datetime, clinic: ClinicInfo) -> dt.datetime:
     return moment.astimezone(clinic.tz)
 
 
@@ -99,7 +102,7 @@ def long_date(moment: dt.datetime) -> str:
     }
 
 
-def slot_title(slot: Slot, clinic: Clinic) -> str:
+def slot_title(slot: SlotInfo, clinic: ClinicInfo) -> str:
     """Lun 18 nov 8:00 a. m. — fits a list row title (≤ 24)."""
     start = local(slot.start_at, clinic)
     return f"{short_date(start)} {time_label(start)}"
@@ -112,7 +115,7 @@ def doctor_line(doctor_name: str, specialty_name: str) -> str:
 # --- greetings and identity ------------------------------------------------------------------
 
 
-def greeting(clinic: Clinic, known_name: str = "") -> engine.Reply:
+def greeting(clinic: ClinicInfo, known_name: str = "") -> Reply:
     if known_name:
         return text(
             _(
@@ -130,11 +133,11 @@ def greeting(clinic: Clinic, known_name: str = "") -> engine.Reply:
     )
 
 
-def identify_first() -> engine.Reply:
+def identify_first() -> Reply:
     return text(_("First I need to know who you are. Please write your document number."))
 
 
-def invalid_document() -> engine.Reply:
+def invalid_document() -> Reply:
     return text(
         _(
             "That doesn't look like a document number. Please write it with 8 to 15 digits and "
@@ -143,13 +146,13 @@ def invalid_document() -> engine.Reply:
     )
 
 
-def identified(name: str) -> engine.Reply:
+def identified(name: str) -> Reply:
     return text(
         _("Hi %(name)s! What symptoms do you have, or how can I help you?") % {"name": name}
     )
 
 
-def ask_birth_date_to_verify() -> engine.Reply:
+def ask_birth_date_to_verify() -> Reply:
     return text(
         _(
             "Thanks. To protect your information, please confirm your date of birth "
@@ -158,7 +161,7 @@ def ask_birth_date_to_verify() -> engine.Reply:
     )
 
 
-def birth_date_mismatch(attempts_left: int) -> engine.Reply:
+def birth_date_mismatch(attempts_left: int) -> Reply:
     return text(
         ngettext(
             "That date doesn't match our records. Please try again (%(n)s attempt left).",
@@ -169,11 +172,11 @@ def birth_date_mismatch(attempts_left: int) -> engine.Reply:
     )
 
 
-def birth_date_first() -> engine.Reply:
+def birth_date_first() -> Reply:
     return text(_("Please confirm your date of birth first (for example 14/03/1985)."))
 
 
-def identity_failed() -> engine.Reply:
+def identity_failed() -> Reply:
     return text(
         _(
             "I couldn't confirm your identity, so I can't continue here. A person from the "
@@ -182,7 +185,7 @@ def identity_failed() -> engine.Reply:
     )
 
 
-def identity_needs_staff() -> engine.Reply:
+def identity_needs_staff() -> Reply:
     return text(
         _(
             "To protect your information, a person from the clinic has to confirm your "
@@ -191,7 +194,7 @@ def identity_needs_staff() -> engine.Reply:
     )
 
 
-def date_problem(problem: str) -> engine.Reply:
+def date_problem(problem: str) -> Reply:
     messages = {
         "future": _(
             "That date hasn't happened yet. Please check it and write it again "
@@ -206,34 +209,34 @@ def date_problem(problem: str) -> engine.Reply:
     )
 
 
-def register_ask_name(clinic: Clinic) -> engine.Reply:
+def register_ask_name(clinic: ClinicInfo) -> Reply:
     return text(
         _("I couldn't find that document at %(clinic)s. Let's register you: what's your full name?")
         % {"clinic": clinic.name}
     )
 
 
-def register_bad_name() -> engine.Reply:
+def register_bad_name() -> Reply:
     return text(
         _("Please write your full name, first name and surname (for example: Ana María Gómez).")
     )
 
 
-def register_ask_birth_date(name: str) -> engine.Reply:
+def register_ask_birth_date(name: str) -> Reply:
     return text(
         _("Thanks, %(name)s. Now your date of birth, please (for example 14/03/1985).")
         % {"name": name}
     )
 
 
-def registered(name: str) -> engine.Reply:
+def registered(name: str) -> Reply:
     return text(
         _("Done, %(name)s, you're registered! What symptoms do you have, or how can I help you?")
         % {"name": name}
     )
 
 
-def registration_closed(clinic: Clinic) -> engine.Reply:
+def registration_closed(clinic: ClinicInfo) -> Reply:
     return text(
         _(
             "I couldn't find that document at %(clinic)s. To register, please contact the "
@@ -243,7 +246,7 @@ def registration_closed(clinic: Clinic) -> engine.Reply:
     )
 
 
-def registration_failed() -> engine.Reply:
+def registration_failed() -> Reply:
     return text(
         _(
             "Sorry, I couldn't complete your registration. A person from the team will write "
@@ -255,7 +258,7 @@ def registration_failed() -> engine.Reply:
 # --- safety, help, small talk -----------------------------------------------------------------
 
 
-def emergency(clinic: Clinic) -> engine.Reply:
+def emergency(clinic: ClinicInfo) -> Reply:
     return text(
         _(
             "⚠️ What you describe may be an emergency. Please call %(line)s right now or go to "
@@ -265,7 +268,7 @@ def emergency(clinic: Clinic) -> engine.Reply:
     )
 
 
-def unsupported() -> engine.Reply:
+def unsupported() -> Reply:
     return text(
         _(
             "For now I can only read text messages and the options of lists and buttons. Could "
@@ -274,15 +277,15 @@ def unsupported() -> engine.Reply:
     )
 
 
-def human_requested() -> engine.Reply:
+def human_requested() -> Reply:
     return text(_("Sure, I've let the team know. A person will write to you here soon."))
 
 
-def goodbye() -> engine.Reply:
+def goodbye() -> Reply:
     return text(_("You're welcome! Take care. If you need anything else, write to me here."))
 
 
-def menu() -> engine.Reply:
+def menu() -> Reply:
     return text(
         _(
             "I can help you with:\n"
@@ -295,7 +298,7 @@ def menu() -> engine.Reply:
     )
 
 
-def generic_problem() -> engine.Reply:
+def generic_problem() -> Reply:
     return text(
         _(
             "Sorry, I couldn't do that right now. Please try again, or write “asesor” to talk "
@@ -304,7 +307,7 @@ def generic_problem() -> engine.Reply:
     )
 
 
-def address(clinic: Clinic) -> engine.Reply:
+def address(clinic: ClinicInfo) -> Reply:
     if not clinic.address:
         return text(
             _("I don't have the address at hand. Write “asesor” and a person will help you.")
@@ -314,7 +317,7 @@ def address(clinic: Clinic) -> engine.Reply:
     )
 
 
-def hours(clinic: Clinic) -> engine.Reply:
+def hours(clinic: ClinicInfo) -> Reply:
     if not clinic.opening_hours:
         return text(
             _("I don't have the opening hours at hand. Write “asesor” and a person will help you.")
@@ -330,14 +333,14 @@ def _mid_sentence(value: str) -> str:
     return value
 
 
-def what_to_bring(clinic: Clinic) -> engine.Reply:
+def what_to_bring(clinic: ClinicInfo) -> Reply:
     bring = _mid_sentence(clinic.what_to_bring) or _(
         "your identity document and, if you have them, previous test results and prescriptions"
     )
     return text(_("🧾 For your appointment, please bring %(bring)s.") % {"bring": bring})
 
 
-def phone(clinic: Clinic) -> engine.Reply:
+def phone(clinic: ClinicInfo) -> Reply:
     return text(
         _(
             "You can reach %(clinic)s right here on WhatsApp; write “asesor” to talk with a "
@@ -350,13 +353,13 @@ def phone(clinic: Clinic) -> engine.Reply:
 # --- specialties and slots --------------------------------------------------------------------
 
 
-def ask_symptoms() -> engine.Reply:
+def ask_symptoms() -> Reply:
     return text(
         _("Tell me what symptoms you have or which specialty you need, and I'll find you a time.")
     )
 
 
-def choose_specialty(specialties: Sequence[Specialty], no_slots_for: str = "") -> engine.Reply:
+def choose_specialty(specialties: Sequence[SpecialtyInfo], no_slots_for: str = "") -> Reply:
     if no_slots_for:
         body = _(
             "Right now there are no free times for %(specialty)s. You can choose another "
@@ -367,11 +370,11 @@ def choose_specialty(specialties: Sequence[Specialty], no_slots_for: str = "") -
             "I want to find you the right doctor. Which specialty do you need? You can also tell "
             "me your symptoms in other words."
         )
-    rows = [engine.Row(id=f"spec:{s.slug}", title=s.name) for s in specialties]
+    rows = [Row(id=f"spec:{s.slug}", title=s.name) for s in specialties]
     return list_reply(body, _("See specialties"), rows)
 
 
-def no_slots_at_all(specialty_name: str) -> engine.Reply:
+def no_slots_at_all(specialty_name: str) -> Reply:
     return text(
         _(
             "Right now there are no free times for %(specialty)s. Write “asesor” and a person "
@@ -382,14 +385,14 @@ def no_slots_at_all(specialty_name: str) -> engine.Reply:
 
 
 def slot_list(
-    slots: Sequence[Slot],
-    clinic: Clinic,
+    slots: Sequence[SlotInfo],
+    clinic: ClinicInfo,
     specialty_name: str,
     *,
     page: int,
     has_more: bool,
     intro: str = "",
-) -> engine.Reply:
+) -> Reply:
     parts = [intro] if intro else []
     parts.append(
         _(
@@ -405,10 +408,10 @@ def slot_list(
     elif page > 1:
         parts.append(_("Write “anterior” to go back."))
     rows = [
-        engine.Row(
-            id=f"slot:{slot.pk}",
+        Row(
+            id=f"slot:{slot.id}",
             title=slot_title(slot, clinic),
-            description=doctor_line(slot.doctor.full_name, specialty_name),
+            description=doctor_line(slot.doctor_name, specialty_name),
         )
         for slot in slots
     ]
@@ -419,7 +422,7 @@ def triaged_intro(specialty_name: str) -> str:
     return _("From what you tell me, %(specialty)s can help you.") % {"specialty": specialty_name}
 
 
-def reschedule_intro(appointment: Appointment, clinic: Clinic) -> str:
+def reschedule_intro(appointment: AppointmentInfo, clinic: ClinicInfo) -> str:
     start = local(appointment.start_at, clinic)
     return _("Let's move your appointment of %(date)s at %(time)s.") % {
         "date": long_date(start),
@@ -427,27 +430,27 @@ def reschedule_intro(appointment: Appointment, clinic: Clinic) -> str:
     }
 
 
-def no_more_pages() -> engine.Reply:
+def no_more_pages() -> Reply:
     return text(_("Those are all the free times I have for now. Choose one from the list above."))
 
 
-def first_page_already() -> engine.Reply:
+def first_page_already() -> Reply:
     return text(_("This is the first page of times. Choose one or write “más” for more."))
 
 
-def slot_taken() -> engine.Reply:
+def slot_taken() -> Reply:
     return text(_("Sorry, someone just took that time. Here are the free times again."))
 
 
-def hold_expired() -> engine.Reply:
+def hold_expired() -> Reply:
     return text(_("Sorry, that time is no longer available. Here are the free times again."))
 
 
-def patient_overlap() -> engine.Reply:
+def patient_overlap() -> Reply:
     return text(_("You already have an appointment at that time. Please choose another time."))
 
 
-def time_not_found() -> engine.Reply:
+def time_not_found() -> Reply:
     return text(
         _(
             "I didn't find a free time at that hour in the next days. Choose one from the list "
@@ -456,7 +459,7 @@ def time_not_found() -> engine.Reply:
     )
 
 
-def choose_slot_help(count: int) -> engine.Reply:
+def choose_slot_help(count: int) -> Reply:
     return text(
         _(
             "Choose a time from the list, or write its number (1 to %(n)s). Write “más” for more "
@@ -472,13 +475,13 @@ CONFIRM_CANCEL = "confirm:cancel"
 
 
 def confirm_slot(
-    slot: Slot, clinic: Clinic, specialty_name: str, *, rescheduling: bool
-) -> engine.Reply:
+    slot: SlotInfo, clinic: ClinicInfo, specialty_name: str, *, rescheduling: bool
+) -> Reply:
     start = local(slot.start_at, clinic)
     values = {
         "date": long_date(start),
         "time": time_label(start),
-        "doctor": slot.doctor.full_name,
+        "doctor": slot.doctor_name,
         "specialty": specialty_name,
     }
     if rescheduling:
@@ -490,28 +493,28 @@ def confirm_slot(
     return buttons_reply(
         body % values,
         [
-            engine.Button(CONFIRM_YES, _("Yes, confirm")),
-            engine.Button(CONFIRM_OTHER, _("Another time")),
-            engine.Button(CONFIRM_CANCEL, _("Cancel")),
+            Button(CONFIRM_YES, _("Yes, confirm")),
+            Button(CONFIRM_OTHER, _("Another time")),
+            Button(CONFIRM_CANCEL, _("Cancel")),
         ],
     )
 
 
 def confirm_help(
-    slot: Slot, clinic: Clinic, specialty_name: str, *, rescheduling: bool
-) -> engine.Reply:
+    slot: SlotInfo, clinic: ClinicInfo, specialty_name: str, *, rescheduling: bool
+) -> Reply:
     reply = confirm_slot(slot, clinic, specialty_name, rescheduling=rescheduling)
     return buttons_reply(
         _("Please tap a button, or answer “sí” or “no”.") + " " + reply.text, reply.buttons
     )
 
 
-def booked(appointment: Appointment, clinic: Clinic, *, rescheduled: bool) -> engine.Reply:
+def booked(appointment: AppointmentInfo, clinic: ClinicInfo, *, rescheduled: bool) -> Reply:
     start = local(appointment.start_at, clinic)
     values = {
         "date": long_date(start),
         "time": time_label(start),
-        "doctor": appointment.doctor.full_name,
+        "doctor": appointment.doctor_name,
         "specialty": appointment.specialty.name if appointment.specialty else "",
         "clinic": clinic.name,
         "address": clinic.address,
@@ -532,7 +535,7 @@ def booked(appointment: Appointment, clinic: Clinic, *, rescheduled: bool) -> en
     return text("\n".join(lines))
 
 
-def booking_dropped(*, rescheduling: bool) -> engine.Reply:
+def booking_dropped(*, rescheduling: bool) -> Reply:
     if rescheduling:
         return text(
             _("All right, your appointment stays as it was. Anything else I can help with?")
@@ -543,14 +546,14 @@ def booking_dropped(*, rescheduling: bool) -> engine.Reply:
 # --- the patient's appointments --------------------------------------------------------------
 
 
-def appointment_line(appointment: Appointment, clinic: Clinic) -> str:
+def appointment_line(appointment: AppointmentInfo, clinic: ClinicInfo) -> str:
     start = local(appointment.start_at, clinic)
     specialty = appointment.specialty.name if appointment.specialty else ""
-    who = doctor_line(appointment.doctor.full_name, specialty)
+    who = doctor_line(appointment.doctor_name, specialty)
     return f"• {short_date(start)}, {time_label(start)} — {who}"
 
 
-def upcoming(appointments: Sequence[Appointment], clinic: Clinic) -> engine.Reply:
+def upcoming(appointments: Sequence[AppointmentInfo], clinic: ClinicInfo) -> Reply:
     if not appointments:
         return no_upcoming()
     lines = [_("Your upcoming appointments:")]
@@ -558,28 +561,28 @@ def upcoming(appointments: Sequence[Appointment], clinic: Clinic) -> engine.Repl
     return text("\n".join(lines))
 
 
-def no_upcoming() -> engine.Reply:
+def no_upcoming() -> Reply:
     return text(_("You have no upcoming appointments. If you want one, tell me your symptoms."))
 
 
-def appointment_rows(appointments: Sequence[Appointment], clinic: Clinic) -> list[engine.Row]:
+def appointment_rows(appointments: Sequence[AppointmentInfo], clinic: ClinicInfo) -> list[Row]:
     rows = []
     for appointment in appointments[:MAX_ROWS]:
         start = local(appointment.start_at, clinic)
         specialty = appointment.specialty.name if appointment.specialty else ""
         rows.append(
-            engine.Row(
-                id=f"appt:{appointment.pk}",
+            Row(
+                id=f"appt:{appointment.id}",
                 title=f"{short_date(start)} {time_label(start)}",
-                description=doctor_line(appointment.doctor.full_name, specialty),
+                description=doctor_line(appointment.doctor_name, specialty),
             )
         )
     return rows
 
 
 def pick_appointment(
-    appointments: Sequence[Appointment], clinic: Clinic, *, to_cancel: bool
-) -> engine.Reply:
+    appointments: Sequence[AppointmentInfo], clinic: ClinicInfo, *, to_cancel: bool
+) -> Reply:
     body = (
         _("Which appointment do you want to cancel?")
         if to_cancel
@@ -588,7 +591,7 @@ def pick_appointment(
     return list_reply(body, _("See appointments"), appointment_rows(appointments, clinic))
 
 
-def pick_appointment_help() -> engine.Reply:
+def pick_appointment_help() -> Reply:
     return text(_("Please choose one of your appointments from the list, or write its number."))
 
 
@@ -596,23 +599,23 @@ CANCEL_YES = "cancel:yes"
 CANCEL_NO = "cancel:no"
 
 
-def confirm_cancel(appointment: Appointment, clinic: Clinic) -> engine.Reply:
+def confirm_cancel(appointment: AppointmentInfo, clinic: ClinicInfo) -> Reply:
     start = local(appointment.start_at, clinic)
     body = _("Do you want to cancel your appointment of %(date)s at %(time)s with %(doctor)s?") % {
         "date": long_date(start),
         "time": time_label(start),
-        "doctor": appointment.doctor.full_name,
+        "doctor": appointment.doctor_name,
     }
     return buttons_reply(
         body,
         [
-            engine.Button(CANCEL_YES, _("Yes, cancel it")),
-            engine.Button(CANCEL_NO, _("No, keep it")),
+            Button(CANCEL_YES, _("Yes, cancel it")),
+            Button(CANCEL_NO, _("No, keep it")),
         ],
     )
 
 
-def cancelled(appointment: Appointment, clinic: Clinic) -> engine.Reply:
+def cancelled(appointment: AppointmentInfo, clinic: ClinicInfo) -> Reply:
     start = local(appointment.start_at, clinic)
     return text(
         _(
@@ -623,15 +626,15 @@ def cancelled(appointment: Appointment, clinic: Clinic) -> engine.Reply:
     )
 
 
-def cancel_kept() -> engine.Reply:
+def cancel_kept() -> Reply:
     return text(_("All right, your appointment stays as it is. Anything else I can help with?"))
 
 
-def cancel_failed() -> engine.Reply:
+def cancel_failed() -> Reply:
     return text(
         _("Sorry, I couldn't change that appointment. A person from the team will help you soon.")
     )
 
 
-def thanks(name: str) -> engine.Reply:
+def thanks(name: str) -> Reply:
     return text(_("Thanks, %(name)s.") % {"name": name})

@@ -19,6 +19,7 @@ import re
 import time
 from collections.abc import Callable
 
+import psycopg
 from django.conf import settings
 from django.db import connection, models, transaction
 from django.db.models.signals import post_delete, post_save
@@ -27,7 +28,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonR
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from bot.engine import Inbound
+from bot import processing
 from bot.models import (
     OUTBOUND_STATUS_RANK,
     Conversation,
@@ -263,8 +264,6 @@ def schedule_turns(conversation_ids: list[int]) -> None:
 
     No savepoint: if an enqueue fails the transaction is retried without turns (see _receive).
     """
-    from bot import processing
-
     for conversation_id in conversation_ids:
         processing.schedule_turns(conversation_id)
 
@@ -522,8 +521,6 @@ def _cursor():
     """
     if connection.vendor != "postgresql":
         return connection.cursor()
-    import psycopg
-
     connection.ensure_connection()
     return psycopg.Cursor(connection.connection)
 
@@ -602,29 +599,3 @@ def _insert_message(fields: dict, conversation_id: int, name: str, now: dt.datet
             return False
         cursor.execute(touch, touch_params)
         return True
-
-
-def to_inbound(message: Message) -> Inbound:
-    """The engine's view of a stored inbound message (bot.processing builds turns with it)."""
-    raw = message.payload if isinstance(message.payload, dict) else {}
-    reply_id = ""
-    if message.kind == "interactive":
-        interactive = raw.get("interactive") or {}
-        reply = interactive.get(interactive.get("type", "")) or {}
-        reply_id = str(reply.get("id", "")) if isinstance(reply, dict) else ""
-        kind = "interactive"
-    elif message.kind == "button":
-        button = raw.get("button") or {}
-        reply_id = str(button.get("payload", "")) if isinstance(button, dict) else ""
-        kind = "button"
-    elif message.kind == "text":
-        kind = "text"
-    else:
-        kind = "unsupported"
-    return Inbound(
-        kind=kind,
-        text=message.text,
-        reply_id=reply_id,
-        wa_id=message.conversation.wa_id,
-        contact_name=message.conversation.contact_name,
-    )

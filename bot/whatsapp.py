@@ -27,7 +27,7 @@ from bot.models import Conversation, Direction, Message, MessageStatus
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
 
-    from bot.engine import Reply
+    from bot.messages import Reply
     from clinics.models import Clinic
 
 logger = logging.getLogger(__name__)

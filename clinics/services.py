@@ -22,6 +22,20 @@ from django.db.models import Case, Exists, OuterRef, Q, Value, When
 from django.utils import timezone
 
 from clinics import events
+from clinics.errors import (  # noqa: F401  (re-exported: callers catch services.X)
+    AppointmentNotFound,
+    BookingError,
+    InvalidInput,
+    NotCancellable,
+    NotHolder,
+    PatientExists,
+    PatientNotFound,
+    PatientOverlap,
+    RegistrationClosed,
+    SlotTaken,
+    SlotUnavailable,
+    WrongClinic,
+)
 from clinics.models import (
     OCCUPYING_STATUSES,
     UPCOMING_STATUSES,
@@ -76,64 +90,6 @@ class Actor:
     @classmethod
     def system(cls, label: str) -> Actor:
         return cls(AuditEvent.ActorType.SYSTEM, "", label)
-
-
-class BookingError(Exception):
-    """A refusal the caller caused; `code` is stable, `message` is English for logs and APIs."""
-
-    code = "booking_error"
-
-    def __init__(self, message: str = "", *, code: str | None = None) -> None:
-        if code:
-            self.code = code
-        self.message = message or self.code.replace("_", " ")
-        super().__init__(self.message)
-
-
-class SlotTaken(BookingError):
-    code = "slot_taken"  # someone else holds or booked it first
-
-
-class SlotUnavailable(BookingError):
-    code = "slot_not_found"  # also "slot_in_past", "slot_blocked"
-
-
-class PatientOverlap(BookingError):
-    code = "patient_overlap"  # the patient already has an appointment at that time
-
-
-class PatientNotFound(BookingError):
-    code = "patient_not_found"
-
-
-class PatientExists(BookingError):
-    code = "patient_exists"
-
-
-class RegistrationClosed(BookingError):
-    code = "self_registration_disabled"
-
-
-class WrongClinic(BookingError):
-    code = "wrong_clinic"
-
-
-class InvalidInput(BookingError):
-    code = "invalid_input"  # also "invalid_document", "invalid_cursor", "invalid_status"
-
-
-class NotHolder(BookingError):
-    code = "hold_not_yours"
-
-
-class NotCancellable(BookingError):
-    code = "not_cancellable"
-
-
-class AppointmentNotFound(NotCancellable):
-    """Unknown, another clinic's, or another patient's: callers can't tell which (no leak)."""
-
-    code = "appointment_not_found"
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -1,9 +1,19 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from sophia_web import health
 
 urlpatterns = [
+    path("", include("bot.console_urls")),
+    path("cuenta/entrar/", auth_views.LoginView.as_view(), name="login"),
+    path("cuenta/salir/", auth_views.LogoutView.as_view(), name="logout"),
+    path("cuenta/clave/", auth_views.PasswordChangeView.as_view(), name="password_change"),
+    path(
+        "cuenta/clave/lista/",
+        auth_views.PasswordChangeDoneView.as_view(),
+        name="password_change_done",
+    ),
     path("admin/", admin.site.urls),
     path("health/", health.health, name="health"),
     # The benchmark's do-nothing baseline (404 unless DEBUG or SOPHIA_BENCH=1).

@@ -12,6 +12,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from bot import engine
+from bot.gateway import OrmGateway, hold_owner
+from bot.messages import Inbound, Reply
 from clinics.models import Doctor, Slot, Specialty
 from tests.conftest import make_slots
 
@@ -31,7 +33,7 @@ class FakeLLM:
         self.calls.append(("classify", text))
         return None
 
-    def answer(self, question, clinic):
+    def answer(self, question, clinic, specialties):
         self.calls.append(("answer", question))
         return self._answer, (120, 30)
 
@@ -47,7 +49,7 @@ class Chat:
 
     @property
     def holder(self) -> str:
-        return f"conversation:{self.conversation_id}"
+        return hold_owner(self.conversation_id)
 
     @property
     def state(self) -> engine.State:
@@ -57,9 +59,9 @@ class Chat:
     def data(self) -> dict:
         return self.snapshot.data
 
-    def _step(self, inbound: engine.Inbound, now=None) -> engine.StepResult:
+    def _step(self, inbound: Inbound, now=None) -> engine.StepResult:
         ctx = engine.Context(
-            clinic=self.clinic,
+            gateway=OrmGateway(self.clinic, self.conversation_id),
             conversation_id=self.conversation_id,
             wa_id=self.wa_id,
             now=now or timezone.now(),
@@ -76,15 +78,13 @@ class Chat:
         return result
 
     def send(self, text: str, now=None) -> engine.StepResult:
-        return self._step(engine.Inbound(kind="text", text=text, wa_id=self.wa_id), now)
+        return self._step(Inbound(kind="text", text=text, wa_id=self.wa_id), now)
 
     def tap(self, reply_id: str, title: str = "", kind: str = "interactive") -> engine.StepResult:
-        return self._step(
-            engine.Inbound(kind=kind, text=title, reply_id=reply_id, wa_id=self.wa_id)
-        )
+        return self._step(Inbound(kind=kind, text=title, reply_id=reply_id, wa_id=self.wa_id))
 
     def unsupported(self) -> engine.StepResult:
-        return self._step(engine.Inbound(kind="unsupported", wa_id=self.wa_id))
+        return self._step(Inbound(kind="unsupported", wa_id=self.wa_id))
 
 
 def texts(result: engine.StepResult) -> str:
@@ -161,7 +161,7 @@ def slot_ids(result: engine.StepResult) -> list[int]:
     return [int(row.id.split(":")[1]) for row in rows if row.id.startswith("slot:")]
 
 
-def first_list(result: engine.StepResult) -> engine.Reply:
+def first_list(result: engine.StepResult) -> Reply:
     return next(reply for reply in result.replies if reply.kind == "list")
 
 

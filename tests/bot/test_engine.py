@@ -12,6 +12,8 @@ from django.utils import timezone
 
 from bot import engine
 from bot.engine import State
+from bot.gateway import OrmGateway
+from bot.messages import Inbound
 from clinics.models import (
     Appointment,
     AppointmentStatus,
@@ -674,8 +676,10 @@ def test_it_does_not_modify_the_snapshot_it_was_given(identified_chat, clinic):
         data=dict(identified_chat.data),
         patient_id=identified_chat.snapshot.patient_id,
     )
-    ctx = engine.Context(clinic=clinic, conversation_id=1, wa_id=ANA_WA, now=timezone.now())
-    result = engine.step(snapshot, engine.Inbound(kind="text", text="tengo fiebre"), ctx)
+    ctx = engine.Context(
+        gateway=OrmGateway(clinic, 1), conversation_id=1, wa_id=ANA_WA, now=timezone.now()
+    )
+    result = engine.step(snapshot, Inbound(kind="text", text="tengo fiebre"), ctx)
     assert snapshot.state == State.IDENTIFIED
     assert "shown" not in snapshot.data
     assert result.snapshot.state == State.CHOOSING_SLOT

@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from bot import llm, triage
+from bot import gateway, llm, triage
 from clinics.demo_data import SPECIALTIES
 from clinics.models import Specialty
 from tests.fakes import openai_server
@@ -156,7 +156,11 @@ def test_it_answers_from_the_clinics_data_only(fake_openai, use_llm, clinic, spe
         "Estamos en la Calle 100 # 15-20, Bogotá.", prompt_tokens=300, completion_tokens=15
     )
 
-    answer = helper.answer("¿dónde quedan?", clinic)
+    answer = helper.answer(
+        "¿dónde quedan?",
+        gateway.clinic_info(clinic),
+        [gateway.specialty_info(s) for s in specialties],
+    )
 
     assert answer == ("Estamos en la Calle 100 # 15-20, Bogotá.", (300, 15))
     system, user = fake_openai.requests[0]["messages"]
@@ -179,8 +183,10 @@ def test_it_drops_answers_with_medication_advice_or_nothing_in_them(
 ):
     helper = use_llm(fake_openai.base_url)
     fake_openai.reply_text(content)
-    assert helper.answer("me duele la cabeza, ¿qué me tomo?", clinic) is None
+    question = "me duele la cabeza, ¿qué me tomo?"
+    assert helper.answer(question, gateway.clinic_info(clinic), []) is None
 
 
 def test_it_gives_no_answer_when_the_server_is_down(openai_down, use_llm, clinic):
-    assert use_llm(openai_down).answer("¿a qué hora abren?", clinic) is None
+    helper = use_llm(openai_down)
+    assert helper.answer("¿a qué hora abren?", gateway.clinic_info(clinic), []) is None

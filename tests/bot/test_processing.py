@@ -20,6 +20,7 @@ from django_tasks_db.models import DBTaskResult
 
 from bot import engine, periodic, processing, state
 from bot.management.commands.run_worker import SophiaWorker
+from bot.messages import Reply
 from bot.models import Conversation, Direction, Message, MessageStatus
 from bot.webhook import signature_for
 from clinics.models import Appointment, SlotHold
@@ -130,7 +131,7 @@ class EchoEngine:
             self.snapshots.append(snapshot)
         seen = [*snapshot.data.get("seen", []), inbound.text]
         return engine.StepResult(
-            replies=[engine.Reply(kind="text", text=f"eco: {inbound.text}")],
+            replies=[Reply(kind="text", text=f"eco: {inbound.text}")],
             snapshot=engine.Snapshot(
                 state=engine.State.IDENTIFIED, data={"seen": seen}, patient_id=snapshot.patient_id
             ),
@@ -257,9 +258,9 @@ def test_it_waits_for_a_lock_held_by_someone_else(clinic, echo, fake_graph):
 
     assert processing.process_conversation(conversation.pk) == 0
     assert inbound(conversation)[0].status == MessageStatus.RECEIVED
-    (retry,) = DBTaskResult.objects.ready().filter(task_path="bot.tasks.run_turns") or [None]
+    (retry,) = DBTaskResult.objects.ready().filter(task_path="bot.processing.run_turns") or [None]
     assert retry is None  # not ready yet: it runs a moment later …
-    (retry,) = DBTaskResult.objects.filter(task_path="bot.tasks.run_turns")
+    (retry,) = DBTaskResult.objects.filter(task_path="bot.processing.run_turns")
     assert retry.run_after > timezone.now() - dt.timedelta(seconds=1)
     assert retry.args_kwargs["args"] == [conversation.pk, 1]
 
@@ -338,7 +339,7 @@ def test_it_defers_past_the_rate_limit_and_answers_later(clinic, echo, fake_grap
     # m11 and m12 wait, unread by the engine but kept; a turn is queued for the next window.
     statuses = [m.status for m in inbound(conversation)]
     assert statuses == [MessageStatus.PROCESSED] * 10 + [MessageStatus.RECEIVED] * 2
-    (later,) = DBTaskResult.objects.filter(task_path="bot.tasks.run_turns")
+    (later,) = DBTaskResult.objects.filter(task_path="bot.processing.run_turns")
     wait = (later.run_after - timezone.now()).total_seconds()
     assert 50 < wait <= 60
     assert all(m.attempts <= 1 for m in inbound(conversation))  # waiting is no failed run
@@ -404,7 +405,7 @@ def test_it_rate_limits_from_the_database_when_redis_is_down(clinic, echo, fake_
     fake_graph.wait_for_messages(11)
     assert fake_graph.messages_to(WA_ID)[-1].text == "Por favor espera un momento…"
     assert inbound(conversation)[-1].status == MessageStatus.RECEIVED
-    (later,) = DBTaskResult.objects.filter(task_path="bot.tasks.run_turns")
+    (later,) = DBTaskResult.objects.filter(task_path="bot.processing.run_turns")
     assert 50 < (later.run_after - timezone.now()).total_seconds() <= 60
     # A minute on, the window allows it.
     Message.objects.filter(conversation=conversation).update(
@@ -481,7 +482,7 @@ def test_it_mirrors_the_shown_page_to_redis(clinic, slots, monkeypatch, fake_gra
     def shows_a_page(snapshot, inbound, ctx):
         shown = [{"slot_id": s.pk} for s in slots[:3]]
         return engine.StepResult(
-            replies=[engine.Reply(kind="text", text="elige")],
+            replies=[Reply(kind="text", text="elige")],
             snapshot=engine.Snapshot(
                 state=engine.State.CHOOSING_SLOT,
                 data={"specialty": "medicina-general", "page": 2, "shown": shown},

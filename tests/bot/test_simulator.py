@@ -5,9 +5,9 @@ import json
 import pytest
 
 from bot import simulator, whatsapp
-from bot.engine import Reply, Row
+from bot.messages import Reply, Row
 from bot.models import Conversation, Message, WebhookEvent
-from bot.webhook import to_inbound
+from bot.processing import to_inbound
 from tests.conftest import PASSWORD
 
 PHONE = "573001234567"
@@ -80,7 +80,7 @@ def test_it_refuses_a_body_that_is_not_a_message(client, clinic):
 def test_it_asks_for_a_login(client, clinic):
     response = client.get("/simulator/")
     assert response.status_code == 302
-    assert response["Location"].startswith("/admin/login/")
+    assert response["Location"].startswith("/cuenta/entrar/")
 
 
 def test_it_is_for_clinic_staff_only(client, outsider):

@@ -9,7 +9,8 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 
 from bot.models import Conversation, Message, MessageStatus, WebhookEvent
-from bot.webhook import process_event, signature_for, to_inbound
+from bot.processing import to_inbound
+from bot.webhook import process_event, signature_for
 
 URL = "/whatsapp/webhook/"
 SECRET = "test-app-secret"
@@ -580,7 +581,7 @@ def test_it_queues_the_turn_in_the_same_transaction(client, clinic):
     post(client, payload(change(clinic.phone_number_id, [text_message("wamid.A")])))  # again
 
     task = DBTaskResult.objects.get()
-    assert task.task_path == "bot.tasks.run_turns"
+    assert task.task_path == "bot.processing.run_turns"
     assert task.args_kwargs["args"][0] == Message.objects.get().conversation_id
 
 

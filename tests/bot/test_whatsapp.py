@@ -9,7 +9,7 @@ from django.db import connection
 from django.utils import timezone
 
 from bot import whatsapp
-from bot.engine import Button, Reply, Row
+from bot.messages import Button, Reply, Row
 from bot.models import Conversation, Message, MessageStatus
 from tests.fakes import graph_server
 

@@ -19,7 +19,8 @@ from django.db import connection
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from bot import engine, periodic, state, whatsapp
+from bot import engine, periodic, processing, state, whatsapp
+from bot.messages import Reply
 from bot.models import Conversation, Direction, Message, MessageStatus, PeriodicJob
 from clinics import services
 from clinics.models import SlotHold
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def echo_step(snapshot, inbound, ctx) -> engine.StepResult:
     """The subprocess workers' engine: answers "eco: <text>"."""
     return engine.StepResult(
-        replies=[engine.Reply(kind="text", text=f"eco: {inbound.text}")],
+        replies=[Reply(kind="text", text=f"eco: {inbound.text}")],
         snapshot=engine.Snapshot(state=engine.State.IDENTIFIED, data={}),
     )
 
@@ -168,7 +169,7 @@ def test_it_survives_a_failing_job():
 @pytest.mark.django_db(transaction=True)
 def test_it_delivers_the_due_outbox(clinic, fake_graph):
     conversation = Conversation.objects.create(clinic=clinic, wa_id=WA_ID)
-    whatsapp.queue_replies(conversation, [engine.Reply(kind="text", text="hola de nuevo")])
+    whatsapp.queue_replies(conversation, [Reply(kind="text", text="hola de nuevo")])
     assert periodic.deliver_outbox() == 1
     assert [m.text for m in fake_graph.wait_for_messages(1)] == ["hola de nuevo"]
     assert periodic.deliver_outbox() == 0
@@ -254,7 +255,7 @@ def test_it_closes_idle_conversations_and_frees_their_holds(clinic, slots, r):
 
 @pytest.mark.django_db
 def test_it_prunes_old_task_results():
-    from bot.tasks import run_turns
+    run_turns = processing.run_turns
 
     old, fresh, ready = (run_turns.enqueue(n, 0) for n in (1, 2, 3))
     long_ago = timezone.now() - dt.timedelta(days=2)

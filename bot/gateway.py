@@ -1,0 +1,333 @@
+"""Everything the engine knows about a clinic comes through a `Gateway` (DESIGN §5).
+
+`Gateway` is the Protocol bot.engine is written against; `OrmGateway` implements it with
+clinics.selectors and clinics.services for one clinic and one conversation, and hands the engine
+plain values (bot.messages), never model instances. tests/bot/memory_gateway.py implements it in
+memory, so the engine's tests need no database.
+
+Failures a patient can cause raise clinics.errors.BookingError subclasses with stable codes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Protocol
+
+from django.utils import timezone
+
+from bot.messages import (
+    AppointmentInfo,
+    ClinicInfo,
+    PatientInfo,
+    SlotInfo,
+    SlotPage,
+    SpecialtyInfo,
+)
+from clinics import selectors, services
+from clinics.models import Appointment, AuditEvent, Clinic, Patient, Slot, SlotHold, Specialty
+
+
+def hold_owner(conversation_id: int) -> str:
+    """Who holds a slot a conversation is confirming (SlotHold.holder)."""
+    return f"conversation:{conversation_id}"
+
+
+class Gateway(Protocol):
+    """Clinic data for one conversation of one clinic. Holds are taken in that conversation's
+    name (`hold_owner`); writes are audited with the patient as the actor."""
+
+    @property
+    def clinic(self) -> ClinicInfo: ...
+
+    # patients
+    def patient(self, patient_id: int) -> PatientInfo | None: ...
+    def patient_by_document(self, document: str) -> PatientInfo | None:
+        """InvalidInput("invalid_document") when it isn't 8–15 digits."""
+        ...
+
+    def patient_by_whatsapp(self, wa_id: str) -> PatientInfo | None: ...
+    def patient_register(
+        self, *, document: str, full_name: str, birth_date: dt.date, whatsapp_id: str
+    ) -> PatientInfo: ...
+    def patient_link_whatsapp(self, *, patient_id: int, whatsapp_id: str) -> PatientInfo: ...
+
+    # specialties and slots
+    def specialties(self) -> list[SpecialtyInfo]:
+        """The clinic's specialties, by name."""
+        ...
+
+    def specialty(self, slug: str) -> SpecialtyInfo | None: ...
+    def slot_page(
+        self, *, specialty_id: int, cursor: str | None, page_size: int, now: dt.datetime
+    ) -> SlotPage:
+        """One keyset page of bookable slots; InvalidInput("invalid_cursor") for a stale one."""
+        ...
+
+    def slot(self, slot_id: int) -> SlotInfo | None: ...
+    def slot_hold(self, *, slot_id: int, patient_id: int | None) -> SlotInfo: ...
+    def slot_release(self, *, slot_id: int) -> bool: ...
+    def holds_release(self) -> int:
+        """Release every live hold of this conversation; how many were released."""
+        ...
+
+    # appointments
+    def appointment_book(
+        self, *, patient_id: int, slot_id: int, specialty_id: int | None, notes: str
+    ) -> AppointmentInfo: ...
+    def appointment_reschedule(
+        self, *, patient_id: int, appointment_id: int, new_slot_id: int
+    ) -> AppointmentInfo: ...
+    def appointment_cancel(self, *, patient_id: int, appointment_id: int, reason: str) -> None: ...
+    def upcoming_appointments(self, *, patient_id: int, now: dt.datetime) -> list[AppointmentInfo]:
+        """The patient's booked or confirmed appointments that have not started, soonest first."""
+        ...
+
+    def rebooking_specialty(self, appointment_id: int) -> SpecialtyInfo | None:
+        """Whose slots to offer when moving an appointment: its specialty, else its doctor's."""
+        ...
+
+
+# --- the ORM implementation ------------------------------------------------------------------
+
+
+def clinic_info(clinic: Clinic) -> ClinicInfo:
+    return ClinicInfo(
+        id=clinic.pk,
+        name=clinic.name,
+        time_zone=clinic.time_zone,
+        address=clinic.address,
+        opening_hours=clinic.opening_hours,
+        what_to_bring=clinic.what_to_bring,
+        emergency_line=clinic.emergency_line,
+        self_registration=clinic.self_registration,
+    )
+
+
+def specialty_info(specialty: Specialty) -> SpecialtyInfo:
+    return SpecialtyInfo(
+        id=specialty.pk,
+        slug=specialty.slug,
+        name=specialty.name,
+        keywords=tuple(specialty.keyword_list()),
+    )
+
+
+def patient_info(patient: Patient) -> PatientInfo:
+    return PatientInfo(
+        id=patient.pk,
+        full_name=patient.full_name,
+        birth_date=patient.birth_date,
+        whatsapp_id=patient.whatsapp_id,
+    )
+
+
+def slot_info(slot: Slot) -> SlotInfo:
+    return SlotInfo(id=slot.pk, start_at=slot.start_at, doctor_name=slot.doctor.full_name)
+
+
+def appointment_info(appointment: Appointment) -> AppointmentInfo:
+    return AppointmentInfo(
+        id=appointment.pk,
+        start_at=appointment.start_at,
+        doctor_name=appointment.doctor.full_name,
+        specialty=specialty_info(appointment.specialty) if appointment.specialty else None,
+    )
+
+
+class OrmGateway:
+    """`Gateway` over clinics.selectors/services for one clinic and one conversation."""
+
+    def __init__(self, clinic: Clinic, conversation_id: int) -> None:
+        self._clinic = clinic
+        self._info = clinic_info(clinic)
+        self.holder = hold_owner(conversation_id)
+        self._patients: dict[int, Patient] = {}
+        self._specialties: list[Specialty] | None = None
+
+    @property
+    def clinic(self) -> ClinicInfo:
+        return self._info
+
+    # patients
+
+    def _patient(self, patient_id: int | None) -> Patient | None:
+        if patient_id is None:
+            return None
+        if patient_id not in self._patients:
+            found = Patient.objects.filter(pk=patient_id, clinic=self._clinic).first()
+            if found is None:
+                return None
+            self._patients[patient_id] = found
+        return self._patients[patient_id]
+
+    def _remember(self, patient: Patient) -> PatientInfo:
+        self._patients[patient.pk] = patient
+        return patient_info(patient)
+
+    def patient(self, patient_id: int) -> PatientInfo | None:
+        patient = self._patient(patient_id)
+        return patient_info(patient) if patient else None
+
+    def patient_by_document(self, document: str) -> PatientInfo | None:
+        patient = selectors.patient_by_document(clinic=self._clinic, document=document)
+        return self._remember(patient) if patient else None
+
+    def patient_by_whatsapp(self, wa_id: str) -> PatientInfo | None:
+        patient = Patient.objects.filter(clinic=self._clinic, whatsapp_id=wa_id).first()
+        return self._remember(patient) if patient else None
+
+    def patient_register(
+        self, *, document: str, full_name: str, birth_date: dt.date, whatsapp_id: str
+    ) -> PatientInfo:
+        patient = services.patient_register(
+            clinic=self._clinic,
+            document=document,
+            full_name=full_name,
+            birth_date=birth_date,
+            whatsapp_id=whatsapp_id,
+            actor=services.Actor(AuditEvent.ActorType.PATIENT, "", "patient via WhatsApp"),
+        )
+        return self._remember(patient)
+
+    def patient_link_whatsapp(self, *, patient_id: int, whatsapp_id: str) -> PatientInfo:
+        patient = self._required_patient(patient_id)
+        patient = services.patient_link_whatsapp(
+            clinic=self._clinic,
+            patient=patient,
+            whatsapp_id=whatsapp_id,
+            actor=services.Actor.patient(patient),
+        )
+        return self._remember(patient)
+
+    def _required_patient(self, patient_id: int | None) -> Patient:
+        patient = self._patient(patient_id)
+        if patient is None:
+            raise services.PatientNotFound("no such patient in this clinic")
+        return patient
+
+    # specialties and slots
+
+    def _specialty_rows(self) -> list[Specialty]:
+        if self._specialties is None:
+            self._specialties = list(Specialty.objects.filter(clinic=self._clinic).order_by("name"))
+        return self._specialties
+
+    def specialties(self) -> list[SpecialtyInfo]:
+        return [specialty_info(s) for s in self._specialty_rows()]
+
+    def specialty(self, slug: str) -> SpecialtyInfo | None:
+        found = next((s for s in self._specialty_rows() if s.slug == slug), None)
+        return specialty_info(found) if found else None
+
+    def slot_page(
+        self, *, specialty_id: int, cursor: str | None, page_size: int, now: dt.datetime
+    ) -> SlotPage:
+        specialty = next((s for s in self._specialty_rows() if s.pk == specialty_id), None)
+        if specialty is None:
+            return SlotPage(slots=(), next_cursor=None, has_more=False)
+        page = selectors.available_slots(
+            clinic=self._clinic, specialty=specialty, cursor=cursor, page_size=page_size, now=now
+        )
+        return SlotPage(
+            slots=tuple(slot_info(s) for s in page.slots),
+            next_cursor=page.next_cursor,
+            has_more=page.has_more,
+        )
+
+    def slot(self, slot_id: int) -> SlotInfo | None:
+        slot = Slot.objects.select_related("doctor").filter(pk=slot_id, clinic=self._clinic).first()
+        return slot_info(slot) if slot else None
+
+    def slot_hold(self, *, slot_id: int, patient_id: int | None) -> SlotInfo:
+        hold = services.slot_hold(
+            clinic=self._clinic,
+            slot_id=slot_id,
+            holder=self.holder,
+            patient=self._patient(patient_id),
+        )
+        return slot_info(hold.slot)
+
+    def slot_release(self, *, slot_id: int) -> bool:
+        return services.slot_release(clinic=self._clinic, slot_id=slot_id, holder=self.holder)
+
+    def holds_release(self) -> int:
+        slot_ids = SlotHold.objects.filter(
+            holder=self.holder,
+            released_at=None,
+            expires_at__gt=timezone.now(),
+            slot__clinic=self._clinic,
+        ).values_list("slot_id", flat=True)
+        return sum(self.slot_release(slot_id=slot_id) for slot_id in list(slot_ids))
+
+    # appointments
+
+    def _appointment(self, appointment: Appointment) -> AppointmentInfo:
+        fresh = (
+            Appointment.objects.select_related("doctor", "specialty")
+            .filter(pk=appointment.pk)
+            .first()
+        )
+        return appointment_info(fresh or appointment)
+
+    def appointment_book(
+        self, *, patient_id: int, slot_id: int, specialty_id: int | None, notes: str
+    ) -> AppointmentInfo:
+        patient = self._required_patient(patient_id)
+        specialty = next((s for s in self._specialty_rows() if s.pk == specialty_id), None)
+        appointment = services.appointment_book(
+            clinic=self._clinic,
+            patient=patient,
+            slot_id=slot_id,
+            actor=services.Actor.patient(patient),
+            source="bot",
+            specialty=specialty,
+            notes=notes,
+            holder=self.holder,
+        )
+        return self._appointment(appointment)
+
+    def appointment_reschedule(
+        self, *, patient_id: int, appointment_id: int, new_slot_id: int
+    ) -> AppointmentInfo:
+        patient = self._required_patient(patient_id)
+        appointment = services.appointment_reschedule(
+            clinic=self._clinic,
+            appointment_id=appointment_id,
+            new_slot_id=new_slot_id,
+            actor=services.Actor.patient(patient),
+            holder=self.holder,
+            patient=patient,
+        )
+        return self._appointment(appointment)
+
+    def appointment_cancel(self, *, patient_id: int, appointment_id: int, reason: str) -> None:
+        patient = self._required_patient(patient_id)
+        services.appointment_cancel(
+            clinic=self._clinic,
+            appointment_id=appointment_id,
+            actor=services.Actor.patient(patient),
+            reason=reason,
+            patient=patient,
+        )
+
+    def upcoming_appointments(self, *, patient_id: int, now: dt.datetime) -> list[AppointmentInfo]:
+        patient = self._patient(patient_id)
+        if patient is None:
+            return []
+        return [
+            appointment_info(a)
+            for a in selectors.patient_upcoming_appointments(
+                clinic=self._clinic, patient=patient, now=now
+            )
+        ]
+
+    def rebooking_specialty(self, appointment_id: int) -> SpecialtyInfo | None:
+        appointment = (
+            Appointment.objects.select_related("specialty", "doctor")
+            .filter(pk=appointment_id, clinic=self._clinic)
+            .first()
+        )
+        if appointment is None:
+            return None
+        specialty = appointment.specialty or appointment.doctor.specialties.order_by("name").first()
+        return specialty_info(specialty) if specialty else None

@@ -1,0 +1,359 @@
+"""An in-memory `bot.gateway.Gateway`: the engine's tests run against it without a database.
+
+It keeps the booking rules the engine relies on (DESIGN §4) in their plainest form — a held or
+booked slot is not offered and cannot be taken, a hold belongs to one conversation, a patient
+cannot hold two appointments at the same time, a patient reaches only their own appointments —
+and raises the same clinics.errors exceptions, with the same codes, as clinics.services. Every
+write is recorded in `calls`, so a test can say what the engine did, not only what it said.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import itertools
+from dataclasses import dataclass, field
+
+from bot.gateway import hold_owner
+from bot.messages import (
+    AppointmentInfo,
+    ClinicInfo,
+    PatientInfo,
+    SlotInfo,
+    SlotPage,
+    SpecialtyInfo,
+)
+from clinics.errors import (
+    AppointmentNotFound,
+    InvalidInput,
+    NotCancellable,
+    NotHolder,
+    PatientExists,
+    PatientNotFound,
+    PatientOverlap,
+    RegistrationClosed,
+    SlotTaken,
+    SlotUnavailable,
+)
+from clinics.services import clean_document
+
+HOLD_MINUTES = 10
+ACTIVE = ("booked", "confirmed")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class StoredPatient:
+    info: PatientInfo
+    document: str
+
+
+@dataclass
+class StoredSlot:
+    id: int
+    start_at: dt.datetime
+    doctor_name: str
+    specialty_ids: frozenset[int]
+    blocked: bool = False
+
+    def info(self) -> SlotInfo:
+        return SlotInfo(id=self.id, start_at=self.start_at, doctor_name=self.doctor_name)
+
+
+@dataclass
+class StoredAppointment:
+    id: int
+    patient_id: int
+    slot_id: int
+    specialty_id: int | None
+    notes: str = ""
+    status: str = "booked"
+
+
+@dataclass
+class MemoryGateway:
+    clinic: ClinicInfo = field(
+        default_factory=lambda: ClinicInfo(
+            id=1,
+            name="Clínica Demo",
+            address="Calle 100 # 15-20, Bogotá",
+            opening_hours="Lunes a sábado, 7:00 a. m. a 6:00 p. m.",
+            emergency_line="123",
+        )
+    )
+    conversation_id: int = 4242
+    clock: object = utcnow  # () -> aware datetime; the holds' and bookings' "now"
+    patients: dict[int, StoredPatient] = field(default_factory=dict)
+    specialty_list: list[SpecialtyInfo] = field(default_factory=list)
+    slots: dict[int, StoredSlot] = field(default_factory=dict)
+    holds: dict[int, tuple[str, dt.datetime]] = field(default_factory=dict)  # slot → holder, until
+    appointments: dict[int, StoredAppointment] = field(default_factory=dict)
+    calls: list[tuple[str, dict]] = field(default_factory=list)
+    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    @property
+    def holder(self) -> str:
+        return hold_owner(self.conversation_id)
+
+    # --- arranging a test --------------------------------------------------------------------
+
+    def add_specialty(self, slug: str, name: str, keywords: str = "") -> SpecialtyInfo:
+        specialty = SpecialtyInfo(
+            id=next(self._ids),
+            slug=slug,
+            name=name,
+            keywords=tuple(k.strip() for k in keywords.split(",") if k.strip()),
+        )
+        self.specialty_list.append(specialty)
+        self.specialty_list.sort(key=lambda s: s.name)
+        return specialty
+
+    def add_slots(
+        self,
+        specialty: SpecialtyInfo,
+        doctor_name: str,
+        first: dt.datetime,
+        count: int,
+        minutes: int = 20,
+    ) -> list[int]:
+        ids = []
+        for i in range(count):
+            slot = StoredSlot(
+                id=next(self._ids),
+                start_at=first + dt.timedelta(minutes=minutes * i),
+                doctor_name=doctor_name,
+                specialty_ids=frozenset({specialty.id}),
+            )
+            self.slots[slot.id] = slot
+            ids.append(slot.id)
+        return ids
+
+    def add_patient(
+        self, document: str, full_name: str, birth_date: dt.date | None, whatsapp_id: str = ""
+    ) -> PatientInfo:
+        info = PatientInfo(
+            id=next(self._ids),
+            full_name=full_name,
+            birth_date=birth_date,
+            whatsapp_id=whatsapp_id,
+        )
+        self.patients[info.id] = StoredPatient(info=info, document=document)
+        return info
+
+    def book(self, patient_id: int, slot_id: int, specialty_id: int | None = None) -> int:
+        appointment = StoredAppointment(
+            id=next(self._ids), patient_id=patient_id, slot_id=slot_id, specialty_id=specialty_id
+        )
+        self.appointments[appointment.id] = appointment
+        return appointment.id
+
+    def free_slot_ids(self) -> list[int]:
+        now = self.clock()
+        return [s.id for s in self._bookable(now, None)]
+
+    # --- the Gateway -------------------------------------------------------------------------
+
+    def patient(self, patient_id: int) -> PatientInfo | None:
+        stored = self.patients.get(patient_id)
+        return stored.info if stored else None
+
+    def patient_by_document(self, document: str) -> PatientInfo | None:
+        document = clean_document(document)
+        return next((p.info for p in self.patients.values() if p.document == document), None)
+
+    def patient_by_whatsapp(self, wa_id: str) -> PatientInfo | None:
+        return next((p.info for p in self.patients.values() if p.info.whatsapp_id == wa_id), None)
+
+    def patient_register(
+        self, *, document: str, full_name: str, birth_date: dt.date, whatsapp_id: str
+    ) -> PatientInfo:
+        self.calls.append(("patient_register", {"document": document, "full_name": full_name}))
+        if not self.clinic.self_registration:
+            raise RegistrationClosed("this clinic registers patients at the front desk")
+        document = clean_document(document)
+        if self.patient_by_document(document) is not None:
+            raise PatientExists("a patient with that document already exists")
+        return self.add_patient(document, full_name, birth_date, whatsapp_id)
+
+    def patient_link_whatsapp(self, *, patient_id: int, whatsapp_id: str) -> PatientInfo:
+        self.calls.append(("patient_link_whatsapp", {"patient_id": patient_id}))
+        stored = self.patients.get(patient_id)
+        if stored is None:
+            raise PatientNotFound("no such patient in this clinic")
+        stored.info = dataclasses.replace(stored.info, whatsapp_id=whatsapp_id)
+        return stored.info
+
+    def specialties(self) -> list[SpecialtyInfo]:
+        return list(self.specialty_list)
+
+    def specialty(self, slug: str) -> SpecialtyInfo | None:
+        return next((s for s in self.specialty_list if s.slug == slug), None)
+
+    def _taken(self, slot_id: int) -> bool:
+        return any(a.slot_id == slot_id and a.status in ACTIVE for a in self.appointments.values())
+
+    def _held_by_other(self, slot_id: int, holder: str | None, now: dt.datetime) -> bool:
+        hold = self.holds.get(slot_id)
+        return hold is not None and hold[1] > now and hold[0] != holder
+
+    def _bookable(self, now: dt.datetime, specialty_id: int | None) -> list[StoredSlot]:
+        return sorted(
+            (
+                s
+                for s in self.slots.values()
+                if (specialty_id is None or specialty_id in s.specialty_ids)
+                and s.start_at > now
+                and not s.blocked
+                and not self._taken(s.id)
+                and not self._held_by_other(s.id, None, now)
+            ),
+            key=lambda s: (s.start_at, s.id),
+        )
+
+    def slot_page(
+        self, *, specialty_id: int, cursor: str | None, page_size: int, now: dt.datetime
+    ) -> SlotPage:
+        slots = self._bookable(now, specialty_id)
+        if cursor is not None:
+            try:
+                start, slot_id = cursor.split("|")
+                after = (dt.datetime.fromisoformat(start), int(slot_id))
+            except ValueError as exc:
+                raise InvalidInput("the page cursor is not valid", code="invalid_cursor") from exc
+            slots = [s for s in slots if (s.start_at, s.id) > after]
+        page, has_more = slots[:page_size], len(slots) > page_size
+        last = page[-1] if page else None
+        return SlotPage(
+            slots=tuple(s.info() for s in page),
+            next_cursor=f"{last.start_at.isoformat()}|{last.id}" if has_more and last else None,
+            has_more=has_more,
+        )
+
+    def slot(self, slot_id: int) -> SlotInfo | None:
+        stored = self.slots.get(slot_id)
+        return stored.info() if stored else None
+
+    def _check_bookable(self, slot_id: int, now: dt.datetime) -> StoredSlot:
+        slot = self.slots.get(slot_id)
+        if slot is None:
+            raise SlotUnavailable(f"slot {slot_id} does not exist", code="slot_not_found")
+        if slot.start_at <= now:
+            raise SlotUnavailable("the slot has already started", code="slot_in_past")
+        if slot.blocked:
+            raise SlotUnavailable("the slot is blocked", code="slot_blocked")
+        if self._taken(slot_id) or self._held_by_other(slot_id, self.holder, now):
+            raise SlotTaken("someone else has the slot")
+        return slot
+
+    def slot_hold(self, *, slot_id: int, patient_id: int | None) -> SlotInfo:
+        self.calls.append(("slot_hold", {"slot_id": slot_id}))
+        now = self.clock()
+        slot = self._check_bookable(slot_id, now)
+        for other in [i for i, (holder, _) in self.holds.items() if holder == self.holder]:
+            del self.holds[other]  # one hold per conversation: the new one replaces it
+        self.holds[slot_id] = (self.holder, now + dt.timedelta(minutes=HOLD_MINUTES))
+        return slot.info()
+
+    def slot_release(self, *, slot_id: int) -> bool:
+        self.calls.append(("slot_release", {"slot_id": slot_id}))
+        hold = self.holds.get(slot_id)
+        if hold is None or hold[0] != self.holder or hold[1] <= self.clock():
+            return False
+        del self.holds[slot_id]
+        return True
+
+    def holds_release(self) -> int:
+        mine = [i for i, (holder, _) in self.holds.items() if holder == self.holder]
+        return sum(self.slot_release(slot_id=i) for i in mine)
+
+    def _take(self, slot_id: int, patient_id: int, now: dt.datetime) -> StoredSlot:
+        slot = self._check_bookable(slot_id, now)
+        hold = self.holds.get(slot_id)
+        if hold is not None and hold[0] != self.holder and hold[1] > now:
+            raise NotHolder("someone else holds the slot")
+        for appointment in self.appointments.values():
+            other = self.slots[appointment.slot_id]
+            if (
+                appointment.patient_id == patient_id
+                and appointment.status in ACTIVE
+                and other.start_at == slot.start_at
+            ):
+                raise PatientOverlap("the patient already has an appointment at that time")
+        self.holds.pop(slot_id, None)
+        return slot
+
+    def _info(self, appointment: StoredAppointment) -> AppointmentInfo:
+        slot = self.slots[appointment.slot_id]
+        specialty = next((s for s in self.specialty_list if s.id == appointment.specialty_id), None)
+        return AppointmentInfo(
+            id=appointment.id,
+            start_at=slot.start_at,
+            doctor_name=slot.doctor_name,
+            specialty=specialty,
+        )
+
+    def appointment_book(
+        self, *, patient_id: int, slot_id: int, specialty_id: int | None, notes: str
+    ) -> AppointmentInfo:
+        self.calls.append(("appointment_book", {"slot_id": slot_id, "patient_id": patient_id}))
+        if patient_id not in self.patients:
+            raise PatientNotFound("no such patient in this clinic")
+        self._take(slot_id, patient_id, self.clock())
+        appointment = StoredAppointment(
+            id=next(self._ids),
+            patient_id=patient_id,
+            slot_id=slot_id,
+            specialty_id=specialty_id,
+            notes=notes,
+        )
+        self.appointments[appointment.id] = appointment
+        return self._info(appointment)
+
+    def _own(self, patient_id: int, appointment_id: int) -> StoredAppointment:
+        appointment = self.appointments.get(appointment_id)
+        if appointment is None or appointment.patient_id != patient_id:
+            raise AppointmentNotFound("no such appointment")
+        if appointment.status not in ACTIVE:
+            raise NotCancellable("the appointment is not active")
+        return appointment
+
+    def appointment_reschedule(
+        self, *, patient_id: int, appointment_id: int, new_slot_id: int
+    ) -> AppointmentInfo:
+        self.calls.append(
+            ("appointment_reschedule", {"appointment_id": appointment_id, "slot_id": new_slot_id})
+        )
+        appointment = self._own(patient_id, appointment_id)
+        self._take(new_slot_id, patient_id, self.clock())
+        appointment.slot_id = new_slot_id
+        return self._info(appointment)
+
+    def appointment_cancel(self, *, patient_id: int, appointment_id: int, reason: str) -> None:
+        self.calls.append(("appointment_cancel", {"appointment_id": appointment_id}))
+        self._own(patient_id, appointment_id).status = "cancelled"
+
+    def upcoming_appointments(self, *, patient_id: int, now: dt.datetime) -> list[AppointmentInfo]:
+        mine = [
+            a
+            for a in self.appointments.values()
+            if a.patient_id == patient_id
+            and a.status in ACTIVE
+            and self.slots[a.slot_id].start_at > now
+        ]
+        mine.sort(key=lambda a: (self.slots[a.slot_id].start_at, a.id))
+        return [self._info(a) for a in mine]
+
+    def rebooking_specialty(self, appointment_id: int) -> SpecialtyInfo | None:
+        appointment = self.appointments.get(appointment_id)
+        if appointment is None:
+            return None
+        slot = self.slots[appointment.slot_id]
+        wanted = appointment.specialty_id or min(slot.specialty_ids, default=None)
+        return next((s for s in self.specialty_list if s.id == wanted), None)
+
+    def writes(self) -> list[str]:
+        """The names of the write calls the engine made, in order."""
+        return [name for name, _ in self.calls]

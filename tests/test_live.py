@@ -1,0 +1,55 @@
+"""sophia_web.live: events numbered per group, kept for a reconnecting page, sent on commit."""
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from sophia_web import live
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def receive(layer, channel):
+    return async_to_sync(layer.receive)(channel)
+
+
+def test_it_numbers_events_per_group_and_replays_them():
+    first = live.send_now("clinic-1", "inbox.row", "<div id='a'></div>")
+    second = live.send_now("clinic-1", "typing", {"typing": True})
+    other = live.send_now("clinic-2", "inbox.row", "<div></div>")
+    assert (first["seq"], second["seq"], other["seq"]) == (1, 2, 1)
+    assert live.last_sequence("clinic-1") == 2
+    replay = live.events_after("clinic-1", 0)
+    assert [(e["seq"], e["event"]) for e in replay] == [(1, "inbox.row"), (2, "typing")]
+    assert replay[1]["data"] == {"typing": True}
+    assert live.events_after("clinic-1", 2) == []
+
+
+def test_it_says_when_the_backlog_no_longer_reaches_back(monkeypatch):
+    monkeypatch.setattr(live, "BACKLOG_SIZE", 3)
+    for i in range(6):
+        live.send_now("clinic-9", "inbox.row", f"<p>{i}</p>")
+    assert live.events_after("clinic-9", 1) is None
+    assert [e["seq"] for e in live.events_after("clinic-9", 3)] == [4, 5, 6]
+
+
+def test_it_sends_only_after_the_transaction_commits():
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)("conversation-5", channel)
+    try:
+        with transaction.atomic():
+            live.broadcast("conversation-5", "message", "<li>hola</li>")
+            assert live.last_sequence("conversation-5") == 0
+        message = receive(layer, channel)
+        assert message["type"] == "live.event"
+        assert message["html"] == "<li>hola</li>"
+        assert message["seq"] == 1
+
+        with pytest.raises(RuntimeError), transaction.atomic():
+            live.broadcast("conversation-5", "message", "<li>nunca</li>")
+            raise RuntimeError("rolled back")
+        assert live.last_sequence("conversation-5") == 1
+    finally:
+        async_to_sync(layer.group_discard)("conversation-5", channel)
