@@ -47,8 +47,6 @@ LOCK_RETRY_LIMIT = 150
 RATE_WINDOW = dt.timedelta(seconds=state.RATE_WINDOW_SECONDS)
 # How long the replies wait for the typing indicator's call (it has its own short timeout).
 TYPING_WAIT_SECONDS = 5.0
-# Context keys that outlive a closed session.
-KEPT_ON_CLOSE = frozenset({"identity_misses"})
 # WhatsApp's own limit for a text. Longer text (only a forged or broken client sends it) is
 # stored whole but never processed whole: no pattern, no LLM ever sees more than this.
 MAX_TURN_TEXT = 4096
@@ -498,14 +496,13 @@ def close_conversation(conversation: Conversation, now: dt.datetime) -> None:
     """Finish the session (FINALIZADO): clear the engine's memory, free the patient's holds.
 
     Call inside a transaction with the row locked; the caller saves. The patient link stays (a
-    fact about this phone, not session state), and so do failed identity checks: waiting half an
-    hour must not buy a stranger three more guesses at someone's date of birth.
+    fact about this phone, not session state). Failed identity checks live in the database
+    (clinics IdentityFailure), so waiting half an hour buys a stranger no more guesses.
     """
     OrmGateway(conversation.clinic, conversation.pk).holds_release()
-    kept = {k: v for k, v in (conversation.context or {}).items() if k in KEPT_ON_CLOSE}
     conversation.state = engine.State.CLOSED
     conversation.closed_at = now
-    conversation.context = kept
+    conversation.context = {}
     session_id = conversation.session_id
     transaction.on_commit(lambda: state.forget_session(session_id))
 

@@ -1118,36 +1118,6 @@ def patient_register(
     return patient
 
 
-def patient_link_whatsapp(
-    *, clinic: Clinic, patient: Patient, whatsapp_id: str, actor: Actor
-) -> Patient:
-    """Record the patient's WhatsApp number (after the bot verified the birth date)."""
-    _check_actor(actor)
-    _check_patient(clinic, patient)
-    whatsapp_id = _clean_whatsapp_id(whatsapp_id)
-    with transaction.atomic():
-        locked = Patient.objects.select_for_update().get(pk=patient.pk)
-        if locked.whatsapp_id == whatsapp_id:
-            patient.whatsapp_id = whatsapp_id
-            return patient
-        before = _patient_state(locked)
-        locked.whatsapp_id = whatsapp_id
-        locked.save(update_fields=["whatsapp_id"])
-        _audit(
-            clinic=clinic,
-            actor=actor,
-            action="patient.link_whatsapp",
-            object_type="patient",
-            object_id=patient.pk,
-            before=before,
-            after=_patient_state(locked),
-            at=timezone.now(),
-        )
-    patient.whatsapp_id = whatsapp_id
-    logger.info("patient %s linked to WhatsApp %s", patient.pk, _mask(whatsapp_id))
-    return patient
-
-
 # --- identity: failed checks, lock-outs, a patient's numbers ---------------------------------
 
 # Wrong birth dates before a lock-out: per patient (over every number and conversation) and
