@@ -17,7 +17,7 @@ COPY . .
 # Build-time steps need no database or secret: settings fall back to the embedded default.
 RUN python scripts/i18n.py compile \
     && python manage.py collectstatic --noinput \
-    && mkdir -p var \
+    && mkdir -p var/metrics \
     && chown -R sophia:sophia var
 
 USER sophia

@@ -5,7 +5,8 @@ Runs against its own database `sophia_bench` (dropped and recreated) on the Post
 DATABASE_URL points at (the Makefile's test server), so no other data is touched.
 
 Figures → bench/results/booking.json. Goals:
-- available_slots p95 ≤ 5 ms at page 1 and at page 100 (with and without a specialty filter);
+- available_slots p95 ≤ 5 ms at page 1 and at page 100 (with and without a specialty filter, with
+  a weekday/time-of-day window plus a patient's own appointments left out, and by doctor);
 - page 100 / page 1 p95 ≤ 1.3 (keyset pagination: deep pages cost what page 1 costs);
 - booking throughput / pgbench tpcb-like TPS ≥ 0.2, where booking throughput is successful
   bookings per second (committed booking transactions, like pgbench's committed transactions);
@@ -220,15 +221,25 @@ def explain(fn) -> list[str]:
 def measure_pages(clinic_id: int, specialty_id: int) -> dict:
     from django.db import connection
 
-    from clinics.models import Clinic, Specialty
-    from clinics.selectors import available_slots
+    from clinics.models import Clinic, Doctor, Patient, Specialty
+    from clinics.selectors import SlotWindow, available_slots
 
     clinic = Clinic.objects.get(pk=clinic_id)
     specialty = Specialty.objects.get(pk=specialty_id)
+    # What the bot asks for "el viernes en la tarde" (a patient's own appointments left out),
+    # and "con el Dr. …": the window and doctor filters must keep pages as fast.
+    afternoons = SlotWindow(weekdays=frozenset({4}), time_from=dt.time(12), time_to=dt.time(18))
+    patient = Patient.objects.filter(clinic=clinic).first()
+    doctor = Doctor.objects.filter(clinic=clinic, specialties=specialty).first()
     variants = {}
     for label, query in (
         ("all", {"clinic": clinic}),
         ("specialty", {"clinic": clinic, "specialty": specialty}),
+        (
+            "window",
+            {"clinic": clinic, "specialty": specialty, "window": afternoons, "patient": patient},
+        ),
+        ("doctor", {"clinic": clinic, "doctor": doctor, "patient": patient}),
     ):
         deep = cursor_at(DEEP_PAGE, **query)
         variants[f"page1_{label}"] = lambda q=query: available_slots(page_size=PAGE_SIZE, **q)
@@ -653,7 +664,7 @@ def verdict(pages: dict, booking: dict, pgbench: dict) -> dict:
                 "goal": f"<= {GOALS['page_p95_ms_max']}",
                 "pass": figures["p95_ms"] <= GOALS["page_p95_ms_max"],
             }
-    for label in ("all", "specialty"):
+    for label in ("all", "specialty", "window", "doctor"):
         ratio = lat[f"page{DEEP_PAGE}_{label}"]["p95_ms"] / lat[f"page1_{label}"]["p95_ms"]
         checks[f"page{DEEP_PAGE}_over_page1_{label}"] = {
             "value": round(ratio, 3),

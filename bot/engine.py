@@ -29,6 +29,15 @@ Keys in `Snapshot.data` (JSON):
     pending_symptoms symptoms written before identifying (or before saying whose they are)
     whose_options    patient ids offered in CHOOSING_PATIENT
     whose_chosen     the writer said whose appointment it is: don't ask again
+    want             what the patient asked for: {"from", "to": ISO local dates, "time_from",
+                     "time_to": "HH:MM", "weekdays", "part", "doctor_id", "doctor_name"}
+    pending_want     `want` of a rescheduling request while the appointment is being picked
+    shown_day        local ISO date of the first slot shown ("no puedo ese día")
+    recent           [[ISO time, text], …] the last few messages, read together for red flags
+    handoff_reason   why staff were asked to take over (asked_for_person, red_flag,
+                     identity_lockout, unsure); cleared by `resume_after_staff`
+    queue_noticed    the patient was told once that they are in the queue
+    offered_person   the bot said "no sé" and offered a person: "sí" accepts
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from bot.messages import (
     Inbound,
     PatientInfo,
     Reply,
+    SlotFilter,
     SlotInfo,
     SpecialtyInfo,
 )
@@ -77,6 +87,7 @@ class State(StrEnum):
     CHOOSING_PATIENT = "CHOOSING_PATIENT"  # one phone, several patients: whose appointment
     CHOOSING_SPECIALTY = "CHOOSING_SPECIALTY"  # triage unsure: patient picks from a list
     RESCHEDULING = "RESCHEDULING"  # picking which appointment to move
+    WAITING_FOR_STAFF = "WAITING_FOR_STAFF"  # handed to a person: only red flags are answered
 
 
 @dataclass
@@ -106,14 +117,28 @@ class StepResult:
     closed: bool = False
     llm_prompt_tokens: int = 0
     llm_completion_tokens: int = 0
+    handoff_reason: str = ""  # why staff should look (HandoffReason), "" when they needn't
+
+
+class HandoffReason(StrEnum):
+    """Why a conversation waits for staff: shown on the console's handoff card."""
+
+    ASKED_FOR_PERSON = "asked_for_person"
+    RED_FLAG = "red_flag"
+    IDENTITY_LOCKOUT = "identity_lockout"
+    RATE_LIMIT = "rate_limit"  # set by bot.processing, not by the engine
+    UNSURE = "unsure"
 
 
 # --- the machine ------------------------------------------------------------------------------
 
 PAGE_SIZE = 10
 LOOKAHEAD_PAGES = 5  # how many pages "el de las 10" searches, from the first
+# Data that survives the end of a flow (a booking, a cancellation, a goodbye).
+_IDENTITY_KEYS = ("recent", "handoff_reason", "queue_noticed")
+RECENT_WINDOW = dt.timedelta(minutes=15)  # messages read together for red flags
 # Ids of the rows and buttons the engine sends ("slot:42", "confirm:yes", …).
-_REPLY_PREFIXES = ("slot:", "spec:", "appt:", "confirm:", "cancel:", "who:")
+_REPLY_PREFIXES = ("slot:", "spec:", "appt:", "confirm:", "cancel:", "human:", "who:")
 _FAQ_INTENTS = (Intent.ADDRESS, Intent.HOURS, Intent.WHAT_TO_BRING, Intent.PHONE)
 
 
@@ -129,6 +154,21 @@ def _faq(intent: Intent, clinic: ClinicInfo) -> Reply:
 
 
 @dataclass
+class Request:
+    """What one message asked for: the new `want`, an exact time, and what to tell first."""
+
+    want: dict
+    at: nlu.TimeRequest | None = None
+    earliest: bool = False
+    changed: bool = False  # a day, a time of day or a doctor was asked for
+    notice: Reply | None = None  # "no encontré a la Dra. …", "¿con cuál?"
+
+
+_DATE_KEYS = ("from", "to", "weekdays")
+_TIME_KEYS = ("time_from", "time_to", "part")
+
+
+@dataclass
 class Turn:
     """One run of `step`: the snapshot being changed and everything the turn will answer."""
 
@@ -141,6 +181,9 @@ class Turn:
     closed: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    handoff_reason: str = ""
+    request: Request | None = None  # the day/time/doctor this message asked for
+    pending_want: dict | None = None  # a rescheduling's request, until the appointment is known
     _patient: PatientInfo | None = None
 
     @property
@@ -182,7 +225,16 @@ class Turn:
         return self._patient
 
     def result(self) -> StepResult:
+        reason = self.handoff_reason
+        if not reason and self.urgent:
+            reason = HandoffReason.RED_FLAG
+        elif not reason and self.needs_staff:
+            reason = HandoffReason.UNSURE
+        if reason:
+            # The first reason stays until staff hand the chat back (resume_after_staff).
+            reason = self.snap.data.setdefault("handoff_reason", str(reason))
         return StepResult(
+            handoff_reason=reason,
             replies=self.replies,
             snapshot=self.snap,
             needs_staff=self.needs_staff,
@@ -219,18 +271,62 @@ def step(snapshot: Snapshot, inbound: Inbound, ctx: Context) -> StepResult:
     if inbound.kind == "unsupported":
         turn.say(replies.unsupported())
         return turn.result()
-    # Red flags first, in every state: an emergency message, never a slot list first.
-    if inbound.kind == "text" and _red_flag(turn.text):
+    # Red flags first, in every state, judged over the last few messages together ("me duele
+    # el pecho" … "y se me duerme el brazo izquierdo"): an emergency message, never a list.
+    if inbound.kind == "text" and _red_flag(turn):
         turn.say(replies.emergency(turn.clinic))
         turn.urgent = True
+        turn.data.pop("recent", None)  # answered: the same signs must not fire again
         logger.info("conversation %s: red flag, urgent", ctx.conversation_id)
         return turn.result()
-    if not turn.reply_id and nlu.detect_intent(turn.text) == Intent.HUMAN:
-        turn.say(replies.human_requested())
-        turn.needs_staff = True
+    if turn.snap.state == State.WAITING_FOR_STAFF:
+        _on_waiting_for_staff(turn)
+        return turn.result()
+    if (
+        not turn.reply_id and nlu.detect_intent(turn.text) == Intent.HUMAN
+    ) or turn.reply_id == replies.HUMAN_YES:
+        _hand_off(turn, HandoffReason.ASKED_FOR_PERSON)
+        return turn.result()
+    if turn.data.pop("offered_person", False) and not turn.reply_id:
+        if nlu.is_yes(turn.text):
+            _hand_off(turn, HandoffReason.UNSURE)
+            return turn.result()
+        if nlu.is_no(turn.text) and len(normalize(turn.text).split()) <= 3:
+            turn.say(replies.person_declined())
+            return turn.result()
+    if turn.reply_id == replies.HUMAN_NO:
+        turn.say(replies.person_declined())
         return turn.result()
     HANDLERS[turn.snap.state](turn)
     return turn.result()
+
+
+def resume_after_staff(snapshot: Snapshot) -> Snapshot:
+    """The snapshot to store when staff hand a conversation back to the bot: the patient stays
+    identified (IDENTIFIED) or the bot starts over (START); the handoff is forgotten. (Failed
+    identity checks are kept by the gateway, not here.)"""
+    state = State.IDENTIFIED if snapshot.patient_id else State.START
+    return Snapshot(state=state, data={}, patient_id=snapshot.patient_id)
+
+
+def _hand_off(turn: Turn, reason: HandoffReason) -> None:
+    """A person takes it from here: the bot says so and steers no more (only red flags)."""
+    _release_hold(turn)
+    _reset_flow(turn)
+    turn.data["handoff_reason"] = str(reason)
+    turn.handoff_reason = reason
+    turn.needs_staff = True
+    turn.go(State.WAITING_FOR_STAFF)
+    turn.say(replies.human_requested())
+    logger.info("conversation %s: handed to staff (%s)", turn.ctx.conversation_id, reason)
+
+
+def _on_waiting_for_staff(turn: Turn) -> None:
+    """Nothing but one reminder that a person will write; red flags are answered before this."""
+    turn.needs_staff = True
+    if not turn.data.get("queue_noticed"):
+        turn.data["queue_noticed"] = True
+        turn.say(replies.queue_notice())
 
 
 def _state(value: object) -> State:
@@ -244,8 +340,22 @@ def _copy(data: dict) -> dict:
     return copy.deepcopy(data)
 
 
-def _red_flag(text: str) -> bool:
-    return bool(text.strip()) and triage.detect_red_flag(text) is not None
+def _red_flag(turn: Turn) -> bool:
+    """Remember this message among the recent ones, and judge them together."""
+    now = turn.ctx.now
+    recent = []
+    for item in turn.data.get("recent") or []:
+        try:
+            at, text = dt.datetime.fromisoformat(item[0]), str(item[1])
+        except (TypeError, ValueError, IndexError):
+            continue
+        if now - at <= RECENT_WINDOW:
+            recent.append([at.isoformat(), text])
+    if turn.text.strip():
+        recent.append([now.isoformat(), turn.text[:500]])
+    turn.data["recent"] = recent[-triage.RECENT_MESSAGES :]
+    texts = [text for _, text in turn.data["recent"]]
+    return bool(texts) and triage.detect_red_flag_in_messages(texts) is not None
 
 
 def _reply_value(turn: Turn, prefix: str) -> str | None:
@@ -264,7 +374,9 @@ def _int(value: str | None) -> int | None:
 
 def _reset_flow(turn: Turn) -> None:
     """Forget the current flow (slots, options, holds…) but not who the patient is."""
+    kept = {k: turn.data[k] for k in _IDENTITY_KEYS if k in turn.data}
     turn.data.clear()
+    turn.data.update(kept)
 
 
 def _release_hold(turn: Turn) -> None:
@@ -297,12 +409,16 @@ def _on_start(turn: Turn) -> None:
         return
     document = nlu.parse_document(turn.text)
     if document.document:
+        _keep_what_else_was_said(turn)
         _identify(turn, document.document)
         return
     if document.invalid:
         turn.say(replies.invalid_document())
         return
     intent = nlu.detect_intent(turn.text)
+    if _answer_faq(turn):
+        turn.say(replies.identify_first())
+        return
     if intent in _FAQ_INTENTS:
         turn.say(_faq(intent, turn.clinic))
         turn.say(replies.identify_first())
@@ -318,6 +434,19 @@ def _on_start(turn: Turn) -> None:
         turn.data["pending_symptoms"] = turn.text.strip()[:500]
     known = turn.gateway.patient_by_whatsapp(turn.ctx.wa_id)
     turn.say(replies.greeting(turn.clinic, nlu.first_names(known.full_name) if known else ""))
+
+
+def _keep_what_else_was_said(turn: Turn) -> None:
+    """ "1020304050 me duele una muela": the symptoms (or the request) wait for the identity
+    check, so a returning patient needs no second message for them."""
+    rest = nlu.without_document(turn.text)
+    if not rest:
+        return
+    intent = nlu.detect_intent(rest)
+    if intent in (Intent.CANCEL, Intent.RESCHEDULE, Intent.MY_APPOINTMENTS):
+        turn.data["pending"] = intent.value
+    elif intent not in (Intent.GREETING, Intent.GOODBYE, Intent.MENU) and len(rest.split()) >= 2:
+        turn.data["pending_symptoms"] = rest[:500]
 
 
 def _identify(turn: Turn, document: str) -> None:
@@ -359,9 +488,21 @@ def _identified(turn: Turn, patient: PatientInfo, greeting: Reply) -> None:
     elif pending == Intent.MY_APPOINTMENTS:
         _list_appointments(turn)
     elif symptoms:
-        if not _triage(
-            turn, symptoms, expecting_symptoms=True, quiet_if_unsure=True, ask_whose=not chosen
-        ):
+        # "1020304050, me duele una muela, ¿tienen el viernes con la dra Rojas?"
+        turn.request = _read_request(turn, symptoms, base=None)
+        turn.data["want"] = turn.request.want
+        if turn.request.notice is not None:
+            turn.say(turn.request.notice)
+        handled = (turn.request.want.get("doctor_id") and _book_with_doctor(turn, symptoms)) or (
+            _triage(
+                turn,
+                symptoms,
+                expecting_symptoms=True,
+                quiet_if_unsure=True,
+                ask_whose=not chosen,
+            )
+        )
+        if not handled:
             turn.say(replies.booking_for(name) if chosen else greeting)
         elif chosen and name:
             turn.replies.insert(0, replies.booking_for(name))
@@ -377,6 +518,7 @@ def _lock_out(turn: Turn) -> None:
     turn.snap.patient_id = None
     turn.go(State.LOCKED_OUT)
     turn.needs_staff = True
+    turn.handoff_reason = HandoffReason.IDENTITY_LOCKOUT
     turn.say(replies.identity_failed())
     logger.warning(
         "conversation %s: number locked out of identity checks", turn.ctx.conversation_id
@@ -399,7 +541,7 @@ def _on_verifying(turn: Turn) -> None:
         turn.say(replies.birth_date_first())  # nothing is shown or done before verification
         return
     if parsed.date is None:
-        turn.say(replies.date_problem(parsed.problem or ""))
+        turn.say(_date_problem(parsed))
         return
     wa_id = turn.ctx.wa_id
     patient_id = verify.get("patient_id")
@@ -448,6 +590,12 @@ def _not_confirmed(turn: Turn) -> None:
     turn.say(replies.identity_not_confirmed())
 
 
+def _date_problem(parsed: nlu.DateParse) -> Reply:
+    if parsed.problem == nlu.DateProblem.AMBIGUOUS and parsed.candidates:
+        return replies.birth_date_ambiguous(parsed.candidates)
+    return replies.date_problem(parsed.problem or "")
+
+
 def _on_locked_out(turn: Turn) -> None:
     document = nlu.parse_document(turn.text)
     if document.document:
@@ -469,6 +617,12 @@ def _on_registering_name(turn: Turn) -> None:
         _identify(turn, document.document)
         return
     name = nlu.parse_full_name(turn.text)
+    if name is None and nlu.looks_like_symptoms(turn.text):
+        # "me duele el oído y me zumba" is what brings them, not their name: keep it for the
+        # booking and ask the name again.
+        turn.data["pending_symptoms"] = turn.text.strip()[:500]
+        turn.say(replies.symptoms_kept_ask_name())
+        return
     if name is None:
         turn.say(replies.register_bad_name())
         return
@@ -601,10 +755,18 @@ def _on_idle(turn: Turn, *, expecting_symptoms: bool) -> None:
         _identify(turn, document.document)
         return
     intent = nlu.detect_intent(turn.text)
+    if intent not in (Intent.CANCEL, Intent.RESCHEDULE) and _answer_faq(turn):
+        return
     if _global_intent(turn, intent):
         return
     if intent == Intent.GREETING:
         turn.say(replies.identified(nlu.first_names(patient.full_name)))
+        return
+    turn.request = _read_request(turn, turn.text, base=None)
+    turn.data["want"] = turn.request.want
+    if turn.request.notice is not None:
+        turn.say(turn.request.notice)
+    if turn.request.want.get("doctor_id") and _book_with_doctor(turn, turn.text):
         return
     if intent == Intent.MENU:
         turn.say(replies.menu())
@@ -617,6 +779,21 @@ def _on_idle(turn: Turn, *, expecting_symptoms: bool) -> None:
         ):
             turn.go(State.IDENTIFIED)
             turn.say(replies.ask_symptoms())
+        return
+    if turn.request.changed and not nlu.looks_like_symptoms(turn.text):
+        # "el viernes en la tarde" before any symptoms: remember it, ask what brings them.
+        if not _triage(
+            turn, turn.text, expecting_symptoms=False, quiet_if_unsure=True, use_llm=False
+        ):
+            turn.go(State.IDENTIFIED)
+            turn.say(replies.ask_symptoms())
+        return
+    if nlu.is_question(turn.text) and not turn.request.changed:
+        # A question the FAQ doesn't cover: symptoms ("¿es normal que me duela…?") still go to
+        # triage, anything else gets an honest answer, never the menu.
+        if _triage(turn, turn.text, expecting_symptoms=False, quiet_if_unsure=True, use_llm=False):
+            return
+        _free_answer(turn)
         return
     if expecting_symptoms:
         _triage(turn, turn.text, expecting_symptoms=True)
@@ -649,6 +826,10 @@ def _global_intent(turn: Turn, intent: Intent | None) -> bool:
             _list_appointments(turn)
         else:
             _release_hold(turn)
+            if intent == Intent.RESCHEDULE:
+                # "quiero cambiar la cita para el viernes en la tarde"
+                request = _read_request(turn, turn.text, base=None)
+                turn.pending_want = request.want if request.changed else None
             _start_pick_appointment(turn, to_cancel=intent == Intent.CANCEL)
         return True
     return False
@@ -666,19 +847,43 @@ def _is_free_text(text: str) -> bool:
 
 
 def _free_answer(turn: Turn) -> None:
-    """A question the rules can't place: the LLM grounded in clinic data, else the menu."""
+    """A message the rules can't place. A question: the LLM may answer from the clinic's data
+    and FAQ answers only; without it, an honest "no sé" and a person offered. Else the menu."""
     llm = turn.ctx.llm
     if llm is not None and not turn.reply_id and _is_free_text(turn.text):
         try:
-            answer = llm.answer(turn.text, turn.clinic, _specialties(turn))
-        except Exception:  # the LLM is optional: any failure falls back to the menu
+            answer = llm.answer(
+                turn.text, turn.clinic, _specialties(turn), turn.gateway.faq_entries()
+            )
+        except Exception:  # the LLM is optional: any failure falls back to the rules' answer
             logger.exception("conversation %s: llm answer failed", turn.ctx.conversation_id)
             answer = None
         text = _answer_text(turn, answer)
         if text:
             turn.say(replies.text(text))
             return
+    if nlu.is_question(turn.text):
+        turn.data["offered_person"] = True
+        turn.say(replies.unknown_question())
+        return
     turn.say(replies.menu())
+
+
+def _answer_faq(turn: Turn) -> bool:
+    """A question about the clinic answered from its FAQ entries (what its admins wrote)."""
+    if turn.reply_id or not turn.text.strip():
+        return False
+    entries = turn.gateway.faq_entries()
+    if not entries:
+        return False
+    found = nlu.match_faq(
+        turn.text, [nlu.FaqCandidate(e.id, e.question, e.keywords) for e in entries]
+    )
+    entry = next((e for e in entries if e.id == found), None)
+    if entry is None:
+        return False
+    turn.say(replies.text(entry.answer))
+    return True
 
 
 def _answer_text(turn: Turn, answer: object) -> str:
@@ -732,8 +937,12 @@ def _triage(
             return True
         turn.data["symptoms"] = text.strip()[:500]
         turn.data.pop("reschedule_id", None)
+        doctor_id = (turn.data.get("want") or {}).get("doctor_id")
+        if doctor_id and specialty.id not in _doctor_specialty_ids(turn, doctor_id):
+            turn.data["want"].pop("doctor_id", None)  # that doctor doesn't see these symptoms
+            turn.data["want"].pop("doctor_name", None)
         turn.go(State.TRIAGED)
-        _show_page(turn, specialty, page=1, intro=replies.triaged_intro(specialty.name))
+        _apply_request(turn, specialty, intro=replies.triaged_intro(specialty.name))
         return True
     if quiet_if_unsure and not expecting_symptoms:
         return False
@@ -783,7 +992,8 @@ def _choose_specialty(turn: Turn, slug: str) -> None:
 
 
 def _show_page(turn: Turn, specialty: SpecialtyInfo, *, page: int, intro: str = "") -> None:
-    """Fetch and show slot page `page` of `specialty` (keyset cursor kept per page)."""
+    """Fetch and show slot page `page` of `specialty` (keyset cursor kept per page), within
+    what the patient asked for (`want`) and saying so."""
     cursors: list[str | None] = list(turn.data.get("cursors") or [None])
     if turn.data.get("specialty") != specialty.slug:
         cursors, page = [None], 1
@@ -794,6 +1004,13 @@ def _show_page(turn: Turn, specialty: SpecialtyInfo, *, page: int, intro: str = 
         cursors, page = [None], 1
         slot_page = _slot_page(turn, specialty, None)
     turn.data["specialty"] = specialty.slug
+    want = turn.data.get("want") or {}
+    if not slot_page.slots and page == 1 and _narrowed(want):
+        # Nothing then: say so, and offer the nearest times instead of a dead end.
+        turn.say(replies.nothing_in_request(want, turn.clinic))
+        turn.data["want"] = {}
+        _show_page(turn, specialty, page=1, intro=intro)
+        return
     if not slot_page.slots:
         if page > 1:
             # The later page emptied meanwhile: go back to the first one.
@@ -818,7 +1035,10 @@ def _show_page(turn: Turn, specialty: SpecialtyInfo, *, page: int, intro: str = 
         has_more=slot_page.has_more,
         shown=[slot.id for slot in slot_page.slots],
         shown_times=[f"{s.start_at.astimezone(tz):%H:%M}" for s in slot_page.slots],
+        shown_day=slot_page.slots[0].start_at.astimezone(tz).date().isoformat(),
     )
+    if page == 1 and (said := replies.request_intro(want, turn.clinic)):
+        intro = f"{intro} {said}".strip()
     turn.go(State.CHOOSING_SLOT)
     turn.say(
         replies.slot_list(
@@ -834,8 +1054,180 @@ def _show_page(turn: Turn, specialty: SpecialtyInfo, *, page: int, intro: str = 
 
 def _slot_page(turn: Turn, specialty: SpecialtyInfo, cursor: str | None):
     return turn.gateway.slot_page(
-        specialty_id=specialty.id, cursor=cursor, page_size=PAGE_SIZE, now=turn.ctx.now
+        specialty_id=specialty.id,
+        cursor=cursor,
+        page_size=PAGE_SIZE,
+        now=turn.ctx.now,
+        only=_filter(turn),
     )
+
+
+# --- what the patient asks for: a day, a time of day, a doctor ----------------------------------
+
+
+def _narrowed(want: dict) -> bool:
+    return any(want.get(k) for k in (*_DATE_KEYS, *_TIME_KEYS, "doctor_id"))
+
+
+def _filter(turn: Turn) -> SlotFilter:
+    """`want` as the gateway's filter; the patient's own appointments are always left out."""
+    want = turn.data.get("want") or {}
+    tz = turn.clinic.tz
+    patient = turn.patient()
+
+    def day_start(key: str, plus: int = 0) -> dt.datetime | None:
+        try:
+            day = dt.date.fromisoformat(want[key]) + dt.timedelta(days=plus)
+        except (KeyError, TypeError, ValueError):
+            return None
+        return dt.datetime.combine(day, dt.time.min, tzinfo=tz)
+
+    def clock(key: str) -> dt.time | None:
+        try:
+            return dt.time.fromisoformat(want[key])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    weekdays = want.get("weekdays")
+    doctor_id = want.get("doctor_id")
+    return SlotFilter(
+        start=day_start("from"),
+        end=day_start("to", plus=1),
+        time_from=clock("time_from"),
+        time_to=clock("time_to"),
+        weekdays=tuple(int(d) for d in weekdays) if isinstance(weekdays, list) else None,
+        doctor_id=doctor_id if isinstance(doctor_id, int) else None,
+        patient_id=patient.id if patient else None,
+    )
+
+
+def _read_request(turn: Turn, text: str, *, base: dict | None) -> Request:
+    """The day, time of day and doctor `text` asks for, over what was asked before (`base`)."""
+    want = dict(base or {})
+    when = nlu.parse_when(text, turn.today)
+    changed = False
+    if when.not_that_day and (day := _shown_day(turn)):
+        for key in _DATE_KEYS:
+            want.pop(key, None)
+        want["from"] = (day + dt.timedelta(days=1)).isoformat()
+        changed = True
+    if when.date_from or when.weekdays:
+        for key in _DATE_KEYS:
+            want.pop(key, None)
+        if when.date_from:
+            want["from"] = when.date_from.isoformat()
+            want["to"] = (when.date_to or when.date_from).isoformat()
+        if when.weekdays:
+            want["weekdays"] = sorted(when.weekdays)
+        changed = True
+    if when.time_from or when.time_to:
+        for key in _TIME_KEYS:
+            want.pop(key, None)
+        if when.time_from:
+            want["time_from"] = when.time_from.strftime("%H:%M")
+        if when.time_to:
+            want["time_to"] = when.time_to.strftime("%H:%M")
+        if when.part_of_day:
+            want["part"] = str(when.part_of_day)
+        changed = True
+    if when.earliest:
+        for key in (*_DATE_KEYS, *_TIME_KEYS):
+            want.pop(key, None)
+        changed = True
+    want.pop("earliest", None)
+    if when.earliest:
+        want["earliest"] = True
+    notice = None
+    if nlu.mentions_doctor(text):
+        doctors = turn.gateway.doctors()
+        asked = nlu.match_doctor(text, {d.id: d.full_name for d in doctors})
+        found = None
+        if asked.previous:
+            patient = turn.patient()
+            found = (
+                turn.gateway.last_doctor(patient_id=patient.id, now=turn.ctx.now)
+                if patient
+                else None
+            )
+            if found is None:
+                notice = replies.no_previous_doctor()
+        elif asked.doctor_id is not None:
+            found = next((d for d in doctors if d.id == asked.doctor_id), None)
+        elif asked.candidates:
+            names = [d.full_name for d in doctors if d.id in asked.candidates]
+            notice = replies.doctor_ambiguous(names)
+        elif asked.titled and asked.said:
+            notice = replies.doctor_not_found(asked.said)
+        if found is not None:
+            want["doctor_id"], want["doctor_name"] = found.id, found.full_name
+            changed = True
+        elif asked != nlu.DoctorRequest():
+            want.pop("doctor_id", None)
+            want.pop("doctor_name", None)
+    return Request(want=want, at=when.at, earliest=when.earliest, changed=changed, notice=notice)
+
+
+def _shown_day(turn: Turn) -> dt.date | None:
+    """The day "ese día" means: the one asked for, else the first one shown."""
+    want = turn.data.get("want") or {}
+    for value in (
+        want.get("from") if want.get("from") == want.get("to") else None,
+        turn.data.get("shown_day"),
+    ):
+        try:
+            return dt.date.fromisoformat(value) if value else None
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _doctor_specialty_ids(turn: Turn, doctor_id: int) -> tuple[int, ...]:
+    doctor = next((d for d in turn.gateway.doctors() if d.id == doctor_id), None)
+    return doctor.specialty_ids if doctor else ()
+
+
+def _book_with_doctor(turn: Turn, text: str) -> bool:
+    """ "con la dra Rojas (el viernes)": that doctor's times, in the specialty the symptoms
+    point to when she has it, else her first. True when it answered."""
+    want = turn.data.get("want") or {}
+    own = _doctor_specialty_ids(turn, want["doctor_id"])
+    specialties = [s for s in _specialties(turn) if s.id in own]
+    if not specialties:
+        return False
+    result = triage.classify(text, specialties)
+    if result.red_flag:
+        turn.say(replies.emergency(turn.clinic))
+        turn.urgent = True
+        return True
+    specialty = next((s for s in specialties if s.slug == result.specialty), specialties[0])
+    if nlu.looks_like_symptoms(text):
+        turn.data["symptoms"] = text.strip()[:500]
+    turn.data.pop("reschedule_id", None)
+    _apply_request(turn, specialty)
+    return True
+
+
+def _apply_request(turn: Turn, specialty: SpecialtyInfo, *, intro: str = "") -> None:
+    """Show `specialty`'s times within `want` from the first page — or, for "a las 3" with a
+    day or doctor, or "la más temprana" while choosing, hold that very slot."""
+    request = turn.request
+    for key in ("cursors", "page"):
+        turn.data.pop(key, None)
+    if turn.data.get("specialty") != specialty.slug:
+        turn.data["specialty"] = specialty.slug
+    choosing = turn.snap.state in (State.CHOOSING_SLOT, State.CONFIRMING)
+    if request is not None and request.earliest and choosing:
+        page = _slot_page(turn, specialty, None)
+        if page.slots:
+            _hold(turn, page.slots[0].id)
+            return
+    if request is not None and request.at is not None:
+        slot_id = _slot_at_time(turn, request.at, specialty=specialty, strict=True)
+        if slot_id is not None:
+            _hold(turn, slot_id)
+            return
+        turn.say(replies.time_not_found())
+    _show_page(turn, specialty, page=1, intro=intro)
 
 
 def _current_specialty(turn: Turn) -> SpecialtyInfo | None:
@@ -876,10 +1268,17 @@ def _picked_slot(turn: Turn) -> int | None:
     return None
 
 
-def _slot_at_time(turn: Turn, request: nlu.TimeRequest) -> int | None:
+def _slot_at_time(
+    turn: Turn,
+    request: nlu.TimeRequest,
+    *,
+    specialty: SpecialtyInfo | None = None,
+    strict: bool = False,
+) -> int | None:
     """For "el de las 10" when 10:00 isn't on the page shown: the first slot at that time from
-    page 1 on, a few pages deep; failing that exact time, the first one within that hour."""
-    specialty = _current_specialty(turn)
+    page 1 on (within what was asked: that day, that doctor), a few pages deep; failing that
+    exact time and unless `strict`, the first one within that hour."""
+    specialty = specialty or _current_specialty(turn)
     if specialty is None:
         return None
     tz = turn.clinic.tz
@@ -899,7 +1298,7 @@ def _slot_at_time(turn: Turn, request: nlu.TimeRequest) -> int | None:
         if not slot_page.has_more:
             break
         cursor = slot_page.next_cursor
-    for slots, times in pages:
+    for slots, times in pages if not strict else ():
         index = nlu.match_time(request, times)
         if index is not None:
             return slots[index].id
@@ -919,6 +1318,8 @@ def _on_choosing_slot(turn: Turn) -> None:
         _reset_flow(turn)
         turn.go(State.START)
         _on_start(turn)
+        return
+    if _changed_request(turn):
         return
     slot_id = _picked_slot(turn)
     if slot_id is not None:
@@ -951,19 +1352,56 @@ def _on_choosing_slot(turn: Turn) -> None:
             turn.say(replies.no_more_pages())
         return
     intent = nlu.detect_intent(turn.text)
+    if intent not in (Intent.CANCEL, Intent.RESCHEDULE) and _answer_faq(turn):
+        return
     if _global_intent(turn, intent):
         return
     if intent == Intent.MENU:
         turn.say(replies.menu())
         return
-    # New symptoms or another specialty named ("mejor odontología")? Rules only: no LLM here.
-    if (
-        intent is None
-        and not turn.data.get("reschedule_id")
-        and _triage(turn, turn.text, expecting_symptoms=False, quiet_if_unsure=True, use_llm=False)
-    ):
+    if _restart_triage(turn, intent):
         return
     turn.say(replies.choose_slot_help(len(turn.data.get("shown") or []) or PAGE_SIZE))
+
+
+def _changed_request(turn: Turn) -> bool:
+    """ "el viernes en la tarde", "con la dra Rojas", "no puedo ese día", "la más temprana"
+    while choosing or confirming: the list starts again from there. True when handled."""
+    if turn.reply_id:
+        return False
+    specialty = _current_specialty(turn)
+    if specialty is None:
+        return False
+    turn.request = _read_request(turn, turn.text, base=turn.data.get("want"))
+    if not turn.request.changed:
+        if turn.request.notice is not None:
+            turn.say(turn.request.notice)
+        turn.request = None
+        return False
+    _release_hold(turn)
+    if turn.request.notice is not None:
+        turn.say(turn.request.notice)
+    turn.data["want"] = turn.request.want
+    doctor_id = turn.request.want.get("doctor_id")
+    if doctor_id and specialty.id not in (own := _doctor_specialty_ids(turn, doctor_id)):
+        specialty = next((s for s in _specialties(turn) if s.id in own), specialty)
+    _apply_request(turn, specialty)
+    return True
+
+
+def _restart_triage(turn: Turn, intent: Intent | None) -> bool:
+    """New symptoms or another specialty named ("mejor odontología") while choosing: triage
+    again, from the start (rules only: no LLM here). True when handled."""
+    if intent is not None or turn.data.get("reschedule_id") or turn.reply_id:
+        return False
+    before = turn.data.get("specialty")
+    want = turn.data.pop("want", None)
+    if _triage(turn, turn.text, expecting_symptoms=False, quiet_if_unsure=True, use_llm=False):
+        return True
+    if want is not None:
+        turn.data["want"] = want
+    turn.data["specialty"] = before
+    return False
 
 
 def _hold(turn: Turn, slot_id: int) -> None:
@@ -1006,6 +1444,8 @@ def _on_confirming(turn: Turn) -> None:
     if turn.reply_id == replies.CONFIRM_CANCEL:
         _drop_booking(turn, rescheduling)
         return
+    if _changed_request(turn):
+        return
     picked = _picked_slot(turn)
     if picked is not None and picked != slot.id:
         _hold(turn, picked)  # "mejor la 4": the new hold replaces the old one
@@ -1030,8 +1470,17 @@ def _on_confirming(turn: Turn) -> None:
     if intent == Intent.CANCEL and "cita" not in normalize(turn.text).split():
         _drop_booking(turn, rescheduling)  # the typed twin of the "Cancelar" button
         return
+    if intent not in (Intent.CANCEL, Intent.RESCHEDULE) and _answer_faq(turn):
+        return
     if _global_intent(turn, intent):
         return
+    if intent is None and not rescheduling and not turn.reply_id:
+        held = turn.data.get("held_slot")
+        if _restart_triage(turn, intent):
+            if held is not None and turn.data.get("held_slot") == held:
+                turn.data.pop("held_slot")
+                turn.gateway.slot_release(slot_id=held)
+            return
     turn.say(_confirm_reply(turn, slot, help_first=True))
 
 
@@ -1103,8 +1552,11 @@ def _start_pick_appointment(turn: Turn, *, to_cancel: bool) -> None:
         return
     _reset_flow(turn)
     turn.data["options"] = [a.id for a in appointments[: replies.MAX_ROWS]]
-    if len(appointments) == 1:
-        _picked_appointment(turn, appointments[0], to_cancel=to_cancel)
+    if turn.pending_want:
+        turn.data["pending_want"] = turn.pending_want
+    named = _named_appointment(turn, appointments, by_date=to_cancel)
+    if len(appointments) == 1 or named is not None:
+        _picked_appointment(turn, named or appointments[0], to_cancel=to_cancel)
         return
     turn.go(State.CANCELLING if to_cancel else State.RESCHEDULING)
     turn.say(replies.pick_appointment(appointments, turn.clinic, to_cancel=to_cancel))
@@ -1122,11 +1574,14 @@ def _picked_appointment(turn: Turn, appointment: AppointmentInfo, *, to_cancel: 
         turn.say(replies.cancel_failed())
         turn.needs_staff = True
         return
+    want = turn.pending_want or turn.data.get("pending_want")
     _reset_flow(turn)
     if appointment.patient_id is not None:
         turn.snap.patient_id = appointment.patient_id  # moving a child's: booked for the child
     turn.data["reschedule_id"] = appointment.id
     turn.data["specialty"] = specialty.slug
+    if isinstance(want, dict):
+        turn.data["want"] = want  # "… para el viernes en la tarde": the list starts there
     _show_page(turn, specialty, page=1, intro=replies.reschedule_intro(appointment, turn.clinic))
 
 
@@ -1145,7 +1600,45 @@ def _option_picked(turn: Turn, appointments: list[AppointmentInfo]) -> Appointme
         for a in offered
     ]
     index = nlu.parse_choice(turn.text, times)
-    return offered[index] if index is not None else None
+    if index is not None:
+        return offered[index]
+    return _named_appointment(turn, offered)
+
+
+# Words that point to a child's appointment: "la del niño" is the paediatrics one.
+_CHILD_WORDS = {"nino", "nina", "niño", "niña", "hijo", "hija", "bebe", "nene", "nena", "pequeño"}
+
+
+def _named_appointment(
+    turn: Turn, appointments: list[AppointmentInfo], *, by_date: bool = True
+) -> AppointmentInfo | None:
+    """ "cancela la de pediatría", "la del niño", "la de la dra Rojas", "la del viernes": the one
+    appointment the words point to, else None."""
+    if turn.reply_id or len(appointments) < 2:
+        return None
+    words = set(normalize(turn.text).split())
+    tz = turn.clinic.tz
+    when = nlu.parse_when(turn.text, turn.today)
+
+    def points_to(appointment: AppointmentInfo) -> bool:
+        specialty = appointment.specialty
+        stem = nlu.specialty_stem(specialty.name) if specialty else ""
+        if stem and len(stem) >= 5 and any(w.startswith(stem) for w in words):
+            return True
+        if specialty and specialty.slug == triage.PEDIATRICS and words & _CHILD_WORDS:
+            return True
+        doctor_words = {w for w in normalize(appointment.doctor_name).split() if len(w) > 3}
+        if doctor_words & words:
+            return True
+        day = appointment.start_at.astimezone(tz).date()
+        return (
+            by_date
+            and when.date_from is not None
+            and when.date_from <= day <= (when.date_to or day)
+        )
+
+    matching = [a for a in appointments if points_to(a)]
+    return matching[0] if len(matching) == 1 else None
 
 
 def _on_cancelling(turn: Turn) -> None:

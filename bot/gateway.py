@@ -18,7 +18,10 @@ from django.utils import timezone
 from bot.messages import (
     AppointmentInfo,
     ClinicInfo,
+    DoctorInfo,
+    FaqInfo,
     PatientInfo,
+    SlotFilter,
     SlotInfo,
     SlotPage,
     SpecialtyInfo,
@@ -26,8 +29,11 @@ from bot.messages import (
 from clinics import selectors, services
 from clinics.models import (
     Appointment,
+    AppointmentStatus,
     AuditEvent,
     Clinic,
+    Doctor,
+    FaqEntry,
     Patient,
     PatientPhone,
     Slot,
@@ -88,9 +94,28 @@ class Gateway(Protocol):
 
     def specialty(self, slug: str) -> SpecialtyInfo | None: ...
     def slot_page(
-        self, *, specialty_id: int, cursor: str | None, page_size: int, now: dt.datetime
+        self,
+        *,
+        specialty_id: int,
+        cursor: str | None,
+        page_size: int,
+        now: dt.datetime,
+        only: SlotFilter | None = None,
     ) -> SlotPage:
-        """One keyset page of bookable slots; InvalidInput("invalid_cursor") for a stale one."""
+        """One keyset page of bookable slots, never inside a blocked period nor overlapping the
+        filter's patient's appointments; InvalidInput("invalid_cursor") for a stale cursor."""
+        ...
+
+    def doctors(self) -> list[DoctorInfo]:
+        """The clinic's active doctors, by name."""
+        ...
+
+    def last_doctor(self, *, patient_id: int, now: dt.datetime) -> DoctorInfo | None:
+        """The doctor of the patient's latest appointment before `now` ("el de la otra vez")."""
+        ...
+
+    def faq_entries(self) -> list[FaqInfo]:
+        """The clinic's active FAQ entries, in their order."""
         ...
 
     def slot(self, slot_id: int) -> SlotInfo | None: ...
@@ -158,7 +183,12 @@ def patient_info(patient: Patient) -> PatientInfo:
 
 
 def slot_info(slot: Slot) -> SlotInfo:
-    return SlotInfo(id=slot.pk, start_at=slot.start_at, doctor_name=slot.doctor.full_name)
+    return SlotInfo(
+        id=slot.pk,
+        start_at=slot.start_at,
+        doctor_name=slot.doctor.full_name,
+        doctor_id=slot.doctor_id,
+    )
 
 
 def appointment_info(appointment: Appointment, *, with_patient: bool = False) -> AppointmentInfo:
@@ -281,19 +311,75 @@ class OrmGateway:
         return specialty_info(found) if found else None
 
     def slot_page(
-        self, *, specialty_id: int, cursor: str | None, page_size: int, now: dt.datetime
+        self,
+        *,
+        specialty_id: int,
+        cursor: str | None,
+        page_size: int,
+        now: dt.datetime,
+        only: SlotFilter | None = None,
     ) -> SlotPage:
         specialty = next((s for s in self._specialty_rows() if s.pk == specialty_id), None)
         if specialty is None:
             return SlotPage(slots=(), next_cursor=None, has_more=False)
+        only = only or SlotFilter()
+        doctor = (
+            Doctor.objects.filter(pk=only.doctor_id, clinic=self._clinic).first()
+            if only.doctor_id
+            else None
+        )
+        if only.doctor_id and doctor is None:
+            return SlotPage(slots=(), next_cursor=None, has_more=False)
         page = selectors.available_slots(
-            clinic=self._clinic, specialty=specialty, cursor=cursor, page_size=page_size, now=now
+            clinic=self._clinic,
+            specialty=specialty,
+            doctor=doctor,
+            cursor=cursor,
+            page_size=page_size,
+            now=now,
+            window=selectors.SlotWindow(
+                start=only.start,
+                end=only.end,
+                time_from=only.time_from,
+                time_to=only.time_to,
+                weekdays=frozenset(only.weekdays) if only.weekdays is not None else None,
+            ),
+            patient=self._patient(only.patient_id),
         )
         return SlotPage(
             slots=tuple(slot_info(s) for s in page.slots),
             next_cursor=page.next_cursor,
             has_more=page.has_more,
         )
+
+    def doctors(self) -> list[DoctorInfo]:
+        rows = Doctor.objects.filter(clinic=self._clinic, active=True).prefetch_related(
+            "specialties"
+        )
+        return [
+            DoctorInfo(d.pk, d.full_name, tuple(s.pk for s in d.specialties.all())) for d in rows
+        ]
+
+    def last_doctor(self, *, patient_id: int, now: dt.datetime) -> DoctorInfo | None:
+        latest = (
+            Appointment.objects.filter(clinic=self._clinic, patient_id=patient_id, start_at__lt=now)
+            .exclude(status=AppointmentStatus.CANCELLED)
+            .select_related("doctor")
+            .order_by("-start_at")
+            .first()
+        )
+        if latest is None:
+            return None
+        doctor = latest.doctor
+        return DoctorInfo(
+            doctor.pk, doctor.full_name, tuple(doctor.specialties.values_list("pk", flat=True))
+        )
+
+    def faq_entries(self) -> list[FaqInfo]:
+        return [
+            FaqInfo(e.pk, e.question, tuple(e.keyword_list()), e.answer)
+            for e in FaqEntry.objects.filter(clinic=self._clinic, active=True)
+        ]
 
     def slot(self, slot_id: int) -> SlotInfo | None:
         slot = Slot.objects.select_related("doctor").filter(pk=slot_id, clinic=self._clinic).first()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -18,8 +19,10 @@ from typing import TYPE_CHECKING
 import openai
 from django.conf import settings
 
+from sophia_web import metrics
+
 if TYPE_CHECKING:
-    from bot.messages import ClinicInfo, SpecialtyInfo
+    from bot.messages import ClinicInfo, FaqInfo, SpecialtyInfo
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +70,22 @@ class LLMHelper:
             api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
         )
 
+    def _complete(self, purpose: str, **request):
+        """One chat completion, counted and timed for /metrics (calls, errors, tokens)."""
+        metrics.LLM_CALLS.labels(purpose=purpose).inc()
+        started = time.perf_counter()
+        try:
+            response = self.client.chat.completions.create(**request)
+        except openai.OpenAIError:
+            metrics.LLM_ERRORS.labels(purpose=purpose).inc()
+            raise
+        finally:
+            metrics.LLM_LATENCY.labels(purpose=purpose).observe(time.perf_counter() - started)
+        prompt, completion = _usage(response)
+        metrics.LLM_TOKENS.labels(kind="prompt").inc(prompt)
+        metrics.LLM_TOKENS.labels(kind="completion").inc(completion)
+        return response
+
     def classify(
         self, text: str, specialties: Sequence[SpecialtyInfo]
     ) -> tuple[str | None, float, Usage] | None:
@@ -85,7 +104,8 @@ class LLMHelper:
             "additionalProperties": False,
         }
         try:
-            response = self.client.chat.completions.create(
+            response = self._complete(
+                "classify",
                 model=self.model,
                 messages=[
                     {"role": "system", "content": f"{_CLASSIFY_SYSTEM}\nOpciones:\n{options}"},
@@ -116,12 +136,20 @@ class LLMHelper:
         return slug, max(0.0, min(1.0, confidence)), usage
 
     def answer(
-        self, question: str, clinic: ClinicInfo, specialties: Sequence[SpecialtyInfo]
+        self,
+        question: str,
+        clinic: ClinicInfo,
+        specialties: Sequence[SpecialtyInfo],
+        faq: Sequence[FaqInfo] = (),
     ) -> tuple[str, Usage] | None:
-        """A short Spanish reply grounded only in the clinic's data; None on error or bad output."""
-        system = _ANSWER_SYSTEM.format(name=clinic.name, facts=clinic_facts(clinic, specialties))
+        """A short Spanish reply grounded only in the clinic's data and its FAQ answers (what
+        its admins wrote); None on error or bad output."""
+        system = _ANSWER_SYSTEM.format(
+            name=clinic.name, facts=clinic_facts(clinic, specialties, faq)
+        )
         try:
-            response = self.client.chat.completions.create(
+            response = self._complete(
+                "answer",
                 model=self.model,
                 messages=[
                     {"role": "system", "content": system},
@@ -147,8 +175,10 @@ class LLMHelper:
         return reply[:MAX_ANSWER_CHARS], usage
 
 
-def clinic_facts(clinic: ClinicInfo, specialties: Sequence[SpecialtyInfo]) -> str:
-    """The only things the helper may say about a clinic."""
+def clinic_facts(
+    clinic: ClinicInfo, specialties: Sequence[SpecialtyInfo], faq: Sequence[FaqInfo] = ()
+) -> str:
+    """The only things the helper may say about a clinic: its data and its FAQ answers."""
     facts = [
         ("Nombre", clinic.name),
         ("Dirección", clinic.address),
@@ -157,6 +187,7 @@ def clinic_facts(clinic: ClinicInfo, specialties: Sequence[SpecialtyInfo]) -> st
         ("Especialidades", ", ".join(s.name for s in specialties) or "—"),
         ("Línea de emergencias", clinic.emergency_line),
     ]
+    facts += [(entry.question, entry.answer) for entry in faq]
     return "\n".join(f"- {label}: {value or 'no disponible'}" for label, value in facts)
 
 

@@ -92,6 +92,7 @@ class SlotInfo:
     id: int
     start_at: dt.datetime
     doctor_name: str
+    doctor_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -109,3 +110,35 @@ class AppointmentInfo:
     specialty: SpecialtyInfo | None = None
     patient_id: int | None = None
     patient_name: str = ""  # filled where one number's patients are listed together
+
+
+@dataclass(frozen=True)
+class DoctorInfo:
+    id: int
+    full_name: str
+    specialty_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class FaqInfo:
+    """One of the clinic's FAQ entries (clinics.FaqEntry): the bot answers only from these."""
+
+    id: int
+    question: str
+    keywords: tuple[str, ...]
+    answer: str
+
+
+@dataclass(frozen=True)
+class SlotFilter:
+    """Which slots a patient asked for: instants (`start` inclusive, `end` exclusive), the
+    clinic's wall-clock `time_from`/`time_to` of the start, local `weekdays` (0 = Monday), one
+    doctor, and the patient whose own appointments no offered slot may overlap."""
+
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    time_from: dt.time | None = None
+    time_to: dt.time | None = None
+    weekdays: tuple[int, ...] | None = None
+    doctor_id: int | None = None
+    patient_id: int | None = None

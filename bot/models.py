@@ -40,6 +40,16 @@ class ConversationMode(models.TextChoices):
     HUMAN = "human", _("staff")
 
 
+class HandoffReason(models.TextChoices):
+    """Why a conversation waits for staff (the console's handoff card); bot.engine records it."""
+
+    ASKED_FOR_PERSON = "asked_for_person", _("asked for a person")
+    RED_FLAG = "red_flag", _("red flag")
+    IDENTITY_LOCKOUT = "identity_lockout", _("identity check failed")
+    RATE_LIMIT = "rate_limit", _("too many messages")
+    UNSURE = "unsure", _("the bot was unsure")
+
+
 class Conversation(models.Model):
     """One per patient phone per clinic. `state` and `context` are the engine's memory."""
 
@@ -70,6 +80,15 @@ class Conversation(models.Model):
         verbose_name=_("assigned to"),
     )
     needs_staff = models.BooleanField(_("asked for a person"), default=False)
+    handoff_reason = models.CharField(
+        _("handoff reason"),
+        max_length=20,
+        choices=HandoffReason.choices,
+        blank=True,
+        default="",
+        # Rows inserted by hand-written SQL (hot paths, tests) get the same empty reason.
+        db_default="",
+    )
     urgent = models.BooleanField(_("urgent"), default=False)
     rate_limited_until = models.DateTimeField(
         null=True, blank=True, verbose_name=_("rate limited until")
@@ -103,6 +122,20 @@ class Conversation(models.Model):
 
     def __str__(self) -> str:
         return f"conversation {self.pk} ({self.clinic.slug})"
+
+    def save(self, *args, **kwargs) -> None:
+        # The engine writes why it handed the chat over into its context (bot.engine
+        # StepResult.handoff_reason, Snapshot.data["handoff_reason"]); the column mirrors it so
+        # staff can list and filter by it, and clears when staff hand the chat back.
+        context = self.context if isinstance(self.context, dict) else {}
+        reason = context.get("handoff_reason", "")
+        known = reason in HandoffReason.values or reason == ""
+        if known and reason != self.handoff_reason and (reason or not self.needs_staff):
+            self.handoff_reason = reason
+            fields = kwargs.get("update_fields")
+            if fields is not None and "context" in fields:
+                kwargs["update_fields"] = {*fields, "handoff_reason"}
+        super().save(*args, **kwargs)
 
     @property
     def session_id(self) -> str:

@@ -30,6 +30,8 @@ from bot.models import (
     PeriodicJob,
 )
 from clinics import services
+from integrations import retention, webhooks
+from outreach import reminders, waitlist
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +137,14 @@ def prune_task_results(now: dt.datetime | None = None) -> int:
     return finished + stale
 
 
+def redrive_webhooks(now: dt.datetime | None = None) -> int:
+    return webhooks.deliveries_redrive(now)
+
+
+def purge_expired(now: dt.datetime | None = None) -> int:
+    return retention.purge_expired(now)
+
+
 @dataclass(frozen=True)
 class Job:
     name: str
@@ -148,6 +158,11 @@ JOBS = (
     Job("expire_holds", dt.timedelta(seconds=30), expire_holds),
     Job("close_idle_conversations", dt.timedelta(seconds=60), close_idle_conversations),
     Job("prune_task_results", dt.timedelta(hours=1), prune_task_results),
+    Job("plan_reminders", dt.timedelta(seconds=30), reminders.reminders_job),
+    Job("waitlist_sweep", dt.timedelta(seconds=30), waitlist.waitlist_sweep),
+    # Outgoing webhooks: due retries and attempts whose worker died (integrations.webhooks).
+    Job("redrive_webhooks", dt.timedelta(seconds=5), redrive_webhooks),
+    Job("purge_expired", dt.timedelta(hours=1), purge_expired),
 )
 
 

@@ -21,6 +21,7 @@ import datetime as dt
 import logging
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,6 +39,7 @@ from bot import engine, llm, nlu, state, whatsapp
 from bot.gateway import OrmGateway
 from bot.messages import Inbound, Reply
 from bot.models import Conversation, ConversationMode, Direction, Message, MessageStatus
+from sophia_web import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +186,7 @@ class _Outcome:
 
 def _run_one_turn(conversation_id: int) -> _Outcome | None:
     now = timezone.now()
+    started = time.perf_counter()
     with transaction.atomic():
         _bound_lock_waits()
         conversation = (
@@ -211,6 +214,7 @@ def _run_one_turn(conversation_id: int) -> _Outcome | None:
         conversation.last_activity_at = now
         conversation.save()
         rows = whatsapp.queue_replies(conversation, replies) if replies else []
+    metrics.BOT_TURN_LATENCY.observe(time.perf_counter() - started)
     return _Outcome(conversation, [row.pk for row in rows])
 
 
@@ -263,6 +267,7 @@ def _rate_limit_wait(conversation: Conversation, now: dt.datetime) -> float:
 def _defer(conversation: Conversation, message: Message, now: dt.datetime, wait: float) -> _Outcome:
     """Over the rate limit: the message stays pending for the next window (never dropped); the
     patient is asked to wait once per window."""
+    metrics.RATE_LIMIT_HITS.labels(scope="bot").inc()
     # Waiting is not a failed run.
     Message.objects.filter(pk=message.pk).update(attempts=F("attempts") - 1)
     replies = []

@@ -192,10 +192,30 @@ def date_problem(problem: str) -> Reply:
         ),
         "impossible": _("That date doesn't exist. Please check the day and the month."),
         "too_old": _("That date seems too far back. Please check the year."),
+        "incomplete": _(
+            "I need the day, the month and the year you were born, for example 14/03/1985."
+        ),
     }
     return text(
         messages.get(problem)
         or _("I didn't understand the date. Please write it like this: 14/03/1985.")
+    )
+
+
+def birth_date_ambiguous(candidates: Sequence[dt.date]) -> Reply:
+    years = [str(c.year) for c in candidates]
+    return text(
+        _("Were you born in %(first)s or in %(second)s? Write the year in full, like 14/03/1985.")
+        % {"first": years[0], "second": years[-1]}
+    )
+
+
+def symptoms_kept_ask_name() -> Reply:
+    return text(
+        _(
+            "I've noted what you feel, we'll use it to find your appointment. First I need your "
+            "full name, first name and surname (for example: Ana María Gómez)."
+        )
     )
 
 
@@ -299,6 +319,32 @@ def unsupported() -> Reply:
 
 def human_requested() -> Reply:
     return text(_("Sure, I've let the team know. A person will write to you here soon."))
+
+
+def queue_notice() -> Reply:
+    return text(
+        _(
+            "You're in the queue: a person from the team will write to you here as soon as "
+            "possible. If it's an emergency, call the emergency line."
+        )
+    )
+
+
+HUMAN_YES = "human:yes"
+HUMAN_NO = "human:no"
+
+
+def unknown_question() -> Reply:
+    return buttons_reply(
+        _("I don't know the answer to that. Do you want me to put you through to a person?"),
+        [Button(HUMAN_YES, _("Yes, a person")), Button(HUMAN_NO, _("No, thanks"))],
+    )
+
+
+def person_declined() -> Reply:
+    return text(
+        _("All right. You can ask me for an appointment, or write “mis citas” to see yours.")
+    )
 
 
 def goodbye() -> Reply:
@@ -436,6 +482,92 @@ def slot_list(
         for slot in slots
     ]
     return list_reply(" ".join(parts), _("See times"), rows)
+
+
+PART_OF_DAY_LABELS = {
+    "morning": lambda: _("in the morning"),
+    "midday": lambda: _("around midday"),
+    "afternoon": lambda: _("in the afternoon"),
+    "evening": lambda: _("in the evening"),
+}
+
+
+def _clock(value: str) -> str:
+    hour, minute = (int(part) for part in value.split(":"))
+    return time_label(dt.datetime(2000, 1, 1, hour, minute))
+
+
+def request_label(want: dict, clinic: ClinicInfo) -> str:
+    """ "del viernes 4 de diciembre en la tarde con la Dra. Rojas", from the engine's `want`."""
+    parts = []
+    first, last = want.get("from"), want.get("to")
+    if first and first == last:
+        day = dt.datetime.combine(dt.date.fromisoformat(first), dt.time(12))
+        parts.append(_("on %(date)s") % {"date": long_date(day)})
+    elif first and last:
+        parts.append(
+            _("between %(first)s and %(last)s")
+            % {
+                "first": long_date(dt.datetime.combine(dt.date.fromisoformat(first), dt.time())),
+                "last": long_date(dt.datetime.combine(dt.date.fromisoformat(last), dt.time())),
+            }
+        )
+    elif first:
+        day = dt.datetime.combine(dt.date.fromisoformat(first), dt.time(12))
+        parts.append(_("from %(date)s on") % {"date": long_date(day)})
+    if want.get("weekdays"):
+        names = [str(WEEKDAYS[d]).lower() for d in sorted(want["weekdays"])]
+        parts.append(_("on %(days)s") % {"days": ", ".join(names)})
+    part = want.get("part")
+    if part in PART_OF_DAY_LABELS:
+        parts.append(str(PART_OF_DAY_LABELS[part]()))
+    elif want.get("time_from") and want.get("time_to"):
+        parts.append(
+            _("between %(first)s and %(last)s")
+            % {"first": _clock(want["time_from"]), "last": _clock(want["time_to"])}
+        )
+    elif want.get("time_from"):
+        parts.append(_("after %(time)s") % {"time": _clock(want["time_from"])})
+    elif want.get("time_to"):
+        parts.append(_("before %(time)s") % {"time": _clock(want["time_to"])})
+    if want.get("doctor_name"):
+        name = want["doctor_name"]
+        # Spanish puts the article before a title: "con la Dra. Rojas", "con el Dr. García".
+        title = name.split()[0].lower().rstrip(".") if name.split() else ""
+        article = {"dra": "la ", "doctora": "la ", "dr": "el ", "doctor": "el "}.get(title, "")
+        parts.append(_("with %(doctor)s") % {"doctor": f"{article}{name}"})
+    return " ".join(parts)
+
+
+def request_intro(want: dict, clinic: ClinicInfo) -> str:
+    label = request_label(want, clinic)
+    if want.get("earliest") and not label:
+        return _("Here are the earliest free times.")
+    return _("Here are the times %(what)s.") % {"what": label} if label else ""
+
+
+def nothing_in_request(want: dict, clinic: ClinicInfo) -> Reply:
+    return text(
+        _("I found no free times %(what)s. Here are the nearest ones.")
+        % {"what": request_label(want, clinic)}
+    )
+
+
+def doctor_not_found(said: str) -> Reply:
+    return text(
+        _("I didn't find a doctor called “%(name)s” at the clinic; here are all the times.")
+        % {"name": said}
+    )
+
+
+def doctor_ambiguous(names: Sequence[str]) -> Reply:
+    return text(
+        _("Which one? We have %(names)s. Write the full name.") % {"names": ", ".join(names)}
+    )
+
+
+def no_previous_doctor() -> Reply:
+    return text(_("I didn't find an earlier appointment of yours; here are all the doctors."))
 
 
 def triaged_intro(specialty_name: str) -> str:

@@ -6,6 +6,10 @@ People write "Sí", "si", "SII", "sí 👍", "mañana", "manana": compare them a
 import re
 import unicodedata
 
+# WhatsApp's own limit on a text message: no genuine message is longer, and understanding reads
+# no more than this of any text (a longer one is stored whole by the webhook, never parsed whole).
+MAX_TEXT = 4096
+
 _NON_WORD = re.compile(r"[^a-z0-9ñ\s]")
 _SPACES = re.compile(r"\s+")
 
@@ -19,8 +23,8 @@ def strip_accents(text: str) -> str:
 
 
 def normalize(text: str) -> str:
-    """Lower case, no accents, no emoji or punctuation, single spaces."""
-    text = strip_accents(text.casefold())
+    """Lower case, no accents, no emoji or punctuation, single spaces; at most MAX_TEXT read."""
+    text = strip_accents(text[:MAX_TEXT].casefold())
     text = _NON_WORD.sub(" ", text)
     return _SPACES.sub(" ", text).strip()
 

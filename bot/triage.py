@@ -13,6 +13,8 @@ never left to it.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import math
 import re
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from bot.text import normalize
+from bot.text import MAX_TEXT, normalize
 
 if TYPE_CHECKING:
     from clinics.models import Specialty
@@ -397,6 +399,7 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
         r"dolor (?:que )?(?:se )?(?:me )?(?:baja|corre|va|pasa|irradia)\w* (?:hacia |al |por el )?"
         r"(?:el )?brazo izquierdo",
         r"brazo izquierdo (?:dormido|adormecido|entumido)",
+        r"(?:duerme|durmio|adormece|adormecio|entume|entumio|hormiguea) (?:el )?brazo izquierdo",
     ],
     "breathing": [
         r"no (?:puedo|puede|podia|pude|logro|logra) respirar",
@@ -462,6 +465,24 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
         r"no (?:le )?(?:encuentro|veo|tiene) sentido (?:a )?(?:la|mi|seguir)",
         r"no (?:vale|tiene) (?:la pena|sentido) (?:seguir )?vivir",
         r"mejor (?:estaria|estarian) (?:muerto|muerta|sin mi)",
+        # Said sideways, as people do: "no quiero despertar", "estarían mejor sin mí".
+        r"(?:no|nunca mas) (?:quiero|quisiera|volver a) despertar",
+        r"dormir(?:me)? (?:y no (?:despertar|volver)|para siempre)",
+        r"(?:ya )?no (?:quiero|quiere) (?:estar aqui|seguir aqui|seguir mas|existir)",
+        r"(?:irme|me quiero ir|me voy a ir) de este mundo",
+        r"(?:estarian|estarán|estaran|vivirian) mejor sin mi",
+        r"(?:soy|seria) una carga para (?:todos|mi familia|ellos)",
+        r"(?:es|esta es) mi despedida",
+        r"(?:despedirme|me despido) de (?:todos|ustedes|mi familia) (?:para siempre|por ultima)",
+        r"ya no (?:le )?(?:veo|encuentro) (?:ningun )?sentido",
+        r"no aguanto (?:mas )?vivir",
+        r"(?:quiero|quisiera) (?:desaparecer|no existir|dejar de vivir)",
+        r"(?:me corte|me hice cortes|me estoy lastimando|me lastime) (?:a proposito|adrede|"
+        r"las venas|los brazos|otra vez)",
+        r"(?:pense|pienso|estoy pensando) en (?:matarme|quitarme|hacerme da|acabar con)",
+        r"(?:tengo|compre|guarde) (?:las |unas |muchas )?pastillas para (?:acabar|no despertar|"
+        r"dormir para siempre|matarme)",
+        r"para no (?:volver a )?despertar",
     ],
     "heavy_bleeding": [
         r"(?:sangrado|sangre|sangra|sangro|sangrando) (?:muy )?(?:abundante|muchisim|much|bastante|"
@@ -497,6 +518,24 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
         r"(?:se )?(?:tomo|bebio|trago) (?:el |un |una |del )?(?:limpido|cloro|varsol|raticida|"
         r"gasolina|acido|soda caustica|insecticida|matarratas|creolina)",
         r"(?:mordio|pico|mordida de) (?:una |un )?(?:culebra|serpiente|vibora|alacran|escorpion)",
+        # An intentional overdose in everyday words: "me tomé todo el frasco", "me tomé 20 pepas".
+        r"(?:me|se|le) (?:tome|tomo|trague|trago|di|dio) (?:todo|toda) (?:el|la|mi|su) "
+        r"(?:frasco|caja|tarro|blister|tableta|medicina|remedio)",
+        r"(?:me|se) (?:tome|tomo|trague|trago|meti|metio) (?:como )?(?:\d{2,3}|diez|quince|veinte|"
+        r"treinta|cuarenta|cincuenta) (?:pastillas|pepas|pildoras|tabletas|capsulas)",
+        r"(?:me|se) (?:tome|tomo|trague|trago) (?:las|mis|sus) (?:pastillas|pepas|pildoras|"
+        r"tabletas|medicinas|medicamentos)(?: \w+){0,4} "
+        r"(?:todas|de una|de golpe|juntas|de un solo)",
+        r"(?:pastillas|pepas|pildoras|tabletas|medicamentos|remedios) (?:todas |todos )?"
+        r"(?:de una|de golpe|juntas|juntos|de un solo trago)",
+        r"(?:me|se) (?:pase|paso|excedi|excedio) (?:de|con) (?:las |mis |sus )?(?:pastillas|pepas|"
+        r"pildoras|dosis|medicamentos|medicinas)",
+        r"(?:tome|tomo|trague|trago) (?:pastillas|pepas|medicamentos|medicinas) de mas",
+        r"(?:me|le) (?:tome|tomo|bebi|bebio|trague|trago) (?:el |un |una |del |un poco de )?"
+        r"(?:limpido|cloro|varsol|raticida|gasolina|acido|soda caustica|insecticida|matarratas|"
+        r"creolina|veneno|thinner|tiner|formol)",
+        r"(?:se|me) (?:tomo|tome|trago|trague|comio|bebio|bebi) (?:algo|un liquido|unas pastillas)"
+        r" (?:de|del) (?:la |el )?(?:bano|cocina|limpieza|mi mama|la abuela|mi papa)",
     ],
     "anaphylaxis": [
         r"(?:se me|se le) (?:cierra|esta cerrando|cerro|hincho|inflamo|esta hinchando) "
@@ -533,31 +572,38 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
         r"(?:casi se ahoga|se ahogo) en",
     ],
     "pregnancy": [
-        r"(?:embarazada|embarazo|gestacion|gestando)\b.*\b(?:sangr|hemorrag|manch\w* de sangre)",
-        r"(?:sangr|hemorrag)\w*\b.*\b(?:embarazada|embarazo|gestacion)\b",
+        r"(?:embarazada|embarazo|gestacion|gestando)\b(?: \w+){0,30} "
+        r"(?:sangr|hemorrag|manch\w* de sangre)",
+        r"(?:sangr|hemorrag)\w*\b(?: \w+){0,30} (?:embarazada|embarazo|gestacion)\b",
         r"(?:rompi|rompio|se me rompio|se le rompio|rompi la) (?:la )?(?:fuente|bolsa)",
         r"(?:el|mi) bebe no se (?:mueve|ha movido|siente)",
         r"no (?:siento|se siente) (?:al|a mi|el|mi) bebe",
         r"dejo de (?:moverse|sentir al bebe)",
-        r"(?:embarazada|embarazo)\b.*\b(?:convuls|dolor de cabeza muy fuerte|veo lucecitas|"
+        r"(?:embarazada|embarazo)\b(?: \w+){0,30} "
+        r"(?:convuls|dolor de cabeza muy fuerte|veo lucecitas|"
         r"hinchad[ao] toda)",
         r"(?:contracciones|dolores de parto|trabajo de parto|voy a dar a luz)",
     ],
     "infant_danger": [
         r"(?:recien nacid|bebe de \d+ (?:dias|semanas)|de \d+ (?:dias|semanas) de nacid|"
-        r"bebe de (?:1|2|un|dos) mes)\w*\b.*\b(?:fiebre|calentura)",
-        r"(?:fiebre|calentura)\b.*\b(?:recien nacid|bebe de \d+ (?:dias|semanas)|"
+        r"bebe de (?:1|2|un|dos) mes)\w*\b(?: \w+){0,30} (?:fiebre|calentura)",
+        r"(?:fiebre|calentura)\b(?: \w+){0,30} (?:recien nacid|bebe de \d+ (?:dias|semanas)|"
         r"de \d+ (?:dias|semanas) de nacid)",
-        r"(?:bebe|nino|nina|hijo|hija)\b.*\b(?:fiebre|calentura) (?:muy )?(?:alta|de 39|de 40|"
+        r"(?:bebe|nino|nina|hijo|hija)\b(?: \w+){0,30} "
+        r"(?:fiebre|calentura) (?:muy )?(?:alta|de 39|de 40|"
         r"de 41|que no (?:baja|le baja|cede))",
-        r"(?:fiebre|calentura) (?:muy )?(?:alta|de 40|de 41|que no (?:baja|le baja|cede))\b.*\b"
+        r"(?:fiebre|calentura) (?:muy )?(?:alta|de 40|de 41|que no (?:baja|le baja|cede))"
+        r"\b(?: \w+){0,30} "
         r"(?:bebe|nino|nina|hijo|hija)",
-        r"(?:bebe|recien nacido)\b.*\b(?:no (?:quiere )?(?:respira|despierta|reacciona)|"
+        r"(?:bebe|recien nacido)\b(?: \w+){0,30} (?:no (?:quiere )?(?:respira|despierta|reacciona)|"
         r"esta morad|se puso morad|no para de llorar y esta)",
         r"fontanela (?:hundida|abombada)",
-        r"(?:bebe|nino|nina|hijo|hija)\b.*\b(?:39|40|41) (?:de|grados de) (?:fiebre|temperatura)",
-        r"(?:fiebre|calentura)\b.*\b(?:rigidez|rigido|tieso|manchas moradas|puntos morados)",
-        r"(?:rigidez|rigido|tieso|manchas moradas|puntos morados)\b.*\b(?:fiebre|calentura)",
+        r"(?:bebe|nino|nina|hijo|hija)\b(?: \w+){0,30} "
+        r"(?:39|40|41) (?:de|grados de) (?:fiebre|temperatura)",
+        r"(?:fiebre|calentura)\b(?: \w+){0,30} "
+        r"(?:rigidez|rigido|tieso|manchas moradas|puntos morados)",
+        r"(?:rigidez|rigido|tieso|manchas moradas|puntos morados)\b(?: \w+){0,30} "
+        r"(?:fiebre|calentura)",
     ],
     "severe_pain": [
         r"(?:el )?peor dolor de (?:cabeza|mi vida)",
@@ -569,15 +615,18 @@ _RAW_RED_FLAGS: dict[str, list[str]] = {
 
 
 _CLAUSE_END = re.compile(r"[,;.:!?¡¿\n]+")
+# No Spanish word is longer; a capped word keeps every `\w*` in the patterns below from
+# scanning a 900,000-letter "word" once per starting point (quadratic time).
+MAX_WORD = 40
 
 
 def _fold_words(text: str) -> tuple[list[str], list[int]]:
     """Folded words, and for each the number of the clause it is in ("No, me duele…": 0, 1, 1)."""
     words: list[str] = []
     clauses: list[int] = []
-    for number, clause in enumerate(_CLAUSE_END.split(text)):
+    for number, clause in enumerate(_CLAUSE_END.split(text[:MAX_TEXT])):
         for word in normalize(clause).split():
-            words.append(fold(word))
+            words.append(fold(word[:MAX_WORD]))
             clauses.append(number)
     return words, clauses
 
@@ -609,19 +658,128 @@ _SELF_NEGATING = re.compile(r"^no\b")
 
 
 def detect_red_flag(text: str) -> str | None:
-    """A code for the first emergency sign in the text ("chest_pain", "suicide"…), else None."""
+    """A code for the first emergency sign in the text ("chest_pain", "suicide"…), else None.
+
+    Linear in the length of the text: the text is folded into capped words once, every pattern
+    spans a bounded number of words (no `.*`, no nested repeats: tests/bot/test_triage.py
+    checks), and a denial is looked up from the match's word index, never by rescanning.
+    """
     words, clauses = _fold_words(text)
     folded = " ".join(words)
+    starts = list(itertools.accumulate((len(w) + 1 for w in words[:-1]), initial=0))
     for code, pattern in _RED_FLAGS:
         for match in pattern.finditer(folded):
-            if not _SELF_NEGATING.match(match.group(0)) and _denied(words, clauses, folded, match):
+            if not _SELF_NEGATING.match(match.group(0)) and _denied(words, clauses, starts, match):
                 continue
+            return code
+    return _combined_red_flag(words, clauses)
+
+
+def _denied(words: list[str], clauses: list[int], starts: list[int], match: re.Match) -> bool:
+    """A negation right before the match, in the same clause: "no, me duele el pecho" is not."""
+    at = bisect.bisect_right(starts, match.start()) - 1
+    if at < 0 or at >= len(words):
+        return False
+    before = []
+    for index in range(at - 1, max(-1, at - 7), -1):
+        if clauses[index] != clauses[at]:
+            break
+        before.append(words[index])
+    return bool(_NEGATED_BEFORE.search(" ".join(reversed(before)) + " "))
+
+
+def _fold_phrase(phrase: str) -> str:
+    return " ".join(fold(word) for word in normalize(phrase).split())
+
+
+# Signs that are an emergency together though not each alone, also when a patient writes them
+# in separate messages ("me duele el pecho" … "y se me duerme el brazo izquierdo").
+_RAW_COMBINED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "chest_pain": (
+        ("pecho", "torax", "corazon"),
+        (
+            "brazo izquierdo",
+            "mandibula",
+            "quijada",
+            "sudor frio",
+            "sudando frio",
+            "sudoracion fria",
+            "me falta el aire",
+            "falta de aire",
+            "me ahogo",
+            "me voy a desmayar",
+            "espalda",
+        ),
+    ),
+    "stroke": (
+        ("cara", "boca", "labio"),
+        ("brazo", "pierna", "no puedo hablar", "hablo raro", "hablo enredado", "se me traba"),
+    ),
+    "meningitis": (
+        ("fiebre", "calentura"),
+        (
+            "cuello rigido",
+            "cuello tieso",
+            "nuca rigida",
+            "no puede doblar el cuello",
+            "no puedo doblar el cuello",
+            "manchas moradas",
+            "puntos morados",
+        ),
+    ),
+}
+_NUMB = (
+    "duerme",
+    "durmi",
+    "dormido",
+    "dormida",
+    "adormec",
+    "entume",
+    "entumi",
+    "hormigue",
+    "debil",
+    "no lo siento",
+    "no la siento",
+)
+_NUMB_FOLDED = tuple(_fold_phrase(n) for n in (*_NUMB, "torcida", "caida", "chueca"))
+
+
+def _combined_red_flag(words: list[str], clauses: list[int]) -> str | None:
+    folded = f" {' '.join(words)} "
+    for code, (first, second) in _COMBINED:
+        if not any(f" {term}" in folded for term in first):
+            continue
+        if any(f" {term}" in folded for term in second):
+            if code == "stroke" and not any(f" {n}" in folded for n in _NUMB_FOLDED):
+                continue  # "la cara y el brazo" need numbness or a droop to mean a stroke
             return code
     return None
 
 
-def _denied(words: list[str], clauses: list[int], folded: str, match: re.Match) -> bool:
-    """A negation right before the match, in the same clause: "no, me duele el pecho" is not."""
-    at = folded.count(" ", 0, match.start())
-    same_clause = [w for w, c in zip(words[:at], clauses[:at], strict=True) if c == clauses[at]]
-    return bool(_NEGATED_BEFORE.search(" ".join(same_clause[-6:]) + " "))
+_COMBINED = tuple(
+    (code, (tuple(map(_fold_phrase, first)), tuple(map(_fold_phrase, second))))
+    for code, (first, second) in _RAW_COMBINED.items()
+)
+
+
+# How far back a patient's messages are read together for red flags.
+RECENT_MESSAGES = 4
+
+
+def detect_red_flag_in_messages(messages: Sequence[str]) -> str | None:
+    """Red flags judged over a patient's recent messages together, newest last.
+
+    The newest alone first (its own code wins), then the last few read as one text, so signs
+    split across messages add up; an older message that was already an emergency on its own
+    does not raise the alarm again for an unrelated new one.
+    """
+    recent = [m[:MAX_TEXT] for m in messages[-RECENT_MESSAGES:] if m and m[:MAX_TEXT].strip()]
+    if not recent:
+        return None
+    if code := detect_red_flag(recent[-1]):
+        return code
+    if len(recent) == 1:
+        return None
+    # Each message its own clause, so a denial in one never reaches into the next.
+    words, clauses = _fold_words(". ".join(recent))
+    return _combined_red_flag(words, clauses)

@@ -38,6 +38,7 @@ from bot.models import (
     WebhookEvent,
 )
 from clinics.models import Clinic
+from sophia_web import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -413,6 +414,7 @@ def _store_message(
     }
     if not _insert_message(fields, conversation_id, name, now):
         logger.info("webhook event %s: duplicate message ignored", event_id)
+        metrics.WEBHOOK_DUPLICATES.inc()
         return None
     return conversation_id
 

@@ -34,6 +34,7 @@ from clinics.models import (
     BlockedPeriod,
     Clinic,
     Doctor,
+    FaqEntry,
     IdentityFailure,
     IdentityLockout,
     Patient,
@@ -506,6 +507,19 @@ class BlockedPeriodAdmin(ClinicScopedAdmin):
             )
 
 
+@admin.register(FaqEntry)
+class FaqEntryAdmin(ClinicScopedAdmin):
+    """What the bot answers about the clinic (price, insurance, parking…): the clinic's admins
+    keep it true; receptionists read it to know what patients were told."""
+
+    add_roles = change_roles = delete_roles = ADMIN_ONLY
+    list_display = ["question", "clinic", "active", "position"]
+    list_editable = ["active", "position"]
+    list_filter = [("clinic", admin.RelatedOnlyFieldListFilter), "active"]
+    list_select_related = ["clinic"]
+    search_fields = ["question", "keywords", "answer"]
+
+
 @admin.register(Slot)
 class SlotAdmin(ClinicScopedAdmin):
     """Slots come from schedules; admins only block or unblock free ones."""
@@ -624,13 +638,47 @@ class PatientPhoneInline(admin.TabularInline):
 class PatientAdmin(ClinicScopedAdmin):
     add_roles = change_roles = ANY_ROLE
     superuser_may_delete = True
-    list_display = ["full_name", "document_masked", "birth_date", "whatsapp_masked", "clinic"]
+    list_display = [
+        "full_name",
+        "document_masked",
+        "birth_date",
+        "whatsapp_masked",
+        "wants_reminders",
+        "clinic",
+    ]
     list_filter = [("clinic", admin.RelatedOnlyFieldListFilter)]
     list_select_related = ["clinic"]
     # Exact matches only on identifiers: a partial document search would enumerate patients.
     search_fields = ["full_name", "=document", "=whatsapp_id"]
-    readonly_fields = ["created_at"]
+    # Reminders stop and resume through clinics.services (audited), never a raw form save.
+    readonly_fields = ["created_at", "reminders_opted_out_at"]
     inlines = [PatientPhoneInline, AppointmentInline]
+    actions = ["resume_reminders"]
+
+    @admin.action(description=gettext_lazy("Resume appointment reminders"))
+    def resume_reminders(self, request: HttpRequest, queryset: QuerySet[Patient]) -> None:
+        resumed = 0
+        for patient in queryset.exclude(reminders_opted_out_at=None).select_related("clinic"):
+            services.patient_set_reminders(
+                clinic=patient.clinic,
+                patient=patient,
+                enabled=True,
+                actor=services.Actor.staff(request.user),
+            )
+            resumed += 1
+        messages.success(
+            request,
+            ngettext(
+                "Reminders resumed for %(count)d patient.",
+                "Reminders resumed for %(count)d patients.",
+                resumed,
+            )
+            % {"count": resumed},
+        )
+
+    @admin.display(description=gettext_lazy("reminders"), boolean=True)
+    def wants_reminders(self, obj: Patient) -> bool:
+        return obj.reminders_opted_out_at is None
 
     @admin.display(description=gettext_lazy("document number"))
     def document_masked(self, obj: Patient) -> str:

@@ -311,6 +311,8 @@ class Patient(models.Model):
     full_name = models.CharField(_("full name"), max_length=200)
     birth_date = models.DateField(_("date of birth"), null=True, blank=True)
     whatsapp_id = models.CharField(_("WhatsApp number"), max_length=20, blank=True)
+    # Set when the patient wrote "STOP" / "no quiero recordatorios"; staff see it on the card.
+    reminders_opted_out_at = models.DateTimeField(_("stopped reminders at"), null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
 
     class Meta:
@@ -635,3 +637,41 @@ class StaffMembership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} @ {self.clinic} ({self.role})"
+
+
+class FaqEntry(models.Model):
+    """A question patients ask about the clinic and the answer the bot gives, edited by admins.
+
+    The bot answers from these entries only (price, insurance, parking, how to get there…); an
+    optional LLM may rephrase an entry's answer but never adds facts of its own.
+    """
+
+    clinic = models.ForeignKey(
+        Clinic, on_delete=models.CASCADE, related_name="faq_entries", verbose_name=_("clinic")
+    )
+    question = models.CharField(_("patient question"), max_length=200)
+    keywords = models.TextField(
+        _("question keywords"),
+        blank=True,
+        help_text=_(
+            "Words or phrases patients use for this question, one per line or comma separated "
+            "(for example: parqueadero, dónde parqueo, hay parqueo)."
+        ),
+    )
+    answer = models.TextField(_("answer to patients"))
+    active = models.BooleanField(_("answered by the bot"), default=True)
+    position = models.PositiveSmallIntegerField(_("order in the list"), default=0)
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
+
+    class Meta:
+        verbose_name = _("frequent question")
+        verbose_name_plural = _("frequent questions")
+        ordering = ["clinic", "position", "id"]
+        indexes = [models.Index(fields=["clinic", "active"], name="faq_clinic_active")]
+
+    def __str__(self) -> str:
+        return self.question
+
+    def keyword_list(self) -> list[str]:
+        raw = self.keywords.replace("\n", ",")
+        return [k.strip() for k in raw.split(",") if k.strip()]

@@ -16,6 +16,7 @@ from django.utils import timezone
 from clinics.models import (
     UPCOMING_STATUSES,
     Appointment,
+    BlockedPeriod,
     Clinic,
     Doctor,
     Patient,
@@ -28,6 +29,9 @@ from clinics.models import (
 from clinics.services import InvalidInput, clean_document
 
 MAX_PAGE_SIZE = 100
+# A window by weekday or time of day looks this many days ahead when it has no end of its own:
+# "después de las 5" at a clinic that closes at 4 must not walk a year of slots to say "none".
+WINDOW_HORIZON_DAYS = 62
 
 
 @dataclass
@@ -35,6 +39,47 @@ class SlotPage:
     slots: list[Slot]  # doctor is select_related
     next_cursor: str | None
     has_more: bool
+
+
+@dataclass(frozen=True)
+class SlotWindow:
+    """When the patient wants the appointment, all bounds optional.
+
+    `start`/`end` are instants (aware datetimes; `end` exclusive). `time_from`/`time_to` are the
+    clinic's wall-clock times of the slot's start (`time_to` exclusive), and `weekdays` the local
+    days (0 = Monday) — "el viernes en la tarde", "después de las 5".
+    """
+
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    time_from: dt.time | None = None
+    time_to: dt.time | None = None
+    weekdays: frozenset[int] | None = None
+
+    @property
+    def by_day(self) -> bool:
+        return self.time_from is not None or self.time_to is not None or self.weekdays is not None
+
+    def day_ranges(
+        self, lower: dt.datetime, upper: dt.datetime | None, tz
+    ) -> list[tuple[dt.datetime, dt.datetime]]:
+        """The UTC intervals, one per local day from `lower` on, that the window allows."""
+        last = (upper or lower + dt.timedelta(days=WINDOW_HORIZON_DAYS)).astimezone(tz).date()
+        last = min(last, lower.astimezone(tz).date() + dt.timedelta(days=WINDOW_HORIZON_DAYS))
+        day = lower.astimezone(tz).date()
+        ranges = []
+        while day <= last:
+            if self.weekdays is None or day.weekday() in self.weekdays:
+                begin = dt.datetime.combine(day, self.time_from or dt.time.min, tzinfo=tz)
+                if self.time_to is not None:
+                    finish = dt.datetime.combine(day, self.time_to, tzinfo=tz)
+                else:
+                    finish = _local_midnight(day + dt.timedelta(days=1), tz)
+                begin, finish = max(begin, lower), min(finish, upper) if upper else finish
+                if begin < finish:
+                    ranges.append((begin, finish))
+            day += dt.timedelta(days=1)
+        return ranges
 
 
 def encode_cursor(slot: Slot) -> str:
@@ -101,9 +146,15 @@ def _keyset_page(
     doctor_id: int | None,
     specialty_id: int | None,
     limit: int,
+    day_ranges: list[tuple[dt.datetime, dt.datetime]] | None = None,
+    busy_upper: dt.datetime | None = None,
+    patient_id: int | None = None,
 ) -> list[Slot]:
     adapt = connection.ops.adapt_datetimefield_value
     lower = max(earliest, after[0]) if after else earliest
+    if day_ranges:
+        # The index range scan starts at the first allowed day, not at today.
+        lower = max(lower, day_ranges[0][0])
     where = [
         "s.clinic_id = %s",
         # Literally the partial index's predicate, so PostgreSQL walks slot_bookable_keyset.
@@ -126,6 +177,23 @@ def _keyset_page(
     if upper is not None:
         where.append("s.start_at < %s")
         params.append(adapt(upper))
+    if day_ranges is not None:
+        if not day_ranges:
+            return []
+        # Ranges are few (one per day of the window) and ascending: the walk stays on the index
+        # and each walked row costs a handful of comparisons.
+        where.append(
+            "(" + " OR ".join("(s.start_at >= %s AND s.start_at < %s)" for _ in day_ranges) + ")"
+        )
+        for begin, finish in day_ranges:
+            params += [adapt(begin), adapt(finish)]
+    # No slot that overlaps busy time: a blocked period (the whole clinic's or the slot's
+    # doctor's) or one of the patient's active appointments.
+    where.append(
+        "NOT EXISTS (SELECT 1 FROM busy WHERE busy.starts_at < s.end_at "
+        "AND busy.ends_at > s.start_at "
+        "AND (busy.doctor_id IS NULL OR busy.doctor_id = s.doctor_id))"
+    )
     if doctor_id is not None:
         where.append("s.doctor_id = %s")
         params.append(doctor_id)
@@ -136,12 +204,37 @@ def _keyset_page(
         )
         params.append(specialty_id)
     params.append(limit)
+    # The busy time still to come is small (holidays, absences, a patient's few appointments):
+    # read once into a materialised CTE, each walked row checks it without another index probe.
+    busy_sql = [
+        f"SELECT b.doctor_id AS doctor_id, b.starts_at AS starts_at, b.ends_at AS ends_at "  # noqa: S608
+        f"FROM {BlockedPeriod._meta.db_table} b WHERE b.clinic_id = %s AND b.ends_at > %s"
+    ]
+    busy_params: list = [clinic_id, adapt(lower)]
+    if busy_upper is not None:
+        busy_sql[0] += " AND b.starts_at < %s"
+        busy_params.append(adapt(busy_upper))
+    if doctor_id is not None:
+        busy_sql[0] += " AND (b.doctor_id IS NULL OR b.doctor_id = %s)"
+        busy_params.append(doctor_id)
+    if patient_id is not None:
+        statuses = ", ".join(f"'{status}'" for status in UPCOMING_STATUSES)
+        busy_sql.append(
+            f"SELECT NULL, a.start_at, a.end_at FROM {Appointment._meta.db_table} a "  # noqa: S608
+            f"WHERE a.patient_id = %s AND a.status IN ({statuses}) AND a.end_at > %s"
+        )
+        busy_params += [patient_id, adapt(lower)]
+        if busy_upper is not None:
+            busy_sql[-1] += " AND a.start_at < %s"
+            busy_params.append(adapt(busy_upper))
     # Only table and column names from the models and fixed fragments are interpolated; every
     # value is a parameter.
     sql = (
-        f"SELECT {_SELECT} FROM {_FROM} WHERE {' AND '.join(where)} "  # noqa: S608
+        f"WITH busy AS MATERIALIZED ({' UNION ALL '.join(busy_sql)}) "  # noqa: S608
+        f"SELECT {_SELECT} FROM {_FROM} WHERE {' AND '.join(where)} "
         "ORDER BY s.start_at, s.id LIMIT %s"
     )
+    params = busy_params + params
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -177,11 +270,16 @@ def available_slots(
     page_size: int = 10,
     now: dt.datetime | None = None,
     include_held_by: str | None = None,
+    window: SlotWindow | None = None,
+    patient: Patient | None = None,
 ) -> SlotPage:
     """One keyset page of bookable slots ordered by (start_at, id).
 
     Bookable: free, or held with the hold expired, or held by `include_held_by` (so a patient
-    still sees the slot they are confirming). The query walks the partial index
+    still sees the slot they are confirming), and never inside a blocked period (a holiday or
+    the doctor's absence), whatever the slot's own status says. With `patient`, slots that
+    overlap one of their booked or confirmed appointments are left out too. `window` narrows
+    to instants, weekdays and times of day. The query walks the partial index
     `slot_bookable_keyset` (clinic, start_at, id) from the cursor on: page 100 costs what page 1
     costs. Dates are local to the clinic; `date_to` is inclusive.
     """
@@ -193,6 +291,8 @@ def available_slots(
         raise InvalidInput("the specialty belongs to another clinic")
     if doctor is not None and doctor.clinic_id != clinic.pk:
         raise InvalidInput("the doctor belongs to another clinic")
+    if patient is not None and patient.clinic_id != clinic.pk:
+        raise InvalidInput("the patient belongs to another clinic")
     now = now or timezone.now()
     if min_notice is None:
         min_notice = dt.timedelta(minutes=settings.SOPHIA_MIN_NOTICE_MINUTES)
@@ -213,10 +313,19 @@ def available_slots(
         )
     after = decode_cursor(cursor) if cursor else None
     upper = _local_midnight(date_to + dt.timedelta(days=1), tz) if date_to is not None else None
+    window = window or SlotWindow()
+    if window.start is not None:
+        earliest = max(earliest, window.start)
+    if window.end is not None:
+        upper = min(upper, window.end) if upper is not None else window.end
     if doctor is not None and specialty is not None:
         if not doctor.specialties.filter(pk=specialty.pk).exists():
             return SlotPage(slots=[], next_cursor=None, has_more=False)
         specialty = None  # the doctor filter already implies it
+    lower = max(earliest, after[0]) if after else earliest
+    if upper is not None and lower >= upper:
+        return SlotPage(slots=[], next_cursor=None, has_more=False)
+    day_ranges = window.day_ranges(lower, upper, tz) if window.by_day else None
     page = _keyset_page(
         clinic_id=clinic.pk,
         earliest=earliest,
@@ -227,6 +336,9 @@ def available_slots(
         doctor_id=doctor.pk if doctor is not None else None,
         specialty_id=specialty.pk if specialty is not None else None,
         limit=page_size + 1,
+        day_ranges=day_ranges,
+        busy_upper=day_ranges[-1][1] if day_ranges else upper,
+        patient_id=patient.pk if patient is not None else None,
     )
     has_more = len(page) > page_size
     page = page[:page_size]

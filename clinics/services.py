@@ -1324,3 +1324,42 @@ def patient_phone_remove(*, clinic: Clinic, patient: Patient, wa_id: str, actor:
         )
     logger.info("patient %s: number %s removed", patient.pk, _mask(wa_id))
     return True
+
+
+def patient_set_reminders(
+    *, clinic: Clinic, patient: Patient, enabled: bool, actor: Actor
+) -> Patient:
+    """Stop (enabled=False) or resume appointment reminders for a patient; audited.
+
+    Setting what is already set changes nothing and writes no audit row.
+    """
+    _check_actor(actor)
+    _check_patient(clinic, patient, query=False)
+    if not isinstance(enabled, bool):
+        raise InvalidInput("enabled must be true or false")
+    with transaction.atomic():
+        locked = Patient.objects.select_for_update().filter(pk=patient.pk, clinic=clinic).first()
+        if locked is None:
+            raise PatientNotFound("the patient does not exist")
+        if (locked.reminders_opted_out_at is None) == enabled:
+            patient.reminders_opted_out_at = locked.reminders_opted_out_at
+            return patient
+        now = timezone.now()
+        before = {"reminders": locked.reminders_opted_out_at is None}
+        locked.reminders_opted_out_at = None if enabled else now
+        locked.save(update_fields=["reminders_opted_out_at"])
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="patient.reminders_on" if enabled else "patient.reminders_off",
+            object_type="patient",
+            object_id=patient.pk,
+            before=before,
+            after={"reminders": enabled},
+            at=now,
+        )
+    patient.reminders_opted_out_at = locked.reminders_opted_out_at
+    logger.info(
+        "patient %s reminders %s actor=%s", patient.pk, "on" if enabled else "off", actor.type
+    )
+    return patient

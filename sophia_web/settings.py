@@ -86,6 +86,7 @@ INSTALLED_APPS = [
     "django_tasks_db",
     "clinics",
     "bot",
+    "outreach",
 ]
 
 MIDDLEWARE = [
@@ -166,7 +167,7 @@ else:
 TASKS = {
     "default": {
         "BACKEND": "django_tasks_db.DatabaseBackend",
-        "QUEUES": ["default", "outbox", "turns"],
+        "QUEUES": ["default", "outbox", "turns", "outreach"],
     }
 }
 
@@ -235,15 +236,32 @@ SOPHIA_RATE_LIMIT_PER_MINUTE = envint("SOPHIA_RATE_LIMIT_PER_MINUTE", "10")
 SOPHIA_TURN_BUDGET_SECONDS = float(os.getenv("SOPHIA_TURN_BUDGET_SECONDS", "20"))
 SOPHIA_SLOT_DAYS_AHEAD = envint("SOPHIA_SLOT_DAYS_AHEAD", "21")
 
+# Logs: JSON lines (LOG_FORMAT=plain for a human-readable console). The MaskDigits filter sits
+# on the handler, so every record — any logger, daphne's access log included — is masked.
+LOG_FORMAT = os.getenv("LOG_FORMAT", "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {
+        "context": {"()": "sophia_web.logging.ContextFilter"},
+        "mask": {"()": "sophia_web.logging.MaskDigits"},
+    },
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "sophia_web.logging.SophiaJsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "plain" if LOG_FORMAT == "plain" else "json",
+            "filters": ["context", "mask"],
+        }
+    },
     "root": {"handlers": ["console"], "level": os.getenv("LOG_LEVEL", "INFO")},
     "loggers": {
+        # Django's own handlers would write unmasked lines: everything goes through root.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
         "django.db.backends": {"level": "WARNING"},
         "django_tasks_db": {"level": os.getenv("TASKS_LOG_LEVEL", "WARNING")},
     },
@@ -251,3 +269,64 @@ LOGGING = {
 
 # The demo's WhatsApp simulator (/simulator/): on in DEBUG or when asked for explicitly.
 SOPHIA_SIMULATOR = envbool("SOPHIA_SIMULATOR", "False")
+
+# --- Integrations (issue 10): JSON API, outgoing webhooks, metrics, retention ------------------
+INSTALLED_APPS += [
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "integrations",
+]
+# First, so it times and tags (request id) everything after it.
+MIDDLEWARE.insert(0, "sophia_web.observability.request_observability")
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["integrations.api.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["integrations.api.auth.HasApiKey"],
+    "DEFAULT_THROTTLE_CLASSES": ["integrations.api.auth.ApiKeyRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"api_key": os.getenv("SOPHIA_API_RATE", "120/min")},
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "integrations.api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Sophia API",
+    "DESCRIPTION": "Appointments of one clinic, for the clinic's own systems (API key).",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# /metrics: a bearer token; without one, only private and loopback addresses may scrape.
+METRICS_TOKEN = envsecret("METRICS_TOKEN")
+
+# Outgoing webhooks: plain http:// endpoints only when allowed (tests, a private network).
+SOPHIA_WEBHOOKS_ALLOW_HTTP = envbool("SOPHIA_WEBHOOKS_ALLOW_HTTP", str(DEBUG))
+SOPHIA_WEBHOOK_TIMEOUT_SECONDS = float(os.getenv("SOPHIA_WEBHOOK_TIMEOUT_SECONDS", "10"))
+# A worker killed mid-request leaves its attempt leased this long; then another worker redoes it.
+SOPHIA_WEBHOOK_LEASE_SECONDS = float(os.getenv("SOPHIA_WEBHOOK_LEASE_SECONDS", "60"))
+
+# Retention (periodic purge): raw WhatsApp payloads, finished task results, webhook deliveries.
+SOPHIA_RAW_WEBHOOK_KEEP_DAYS = envint("SOPHIA_RAW_WEBHOOK_KEEP_DAYS", "30")
+SOPHIA_TASK_RESULTS_KEEP_HOURS = envint("SOPHIA_TASK_RESULTS_KEEP_HOURS", "6")
+SOPHIA_WEBHOOK_DELIVERIES_KEEP_DAYS = envint("SOPHIA_WEBHOOK_DELIVERIES_KEEP_DAYS", "30")
+SOPHIA_IDEMPOTENCY_KEEP_HOURS = envint("SOPHIA_IDEMPOTENCY_KEEP_HOURS", "24")
+
+# Production over HTTPS (TLS at nginx or a load balancer that sets X-Forwarded-Proto):
+# `manage.py check --deploy` is clean with SOPHIA_HTTPS=True. Off by default (the demo, tests).
+SOPHIA_HTTPS = envbool("SOPHIA_HTTPS", "False")
+if SOPHIA_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    # Probes and Prometheus talk to the containers directly over plain HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^health/$", r"^api/v1/health/", r"^metrics$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", str(60 * 60 * 24 * 365))
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", "True")
+    SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", "True")

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from sophia_web import health
+from sophia_web import health, monitoring
 
 urlpatterns = [
     path("", include("bot.console_urls")),
@@ -16,6 +16,9 @@ urlpatterns = [
     ),
     path("admin/", admin.site.urls),
     path("health/", health.health, name="health"),
+    path("api/v1/", include("integrations.api.urls")),
+    path("integraciones/", include("integrations.urls")),
+    path("metrics", monitoring.metrics_view, name="metrics"),
     # The benchmark's do-nothing baseline (404 unless DEBUG or SOPHIA_BENCH=1).
     path("bench/noop/", health.noop, name="bench-noop"),
     path("whatsapp/", include("bot.urls")),

@@ -24,7 +24,7 @@ def _catalogue():
 
 def _msgids_in_code() -> set[str]:
     found = set()
-    for package in ("clinics", "bot", "sophia_web"):
+    for package in ("clinics", "bot", "sophia_web", "outreach", "integrations"):
         for _file, _line, message, _comments, _context in extract_from_dir(
             ROOT / package, method_map=[("**.py", "python")], keywords=KEYWORDS
         ):

@@ -33,7 +33,7 @@ class FakeLLM:
         self.calls.append(("classify", text))
         return None
 
-    def answer(self, question, clinic, specialties):
+    def answer(self, question, clinic, specialties, faq=()):
         self.calls.append(("answer", question))
         return self._answer, (120, 30)
 

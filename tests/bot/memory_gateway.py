@@ -17,7 +17,10 @@ from bot.gateway import hold_owner
 from bot.messages import (
     AppointmentInfo,
     ClinicInfo,
+    DoctorInfo,
+    FaqInfo,
     PatientInfo,
+    SlotFilter,
     SlotInfo,
     SlotPage,
     SpecialtyInfo,
@@ -61,6 +64,14 @@ class StoredSlot:
     def info(self) -> SlotInfo:
         return SlotInfo(id=self.id, start_at=self.start_at, doctor_name=self.doctor_name)
 
+    def info_with(self, doctor_ids: dict[str, int]) -> SlotInfo:
+        return SlotInfo(
+            id=self.id,
+            start_at=self.start_at,
+            doctor_name=self.doctor_name,
+            doctor_id=doctor_ids.get(self.doctor_name),
+        )
+
 
 @dataclass
 class StoredAppointment:
@@ -97,6 +108,8 @@ class MemoryGateway:
     locked_numbers: set[str] = field(default_factory=set)
     max_failures: int = 3
     calls: list[tuple[str, dict]] = field(default_factory=list)
+    faq: list[FaqInfo] = field(default_factory=list)
+    doctor_ids: dict[str, int] = field(default_factory=dict)  # by name, given as slots are added
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -125,6 +138,7 @@ class MemoryGateway:
         minutes: int = 20,
     ) -> list[int]:
         ids = []
+        self.doctor_ids.setdefault(doctor_name, next(self._ids))
         for i in range(count):
             slot = StoredSlot(
                 id=next(self._ids),
@@ -246,10 +260,35 @@ class MemoryGateway:
             key=lambda s: (s.start_at, s.id),
         )
 
+    def _fits(self, slot: StoredSlot, only: SlotFilter) -> bool:
+        local = slot.start_at.astimezone(self.clinic.tz)
+        mine = [
+            self.slots[a.slot_id].start_at
+            for a in self.appointments.values()
+            if a.patient_id == only.patient_id and a.status in ACTIVE
+        ]
+        return (
+            (only.start is None or slot.start_at >= only.start)
+            and (only.end is None or slot.start_at < only.end)
+            and (only.time_from is None or local.time() >= only.time_from)
+            and (only.time_to is None or local.time() < only.time_to)
+            and (only.weekdays is None or local.weekday() in only.weekdays)
+            and (only.doctor_id is None or self.doctor_ids.get(slot.doctor_name) == only.doctor_id)
+            and slot.start_at not in mine
+        )
+
     def slot_page(
-        self, *, specialty_id: int, cursor: str | None, page_size: int, now: dt.datetime
+        self,
+        *,
+        specialty_id: int,
+        cursor: str | None,
+        page_size: int,
+        now: dt.datetime,
+        only: SlotFilter | None = None,
     ) -> SlotPage:
-        slots = self._bookable(now, specialty_id)
+        slots = [
+            s for s in self._bookable(now, specialty_id) if self._fits(s, only or SlotFilter())
+        ]
         if cursor is not None:
             try:
                 start, slot_id = cursor.split("|")
@@ -260,10 +299,36 @@ class MemoryGateway:
         page, has_more = slots[:page_size], len(slots) > page_size
         last = page[-1] if page else None
         return SlotPage(
-            slots=tuple(s.info() for s in page),
+            slots=tuple(s.info_with(self.doctor_ids) for s in page),
             next_cursor=f"{last.start_at.isoformat()}|{last.id}" if has_more and last else None,
             has_more=has_more,
         )
+
+    def doctors(self) -> list[DoctorInfo]:
+        found = []
+        for name, doctor_id in sorted(self.doctor_ids.items()):
+            specialty_ids = set()
+            for slot in self.slots.values():
+                if slot.doctor_name == name:
+                    specialty_ids |= slot.specialty_ids
+            found.append(DoctorInfo(doctor_id, name, tuple(sorted(specialty_ids))))
+        return found
+
+    def last_doctor(self, *, patient_id: int, now: dt.datetime) -> DoctorInfo | None:
+        past = [
+            self.slots[a.slot_id]
+            for a in self.appointments.values()
+            if a.patient_id == patient_id
+            and a.status != "cancelled"
+            and self.slots[a.slot_id].start_at < now
+        ]
+        if not past:
+            return None
+        name = max(past, key=lambda s: s.start_at).doctor_name
+        return next((d for d in self.doctors() if d.full_name == name), None)
+
+    def faq_entries(self) -> list[FaqInfo]:
+        return list(self.faq)
 
     def slot(self, slot_id: int) -> SlotInfo | None:
         stored = self.slots.get(slot_id)

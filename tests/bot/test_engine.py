@@ -14,6 +14,7 @@ from bot import engine
 from bot.engine import State
 from bot.gateway import OrmGateway
 from bot.messages import Inbound
+from bot.models import Conversation
 from clinics.models import (
     Appointment,
     AppointmentStatus,
@@ -63,7 +64,7 @@ SECTION_5_ROWS = [
     ("confirming", "no", State.CHOOSING_SLOT),
     ("booked", "¿dónde quedan?", State.BOOKED),
     ("booked", "cancelar mi cita", State.CANCELLING),
-    ("identified", "asesor", State.IDENTIFIED),
+    ("identified", "asesor", State.WAITING_FOR_STAFF),
     ("choosing", "me duele el pecho y no puedo respirar", State.CHOOSING_SLOT),
 ]
 
@@ -658,10 +659,15 @@ def test_it_answers_free_questions_with_the_llm_when_there_is_one(reach, fake_ll
     assert result.llm_completion_tokens == 30
 
 
-def test_it_shows_the_menu_for_free_questions_without_an_llm(reach):
+def test_it_says_it_does_not_know_and_offers_a_person_without_an_llm(reach):
+    """Issue 7: an unknown question gets an honest answer, never the help menu."""
     conversation = reach("booked")
     result = conversation.send("¿el parqueadero es gratis?")
-    assert "«mis citas»" in texts(result)
+    assert "No sé" in texts(result) and "«mis citas»" not in texts(result)
+    assert [b.id for b in result.replies[-1].buttons] == ["human:yes", "human:no"]
+    conversation.send("sí")
+    assert conversation.state == State.WAITING_FOR_STAFF
+    assert conversation.data["handoff_reason"] == "unsure"
 
 
 def test_it_never_calls_the_llm_on_the_deterministic_booking_path(clinic, agenda, patient):
@@ -826,3 +832,38 @@ def test_it_reads_an_unknown_button_payload_as_its_title(identified_chat, ana_bo
     result = identified_chat.tap("REMINDER_CANCEL", "Cancelar mi cita", kind="button")
     assert identified_chat.state == State.CANCELLING
     assert "¿Quieres cancelar tu cita" in texts(result)
+
+
+# --- issue 7: after "quiero hablar con una persona" the bot stops steering ------------------
+
+
+def test_it_hands_over_to_a_person_and_only_answers_red_flags_then(chat, clinic):
+    chat.send("1020304050")
+    result = chat.send("quiero hablar con una persona")
+    assert result.needs_staff and result.handoff_reason == "asked_for_person"
+    assert "persona" in texts(result)
+    assert chat.state == State.WAITING_FOR_STAFF
+    again = chat.send("hola? me duele la muela")
+    assert "fila" in texts(again)  # told once that they are in the queue…
+    assert chat.send("tengo fiebre").replies == []  # …and then nothing steers the chat
+    assert chat.send("1").replies == []
+    emergency = chat.send("me duele mucho el pecho y no puedo respirar")
+    assert emergency.urgent and "123" in texts(emergency)
+    assert chat.state == State.WAITING_FOR_STAFF
+    assert chat.data["handoff_reason"] == "asked_for_person"  # the first reason stays
+
+
+def test_it_mirrors_the_handoff_reason_on_the_conversation_and_clears_it_on_hand_back(chat, clinic):
+    chat.send("1020304050")
+    chat.send("asesor")
+    conversation = Conversation.objects.create(
+        clinic=clinic, wa_id=ANA_WA, context=chat.data, needs_staff=True
+    )
+    conversation.refresh_from_db()
+    assert conversation.handoff_reason == "asked_for_person"
+    resumed = engine.resume_after_staff(chat.snapshot)
+    assert resumed.state == State.IDENTIFIED and "handoff_reason" not in resumed.data
+    conversation.context, conversation.needs_staff = resumed.data, False
+    conversation.save(update_fields=["context", "needs_staff"])
+    conversation.refresh_from_db()
+    assert conversation.handoff_reason == ""

@@ -36,7 +36,7 @@ class FakeLLM:
         self.calls.append("classify")
         return None
 
-    def answer(self, question, clinic, specialties):
+    def answer(self, question, clinic, specialties, faq=()):
         self.calls.append("answer")
         return "Sí, tenemos parqueadero gratuito.", (120, 30)
 
@@ -163,9 +163,16 @@ def at_confirming(w: World) -> None:
 
 
 def at_confirming_with_overlap(w: World) -> None:
-    other = w.gateway.add_slots(w.dental, "Dra. Laura Méndez", tomorrow_utc(13), 1)[0]
-    w.gateway.book(w.ana_id, other, w.dental.id)  # the same time as the first general slot
     at_confirming(w)
+    # Booked meanwhile (by staff, say) at the time being confirmed: a time that overlaps one of
+    # the patient's appointments is never offered, so it can only happen after the offer.
+    other = w.gateway.add_slots(w.dental, "Dra. Laura Méndez", tomorrow_utc(13), 1)[0]
+    w.gateway.book(w.ana_id, other, w.dental.id)
+
+
+def at_waiting_for_staff(w: World) -> None:
+    at_identified(w)
+    w.send("quiero hablar con una persona")
 
 
 def at_confirming_hold_stolen(w: World) -> None:
@@ -311,7 +318,22 @@ TRANSITIONS: dict[str, Row] = {
         at_confirming, "me estoy desmayando", State.CONFIRMING, "123", urgent=True
     ),
     "any: asks for a person": Row(
-        at_identified, "quiero hablar con un asesor", State.IDENTIFIED, "persona", needs_staff=True
+        at_identified,
+        "quiero hablar con un asesor",
+        State.WAITING_FOR_STAFF,
+        "persona",
+        needs_staff=True,
+    ),
+    # WAITING_FOR_STAFF: a person will write; the bot only reminds once and answers red flags
+    "WAITING_FOR_STAFF: writes again": Row(
+        at_waiting_for_staff, "hola?", State.WAITING_FOR_STAFF, "fila", needs_staff=True
+    ),
+    "WAITING_FOR_STAFF: a red flag": Row(
+        at_waiting_for_staff,
+        "me duele mucho el pecho",
+        State.WAITING_FOR_STAFF,
+        "123",
+        urgent=True,
     ),
     # START
     "START: greeting": Row(at_start, "hola", State.START, "documento"),
@@ -510,7 +532,7 @@ TRANSITIONS: dict[str, Row] = {
         at_booked, "¿dónde quedan?", State.BOOKED, "Calle 100"
     ),
     "BOOKED: a free question, rules only": Row(
-        at_booked, "tienen parqueadero para carros grandes", State.BOOKED, "asesor"
+        at_booked, "tienen parqueadero para carros grandes", State.BOOKED, "una persona"
     ),
     "BOOKED: a free question, with the LLM": Row(
         at_booked_with_llm, "tienen parqueadero para carros grandes", State.BOOKED, "parqueadero"

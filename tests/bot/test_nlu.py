@@ -86,7 +86,7 @@ def test_it_reads_birth_dates(text):
         ("31/02/1990", DateProblem.IMPOSSIBLE),
         ("14/03/1850", DateProblem.TOO_OLD),
         ("no me acuerdo", DateProblem.NOT_A_DATE),
-        ("1985", DateProblem.NOT_A_DATE),
+        ("1985", DateProblem.INCOMPLETE),
     ],
 )
 def test_it_rejects_bad_birth_dates(text, problem):
@@ -313,3 +313,197 @@ def test_it_reads_named_times(text, request_):
 @pytest.mark.parametrize("text", ["10", "la 3", "la tercera", "más", "25:99"])
 def test_it_reads_no_time_in_positions_or_words(text):
     assert nlu.parse_time(text) is None
+
+
+# --- issue 7: when, which doctor, birth dates as people write them, names vs symptoms --------
+
+WEDNESDAY = dt.date(2026, 12, 2)
+D = dt.date
+T = dt.time
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "el viernes en la tarde",
+            dict(
+                date_from=D(2026, 12, 4),
+                date_to=D(2026, 12, 4),
+                time_from=T(12),
+                time_to=T(18),
+                part_of_day=nlu.PartOfDay.AFTERNOON,
+            ),
+        ),
+        ("mañana", dict(date_from=D(2026, 12, 3), date_to=D(2026, 12, 3))),
+        ("hoy", dict(date_from=WEDNESDAY, date_to=WEDNESDAY)),
+        ("pasado mañana", dict(date_from=D(2026, 12, 4), date_to=D(2026, 12, 4))),
+        (
+            "el martes 8 a las 3pm",
+            dict(
+                date_from=D(2026, 12, 8), date_to=D(2026, 12, 8), at=nlu.TimeRequest(3, None, True)
+            ),
+        ),
+        ("la próxima semana", dict(date_from=D(2026, 12, 7), date_to=D(2026, 12, 13))),
+        ("la semana que viene", dict(date_from=D(2026, 12, 7), date_to=D(2026, 12, 13))),
+        ("lo más pronto posible", dict(earliest=True)),
+        ("la más temprana", dict(earliest=True)),
+        ("no puedo ese día", dict(not_that_day=True)),
+        ("después de las 5", dict(time_from=T(17))),
+        ("a partir de las 2:30 pm", dict(time_from=T(14, 30))),
+        ("antes de las 10", dict(time_to=T(10))),
+        ("entre las 2 y las 4", dict(time_from=T(14), time_to=T(16))),
+        (
+            "mañana en la mañana",
+            dict(
+                date_from=D(2026, 12, 3),
+                date_to=D(2026, 12, 3),
+                time_from=T(0),
+                time_to=T(12),
+                part_of_day=nlu.PartOfDay.MORNING,
+            ),
+        ),
+        ("el 15 de diciembre", dict(date_from=D(2026, 12, 15), date_to=D(2026, 12, 15))),
+        ("diciembre 15", dict(date_from=D(2026, 12, 15), date_to=D(2026, 12, 15))),
+        ("15/12", dict(date_from=D(2026, 12, 15), date_to=D(2026, 12, 15))),
+        ("el 1 de enero", dict(date_from=D(2027, 1, 1), date_to=D(2027, 1, 1))),
+        ("el fin de semana", dict(date_from=D(2026, 12, 5), date_to=D(2026, 12, 6))),
+        ("los martes o los jueves", dict(weekdays=frozenset({1, 3}))),
+        ("a las 9", dict(at=nlu.TimeRequest(9, None, False))),
+        ("a las 3 de la tarde", dict(at=nlu.TimeRequest(3, None, True))),
+        ("a las 10 y media", dict(at=nlu.TimeRequest(10, 30, False))),
+        (
+            "quiero cambiar la cita para el viernes en la tarde",
+            dict(
+                date_from=D(2026, 12, 4),
+                date_to=D(2026, 12, 4),
+                time_from=T(12),
+                time_to=T(18),
+                part_of_day=nlu.PartOfDay.AFTERNOON,
+            ),
+        ),
+    ],
+)
+def test_it_understands_when_the_patient_wants_to_come(text, expected):
+    assert nlu.parse_when(text, WEDNESDAY) == nlu.When(**expected)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["8", "la 8", "el 8", "buenas tardes", "tengo fiebre desde el lunes", "sí", "más", ""],
+)
+def test_it_finds_no_date_in_rows_greetings_or_symptom_histories(text):
+    assert nlu.parse_when(text, WEDNESDAY).empty
+
+
+DOCTORS = {
+    1: "Dra. Luisa Fernanda Rojas",
+    2: "Dr. Carlos García",
+    3: "Dra. Laura Méndez",
+    4: "Dr. Luis Rojas",
+}
+
+
+@pytest.mark.parametrize(
+    ("text", "doctor_id"),
+    [
+        ("con la dra Rojas", 1),
+        ("con el doctor rojas", 4),
+        ("con la dra luisa a las 9", 1),
+        ("con el dr luis", 4),
+        ("con el doctor Garcia", 2),
+        ("con el DOCTOR GARCÍA", 2),
+        ("quiero cita con la dra mendes", 3),  # one letter off
+        ("con Laura Méndez por favor", 3),
+    ],
+)
+def test_it_finds_the_named_doctor_fuzzily(text, doctor_id):
+    assert nlu.match_doctor(text, DOCTORS).doctor_id == doctor_id
+
+
+def test_it_asks_between_doctors_it_cannot_tell_apart_and_knows_the_previous_one():
+    assert nlu.match_doctor("con rojas", DOCTORS).candidates == (1, 4)
+    assert nlu.match_doctor("con el doctor de la otra vez", DOCTORS).previous
+    assert nlu.match_doctor("con la misma doctora de la vez pasada", DOCTORS).previous
+    unknown = nlu.match_doctor("con la dra Pérez", DOCTORS)
+    assert unknown.doctor_id is None and unknown.titled and unknown.said == "perez"
+    for text in ("con fiebre y tos", "quiero el dermatólogo", "con mi hijo", "hola"):
+        assert nlu.match_doctor(text, DOCTORS) == nlu.DoctorRequest()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "14 de marzo del 85",
+        "14/3/85",
+        "14-03-1985",
+        "marzo 14 1985",
+        "marzo 14 de 1985",
+        "14 marzo 85",
+        "14 03 1985",
+        "03/14/1985",
+        "nací el 14 de marzo de 1985",
+    ],
+)
+def test_it_reads_birth_dates_in_the_forms_people_write(text):
+    assert nlu.parse_birth_date(text, WEDNESDAY).date == dt.date(1985, 3, 14)
+
+
+def test_it_asks_back_when_a_birth_date_is_incomplete_or_ambiguous():
+    for text in ("14 de marzo", "marzo del 85", "1985"):
+        assert nlu.parse_birth_date(text, WEDNESDAY).problem == DateProblem.INCOMPLETE
+    both = nlu.parse_birth_date("3/4/26", WEDNESDAY)
+    assert both.problem == DateProblem.AMBIGUOUS
+    assert both.candidates == (dt.date(2026, 4, 3), dt.date(1926, 4, 3))
+
+
+@pytest.mark.parametrize(
+    "text", ["me duele el oído y me zumba", "tengo fiebre", "me duele la muela", "quiero una cita"]
+)
+def test_it_never_takes_a_symptom_sentence_for_a_name(text):
+    assert nlu.parse_full_name(text) is None
+    assert nlu.looks_like_symptoms(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["María de los Ángeles Pérez", "Juan de la Cruz Rojas", "Ana María Gómez"]
+)
+def test_it_still_accepts_names_with_particles(text):
+    assert nlu.parse_full_name(text) == text
+    assert not nlu.looks_like_symptoms(text)
+
+
+FAQ = [
+    nlu.FaqCandidate(
+        1, "¿Cuánto cuesta la consulta?", ("precio", "cuanto cuesta", "valor", "costo")
+    ),
+    nlu.FaqCandidate(2, "¿Qué EPS reciben?", ("eps", "seguro", "prepagada", "sanitas")),
+    nlu.FaqCandidate(3, "¿Tienen parqueadero?", ("parqueadero", "parqueo", "donde dejo el carro")),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "entry_id"),
+    [
+        ("¿cuánto cuesta la consulta?", 1),
+        ("qué precio tiene", 1),
+        ("¿reciben Sanitas?", 2),
+        ("atienden por prepagada?", 2),
+        ("hay parqueadero?", 3),
+        ("dónde dejo el carro", 3),
+        ("tienen parqeadero", 3),  # a typo
+    ],
+)
+def test_it_finds_the_faq_entry_a_question_is_about(text, entry_id):
+    assert nlu.match_faq(text, FAQ) == entry_id
+
+
+@pytest.mark.parametrize("text", ["¿venden helado?", "me duele la muela", "1", "sí"])
+def test_it_finds_no_faq_entry_for_other_things(text):
+    assert nlu.match_faq(text, FAQ) is None
+
+
+def test_it_tells_a_question_from_a_statement():
+    assert nlu.is_question("¿venden helado?")
+    assert nlu.is_question("tienen pediatra los sábados")
+    assert not nlu.is_question("me duele la muela")

@@ -4,7 +4,13 @@ from collections import Counter
 
 import pytest
 
-from bot.triage import TriageResult, classify, detect_red_flag, mentions_child
+from bot.triage import (
+    TriageResult,
+    classify,
+    detect_red_flag,
+    detect_red_flag_in_messages,
+    mentions_child,
+)
 from clinics.demo_data import SPECIALTIES
 from clinics.models import Specialty
 from tests.bot.triage_cases import (
@@ -207,3 +213,72 @@ def test_it_survives_odd_input():
         assert result.red_flag is None
         assert isinstance(result, TriageResult)
     assert classify("me duele la muela", []).specialty is None
+
+
+# --- issue 7: red flags over several messages, self-harm and overdoses said sideways ---------
+
+SPLIT_RED_FLAGS = [
+    (["me duele el pecho", "y se me duerme el brazo izquierdo"], "chest_pain"),
+    (["tengo una molestia en el pecho desde hace rato", "y estoy sudando frío"], "chest_pain"),
+    (["siento una presión rara en el pecho", "y me duele la mandíbula"], "chest_pain"),
+    (["se me durmió la cara", "y el brazo derecho no lo siento bien"], "stroke"),
+    (["mi hijo tiene fiebre", "y tiene el cuello rígido"], "meningitis"),
+    (["hola", "buenas", "ya no quiero despertar mañana"], "suicide"),
+]
+
+
+@pytest.mark.parametrize(("messages", "code"), SPLIT_RED_FLAGS)
+def test_it_judges_red_flags_over_the_recent_messages_together(messages, code):
+    assert detect_red_flag_in_messages(messages) == code
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        ["tengo tos con flema", "y me duele la garganta"],
+        ["me salió un grano en la cara", "y otro en el brazo"],
+        ["mi hijo tiene fiebre", "quiero cita con el pediatra"],
+        ["me duele la espalda", "desde el lunes"],
+    ],
+)
+def test_it_does_not_add_up_ordinary_complaints_into_an_emergency(messages):
+    assert detect_red_flag_in_messages(messages) is None
+
+
+INDIRECT_SELF_HARM = [
+    "me tomé todo el frasco de las pastillas para dormir",
+    "me tomé 30 pastillas de acetaminofén",
+    "me tome las pepas de mi mamá todas de una",
+    "me pasé con las pastillas a propósito",
+    "me tomé el límpido",
+    "se tomó algo de la cocina y está raro",
+    "ya no quiero despertar",
+    "quiero dormir y no despertar nunca",
+    "todos estarían mejor sin mí",
+    "siento que soy una carga para mi familia",
+    "esta es mi despedida, gracias por todo",
+    "ya no le encuentro sentido a nada",
+    "me corté a propósito otra vez",
+    "estoy pensando en quitarme la vida",
+    "tengo unas pastillas guardadas para no despertar",
+    "me quiero ir de este mundo",
+]
+
+
+@pytest.mark.parametrize("text", INDIRECT_SELF_HARM)
+def test_it_catches_self_harm_and_overdoses_in_everyday_words(text):
+    assert detect_red_flag(text) in ("suicide", "poisoning")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "me tomé la pastilla para la presión y me mareé un poco",
+        "ya no aguanto el dolor de muela",
+        "quiero dormir mejor, tengo insomnio",
+        "me tomé un acetaminofén para el dolor de cabeza",
+        "me pasé de peso y quiero nutricionista",
+    ],
+)
+def test_it_does_not_mistake_ordinary_medication_talk_for_an_overdose(text):
+    assert detect_red_flag(text) is None

@@ -19,6 +19,7 @@ from clinics.models import (
     BlockedPeriod,
     Clinic,
     Doctor,
+    FaqEntry,
     Patient,
     Schedule,
     Slot,
@@ -40,6 +41,7 @@ ALL_MODELS = [
     "clinics.appointment",
     "clinics.auditevent",
     "clinics.staffmembership",
+    "clinics.faqentry",
     "bot.conversation",
     "bot.message",
     "bot.webhookevent",
@@ -111,6 +113,9 @@ def populate(clinic: Clinic, tag: str, document: str, wa_id: str) -> dict:
         clinic=clinic, conversation=conversation, direction="in", text="hola", status="received"
     )
     webhook = WebhookEvent.objects.create(body="{}", clinic=clinic, signature_valid=True)
+    faq = FaqEntry.objects.create(
+        clinic=clinic, question=f"¿Parqueadero {tag}?", keywords="parqueadero", answer="Sí."
+    )
     return {
         "clinics.clinic": clinic,
         "clinics.specialty": specialty,
@@ -126,6 +131,7 @@ def populate(clinic: Clinic, tag: str, document: str, wa_id: str) -> dict:
         "bot.conversation": conversation,
         "bot.message": message,
         "bot.webhookevent": webhook,
+        "clinics.faqentry": faq,
     }
 
 
@@ -539,3 +545,36 @@ def test_it_confirms_and_cancels_with_the_real_services(client, world, request, 
     response = client.post(changelist, {"action": "cancel", **selected}, follow=True)
     assert response.status_code == 200
     assert [m.level_tag for m in response.context["messages"]][-1] == "warning"
+
+
+def test_it_lets_only_the_clinic_admin_edit_the_faq_answers(client, world, clinic):
+    """Receptionists read what patients are told; the clinic's admin keeps it true."""
+    entry = world["mine"]["clinics.faqentry"]
+    login(client, "recepcion")
+    assert client.get(url("clinics.faqentry", "change", entry.pk)).status_code == 200
+    response = client.post(
+        url("clinics.faqentry", "change", entry.pk),
+        {"clinic": clinic.pk, "question": "x", "keywords": "", "answer": "No", "position": 0},
+    )
+    assert response.status_code == 403
+    login(client, "admin")
+    response = client.post(
+        url("clinics.faqentry", "add"),
+        {
+            "clinic": clinic.pk,
+            "question": "¿Atienden por telemedicina?",
+            "keywords": "virtual, telemedicina, videollamada",
+            "answer": "Sí, medicina general por videollamada.",
+            "active": "on",
+            "position": 3,
+        },
+    )
+    assert response.status_code == 302
+    added = FaqEntry.objects.get(question="¿Atienden por telemedicina?")
+    assert added.clinic == clinic and added.keyword_list() == [
+        "virtual",
+        "telemedicina",
+        "videollamada",
+    ]
+    other = world["theirs"]["clinics.faqentry"]
+    assert client.get(url("clinics.faqentry", "change", other.pk)).status_code in (302, 404)

@@ -14,6 +14,7 @@ from clinics.models import (
     AuditEvent,
     Clinic,
     Doctor,
+    FaqEntry,
     Patient,
     Schedule,
     Slot,
@@ -152,3 +153,20 @@ def test_it_keeps_edits_made_by_staff(settings):
         "niño\nbebé"
     )
     assert Clinic.objects.get(slug="demo").opening_hours == "24 horas"
+
+
+def test_it_seeds_faq_answers_for_each_clinic_and_keeps_edited_ones(settings):
+    seed(1, settings)
+    demo = Clinic.objects.get(slug="demo")
+    questions = " ".join(demo.faq_entries.values_list("question", flat=True)).lower()
+    for topic in ("cuesta", "eps", "parqueadero", "llevar", "llego"):
+        assert topic in questions
+    assert all(e.answer and e.keyword_list() for e in FaqEntry.objects.all())
+    parking = demo.faq_entries.get(question__icontains="parqueadero")
+    parking.answer = "Ya no tenemos parqueadero."
+    parking.save()
+    count = FaqEntry.objects.count()
+    seed(1, settings)
+    assert FaqEntry.objects.count() == count
+    parking.refresh_from_db()
+    assert parking.answer == "Ya no tenemos parqueadero."

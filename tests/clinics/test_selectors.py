@@ -1,6 +1,7 @@
 """Reads: keyset pages of available slots, a patient's appointments, staff scoping."""
 
 import datetime as dt
+import zoneinfo
 
 import pytest
 from django.db import connection
@@ -8,12 +9,13 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from clinics import selectors, services
-from clinics.models import Doctor, Slot, SlotStatus, Specialty
-from clinics.selectors import available_slots
+from clinics.models import BlockedPeriod, Doctor, Patient, Slot, SlotStatus, Specialty
+from clinics.selectors import WINDOW_HORIZON_DAYS, SlotWindow, available_slots
 from clinics.services import Actor
-from tests.conftest import make_slots
+from tests.conftest import make_clinic, make_slots
 
 NO_NOTICE = dt.timedelta(0)
+TZ = zoneinfo.ZoneInfo("America/Bogota")
 
 
 def all_pages(**kwargs) -> list[list[Slot]]:
@@ -206,3 +208,167 @@ def test_it_scopes_staff_to_their_clinics(
     from django.contrib.auth.models import AnonymousUser
 
     assert list(selectors.staff_clinics(AnonymousUser())) == []
+
+
+# --- slots that fit: blocked periods, the patient's own time, a date/time window ------------
+
+
+def local(clinic, day: dt.date, hour: int, minute: int = 0) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(hour, minute), tzinfo=clinic.tz)
+
+
+@pytest.fixture
+def two_weeks(clinic, doctor, pediatrician) -> list[Slot]:
+    """Both doctors, 14 days from tomorrow, hourly 07:00–18:00 Bogotá (12 slots a day each)."""
+    first = timezone.localdate(timezone.now(), clinic.tz) + dt.timedelta(days=1)
+    Slot.objects.all().delete()
+    made = []
+    for offset in range(14):
+        day = first + dt.timedelta(days=offset)
+        for who in (doctor, pediatrician):
+            made += make_slots(who, local(clinic, day, 7), 12, minutes=60)
+    return made
+
+
+def every_slot(**kwargs) -> list[Slot]:
+    return [s for page in all_pages(page_size=7, **kwargs) for s in page]
+
+
+def test_it_never_offers_a_slot_inside_a_blocked_period(clinic, doctor, pediatrician, two_weeks):
+    day = timezone.localdate(two_weeks[0].start_at, clinic.tz)
+    # A holiday for everyone on the first day, and Dr. García away 10:30–12:30 on the second;
+    # the slots were generated before, so their own status still says "free".
+    BlockedPeriod.objects.create(
+        clinic=clinic,
+        starts_at=local(clinic, day, 0),
+        ends_at=local(clinic, day + dt.timedelta(days=1), 0),
+        reason="festivo",
+    )
+    BlockedPeriod.objects.create(
+        clinic=clinic,
+        doctor=doctor,
+        starts_at=local(clinic, day + dt.timedelta(days=1), 10, 30),
+        ends_at=local(clinic, day + dt.timedelta(days=1), 12, 30),
+    )
+    offered = every_slot(clinic=clinic)
+    assert all(timezone.localdate(s.start_at, clinic.tz) != day for s in offered)
+    second_day = [
+        (s.doctor_id, s.start_at.astimezone(clinic.tz).hour)
+        for s in offered
+        if timezone.localdate(s.start_at, clinic.tz) == day + dt.timedelta(days=1)
+    ]
+    assert (doctor.pk, 10) not in second_day  # 10:00–11:00 overlaps the absence
+    assert (doctor.pk, 11) not in second_day and (doctor.pk, 12) not in second_day
+    assert (doctor.pk, 9) in second_day and (doctor.pk, 13) in second_day
+    assert (pediatrician.pk, 10) in second_day  # another doctor's absence hides nothing of hers
+    assert len(offered) == len(two_weeks) - 24 - 3
+    only_him = every_slot(clinic=clinic, doctor=doctor)
+    assert len(only_him) == len(two_weeks) // 2 - 12 - 3
+
+
+def test_it_keeps_a_cancelled_slot_in_a_blocked_period_hidden(clinic, patient, two_weeks):
+    slot = two_weeks[30]
+    appointment = services.appointment_book(
+        clinic=clinic, patient=patient, slot_id=slot.pk, actor=Actor.system("t"), source="api"
+    )
+    BlockedPeriod.objects.create(
+        clinic=clinic, starts_at=slot.start_at, ends_at=slot.end_at, reason="cerrado"
+    )
+    services.appointment_cancel(
+        clinic=clinic, appointment_id=appointment.pk, actor=Actor.system("t")
+    )
+    assert slot.pk not in {s.pk for s in every_slot(clinic=clinic)}
+
+
+def test_it_never_offers_a_time_overlapping_the_patients_own_appointment(
+    clinic, doctor, pediatrician, patient, other_patient, two_weeks
+):
+    mine = next(s for s in two_weeks if s.doctor_id == doctor.pk)
+    services.appointment_book(
+        clinic=clinic, patient=patient, slot_id=mine.pk, actor=Actor.system("t"), source="api"
+    )
+    same_time = Slot.objects.get(doctor=pediatrician, start_at=mine.start_at)
+    for_her = {s.pk for s in every_slot(clinic=clinic, patient=patient)}
+    assert same_time.pk not in for_her
+    assert len(for_her) == len(two_weeks) - 2
+    assert same_time.pk in {s.pk for s in every_slot(clinic=clinic, patient=other_patient)}
+    with pytest.raises(services.InvalidInput):
+        foreign = Patient.objects.create(
+            clinic=Doctor.objects.create(
+                clinic=make_clinic("sur", "100000000000009"), full_name="X"
+            ).clinic,
+            document="55555555",
+            full_name="Otra Persona",
+        )
+        available_slots(clinic=clinic, patient=foreign)
+
+
+@pytest.mark.parametrize(
+    ("window_of", "keep"),
+    [
+        # "el viernes en la tarde": Friday, 12:00–18:00 local
+        (
+            lambda day: SlotWindow(
+                weekdays=frozenset({4}), time_from=dt.time(12), time_to=dt.time(18)
+            ),
+            lambda t: t.weekday() == 4 and 12 <= t.hour < 18,
+        ),
+        # "después de las 5"
+        (lambda day: SlotWindow(time_from=dt.time(17)), lambda t: t.hour >= 17),
+        # "antes de las 9" on weekdays only
+        (
+            lambda day: SlotWindow(time_to=dt.time(9), weekdays=frozenset(range(5))),
+            lambda t: t.hour < 9 and t.weekday() < 5,
+        ),
+        # "la próxima semana": from the 3rd day to the 9th, as instants
+        (
+            lambda day: SlotWindow(
+                start=dt.datetime.combine(day + dt.timedelta(days=2), dt.time.min, tzinfo=TZ),
+                end=dt.datetime.combine(day + dt.timedelta(days=9), dt.time.min, tzinfo=TZ),
+            ),
+            None,
+        ),
+    ],
+)
+def test_it_filters_by_a_date_and_time_window_page_after_page(
+    clinic, doctor, two_weeks, window_of, keep
+):
+    first_day = timezone.localdate(two_weeks[0].start_at, clinic.tz)
+    window = window_of(first_day)
+    if keep is None:
+
+        def keep(t, w=window):
+            return w.start <= t < w.end
+
+    expected = sorted(
+        (s for s in two_weeks if keep(s.start_at.astimezone(clinic.tz))),
+        key=lambda s: (s.start_at, s.pk),
+    )
+    assert expected
+    got = every_slot(clinic=clinic, window=window)
+    assert [s.pk for s in got] == [s.pk for s in expected]
+    with_doctor = every_slot(clinic=clinic, window=window, doctor=doctor)
+    assert [s.pk for s in with_doctor] == [s.pk for s in expected if s.doctor_id == doctor.pk]
+
+
+def test_it_reads_a_window_page_in_one_query(clinic, patient, two_weeks):
+    window = SlotWindow(weekdays=frozenset({0, 2}), time_from=dt.time(14))
+    with CaptureQueriesContext(connection) as queries:
+        page = available_slots(
+            clinic=clinic, window=window, patient=patient, min_notice=NO_NOTICE, page_size=5
+        )
+    assert len(queries) == 1 and len(page.slots) == 5
+
+
+def test_it_looks_a_bounded_horizon_ahead_for_a_window_without_end(clinic, doctor):
+    first = timezone.localdate(timezone.now(), clinic.tz) + dt.timedelta(days=1)
+    near = make_slots(doctor, local(clinic, first, 17), 1)
+    far_day = first + dt.timedelta(days=WINDOW_HORIZON_DAYS + 5)
+    make_slots(doctor, local(clinic, far_day, 17), 1)
+    window = SlotWindow(time_from=dt.time(17))
+    assert [s.pk for s in every_slot(clinic=clinic, window=window)] == [near[0].pk]
+    anchored = SlotWindow(
+        time_from=dt.time(17), start=local(clinic, far_day, 0), end=local(clinic, far_day, 23)
+    )
+    assert len(every_slot(clinic=clinic, window=anchored)) == 1
+    assert every_slot(clinic=clinic, window=SlotWindow(time_from=dt.time(20))) == []

@@ -15,7 +15,15 @@ from django.utils import timezone
 
 from clinics import services
 from clinics.demo_data import SPECIALTIES
-from clinics.models import Clinic, Doctor, Patient, Schedule, Specialty, StaffMembership
+from clinics.models import (
+    Clinic,
+    Doctor,
+    FaqEntry,
+    Patient,
+    Schedule,
+    Specialty,
+    StaffMembership,
+)
 
 DEMO_PASSWORD = "sophia-demo"
 
@@ -80,6 +88,66 @@ PATIENT = {
     "whatsapp_id": "573001234567",
 }
 
+# (question, keywords, answer) per clinic: what patients ask most, answered in the clinic's words.
+FAQ = {
+    "demo": [
+        (
+            "¿Cuánto cuesta la consulta?",
+            "precio, precios, cuanto cuesta, cuánto vale, valor de la consulta, costo, tarifa, "
+            "cuanto cobran, particular, copago, cuota moderadora",
+            "La consulta de medicina general particular cuesta $80.000 y la de especialista "
+            "$120.000. Con EPS o prepagada pagas solo la cuota moderadora o el copago de tu plan.",
+        ),
+        (
+            "¿Qué seguros o EPS reciben?",
+            "eps, seguro, seguros, prepagada, medicina prepagada, convenio, convenios, "
+            "aseguradora, sanitas, sura, compensar, nueva eps, colsanitas, reciben mi eps, aceptan",
+            "Atendemos Sanitas, Sura, Compensar y Nueva EPS, y las prepagadas Colsanitas y "
+            "Sura Prepagada. Si tu plan no está en la lista, puedes venir como particular.",
+        ),
+        (
+            "¿Tienen parqueadero?",
+            "parqueadero, parqueo, parquear, estacionamiento, estacionar, donde dejo el carro, "
+            "carro, moto, cicla, bicicleta",
+            "Sí: parqueadero cubierto en el sótano del edificio, gratis las primeras 2 horas "
+            "presentando el ticket en recepción. También hay cicloparqueadero en la entrada.",
+        ),
+        (
+            "¿Qué debo llevar a la cita?",
+            "que llevo, que debo llevar, que tengo que llevar, documentos, que traer, examenes, "
+            "formula, orden medica, carne",
+            "Tu documento de identidad, el carné de tu EPS o seguro y tus exámenes o fórmulas "
+            "recientes. Llega 15 minutos antes de tu cita.",
+        ),
+        (
+            "¿Cómo llego a la clínica?",
+            "como llego, como llegar, transmilenio, bus, ruta, indicaciones, direccion, donde "
+            "quedan, ubicacion, mapa",
+            "Estamos en la Carrera 7 # 72-41, Chapinero, Bogotá. En TransMilenio bájate en la "
+            "estación Calle 72 y camina dos cuadras hacia los cerros; los buses de la Carrera 7 "
+            "paran en la esquina.",
+        ),
+        (
+            "¿Qué medios de pago reciben?",
+            "pago, pagar, tarjeta, efectivo, nequi, daviplata, transferencia, datafono, medios de "
+            "pago",
+            "Recibimos efectivo, tarjetas débito y crédito, Nequi y Daviplata en recepción.",
+        ),
+    ],
+    "norte": [
+        (
+            "¿Cuánto cuesta la consulta?",
+            "precio, cuanto cuesta, valor, costo, tarifa, particular, copago",
+            "La consulta particular cuesta $70.000. Con EPS pagas la cuota moderadora de tu plan.",
+        ),
+        (
+            "¿Tienen parqueadero?",
+            "parqueadero, parqueo, parquear, estacionamiento, carro, moto",
+            "No tenemos parqueadero propio; hay uno público a media cuadra, sobre la Calle 134.",
+        ),
+    ],
+}
+
 STAFF = [
     ("recepcion", "demo", StaffMembership.Role.RECEPTIONIST),
     ("admin", "demo", StaffMembership.Role.ADMIN),
@@ -98,6 +166,8 @@ class Command(BaseCommand):
             Patient.objects.get_or_create(
                 clinic=clinics["demo"], document=PATIENT["document"], defaults=PATIENT
             )
+            for slug, clinic in clinics.items():
+                self.faq(clinic, FAQ[slug])
             new_users = self.staff(clinics)
             slots = {slug: self.slots(clinic) for slug, clinic in clinics.items()}
 
@@ -150,6 +220,15 @@ class Command(BaseCommand):
                             "valid_from": today,
                         },
                     )
+
+    def faq(self, clinic: Clinic, entries: list[tuple[str, str, str]]) -> None:
+        # Found by question: answers staff edited since the last run are kept.
+        for position, (question, keywords, answer) in enumerate(entries):
+            FaqEntry.objects.get_or_create(
+                clinic=clinic,
+                question=question,
+                defaults={"keywords": keywords, "answer": answer, "position": position},
+            )
 
     def staff(self, clinics: dict[str, Clinic]) -> list[str]:
         created_names = []
