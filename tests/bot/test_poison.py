@@ -4,6 +4,8 @@ worker's own claim-and-run step; replies go over HTTP to the fake Graph API."""
 
 import datetime as dt
 import re
+import subprocess
+import sys
 
 import psycopg
 import pytest
@@ -12,7 +14,9 @@ from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from bot import engine, periodic, processing
+from bot.messages import Reply
 from bot.models import Conversation, Message, MessageStatus
+from tests.bot.test_e2e import App, Phone
 from tests.bot.test_processing import (
     WA_ID,
     EchoEngine,
@@ -20,10 +24,22 @@ from tests.bot.test_processing import (
     receive,
     run_ready_tasks,
     text_message,
+    webhook_body,
 )
-from tests.fakes import graph_server
+from tests.bot.test_worker import ROOT, Workers
+from tests.conftest import eventually
+from tests.fakes import graph_server, openai_server
 
-fake_graph = graph_server.fake_graph  # the fixture
+fake_graph = graph_server.fake_graph  # the fixtures
+fake_openai = openai_server.fake_openai
+
+
+@pytest.fixture
+def app(transactional_db, fake_graph, fake_openai, tmp_path):
+    running = App(tmp_path, fake_graph.url, fake_openai.base_url).start()
+    yield running
+    running.stop()
+
 
 OTHER_WA = "573119998877"
 # Text that made the old red-flag pattern take quadratic time ("rigidez … fiebre").
@@ -170,3 +186,78 @@ def test_a_hung_worker_blocks_neither_other_patients_nor_the_set_aside(
     assert message.status == MessageStatus.PROCESSED and "set aside" in message.error
     assert Conversation.objects.get(pk=poisoned.pk).needs_staff
     assert echo.seen == ["hola"]
+
+
+# --- the same, with real processes: daphne and run_worker ---------------------------------------
+
+
+def poison_step(snapshot, inbound, ctx) -> engine.StepResult:
+    """The subprocess worker's engine: echoes, but "veneno" never ends by itself."""
+    if inbound.text == "veneno":
+        re.match(r"(a+)+$", "a" * 64 + "b")
+    return engine.StepResult(
+        replies=[Reply(kind="text", text=f"eco: {inbound.text}")],
+        snapshot=engine.Snapshot(state=engine.State.IDENTIFIED, data={}),
+    )
+
+
+POISON_WORKER = (
+    "import sys, django; django.setup()\n"
+    "from bot import engine\n"
+    "from tests.bot.test_poison import poison_step\n"
+    "engine.step = poison_step\n"
+    "from django.core.management import call_command\n"
+    "call_command('run_worker', *sys.argv[1:])\n"
+)
+
+
+class PoisonWorkers(Workers):
+    def start(self, *args: str, **env: str) -> subprocess.Popen:
+        log = self.tmp_path / f"worker-{len(self.procs)}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", POISON_WORKER, "--interval", "0.05", *args],
+            cwd=ROOT,
+            env={**self.env(), **env},
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append((proc, log))
+        return proc
+
+
+@pytest.fixture
+def poison_workers(transactional_db, fake_graph, tmp_path, settings):
+    settings.WHATSAPP_APP_SECRET = "test-app-secret"
+    pool = PoisonWorkers(tmp_path, fake_graph.url)
+    yield pool
+    pool.stop_all()
+
+
+def test_the_only_worker_stops_a_poisoned_turn_and_answers_the_next_patient(
+    poison_workers, clinic, fake_graph
+):
+    poison_workers.start(SOPHIA_TURN_BUDGET_SECONDS="1")
+    poisoned = receive(clinic, text_message("veneno"))
+    receive(clinic, text_message("hola", wa_id=OTHER_WA))
+    fake_graph.wait_for(lambda reqs: any(q.to == OTHER_WA for q in reqs), timeout=30)
+    assert [m.text for m in fake_graph.messages_to(OTHER_WA)] == ["eco: hola"]
+    fake_graph.wait_for(lambda reqs: any(q.to == WA_ID for q in reqs), timeout=30)
+    assert "equipo" in fake_graph.messages_to(WA_ID)[0].text
+    (message,) = inbound(poisoned)
+    assert message.status == MessageStatus.PROCESSED and "ran past 1.0 s" in message.error
+    assert "ran past its 1.0 s budget" in poison_workers.all_logs()
+
+
+def test_900000_characters_over_http_to_daphne_and_the_worker(app, fake_graph, clinic, specialty):
+    huge = webhook_body(clinic.phone_number_id, [text_message(HUGE)])
+    assert len(huge) < 1024 * 1024  # within the webhook's body limit
+    assert app.post(huge).status_code == 200
+    other = Phone(app, fake_graph, clinic, OTHER_WA)
+    assert other.say("hola")  # answered, not stuck behind the huge one
+    stored = Message.objects.get(direction="in", conversation__wa_id=WA_ID)
+    assert len(stored.text) == 900_000
+    eventually(
+        lambda: Message.objects.get(pk=stored.pk).status == MessageStatus.PROCESSED,
+        what="the huge message processed",
+    )
+    assert fake_graph.messages_to(WA_ID)
