@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Test services: real PostgreSQL and Redis on this machine (scripts/ensure-services starts them).
 TEST_ENV := DATABASE_URL=$${TEST_DATABASE_URL:-postgresql://sophia:sophia@127.0.0.1:5432/sophia} \
 	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} \
-	SECRET_KEY=sophia-tests-only
+	SECRET_KEY=sophia-tests-only SOPHIA_NETWORK_GUARD=raise
 
 .PHONY: demo test lint format bench messages clean
 

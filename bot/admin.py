@@ -9,7 +9,8 @@ from django.http import HttpRequest
 from django.utils.translation import gettext_lazy
 
 from bot.models import Conversation, Message, PeriodicJob, WebhookEvent
-from clinics.admin import ADMIN_ONLY, ClinicScopedAdmin, ReadOnlyRecordAdmin, mask
+from clinics.admin import ADMIN_ONLY, ClinicScopedAdmin, ReadOnlyRecordAdmin
+from clinics.identifiers import mask
 
 
 @admin.register(Conversation)
@@ -22,6 +23,7 @@ class ConversationAdmin(ClinicScopedAdmin):
         "state",
         "mode",
         "needs_staff",
+        "handoff_reason",
         "urgent",
         "last_activity_at",
         "clinic",
@@ -29,6 +31,7 @@ class ConversationAdmin(ClinicScopedAdmin):
     list_filter = [
         "mode",
         "needs_staff",
+        "handoff_reason",
         "urgent",
         "state",
         ("clinic", admin.RelatedOnlyFieldListFilter),

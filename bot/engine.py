@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING
 
 from bot import nlu, replies, triage
 from bot.messages import (
+    MAX_LIST_ROWS,
     AppointmentInfo,
     ClinicInfo,
     Inbound,
@@ -64,6 +65,7 @@ from bot.messages import (
 from bot.nlu import Intent
 from bot.text import normalize
 from clinics.errors import BookingError
+from outreach import replies as outreach_replies
 
 if TYPE_CHECKING:
     from bot.gateway import Gateway
@@ -138,7 +140,17 @@ LOOKAHEAD_PAGES = 5  # how many pages "el de las 10" searches, from the first
 _IDENTITY_KEYS = ("recent", "handoff_reason", "queue_noticed")
 RECENT_WINDOW = dt.timedelta(minutes=15)  # messages read together for red flags
 # Ids of the rows and buttons the engine sends ("slot:42", "confirm:yes", …).
-_REPLY_PREFIXES = ("slot:", "spec:", "appt:", "confirm:", "cancel:", "human:", "who:")
+_REPLY_PREFIXES = (
+    "slot:",
+    "spec:",
+    "appt:",
+    "confirm:",
+    "cancel:",
+    "human:",
+    "reminder:",
+    "waitlist:",
+    "who:",
+)
 _FAQ_INTENTS = (Intent.ADDRESS, Intent.HOURS, Intent.WHAT_TO_BRING, Intent.PHONE)
 
 
@@ -296,6 +308,8 @@ def step(snapshot: Snapshot, inbound: Inbound, ctx: Context) -> StepResult:
             return turn.result()
     if turn.reply_id == replies.HUMAN_NO:
         turn.say(replies.person_declined())
+        return turn.result()
+    if _outreach(turn):
         return turn.result()
     HANDLERS[turn.snap.state](turn)
     return turn.result()
@@ -493,14 +507,17 @@ def _identified(turn: Turn, patient: PatientInfo, greeting: Reply) -> None:
         turn.data["want"] = turn.request.want
         if turn.request.notice is not None:
             turn.say(turn.request.notice)
-        handled = (turn.request.want.get("doctor_id") and _book_with_doctor(turn, symptoms)) or (
-            _triage(
-                turn,
-                symptoms,
-                expecting_symptoms=True,
-                quiet_if_unsure=True,
-                ask_whose=not chosen,
-            )
+        # "1020304050 quiero una cita": no symptoms yet, the greeting asks for them.
+        asking = nlu.detect_intent(symptoms) == Intent.BOOK
+        handled = (
+            turn.request.want.get("doctor_id") and _book_with_doctor(turn, symptoms)
+        ) or _triage(
+            turn,
+            symptoms,
+            expecting_symptoms=not asking,
+            quiet_if_unsure=True,
+            use_llm=not asking,
+            ask_whose=not chosen,
         )
         if not handled:
             turn.say(replies.booking_for(name) if chosen else greeting)
@@ -671,7 +688,7 @@ def _ask_whose_first(turn: Turn, text: str, specialty: SpecialtyInfo) -> bool:
         return False
     on_number = turn.gateway.patients_on_number(turn.ctx.wa_id)
     turn.data["pending_symptoms"] = text.strip()[:500]
-    turn.data["whose_options"] = [p.id for p in on_number[: replies.MAX_ROWS - 1]]
+    turn.data["whose_options"] = [p.id for p in on_number[: MAX_LIST_ROWS - 1]]
     turn.go(State.CHOOSING_PATIENT)
     turn.say(replies.whose_appointment(on_number))
     return True
@@ -762,7 +779,8 @@ def _on_idle(turn: Turn, *, expecting_symptoms: bool) -> None:
     if intent == Intent.GREETING:
         turn.say(replies.identified(nlu.first_names(patient.full_name)))
         return
-    turn.request = _read_request(turn, turn.text, base=None)
+    # "quiero una cita para el viernes" … "me duele una muela": the day asked first still holds.
+    turn.request = _read_request(turn, turn.text, base=turn.data.get("want"))
     turn.data["want"] = turn.request.want
     if turn.request.notice is not None:
         turn.say(turn.request.notice)
@@ -961,7 +979,7 @@ def _offer_specialties(
 ) -> None:
     ordered = sorted(
         specialties, key=lambda s: (first.index(s.slug) if s.slug in first else len(first), s.name)
-    )[: replies.MAX_ROWS]
+    )[:MAX_LIST_ROWS]
     turn.data["specialty_options"] = [s.slug for s in ordered]
     turn.go(State.CHOOSING_SPECIALTY)
     turn.say(replies.choose_specialty(ordered, no_slots_for=no_slots_for))
@@ -1019,12 +1037,15 @@ def _show_page(turn: Turn, specialty: SpecialtyInfo, *, page: int, intro: str = 
         for key in ("shown", "shown_times", "page", "cursors", "has_more"):
             turn.data.pop(key, None)
         others = [s for s in _specialties(turn) if s.slug != specialty.slug]
-        if others and not turn.data.get("reschedule_id"):
+        rescheduling = bool(turn.data.get("reschedule_id"))
+        if others and not rescheduling:
             _offer_specialties(turn, others, no_slots_for=specialty.name)
         else:
             _reset_flow(turn)
             turn.go(State.IDENTIFIED if turn.snap.patient_id else State.START)
             turn.say(replies.no_slots_at_all(specialty.name))
+        if turn.snap.patient_id and not rescheduling:
+            turn.say(outreach_replies.waitlist_invite(specialty.name, specialty.slug))
         return
     cursors = cursors[:page]
     cursors.append(slot_page.next_cursor)
@@ -1551,7 +1572,7 @@ def _start_pick_appointment(turn: Turn, *, to_cancel: bool) -> None:
         turn.say(replies.no_upcoming())
         return
     _reset_flow(turn)
-    turn.data["options"] = [a.id for a in appointments[: replies.MAX_ROWS]]
+    turn.data["options"] = [a.id for a in appointments[:MAX_LIST_ROWS]]
     if turn.pending_want:
         turn.data["pending_want"] = turn.pending_want
     named = _named_appointment(turn, appointments, by_date=to_cancel)
@@ -1736,6 +1757,68 @@ def _on_closed(turn: Turn) -> None:
     turn.snap.patient_id = None
     turn.go(State.START)
     _on_start(turn)
+
+
+# --- reminders and the waitlist (outreach) -------------------------------------------------------
+
+_STOP_REMINDERS = {"stop", "no quiero recordatorios", "no mas recordatorios", "parar recordatorios"}
+_RESUME_REMINDERS = {"start", "quiero recordatorios", "activar recordatorios"}
+# A plain-text answer to a reminder, in states where these words mean nothing else.
+_REMINDER_WORDS = {"confirmo": True, "cancelar": False, "cancelo": False}
+_REMINDER_TEXT_STATES = (State.START, State.IDENTIFIED, State.BOOKED, State.CLOSED)
+
+
+def _outreach(turn: Turn) -> bool:
+    """Reminder and waitlist buttons, STOP, and "confirmo" / "cancelar" after a reminder; True
+    when handled. The gateway checks the reminder or offer was sent to this conversation."""
+    gateway, now = turn.gateway, turn.ctx.now
+    kind, _, rest = turn.reply_id.partition(":")
+    action, _, raw_id = rest.partition(":")
+    if kind == "reminder" and action in ("confirm", "cancel") and _int(raw_id):
+        result = gateway.reminder_answer(
+            appointment_id=_int(raw_id), confirm=action == "confirm", now=now
+        )
+        turn.say(outreach_replies.reminder_result(result, turn.clinic))
+        return True
+    if kind == "waitlist" and action in ("accept", "decline") and _int(raw_id):
+        result = gateway.waitlist_answer(offer_id=_int(raw_id), accept=action == "accept", now=now)
+        turn.say(outreach_replies.offer_result(result, turn.clinic))
+        return True
+    if kind == "waitlist" and action == "join":
+        specialty = gateway.specialty(rest.partition(":")[2])
+        if specialty is None or turn.patient() is None:
+            turn.say(replies.identify_first())
+            return True
+        joined = gateway.waitlist_join(patient_id=turn.snap.patient_id, specialty_id=specialty.id)
+        turn.say(outreach_replies.waitlist_joined(specialty.name, already=not joined))
+        return True
+    if kind == "waitlist":  # "waitlist:no"
+        turn.say(outreach_replies.waitlist_not_joined())
+        return True
+    if turn.inbound.kind != "text":
+        return False
+    said = normalize(turn.text)
+    if said in _STOP_REMINDERS or said in _RESUME_REMINDERS:
+        enabled = said in _RESUME_REMINDERS
+        gateway.reminders_set(
+            wa_id=turn.ctx.wa_id, patient_id=turn.snap.patient_id, enabled=enabled
+        )
+        turn.say(
+            outreach_replies.reminders_resumed()
+            if enabled
+            else outreach_replies.reminders_stopped()
+        )
+        return True
+    if said in _REMINDER_WORDS and turn.snap.state in _REMINDER_TEXT_STATES:
+        appointment = gateway.open_reminder(now=now)
+        if appointment is None:
+            return False
+        result = gateway.reminder_answer(
+            appointment_id=appointment.id, confirm=_REMINDER_WORDS[said], now=now
+        )
+        turn.say(outreach_replies.reminder_result(result, turn.clinic))
+        return True
+    return False
 
 
 HANDLERS: dict[State, Callable[[Turn], None]] = {

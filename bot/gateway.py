@@ -20,12 +20,14 @@ from bot.messages import (
     ClinicInfo,
     DoctorInfo,
     FaqInfo,
+    OutreachResult,
     PatientInfo,
     SlotFilter,
     SlotInfo,
     SlotPage,
     SpecialtyInfo,
 )
+from bot.models import Conversation
 from clinics import selectors, services
 from clinics.models import (
     Appointment,
@@ -40,6 +42,7 @@ from clinics.models import (
     SlotHold,
     Specialty,
 )
+from outreach import reminders, waitlist
 
 
 def hold_owner(conversation_id: int) -> str:
@@ -147,6 +150,29 @@ class Gateway(Protocol):
         """Whose slots to offer when moving an appointment: its specialty, else its doctor's."""
         ...
 
+    # reminders and the waitlist (outreach)
+    def open_reminder(self, *, now: dt.datetime) -> AppointmentInfo | None:
+        """The appointment of the latest reminder sent to this conversation, still ahead."""
+        ...
+
+    def reminder_answer(
+        self, *, appointment_id: int, confirm: bool, now: dt.datetime
+    ) -> OutreachResult:
+        """Confirm or cancel the appointment of a reminder this conversation received."""
+        ...
+
+    def reminders_set(self, *, wa_id: str, patient_id: int | None, enabled: bool) -> int:
+        """STOP / resume reminders for the patients on this number; how many changed."""
+        ...
+
+    def waitlist_join(self, *, patient_id: int, specialty_id: int) -> bool:
+        """Put the patient on the specialty's waitlist; False when already on it."""
+        ...
+
+    def waitlist_answer(self, *, offer_id: int, accept: bool, now: dt.datetime) -> OutreachResult:
+        """Accept or decline a waitlist offer this conversation received."""
+        ...
+
 
 # --- the ORM implementation ------------------------------------------------------------------
 
@@ -209,6 +235,7 @@ class OrmGateway:
         self._clinic = clinic
         self._info = clinic_info(clinic)
         self.holder = hold_owner(conversation_id)
+        self._conversation_id = conversation_id
         self._patients: dict[int, Patient] = {}
         self._specialties: list[Specialty] | None = None
 
@@ -488,3 +515,50 @@ class OrmGateway:
             return None
         specialty = appointment.specialty or appointment.doctor.specialties.order_by("name").first()
         return specialty_info(specialty) if specialty else None
+
+    # reminders and the waitlist
+
+    def open_reminder(self, *, now: dt.datetime) -> AppointmentInfo | None:
+        found = reminders.open_reminder(
+            clinic=self._clinic, conversation_id=self._conversation_id, now=now
+        )
+        return appointment_info(found.appointment) if found else None
+
+    def reminder_answer(
+        self, *, appointment_id: int, confirm: bool, now: dt.datetime
+    ) -> OutreachResult:
+        answer = reminders.reminder_respond(
+            clinic=self._clinic,
+            conversation_id=self._conversation_id,
+            appointment_id=appointment_id,
+            confirm=confirm,
+            now=now,
+        )
+        found = answer.appointment
+        return OutreachResult(str(answer.outcome), appointment_info(found) if found else None)
+
+    def reminders_set(self, *, wa_id: str, patient_id: int | None, enabled: bool) -> int:
+        return reminders.reminders_opt(
+            clinic=self._clinic, wa_id=wa_id, patient_id=patient_id, enabled=enabled
+        )
+
+    def waitlist_join(self, *, patient_id: int, specialty_id: int) -> bool:
+        patient = self._required_patient(patient_id)
+        specialty = Specialty.objects.filter(pk=specialty_id, clinic=self._clinic).first()
+        if specialty is None:
+            raise services.InvalidInput("no such specialty in this clinic")
+        _entry, created = waitlist.waitlist_join(
+            clinic=self._clinic,
+            patient=patient,
+            specialty=specialty,
+            conversation=Conversation.objects.filter(pk=self._conversation_id).first(),
+        )
+        return created
+
+    def waitlist_answer(self, *, offer_id: int, accept: bool, now: dt.datetime) -> OutreachResult:
+        respond = waitlist.waitlist_accept if accept else waitlist.waitlist_decline
+        answer = respond(
+            clinic=self._clinic, offer_id=offer_id, conversation_id=self._conversation_id, now=now
+        )
+        found = answer.appointment
+        return OutreachResult(str(answer.outcome), appointment_info(found) if found else None)

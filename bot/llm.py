@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import openai
 from django.conf import settings
 
+from bot import network
 from sophia_web import metrics
 
 if TYPE_CHECKING:
@@ -67,11 +68,15 @@ class LLMHelper:
         self.model = model
         # One attempt: a patient is waiting, and the rules already have an answer.
         self.client = openai.OpenAI(
-            api_key=api_key, base_url=base_url, timeout=timeout, max_retries=0
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=0,
         )
 
     def _complete(self, purpose: str, **request):
         """One chat completion, counted and timed for /metrics (calls, errors, tokens)."""
+        network.check("the LLM")  # before the SDK, which would turn it into a connection error
         metrics.LLM_CALLS.labels(purpose=purpose).inc()
         started = time.perf_counter()
         try:

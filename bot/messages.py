@@ -12,6 +12,27 @@ from typing import Literal
 
 # --- messages --------------------------------------------------------------------------------
 
+# WhatsApp's limits (Cloud API reference, "Interactive messages"): bot.replies words within them,
+# bot.whatsapp clips whatever reaches it to them.
+MAX_TEXT_BODY = 4096
+MAX_INTERACTIVE_BODY = 1024
+MAX_LIST_ROWS = 10
+MAX_ROW_TITLE = 24
+MAX_ROW_DESCRIPTION = 72
+MAX_ROW_ID = 200
+MAX_LIST_BUTTON = 20
+MAX_BUTTONS = 3
+MAX_BUTTON_TITLE = 20
+MAX_BUTTON_ID = 256
+
+
+def clip(text: str, limit: int) -> str:
+    """Shorten to `limit` characters, ending in "…" when something was cut."""
+    text = (text or "").strip()
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rstrip() + "…"
+
 
 @dataclass(frozen=True)
 class Inbound:
@@ -142,3 +163,13 @@ class SlotFilter:
     weekdays: tuple[int, ...] | None = None
     doctor_id: int | None = None
     patient_id: int | None = None
+
+
+@dataclass(frozen=True)
+class OutreachResult:
+    """What answering a reminder or a waitlist offer did. `outcome` is one of the outcome names
+    of outreach.reminders.Answer or outreach.waitlist.OfferOutcome ("confirmed", "booked",
+    "taken", "not_found", …)."""
+
+    outcome: str
+    appointment: AppointmentInfo | None = None

@@ -6,6 +6,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from clinics.identifiers import mask
 from clinics.models import Clinic, Patient
 
 
@@ -148,7 +149,7 @@ class Conversation(models.Model):
 
     @property
     def masked_wa_id(self) -> str:
-        return f"…{self.wa_id[-4:]}"
+        return mask(self.wa_id)
 
 
 class Direction(models.TextChoices):

@@ -16,6 +16,7 @@ from difflib import SequenceMatcher
 from enum import StrEnum
 
 from bot.text import MAX_TEXT, normalize, strip_accents
+from clinics.identifiers import is_document
 
 # ---------------------------------------------------------------------------------------------
 # Fuzzy word matching
@@ -72,7 +73,7 @@ def parse_document(text: str) -> DocumentParse:
         for m in _DIGIT_GROUPS.finditer(cleaned)
         if not _DATE_SHAPED.match(m.group())
     ]
-    valid = [c for c in candidates if 8 <= len(c) <= 15]
+    valid = [c for c in candidates if is_document(c)]
     if len(set(valid)) == 1:
         return DocumentParse(document=valid[0])
     if valid:
@@ -119,6 +120,10 @@ MONTHS = {
 _NUMERIC_DMY = re.compile(r"\b(\d{1,2})\s*[/\-.]\s*(\d{1,2})\s*[/\-.]\s*(\d{4}|\d{2})\b")
 _NUMERIC_YMD = re.compile(r"\b(\d{4})\s*[/\-.]\s*(\d{1,2})\s*[/\-.]\s*(\d{1,2})\b")
 _SPACED_DMY = re.compile(r"^(\d{1,2}) (\d{1,2}) (\d{4}|\d{2})$")
+# "14 del 3 del 85", "14 de 03 de 1985"
+_NUMBERS_WITH_DE = re.compile(r"\b(\d{1,2}) del? (\d{1,2}) del? (\d{4}|\d{2})\b")
+# "14031985": eight digits written together, day first
+_COMPACT_DMY = re.compile(r"^(\d{2})(\d{2})((?:19|20)\d{2})$")
 # On normalised text (single spaces): "14 de marzo del 85", "marzo 14 de 1985", "14 marzo 85".
 _WORDS_DMY = re.compile(r"\b(\d{1,2}) (?:de )?([a-zñ]+) (?:de |del )?(?:ano )?(\d{4}|\d{2})\b")
 _WORDS_MDY = re.compile(r"\b([a-zñ]+) (\d{1,2}) (?:de |del )?(\d{4}|\d{2})\b")
@@ -193,7 +198,12 @@ def parse_birth_date(text: str, today: dt.date) -> DateParse:
     norm = normalize(raw)
     if m := _NUMERIC_YMD.search(raw):
         return _checked((int(m.group(1)), int(m.group(2)), int(m.group(3))), today, False)
-    numeric = _NUMERIC_DMY.search(raw) or _SPACED_DMY.match(norm)
+    numeric = (
+        _NUMERIC_DMY.search(raw)
+        or _SPACED_DMY.match(norm)
+        or _NUMBERS_WITH_DE.search(norm)
+        or _COMPACT_DMY.match(norm)
+    )
     if numeric:
         first, second, year = (int(numeric.group(i)) for i in (1, 2, 3))
         if second > 12 >= first:
@@ -790,6 +800,9 @@ PART_OF_DAY_HOURS: dict[PartOfDay, tuple[dt.time, dt.time | None]] = {
 _PART_WORDS = {
     "manana": PartOfDay.MORNING,
     "mananas": PartOfDay.MORNING,
+    "mananita": PartOfDay.MORNING,
+    "tardecita": PartOfDay.AFTERNOON,
+    "nochecita": PartOfDay.EVENING,
     "tarde": PartOfDay.AFTERNOON,
     "tardes": PartOfDay.AFTERNOON,
     "noche": PartOfDay.EVENING,
@@ -948,7 +961,12 @@ def _month_range(year: int, month: int) -> tuple[dt.date, dt.date]:
 
 
 _PLURAL_WEEKDAYS = {"sabados", "domingos"}
-_SPELLINGS = {"mañana": "manana", "mañanas": "mananas", "medio": "medio", "mediodía": "mediodia"}
+_SPELLINGS = {
+    "mañana": "manana",
+    "mañanas": "mananas",
+    "mañanita": "mananita",
+    "mediodía": "mediodia",
+}
 _PAST_CUES = {"desde", "hace", "pasado", "anterior"}
 
 
@@ -995,8 +1013,22 @@ def parse_when(text: str, today: dt.date) -> When:
                 day = today + dt.timedelta(days=1)  # "mañana" on its own is tomorrow
             elif previous in _PART_CUES and not _after_clock(tokens, i):
                 found["part_of_day"] = _PART_WORDS[token]
-        elif token in ("temprano", "temprana") and previous != "mas":
-            found["part_of_day"] = PartOfDay.MORNING
+        elif (token in ("temprano", "temprana") and previous != "mas") or (
+            token == "hora" and previous == "primera"
+        ):
+            found["part_of_day"] = PartOfDay.MORNING  # "temprano", "a primera hora"
+        elif token == "almuerzo" and previous in ("del", "de"):
+            found["part_of_day"] = PartOfDay.AFTERNOON  # "después del almuerzo"
+        elif (
+            token in ("dias", "días")
+            and previous.isdigit()
+            and tokens[i - 2 : i - 1]
+            in (
+                ["en"],
+                ["de"],
+            )
+        ):
+            day = today + dt.timedelta(days=int(previous))  # "en 3 días", "dentro de 3 días"
         elif token in ("mediodia",) or (token == "dia" and previous == "medio"):
             found["part_of_day"] = PartOfDay.MIDDAY
         elif token in WEEKDAYS and (previous in _PAST_CUES or tokens[i - 2 : i - 1] == ["desde"]):

@@ -30,6 +30,7 @@ from bot.models import (
     PeriodicJob,
 )
 from clinics import services
+from clinics.models import Clinic
 from integrations import retention, webhooks
 from outreach import reminders, waitlist
 
@@ -137,6 +138,19 @@ def prune_task_results(now: dt.datetime | None = None) -> int:
     return finished + stale
 
 
+def keep_agendas_generated(now: dt.datetime | None = None) -> int:
+    """Each clinic's slots stay generated over its rolling booking horizon (and its country's
+    holidays loaded); idempotent, so a run cut short is simply done again next time."""
+    created = 0
+    for clinic in Clinic.objects.order_by("pk"):
+        try:
+            created += services.agenda_keep_generated(clinic=clinic)
+        except Exception:
+            # One clinic's bad data must not keep the others' agendas from rolling forward.
+            logger.exception("keeping the agenda of clinic %s generated failed", clinic.pk)
+    return created
+
+
 def redrive_webhooks(now: dt.datetime | None = None) -> int:
     return webhooks.deliveries_redrive(now)
 
@@ -158,6 +172,7 @@ JOBS = (
     Job("expire_holds", dt.timedelta(seconds=30), expire_holds),
     Job("close_idle_conversations", dt.timedelta(seconds=60), close_idle_conversations),
     Job("prune_task_results", dt.timedelta(hours=1), prune_task_results),
+    Job("keep_agendas_generated", dt.timedelta(hours=1), keep_agendas_generated),
     Job("plan_reminders", dt.timedelta(seconds=30), reminders.reminders_job),
     Job("waitlist_sweep", dt.timedelta(seconds=30), waitlist.waitlist_sweep),
     # Outgoing webhooks: due retries and attempts whose worker died (integrations.webhooks).

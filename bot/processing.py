@@ -10,12 +10,19 @@ The webhook stores each inbound message (status `received`) and, after commit, c
 - the oldest `received` message is taken (by WhatsApp timestamp, then id), the engine runs, the
   conversation and the message are saved, replies go to the outbox — all or nothing. A crash
   mid-turn rolls back: the message stays `received` and a retry or the sweeper runs it again;
-- after commit the new outbox rows are sent at once; the worker's `deliver_due` retries failures.
+- no network call runs inside that transaction (bot.network guards both clients). When the
+  engine asks the LLM, the transaction is rolled back, the LLM is asked with no transaction open,
+  and the turn runs again from the start with the answer at hand (the engine is deterministic, so
+  it takes the same path up to that question). The typing indicator goes out from a side thread
+  that holds no transaction; the replies are sent after commit, and the worker's `deliver_due`
+  retries failures.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import datetime as dt
 import logging
@@ -23,10 +30,9 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
@@ -39,6 +45,7 @@ from bot import engine, llm, nlu, state, whatsapp
 from bot.gateway import OrmGateway
 from bot.messages import Inbound, Reply
 from bot.models import Conversation, ConversationMode, Direction, Message, MessageStatus
+from bot.text import MAX_TEXT
 from sophia_web import metrics
 
 logger = logging.getLogger(__name__)
@@ -49,9 +56,6 @@ LOCK_RETRY_LIMIT = 150
 RATE_WINDOW = dt.timedelta(seconds=state.RATE_WINDOW_SECONDS)
 # How long the replies wait for the typing indicator's call (it has its own short timeout).
 TYPING_WAIT_SECONDS = 5.0
-# WhatsApp's own limit for a text. Longer text (only a forged or broken client sends it) is
-# stored whole but never processed whole: no pattern, no LLM ever sees more than this.
-MAX_TURN_TEXT = 4096
 # Runs of one message's turn before it is set aside for staff. Each run is counted before it
 # starts, in its own commit, so a run that kills or hangs its worker counts too, and whichever
 # worker (or the stranded-turn sweeper) meets the message next sets it aside.
@@ -136,23 +140,19 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
     processed = 0
     retry_after = 0.0
     try:
-        while True:
-            upcoming = _pending(conversation_id).values("pk", "wa_message_id", "attempts").first()
-            if upcoming is None:
-                break
-            if upcoming["attempts"] >= MAX_TURN_ATTEMPTS:
-                give_up_on(upcoming["pk"])  # its earlier runs never finished
+        while (message := _pending(conversation_id).first()) is not None:
+            if message.attempts >= MAX_TURN_ATTEMPTS:
+                give_up_on(message.pk)  # its earlier runs never finished
                 continue
-            state.extend_lock(session_id, lock.token)
-            Message.objects.filter(pk=upcoming["pk"]).update(attempts=F("attempts") + 1)
+            if processed:
+                state.extend_lock(session_id, lock.token)
+            Message.objects.filter(pk=message.pk).update(attempts=F("attempts") + 1)
             typing = None
             if conversation.mode == ConversationMode.BOT:
                 # The indicator's HTTP call overlaps the turn instead of delaying it.
-                typing = _side_calls.submit(
-                    _typing_started, conversation, upcoming["wa_message_id"]
-                )
+                typing = _side_calls.submit(_typing_started, conversation, message.wa_message_id)
             try:
-                outcome = _run_one_turn(conversation_id)
+                outcome = _run_one_turn(conversation_id, message)
             finally:
                 if typing is not None:
                     _finish(typing)  # so "typing…" never lands after the reply
@@ -160,7 +160,7 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
             if outcome is None:
                 continue  # another worker (Redis down) took that message first
             conversation = outcome.conversation
-            _deliver(outcome.outbound_ids)
+            _deliver(outcome.outbound)
             if outcome.retry_after:
                 retry_after = outcome.retry_after
                 break  # over the rate limit: the rest waits for the window, in order
@@ -180,11 +180,73 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
 @dataclasses.dataclass
 class _Outcome:
     conversation: Conversation
-    outbound_ids: list[int]
+    outbound: list[Message]
     retry_after: float = 0.0  # seconds: the message waits for the rate-limit window
 
 
-def _run_one_turn(conversation_id: int) -> _Outcome | None:
+class _LLMNeeded(BaseException):
+    """The engine asked the LLM a question not answered yet: unwind the turn's transaction.
+
+    A BaseException because the engine and triage treat any Exception from the LLM as "no
+    answer, use the rules" — and this is not an LLM failure.
+    """
+
+    def __init__(self, key: tuple, ask: Callable[[], object]) -> None:
+        super().__init__(key[0])
+        self.key = key
+        self.ask = ask
+
+
+class _ReplayLLM:
+    """Stands for bot.llm's helper inside the turn's transaction: answers asked outside it are
+    replayed; a new question raises _LLMNeeded."""
+
+    def __init__(self, helper, answers: dict) -> None:
+        self._helper = helper
+        self._answers = answers
+
+    def _replay(self, key: tuple, ask: Callable[[], object]) -> object:
+        if key not in self._answers:
+            raise _LLMNeeded(key, ask)
+        return self._answers[key]
+
+    def classify(self, text, specialties):
+        key = ("classify", text, tuple(s.slug for s in specialties))
+        return self._replay(key, lambda: self._helper.classify(text, specialties))
+
+    def answer(self, question, clinic, specialties, faq=()):
+        key = ("answer", question, clinic.name)
+        return self._replay(key, lambda: self._helper.answer(question, clinic, specialties, faq))
+
+
+# More questions than this in one turn and the rules answer the rest.
+MAX_LLM_CALLS_PER_TURN = 3
+
+
+def _run_one_turn(conversation_id: int, message: Message) -> _Outcome | None:
+    """Run the turn of `message`, the conversation's oldest pending one when it was read."""
+    helper = _llm_helper()
+    answers: dict[tuple, object] = {}
+    counted: dict[int, float] = {}  # message id → seconds to wait (counted once per message)
+    while True:
+        llm = _ReplayLLM(helper, answers) if helper is not None else None
+        try:
+            return _run_one_turn_once(conversation_id, message, llm, counted)
+        except _LLMNeeded as needed:  # rolled back: no transaction is open here
+            answers[needed.key] = _ask(needed) if len(answers) < MAX_LLM_CALLS_PER_TURN else None
+
+
+def _ask(needed: _LLMNeeded) -> object:
+    try:
+        return needed.ask()
+    except Exception:  # the LLM is optional: any failure means "no answer"
+        logger.exception("llm %s failed; rules only", needed.key[0])
+        return None
+
+
+def _run_one_turn_once(
+    conversation_id: int, message: Message, llm: _ReplayLLM | None, counted: dict[int, float]
+) -> _Outcome | None:
     now = timezone.now()
     started = time.perf_counter()
     with transaction.atomic():
@@ -194,31 +256,34 @@ def _run_one_turn(conversation_id: int) -> _Outcome | None:
             .select_related("clinic", "patient")
             .get(pk=conversation_id)
         )
-        message = _pending(conversation_id).first()
-        if message is None:
+        coalesced = conversation.mode == ConversationMode.BOT and _greeting_with_more_behind(
+            message
+        )
+        if conversation.mode == ConversationMode.BOT and not coalesced:
+            if message.pk not in counted:  # a turn run again after an LLM question counts once
+                counted[message.pk] = _rate_limit_wait(conversation, now)
+            if counted[message.pk]:
+                return _defer(conversation, message, now, counted[message.pk])
+        # Under the row lock, claim the message: 0 rows when another worker (Redis down) ran it.
+        claimed = Message.objects.filter(pk=message.pk, status=MessageStatus.RECEIVED).update(
+            status=MessageStatus.PROCESSED,
+            processed_at=now,
+            error="coalesced with the next message" if coalesced else "",
+        )
+        if not claimed:
             return None
-        if conversation.mode == ConversationMode.BOT:
-            if _greeting_with_more_behind(message):
-                # "hola" "hola" "hola": the answer to the last message greets once for all.
-                replies = []
-                message.error = "coalesced with the next message"
-            elif wait := _rate_limit_wait(conversation, now):
-                return _defer(conversation, message, now, wait)
-            else:
-                replies = _turn(conversation, message, now)
-        else:
-            replies = _turn(conversation, message, now)
-        message.status = MessageStatus.PROCESSED
-        message.processed_at = now
-        message.save(update_fields=["status", "processed_at", "error"])
+        # "hola" "hola" "hola": the answer to the last message greets once for all.
+        replies = [] if coalesced else _turn(conversation, message, now, llm)
         conversation.last_activity_at = now
         conversation.save()
         rows = whatsapp.queue_replies(conversation, replies) if replies else []
     metrics.BOT_TURN_LATENCY.observe(time.perf_counter() - started)
-    return _Outcome(conversation, [row.pk for row in rows])
+    return _Outcome(conversation, rows)
 
 
-def _turn(conversation: Conversation, message: Message, now: dt.datetime) -> list[Reply]:
+def _turn(
+    conversation: Conversation, message: Message, now: dt.datetime, llm: _ReplayLLM | None = None
+) -> list[Reply]:
     """One inbound message against the locked conversation; returns the replies to queue."""
     if conversation.last_inbound_at is None or conversation.last_inbound_at < message.created_at:
         conversation.last_inbound_at = message.created_at
@@ -228,7 +293,7 @@ def _turn(conversation: Conversation, message: Message, now: dt.datetime) -> lis
     if conversation.closed_at is None and _idle_before(conversation, message):
         close_conversation(conversation, now)
 
-    return _run_engine(conversation, message, now)
+    return _run_engine(conversation, message, now, llm)
 
 
 def _greeting_with_more_behind(message: Message) -> bool:
@@ -277,7 +342,7 @@ def _defer(conversation: Conversation, message: Message, now: dt.datetime, wait:
     conversation.save(update_fields=["rate_limited_until", "updated_at"])
     rows = whatsapp.queue_replies(conversation, replies) if replies else []
     logger.info("conversation %s over the rate limit: next turn in %.1f s", conversation.pk, wait)
-    return _Outcome(conversation, [row.pk for row in rows], retry_after=wait)
+    return _Outcome(conversation, rows, retry_after=wait)
 
 
 def _bound_lock_waits() -> None:
@@ -323,7 +388,7 @@ def give_up_on(message_id: int) -> bool:
         conversation.pk,
         message.attempts,
     )
-    _deliver([row.pk for row in rows])
+    _deliver(rows)
     return True
 
 
@@ -353,7 +418,9 @@ def _idle_before(conversation: Conversation, message: Message) -> bool:
     return previous is not None and message.created_at - previous > idle_limit
 
 
-def _run_engine(conversation: Conversation, message: Message, now: dt.datetime) -> list[Reply]:
+def _run_engine(
+    conversation: Conversation, message: Message, now: dt.datetime, llm: _ReplayLLM | None
+) -> list[Reply]:
     snapshot = engine.Snapshot(
         state=_state_of(conversation),
         data=dict(conversation.context or {}),
@@ -364,7 +431,7 @@ def _run_engine(conversation: Conversation, message: Message, now: dt.datetime) 
         conversation_id=conversation.pk,
         wa_id=conversation.wa_id,
         now=now,
-        llm=_llm_helper(),
+        llm=llm,
     )
     try:
         # A savepoint: whatever the engine wrote before failing is undone, the turn goes on.
@@ -377,7 +444,9 @@ def _run_engine(conversation: Conversation, message: Message, now: dt.datetime) 
             message.pk,
             settings.SOPHIA_TURN_BUDGET_SECONDS,
         )
-        message.error = f"set aside: the turn ran past {settings.SOPHIA_TURN_BUDGET_SECONDS} s"
+        Message.objects.filter(pk=message.pk).update(
+            error=f"set aside: the turn ran past {settings.SOPHIA_TURN_BUDGET_SECONDS} s"
+        )
         conversation.needs_staff = True
         return [_apology()]
     except (OperationalError, InterfaceError):
@@ -414,14 +483,16 @@ def _run_engine(conversation: Conversation, message: Message, now: dt.datetime) 
 def _inbound(message: Message, conversation: Conversation) -> Inbound:
     message.conversation = conversation  # already loaded and locked: no second query
     inbound = to_inbound(message)
-    if len(inbound.text) > MAX_TURN_TEXT:
+    if len(inbound.text) > MAX_TEXT:
+        # Longer than WhatsApp allows (a forged or broken client): stored whole for staff, but
+        # no pattern and no LLM ever reads more than this.
         logger.warning(
             "message %s has %d characters; the turn reads the first %d",
             message.pk,
             len(inbound.text),
-            MAX_TURN_TEXT,
+            MAX_TEXT,
         )
-        inbound = dataclasses.replace(inbound, text=inbound.text[:MAX_TURN_TEXT])
+        inbound = dataclasses.replace(inbound, text=inbound.text[:MAX_TEXT])
     return inbound
 
 
@@ -432,24 +503,55 @@ class TurnTimeout(BaseException):
 
 @contextlib.contextmanager
 def time_budget(seconds: float):
-    """Raise TurnTimeout in the block after `seconds` (SIGALRM; even inside a regular
-    expression, which checks for signals as it runs). Only the main thread receives signals —
-    where run_worker runs tasks; elsewhere the block runs unbounded and a turn that never ends
-    is left to MAX_TURN_ATTEMPTS and the stranded-turn sweeper."""
-    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+    """Raise TurnTimeout in the block after `seconds`.
+
+    On the main thread (where run_worker's first task thread runs) by SIGALRM, which stops even
+    a regular expression: Python's `re` checks for signals as it matches. On other threads by an
+    asynchronous exception from a timer, which stops Python code between bytecodes but not a
+    C call that never returns; what escapes both is left to MAX_TURN_ATTEMPTS and the
+    stranded-turn sweeper of another worker.
+    """
+    if seconds <= 0:
         yield
         return
+    if threading.current_thread() is threading.main_thread():
 
-    def expire(signum, frame):
-        raise TurnTimeout
+        def expire(signum, frame):
+            raise TurnTimeout
 
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        return
+    thread_id = threading.get_ident()
+    guard = threading.Lock()
+    over = threading.Event()  # the block is over: the timer must not fire any more
+
+    def expire() -> None:
+        with guard:
+            if not over.is_set():
+                _async_raise(thread_id, TurnTimeout)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        with guard:
+            over.set()
+            timer.cancel()
+            _async_raise(thread_id, None)  # withdraw one fired but not yet delivered
+
+
+def _async_raise(thread_id: int, exc: type[BaseException] | None) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None
+    )
 
 
 def to_inbound(message: Message) -> Inbound:
@@ -525,15 +627,12 @@ def _finish(future: Future) -> None:
         logger.warning("typing indicator still pending after %s s", TYPING_WAIT_SECONDS)
 
 
-def _deliver(outbound_ids: Iterable[int]) -> None:
+def _deliver(rows: list[Message]) -> None:
     """Send the turn's replies now, in order; the first failure leaves the rest to the worker."""
-    for message_id in outbound_ids:
-        try:
-            if not whatsapp.deliver(message_id):
-                return
-        except Exception:
-            logger.exception("delivering message %s failed; the outbox will retry", message_id)
-            return
+    try:
+        whatsapp.send_queued(rows)
+    except Exception:
+        logger.exception("delivering %d message(s) failed; the outbox will retry", len(rows))
 
 
 def _typing_started(conversation: Conversation, wa_message_id: str | None) -> None:
@@ -550,18 +649,58 @@ def _typing_stopped(conversation: Conversation) -> None:
 
 
 def _broadcast_typing(conversation: Conversation, event: dict) -> None:
-    """The same typing event to the dashboard's conversation group (best effort)."""
+    """The same typing event to the dashboard's conversation group (best effort, not waited
+    for: the turn goes on while it is sent)."""
     layer = get_channel_layer()
     if layer is None:
         return
     if "Redis" in type(layer).__name__ and not state.is_available():
         return  # Redis is known to be down: don't wait on it
-    try:
-        async_to_sync(layer.group_send)(
-            f"conversation-{conversation.pk}", {"type": "conversation.typing", **event}
-        )
-    except Exception:
-        logger.debug("typing broadcast failed for conversation %s", conversation.pk)
+    _typing_events.send(
+        layer, f"conversation-{conversation.pk}", {"type": "conversation.typing", **event}
+    )
+
+
+class _GroupSender:
+    """One event loop thread per process sending channel-layer events in the order given.
+
+    `async_to_sync(layer.group_send)` per event would build an event loop (and, with
+    channels_redis, a Redis connection pool) per call; this keeps one of each for the process.
+    """
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue | None = None
+        self._mutex = threading.Lock()
+
+    def _start(self) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._queue = asyncio.Queue()
+            ready.set()
+            self._loop.run_until_complete(self._drain())
+
+        threading.Thread(target=run, name="sophia-live", daemon=True).start()
+        ready.wait()
+
+    async def _drain(self) -> None:
+        while True:
+            layer, group, event = await self._queue.get()
+            try:
+                await layer.group_send(group, event)
+            except Exception:
+                logger.debug("live event to %s not sent", group)
+
+    def send(self, layer, group: str, event: dict) -> None:
+        with self._mutex:
+            if self._loop is None:
+                self._start()
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (layer, group, event))
+
+
+_typing_events = _GroupSender()
 
 
 def _mirror_session(conversation: Conversation) -> None:

@@ -14,6 +14,13 @@ from django.utils.translation import gettext as _
 from django.utils.translation import pgettext
 
 from bot.messages import (
+    MAX_BUTTON_TITLE,
+    MAX_BUTTONS,
+    MAX_INTERACTIVE_BODY,
+    MAX_LIST_BUTTON,
+    MAX_LIST_ROWS,
+    MAX_ROW_DESCRIPTION,
+    MAX_ROW_TITLE,
     AppointmentInfo,
     Button,
     ClinicInfo,
@@ -22,20 +29,13 @@ from bot.messages import (
     Row,
     SlotInfo,
     SpecialtyInfo,
+    clip,
 )
 
-MAX_ROWS = 10
-MAX_ROW_TITLE = 24
-MAX_ROW_DESCRIPTION = 72
-MAX_LIST_BUTTON = 20
-MAX_BUTTONS = 3
-MAX_BUTTON_TITLE = 20
-MAX_BODY = 1024
 
-
-def clip(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+def one_line(text: str, limit: int) -> str:
+    """A title or label: one line, within `limit`."""
+    return clip(" ".join(text.split()), limit)
 
 
 def text(body: str) -> Reply:
@@ -43,21 +43,22 @@ def text(body: str) -> Reply:
 
 
 def clip_body(body: str) -> str:
-    return body if len(body) <= MAX_BODY else body[: MAX_BODY - 1] + "…"
+    """Bodies are kept within the interactive limit, the smaller one, whatever the kind."""
+    return clip(body, MAX_INTERACTIVE_BODY)
 
 
 def list_reply(body: str, button: str, rows: Sequence[Row]) -> Reply:
     return Reply(
         kind="list",
         text=clip_body(body),
-        button=clip(button, MAX_LIST_BUTTON),
+        button=one_line(button, MAX_LIST_BUTTON),
         rows=tuple(
             Row(
                 id=row.id,
-                title=clip(row.title, MAX_ROW_TITLE),
-                description=clip(row.description, MAX_ROW_DESCRIPTION),
+                title=one_line(row.title, MAX_ROW_TITLE),
+                description=one_line(row.description, MAX_ROW_DESCRIPTION),
             )
-            for row in rows[:MAX_ROWS]
+            for row in rows[:MAX_LIST_ROWS]
         ),
     )
 
@@ -67,7 +68,8 @@ def buttons_reply(body: str, buttons: Sequence[Button]) -> Reply:
         kind="buttons",
         text=clip_body(body),
         buttons=tuple(
-            Button(id=b.id, title=clip(b.title, MAX_BUTTON_TITLE)) for b in buttons[:MAX_BUTTONS]
+            Button(id=b.id, title=one_line(b.title, MAX_BUTTON_TITLE))
+            for b in buttons[:MAX_BUTTONS]
         ),
     )
 
@@ -249,7 +251,7 @@ def identity_not_confirmed() -> Reply:
 
 def whose_appointment(patients: Sequence[PatientInfo]) -> Reply:
     """Who the appointment is for: the patients this number speaks for, or someone else."""
-    rows = [Row(id=f"who:{p.id}", title=p.full_name) for p in patients[: MAX_ROWS - 1]]
+    rows = [Row(id=f"who:{p.id}", title=p.full_name) for p in patients[: MAX_LIST_ROWS - 1]]
     rows.append(Row(id=WHO_SOMEONE_ELSE, title=_("Someone else")))
     return list_reply(
         _(
@@ -720,7 +722,9 @@ def upcoming(appointments: Sequence[AppointmentInfo], clinic: ClinicInfo) -> Rep
         return no_upcoming()
     several = _several_patients(appointments)
     lines = [_("Your upcoming appointments:")]
-    lines += [appointment_line(a, clinic, with_patient=several) for a in appointments[:MAX_ROWS]]
+    lines += [
+        appointment_line(a, clinic, with_patient=several) for a in appointments[:MAX_LIST_ROWS]
+    ]
     return text("\n".join(lines))
 
 
@@ -731,7 +735,7 @@ def no_upcoming() -> Reply:
 def appointment_rows(appointments: Sequence[AppointmentInfo], clinic: ClinicInfo) -> list[Row]:
     rows = []
     several = _several_patients(appointments)
-    for appointment in appointments[:MAX_ROWS]:
+    for appointment in appointments[:MAX_LIST_ROWS]:
         start = local(appointment.start_at, clinic)
         specialty = appointment.specialty.name if appointment.specialty else ""
         description = doctor_line(appointment.doctor_name, specialty)

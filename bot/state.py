@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.utils import timezone
+from redis.exceptions import LockNotOwnedError
+from redis.lock import Lock as RedisLock
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +35,6 @@ SESSION_TTL_SECONDS = 30 * 60
 PAGE_TTL_SECONDS = 10 * 60
 RATE_WINDOW_SECONDS = 60
 TYPING_CHANNEL = "sophia:typing-channel"
-
-# Compare-and-delete / compare-and-expire: only the lock's owner may release or extend it.
-_RELEASE_SCRIPT = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
-"""
-_EXTEND_SCRIPT = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('expire', KEYS[1], ARGV[2]) end
-return 0
-"""
 
 
 def lock_key(session_id: str) -> str:
@@ -158,27 +149,48 @@ class Lock:
     token: str = ""
 
 
+def _redis_lock(r: redis.Redis, session_id: str, ttl: int, token: str = "") -> RedisLock:
+    """redis-py's Lock (SET NX PX with a token; owner-only release and extend by script)."""
+    lock = r.lock(lock_key(session_id), timeout=ttl, blocking=False, thread_local=False)
+    if token:
+        lock.local.token = token
+    return lock
+
+
 def acquire_lock(session_id: str, ttl: int = LOCK_TTL_SECONDS) -> Lock:
-    token = secrets.token_hex(16)
-    acquired = _call(lambda r: r.set(lock_key(session_id), token, nx=True, ex=ttl), default=FAILED)
-    if acquired is FAILED:
+    def take(r: redis.Redis) -> str:
+        lock = _redis_lock(r, session_id, ttl)
+        return lock.local.token.decode() if lock.acquire() else ""
+
+    token = _call(take, default=FAILED)
+    if token is FAILED:
         return Lock(LockStatus.UNAVAILABLE)
-    if acquired:
+    if token:
         return Lock(LockStatus.ACQUIRED, token)
     return Lock(LockStatus.BUSY)
 
 
 def extend_lock(session_id: str, token: str, ttl: int = LOCK_TTL_SECONDS) -> bool:
-    if not token:
-        return False
-    return bool(_call(lambda r: r.eval(_EXTEND_SCRIPT, 1, lock_key(session_id), token, ttl)))
+    def extend(r: redis.Redis) -> bool:
+        try:
+            return _redis_lock(r, session_id, ttl, token).extend(ttl, replace_ttl=True)
+        except LockNotOwnedError:
+            return False
+
+    return bool(token) and bool(_call(extend))
 
 
 def release_lock(session_id: str, token: str) -> bool:
     """Delete the lock only if it still holds our token (it may have expired and moved on)."""
-    if not token:
-        return False
-    return bool(_call(lambda r: r.eval(_RELEASE_SCRIPT, 1, lock_key(session_id), token)))
+
+    def release(r: redis.Redis) -> bool:
+        try:
+            _redis_lock(r, session_id, LOCK_TTL_SECONDS, token).release()
+        except LockNotOwnedError:
+            return False
+        return True
+
+    return bool(token) and bool(_call(release))
 
 
 def is_locked(session_id: str) -> bool | None:

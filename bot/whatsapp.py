@@ -22,7 +22,22 @@ from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from bot import network
+from bot.messages import (
+    MAX_BUTTON_ID,
+    MAX_BUTTON_TITLE,
+    MAX_BUTTONS,
+    MAX_INTERACTIVE_BODY,
+    MAX_LIST_BUTTON,
+    MAX_LIST_ROWS,
+    MAX_ROW_DESCRIPTION,
+    MAX_ROW_ID,
+    MAX_ROW_TITLE,
+    MAX_TEXT_BODY,
+    clip,
+)
 from bot.models import Conversation, Direction, Message, MessageStatus
+from clinics.identifiers import mask
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -31,18 +46,6 @@ if TYPE_CHECKING:
     from clinics.models import Clinic
 
 logger = logging.getLogger(__name__)
-
-# WhatsApp limits (Cloud API reference, "Interactive messages").
-MAX_TEXT_BODY = 4096
-MAX_INTERACTIVE_BODY = 1024
-MAX_LIST_ROWS = 10
-MAX_ROW_TITLE = 24
-MAX_ROW_DESCRIPTION = 72
-MAX_ROW_ID = 200
-MAX_LIST_BUTTON = 20
-MAX_BUTTONS = 3
-MAX_BUTTON_TITLE = 20
-MAX_BUTTON_ID = 256
 
 # Outbox policy.
 LEASE = dt.timedelta(seconds=60)  # a 'sending' row older than this belongs to a crashed sender
@@ -121,6 +124,7 @@ def client() -> httpx.Client:
                     timeout=_timeout(),
                     limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
                     headers={"User-Agent": "sophia-whatsapp/1"},
+                    event_hooks={"request": [network.guard]},
                 )
     return _client
 
@@ -204,14 +208,6 @@ def _parse_retry_after(value: str | None) -> float | None:
 
 
 # Payloads -------------------------------------------------------------------------------------
-
-
-def clip(text: str, limit: int) -> str:
-    """Shorten to `limit` characters, ending in "…" when something was cut."""
-    text = (text or "").strip()
-    if len(text) <= limit:
-        return text
-    return text[: limit - 1].rstrip() + "…"
 
 
 def _base(to: str) -> dict:
@@ -414,7 +410,49 @@ def _backoff_seconds(attempt: int, error: WhatsAppError) -> float:
 def _deliver_one(message_id: int) -> bool:
     if not _claim(message_id):
         return False
-    message = Message.objects.select_related("clinic").get(pk=message_id)
+    return _send_claimed(Message.objects.select_related("clinic").get(pk=message_id))
+
+
+def send_queued(rows: list[Message]) -> int:
+    """Send rows just queued together (one turn's replies) in order, right after their
+    transaction committed; how many went out. They are claimed in one statement and sent from
+    memory; the first failure leaves the rest to the outbox (`deliver_due`)."""
+    if not rows:
+        return 0
+    now = timezone.now()
+    ids = [row.pk for row in rows]
+    earlier_pending = Message.objects.filter(
+        conversation_id=OuterRef("conversation_id"),
+        direction=Direction.OUT,
+        status__in=_PENDING,
+        id__lt=OuterRef("id"),
+    ).exclude(id__in=ids)
+    claimed = (
+        Message.objects.filter(id__in=ids, status=MessageStatus.QUEUED)
+        .exclude(Exists(earlier_pending))
+        .update(status=MessageStatus.SENDING, next_attempt_at=now + LEASE)
+    )
+    if claimed != len(rows):
+        # Behind an older pending row, or a worker took some: one at a time, by the rules.
+        Message.objects.filter(id__in=ids, status=MessageStatus.SENDING).update(
+            status=MessageStatus.QUEUED, next_attempt_at=now
+        )
+        return int(deliver(ids[0]))
+    sent = 0
+    for index, row in enumerate(rows):
+        row.clinic = row.conversation.clinic  # loaded with the turn's conversation
+        if not _send_claimed(row):
+            Message.objects.filter(id__in=ids[index + 1 :], status=MessageStatus.SENDING).update(
+                status=MessageStatus.QUEUED, next_attempt_at=now
+            )
+            break
+        sent += 1
+    return sent
+
+
+def _send_claimed(message: Message) -> bool:
+    """POST a row this process claimed and record the outcome on it."""
+    message_id = message.pk
     mine = Message.objects.filter(pk=message_id, status=MessageStatus.SENDING)
     attempt = message.attempts + 1
     try:
@@ -446,9 +484,9 @@ def _deliver_one(message_id: int) -> bool:
         logger.error("outbound message %s: WhatsApp id %s is already taken", message_id, wamid)
         mine.update(**sent)
     logger.info(
-        "outbound message %s sent to …%s (attempt %d)",
+        "outbound message %s sent to %s (attempt %d)",
         message_id,
-        message.payload.get("to", "")[-4:],
+        mask(message.payload.get("to", "")),
         attempt,
     )
     return True
@@ -458,7 +496,7 @@ def _record_failure(
     message: Message, mine: QuerySet[Message], attempt: int, exc: WhatsAppError
 ) -> bool:
     code = (exc.code or "")[:16]
-    recipient = f"…{str(message.payload.get('to', ''))[-4:]}"
+    recipient = mask(str(message.payload.get("to", "")))
     if exc.permanent or attempt >= MAX_ATTEMPTS:
         reason = "needs a template (outside the 24-hour window): " if exc.needs_template else ""
         mine.update(

@@ -27,6 +27,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, ngettext
 
 from clinics import services
+from clinics.identifiers import mask
 from clinics.models import (
     Appointment,
     AppointmentStatus,
@@ -83,10 +84,6 @@ def scoped_choices(model: type[models.Model], ids: list[int]) -> QuerySet | None
     if model is Schedule:
         return Schedule.objects.filter(doctor__clinic_id__in=ids)
     return None
-
-
-def mask(value: str, keep: int = 4) -> str:
-    return f"…{value[-keep:]}" if value else ""
 
 
 def local_date(clinic: Clinic) -> dt.date:
@@ -457,7 +454,7 @@ class ScheduleAdmin(ClinicScopedAdmin):
 @admin.register(BlockedPeriod)
 class BlockedPeriodAdmin(ClinicScopedAdmin):
     add_roles = change_roles = delete_roles = ADMIN_ONLY
-    list_display = ["starts_at", "ends_at", "clinic", "doctor", "reason"]
+    list_display = ["starts_at", "ends_at", "clinic", "doctor", "kind", "reason"]
     list_filter = [
         ("clinic", admin.RelatedOnlyFieldListFilter),
         ("doctor", admin.RelatedOnlyFieldListFilter),
@@ -465,8 +462,15 @@ class BlockedPeriodAdmin(ClinicScopedAdmin):
     list_select_related = ["clinic", "doctor"]
     search_fields = ["reason", "doctor__full_name"]
     date_hierarchy = "starts_at"
+    # The kind follows from the doctor (none: a clinic-wide holiday); hand blocks come from the
+    # console's calendar.
+    exclude = ["kind"]
 
     def save_model(self, request: HttpRequest, obj: BlockedPeriod, form, change: bool) -> None:
+        if obj.kind != BlockedPeriod.Kind.BLOCK:
+            obj.kind = (
+                BlockedPeriod.Kind.HOLIDAY if obj.doctor_id is None else BlockedPeriod.Kind.ABSENCE
+            )
         super().save_model(request, obj, form, change)
         # Slots generated before the period was entered must stop being offered: slots_generate
         # blocks free slots inside blocked periods. Booked ones stay: cancelling a patient's

@@ -25,6 +25,9 @@ EVENT_NAMES = frozenset(
         "cita.no_asistio",
         "slot.liberado",
         "slot.retenido",
+        # Slots of some doctors changed in bulk (schedule, absence, holiday, block):
+        # payload {"doctor_ids": [...] or None for all, "starts_at", "ends_at"}.
+        "agenda.actualizada",
     }
 )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 
+import holidays
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
@@ -13,9 +14,28 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from clinics.identifiers import DOCUMENT_PATTERN, mask
+
 document_validator = RegexValidator(
-    r"^\d{8,15}$", _("The document number must have 8 to 15 digits, with no other characters.")
+    DOCUMENT_PATTERN, _("The document number must have 8 to 15 digits, with no other characters.")
 )
+
+
+def default_hold_minutes() -> int:
+    return settings.SOPHIA_HOLD_MINUTES
+
+
+def default_min_notice_minutes() -> int:
+    return settings.SOPHIA_MIN_NOTICE_MINUTES
+
+
+def default_booking_horizon_days() -> int:
+    return settings.SOPHIA_SLOT_DAYS_AHEAD
+
+
+def validate_country(value: str) -> None:
+    if value not in holidays.list_supported_countries():
+        raise ValidationError(_("Unknown country code: %(code)s"), params={"code": value})
 
 
 def validate_time_zone(value: str) -> None:
@@ -40,6 +60,23 @@ class Clinic(models.Model):
     what_to_bring = models.TextField(_("what to bring"), blank=True)
     emergency_line = models.CharField(_("emergency line"), max_length=40, default="123")
     self_registration = models.BooleanField(_("patients may self-register"), default=True)
+    whatsapp_number = models.CharField(
+        _("WhatsApp number shown to patients"), max_length=20, blank=True
+    )
+    # ISO 3166 code for the `holidays` calendar that clinic-wide holidays are loaded from.
+    country = models.CharField(
+        _("country"), max_length=2, default="CO", validators=[validate_country]
+    )
+    hold_minutes = models.PositiveSmallIntegerField(_("hold minutes"), default=default_hold_minutes)
+    min_notice_minutes = models.PositiveIntegerField(
+        _("minimum notice (minutes)"), default=default_min_notice_minutes
+    )
+    booking_horizon_days = models.PositiveSmallIntegerField(
+        _("booking horizon (days)"), default=default_booking_horizon_days
+    )
+    # Years whose holidays were loaded from the calendar once; a holiday an admin deleted
+    # afterwards stays deleted.
+    holiday_years_loaded = models.JSONField(_("holiday years loaded"), default=list, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
 
     class Meta:
@@ -117,6 +154,8 @@ class Schedule(models.Model):
     slot_minutes = models.PositiveSmallIntegerField(_("slot minutes"), default=20)
     valid_from = models.DateField(_("valid from"))
     valid_to = models.DateField(_("valid to"), null=True, blank=True)
+    # 2 = every other week, counted from the week (Monday) of valid_from.
+    every_n_weeks = models.PositiveSmallIntegerField(_("every N weeks"), default=1)
 
     class Meta:
         verbose_name = _("weekly schedule")
@@ -129,6 +168,10 @@ class Schedule(models.Model):
             models.CheckConstraint(
                 condition=Q(slot_minutes__gte=5) & Q(slot_minutes__lte=480),
                 name="schedule_slot_minutes_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(every_n_weeks__gte=1) & Q(every_n_weeks__lte=8),
+                name="schedule_every_n_weeks_range",
             ),
         ]
 
@@ -144,11 +187,47 @@ class Schedule(models.Model):
             raise ValidationError({"valid_to": _("The end date is before the start date.")})
 
     def applies_on(self, day: dt.date) -> bool:
-        return (
+        if not (
             day.weekday() in self.weekdays
             and day >= self.valid_from
             and (self.valid_to is None or day <= self.valid_to)
-        )
+        ):
+            return False
+        if self.every_n_weeks <= 1:
+            return True
+        first_monday = self.valid_from - dt.timedelta(days=self.valid_from.weekday())
+        return ((day - first_monday).days // 7) % self.every_n_weeks == 0
+
+
+class ExtraHours(models.Model):
+    """Hours a doctor works on one date on top of (or instead of a missing) weekly schedule."""
+
+    doctor = models.ForeignKey(
+        Doctor, on_delete=models.CASCADE, related_name="extra_hours", verbose_name=_("doctor")
+    )
+    date = models.DateField(_("date"))
+    start_time = models.TimeField(_("start time"))
+    end_time = models.TimeField(_("end time"))
+    slot_minutes = models.PositiveSmallIntegerField(_("slot minutes"), default=20)
+    note = models.CharField(_("note"), max_length=200, blank=True)
+
+    class Meta:
+        verbose_name = _("extra hours")
+        verbose_name_plural = _("extra hours")
+        ordering = ["date", "start_time"]
+        indexes = [models.Index(fields=["doctor", "date"], name="extra_hours_doctor_date")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(end_time__gt=models.F("start_time")), name="extra_end_after_start"
+            ),
+            models.CheckConstraint(
+                condition=Q(slot_minutes__gte=5) & Q(slot_minutes__lte=480),
+                name="extra_slot_minutes_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.doctor} {self.date} {self.start_time}-{self.end_time}"
 
 
 class BlockedPeriodQuerySet(models.QuerySet):
@@ -167,7 +246,13 @@ class BlockedPeriodQuerySet(models.QuerySet):
 
 
 class BlockedPeriod(models.Model):
-    """A holiday (whole clinic, doctor empty) or a doctor's absence; no slots inside it."""
+    """A holiday (whole clinic, doctor empty), a doctor's absence or a block set by hand on a
+    slot or range; no bookable slot inside it."""
+
+    class Kind(models.TextChoices):
+        ABSENCE = "absence", _("absence")
+        HOLIDAY = "holiday", _("holiday")
+        BLOCK = "block", _("blocked by hand")
 
     clinic = models.ForeignKey(
         Clinic, on_delete=models.CASCADE, related_name="blocked_periods", verbose_name=_("clinic")
@@ -183,6 +268,7 @@ class BlockedPeriod(models.Model):
     starts_at = models.DateTimeField(_("starts at"))
     ends_at = models.DateTimeField(_("ends at"))
     reason = models.CharField(_("reason"), max_length=200, blank=True)
+    kind = models.CharField(_("kind"), max_length=8, choices=Kind.choices, default=Kind.ABSENCE)
 
     objects = BlockedPeriodQuerySet.as_manager()
 
@@ -333,7 +419,7 @@ class Patient(models.Model):
     @property
     def masked_document(self) -> str:
         """For logs and lists: never the whole document."""
-        return f"…{self.document[-3:]}"
+        return mask(self.document, keep=3)
 
 
 class PatientPhone(models.Model):

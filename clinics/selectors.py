@@ -8,14 +8,17 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 
-from django.conf import settings
 from django.db import connection
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from clinics import scheduling
 from clinics.models import (
+    OCCUPYING_STATUSES,
     UPCOMING_STATUSES,
     Appointment,
+    AppointmentStatus,
+    AuditEvent,
     BlockedPeriod,
     Clinic,
     Doctor,
@@ -23,6 +26,7 @@ from clinics.models import (
     PatientPhone,
     Slot,
     SlotHold,
+    SlotStatus,
     Specialty,
     StaffMembership,
 )
@@ -295,7 +299,7 @@ def available_slots(
         raise InvalidInput("the patient belongs to another clinic")
     now = now or timezone.now()
     if min_notice is None:
-        min_notice = dt.timedelta(minutes=settings.SOPHIA_MIN_NOTICE_MINUTES)
+        min_notice = dt.timedelta(minutes=clinic.min_notice_minutes)
     tz = clinic.tz
 
     earliest = now + min_notice
@@ -418,4 +422,325 @@ def staff_clinics(user) -> QuerySet[Clinic]:
         return Clinic.objects.all()
     return Clinic.objects.filter(
         pk__in=StaffMembership.objects.filter(user=user).values("clinic_id")
+    )
+
+
+# --- the staff calendar and lists -------------------------------------------------------------
+
+
+@dataclass
+class CalendarCell:
+    """One slot as the calendar shows it (times local to the clinic)."""
+
+    slot_id: int
+    doctor_id: int
+    start: dt.datetime
+    end: dt.datetime
+    state: str  # free / held / booked / blocked (a lapsed hold reads free)
+    appointment_id: int | None = None
+    appointment_status: str | None = None
+    patient_name: str = ""
+    patient_id: int | None = None
+
+
+@dataclass
+class CalendarColumn:
+    doctor: Doctor
+    day: dt.date
+    cells: list[CalendarCell]
+    periods: list[BlockedPeriod]  # absences, holidays and hand blocks meeting the day
+
+
+def _cells(
+    clinic: Clinic, doctor_ids: list[int], start: dt.datetime, end: dt.datetime, now
+) -> dict[int, list[CalendarCell]]:
+    """Slots of these doctors starting in [start, end), with their active appointment.
+
+    Two indexed reads: slots by (doctor, start_at) — the unique index — and active appointments
+    by slot (the partial unique index). Cost follows the cells shown, not the table size.
+    """
+    tz = clinic.tz
+    rows = list(
+        Slot.objects.filter(
+            clinic=clinic, doctor_id__in=doctor_ids, start_at__gte=start, start_at__lt=end
+        )
+        .order_by("start_at", "pk")
+        .values_list("pk", "doctor_id", "start_at", "end_at", "status", "held_until")
+    )
+    booked = [pk for pk, _d, _s, _e, status, _h in rows if status == SlotStatus.BOOKED]
+    appointments = {
+        slot_id: (pk, status, name, patient_id)
+        for slot_id, pk, status, name, patient_id in Appointment.objects.filter(
+            slot_id__in=booked, status__in=OCCUPYING_STATUSES
+        ).values_list("slot_id", "pk", "status", "patient__full_name", "patient_id")
+    }
+    by_doctor: dict[int, list[CalendarCell]] = {d: [] for d in doctor_ids}
+    for pk, doctor_id, start_at, end_at, status, held_until in rows:
+        state = status
+        if status == SlotStatus.HELD and held_until is not None and held_until <= now:
+            state = SlotStatus.FREE
+        cell = CalendarCell(
+            slot_id=pk,
+            doctor_id=doctor_id,
+            start=start_at.astimezone(tz),
+            end=end_at.astimezone(tz),
+            state=state,
+        )
+        found = appointments.get(pk)
+        if found:
+            cell.appointment_id, cell.appointment_status, cell.patient_name, cell.patient_id = found
+        by_doctor[doctor_id].append(cell)
+    for doctor_id, cells in by_doctor.items():
+        # A retired slot (blocked, kept for history) hidden under a live one is not shown.
+        live = [c for c in cells if c.state != SlotStatus.BLOCKED]
+        by_doctor[doctor_id] = [
+            c
+            for c in cells
+            if c.state != SlotStatus.BLOCKED
+            or not any(c.start < o.end and o.start < c.end for o in live)
+        ]
+    return by_doctor
+
+
+def _periods(clinic: Clinic, doctor_ids: list[int], start, end) -> list[BlockedPeriod]:
+    return list(
+        BlockedPeriod.objects.filter(
+            Q(doctor__isnull=True) | Q(doctor_id__in=doctor_ids),
+            clinic=clinic,
+            starts_at__lt=end,
+            ends_at__gt=start,
+        ).order_by("starts_at", "pk")
+    )
+
+
+def clinic_doctors(
+    *, clinic: Clinic, specialty: Specialty | None = None, active_only: bool = True
+) -> list[Doctor]:
+    rows = Doctor.objects.filter(clinic=clinic)
+    if active_only:
+        rows = rows.filter(active=True)
+    if specialty is not None:
+        rows = rows.filter(specialties=specialty)
+    return list(rows.order_by("full_name", "pk"))
+
+
+def calendar_day(
+    *,
+    clinic: Clinic,
+    day: dt.date,
+    specialty: Specialty | None = None,
+    now: dt.datetime | None = None,
+) -> list[CalendarColumn]:
+    """One column per active doctor (of the specialty), side by side, for one local day."""
+    if specialty is not None and specialty.clinic_id != clinic.pk:
+        raise InvalidInput("the specialty belongs to another clinic")
+    now = now or timezone.now()
+    doctors = clinic_doctors(clinic=clinic, specialty=specialty)
+    start = _local_midnight(day, clinic.tz)
+    end = _local_midnight(day + dt.timedelta(days=1), clinic.tz)
+    ids = [d.pk for d in doctors]
+    cells = _cells(clinic, ids, start, end, now)
+    periods = _periods(clinic, ids, start, end)
+    return [
+        CalendarColumn(
+            doctor=d,
+            day=day,
+            cells=cells[d.pk],
+            periods=[p for p in periods if p.doctor_id in (None, d.pk)],
+        )
+        for d in doctors
+    ]
+
+
+def calendar_week(
+    *, clinic: Clinic, doctor: Doctor, week_start: dt.date, now: dt.datetime | None = None
+) -> list[CalendarColumn]:
+    """One column per local day (Monday first) of one doctor's week."""
+    if doctor.clinic_id != clinic.pk:
+        raise InvalidInput("the doctor belongs to another clinic")
+    now = now or timezone.now()
+    monday = week_start - dt.timedelta(days=week_start.weekday())
+    start = _local_midnight(monday, clinic.tz)
+    end = _local_midnight(monday + dt.timedelta(days=7), clinic.tz)
+    cells = _cells(clinic, [doctor.pk], start, end, now)[doctor.pk]
+    periods = _periods(clinic, [doctor.pk], start, end)
+    columns = []
+    for offset in range(7):
+        day = monday + dt.timedelta(days=offset)
+        day_start = _local_midnight(day, clinic.tz)
+        day_end = _local_midnight(day + dt.timedelta(days=1), clinic.tz)
+        columns.append(
+            CalendarColumn(
+                doctor=doctor,
+                day=day,
+                cells=[c for c in cells if c.start.date() == day],
+                periods=[p for p in periods if p.starts_at < day_end and p.ends_at > day_start],
+            )
+        )
+    return columns
+
+
+def calendar_cell(*, clinic: Clinic, slot_id: int, now: dt.datetime | None = None):
+    """One cell (for a live update or a panel); None when the slot is not this clinic's."""
+    slot = Slot.objects.filter(pk=slot_id, clinic=clinic).values_list("doctor_id", "start_at")
+    found = slot.first()
+    if found is None:
+        return None
+    doctor_id, start_at = found
+    until = start_at + dt.timedelta(microseconds=1)
+    cells = _cells(clinic, [doctor_id], start_at, until, now or timezone.now())[doctor_id]
+    return cells[0] if cells else None
+
+
+@dataclass
+class AppointmentPage:
+    rows: list[Appointment]
+    next_cursor: str | None
+
+
+def _encode_key(start_at: dt.datetime, pk: int) -> str:
+    raw = json.dumps({"s": start_at.isoformat(), "i": pk}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def appointments_filtered(
+    *,
+    clinic: Clinic,
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+    doctor: Doctor | None = None,
+    specialty: Specialty | None = None,
+    status: str | None = None,
+    source: str | None = None,
+) -> QuerySet[Appointment]:
+    """This clinic's appointments matching the filters (local dates, `date_to` inclusive),
+    ordered by (start_at, id)."""
+    rows = Appointment.objects.filter(clinic=clinic)
+    tz = clinic.tz
+    if date_from is not None:
+        rows = rows.filter(start_at__gte=_local_midnight(date_from, tz))
+    if date_to is not None:
+        rows = rows.filter(start_at__lt=_local_midnight(date_to + dt.timedelta(days=1), tz))
+    if doctor is not None:
+        rows = rows.filter(doctor=doctor)
+    if specialty is not None:
+        rows = rows.filter(specialty=specialty)
+    if status:
+        rows = rows.filter(status=status)
+    if source:
+        rows = rows.filter(source=source)
+    return rows.select_related("patient", "doctor", "specialty").order_by("start_at", "pk")
+
+
+def appointments_page(
+    *, rows: QuerySet[Appointment], cursor: str | None = None, page_size: int = 50
+) -> AppointmentPage:
+    """A keyset page of `rows` (from appointments_filtered) after `cursor`."""
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise InvalidInput(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
+    if cursor:
+        start_at, pk = decode_cursor(cursor)
+        rows = rows.filter(Q(start_at__gt=start_at) | Q(start_at=start_at, pk__gt=pk))
+    page = list(rows[: page_size + 1])
+    more = len(page) > page_size
+    page = page[:page_size]
+    return AppointmentPage(
+        rows=page, next_cursor=_encode_key(page[-1].start_at, page[-1].pk) if more else None
+    )
+
+
+def appointments_today(*, clinic: Clinic, now: dt.datetime | None = None) -> list[Appointment]:
+    """Today's (local) appointments that are not cancelled, for the front desk."""
+    today = timezone.localdate(now or timezone.now(), clinic.tz)
+    return list(
+        appointments_filtered(clinic=clinic, date_from=today, date_to=today).exclude(
+            status=AppointmentStatus.CANCELLED
+        )
+    )
+
+
+def appointment_trail(*, clinic: Clinic, appointment: Appointment) -> list[AuditEvent]:
+    """The audit events of an appointment and of those it was rescheduled from, newest first."""
+    ids = []
+    current: Appointment | None = appointment
+    while current is not None and len(ids) < 20:
+        ids.append(str(current.pk))
+        current = current.rescheduled_from
+    return list(
+        AuditEvent.objects.filter(
+            clinic=clinic, object_type="appointment", object_id__in=ids
+        ).order_by("-at", "-pk")[:100]
+    )
+
+
+def patients_search(*, clinic: Clinic, query: str, limit: int = 20) -> list[Patient]:
+    """By document (its start, digits only) or by any part of the name."""
+    query = " ".join((query or "").split())[:100]
+    if not query:
+        return []
+    rows = Patient.objects.filter(clinic=clinic)
+    if query.isdigit():
+        rows = rows.filter(document__startswith=query)
+    else:
+        for word in query.split():
+            rows = rows.filter(full_name__icontains=word)
+    return list(rows.order_by("full_name", "pk")[:limit])
+
+
+def specialties(*, clinic: Clinic) -> list[Specialty]:
+    return list(Specialty.objects.filter(clinic=clinic).order_by("name"))
+
+
+@dataclass
+class PeriodImpact:
+    stranded: list[Appointment]  # upcoming bookings the period would strand
+    free_slots: int  # bookable slots it would block
+
+
+def period_impact(
+    *,
+    clinic: Clinic,
+    doctor: Doctor | None,
+    starts_at: dt.datetime,
+    ends_at: dt.datetime,
+    now: dt.datetime | None = None,
+) -> PeriodImpact:
+    """What an absence (a doctor) or holiday (None: every doctor) over the range would do."""
+    if doctor is not None and doctor.clinic_id != clinic.pk:
+        raise InvalidInput("the doctor belongs to another clinic")
+    return PeriodImpact(
+        stranded=scheduling.stranded_in_period(
+            clinic=clinic,
+            doctor=doctor,
+            starts_at=starts_at,
+            ends_at=ends_at,
+            now=now or timezone.now(),
+        ),
+        free_slots=scheduling.free_slots_in_period(
+            clinic=clinic, doctor=doctor, starts_at=starts_at, ends_at=ends_at
+        ),
+    )
+
+
+def schedule_preview(
+    *,
+    clinic: Clinic,
+    doctor: Doctor,
+    schedules: list,
+    extras: list | None = None,
+    now: dt.datetime | None = None,
+) -> scheduling.AgendaDiff:
+    """What saving these (unsaved) weekly blocks would do over the booking horizon."""
+    if doctor.clinic_id != clinic.pk:
+        raise InvalidInput("the doctor belongs to another clinic")
+    now = now or timezone.now()
+    today = timezone.localdate(now, clinic.tz)
+    return scheduling.agenda_diff(
+        clinic=clinic,
+        doctor=doctor,
+        schedules=schedules,
+        extras=list(doctor.extra_hours.all()) if extras is None else extras,
+        date_from=today,
+        date_to=today + dt.timedelta(days=clinic.booking_horizon_days),
+        now=now,
     )

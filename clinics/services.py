@@ -12,16 +12,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, Exists, OuterRef, Q, Value, When
 from django.utils import timezone
+from django.utils.text import slugify
 
-from clinics import events
+from clinics import events, scheduling
 from clinics.errors import (  # noqa: F401  (re-exported: callers catch services.X)
     AppointmentNotFound,
     BookingError,
@@ -36,6 +36,7 @@ from clinics.errors import (  # noqa: F401  (re-exported: callers catch services
     SlotUnavailable,
     WrongClinic,
 )
+from clinics.identifiers import DOCUMENT_RE, WHATSAPP_ID_RE, mask
 from clinics.models import (
     OCCUPYING_STATUSES,
     UPCOMING_STATUSES,
@@ -46,21 +47,20 @@ from clinics.models import (
     BlockedPeriod,
     Clinic,
     Doctor,
+    ExtraHours,
     IdentityFailure,
     IdentityLockout,
     Patient,
     PatientPhone,
+    Schedule,
     Slot,
     SlotHold,
     SlotStatus,
     Specialty,
 )
-from clinics.scheduling import generate_slots
 
 logger = logging.getLogger(__name__)
 
-DOCUMENT_RE = re.compile(r"^\d{8,15}$")
-WHATSAPP_ID_RE = re.compile(r"^\d{6,20}$")
 MAX_HOLD_MINUTES = 60
 MAX_NOTES = 2000
 
@@ -148,10 +148,6 @@ def _event_payload(appointment: Appointment) -> dict:
         "status": appointment.status,
         "source": appointment.source,
     }
-
-
-def _mask(value: str) -> str:
-    return f"…{value[-4:]}" if value else ""
 
 
 def _check_actor(actor: Actor) -> None:
@@ -409,10 +405,18 @@ def slots_generate(
         raise WrongClinic("the doctor belongs to another clinic")
     actor = actor or Actor.system("slots_generate")
     with transaction.atomic():
-        created, blocked = generate_slots(
+        # The doctors' rows are locked so that a schedule being replaced right now is either
+        # wholly before or wholly after this run.
+        doctors = Doctor.objects.select_for_update().filter(clinic=clinic).order_by("pk")
+        if doctor is not None:
+            doctors = doctors.filter(pk=doctor.pk)
+        list(doctors.values_list("pk", flat=True))
+        created, blocked = scheduling.generate_slots(
             clinic=clinic, date_from=date_from, date_to=date_to, doctor=doctor
         )
         if created or blocked:
+            start, end = scheduling.local_day_bounds(date_from, date_to, clinic.tz)
+            _emit_agenda(clinic, [doctor.pk] if doctor else None, start, end)
             _audit(
                 clinic=clinic,
                 actor=actor,
@@ -448,7 +452,8 @@ def slot_hold(
     patient: Patient | None = None,
     minutes: int | None = None,
 ) -> SlotHold:
-    """Hold a bookable slot for `holder` (default SOPHIA_HOLD_MINUTES); drops their other hold.
+    """Hold a bookable slot for `holder` (default: the clinic's hold minutes); drops their
+    other hold.
 
     Holding the slot you already hold renews it.
     """
@@ -456,7 +461,7 @@ def slot_hold(
     if not isinstance(holder, str) or not holder.strip() or len(holder) > 120:
         raise InvalidInput("holder must be a non-empty string of at most 120 characters")
     if minutes is None:
-        minutes = settings.SOPHIA_HOLD_MINUTES
+        minutes = clinic.hold_minutes
     if isinstance(minutes, bool) or not isinstance(minutes, int):
         raise InvalidInput("minutes must be an integer")
     if not 1 <= minutes <= MAX_HOLD_MINUTES:
@@ -1062,7 +1067,7 @@ def _patient_state(patient: Patient) -> dict:
         "id": patient.pk,
         "document": patient.masked_document,
         "full_name": patient.full_name,
-        "whatsapp_id": _mask(patient.whatsapp_id),
+        "whatsapp_id": mask(patient.whatsapp_id),
     }
 
 
@@ -1114,7 +1119,7 @@ def patient_register(
             after=_patient_state(patient),
             at=now,
         )
-    logger.info("patient %s registered (%s) actor=%s", patient.pk, _mask(document), actor.type)
+    logger.info("patient %s registered (%s) actor=%s", patient.pk, mask(document), actor.type)
     return patient
 
 
@@ -1162,9 +1167,9 @@ def _lock_out(clinic: Clinic, *, patient: Patient | None, wa_id: str, now: dt.da
         actor=Actor.system("identity checks"),
         action="identity.lockout",
         object_type="patient" if patient else "whatsapp_number",
-        object_id=patient.pk if patient else _mask(wa_id),
+        object_id=patient.pk if patient else mask(wa_id),
         before=None,
-        after={"patient_id": patient.pk if patient else None, "whatsapp_id": _mask(wa_id)},
+        after={"patient_id": patient.pk if patient else None, "whatsapp_id": mask(wa_id)},
         at=now,
     )
 
@@ -1200,15 +1205,15 @@ def identity_failure_record(
             actor=Actor.system("identity checks"),
             action="identity.failure",
             object_type="patient" if patient else "whatsapp_number",
-            object_id=patient.pk if patient else _mask(wa_id),
+            object_id=patient.pk if patient else mask(wa_id),
             before=None,
-            after={"patient_id": patient.pk if patient else None, "whatsapp_id": _mask(wa_id)},
+            after={"patient_id": patient.pk if patient else None, "whatsapp_id": mask(wa_id)},
             at=now,
         )
         status = identity_status(clinic=clinic, wa_id=wa_id, patient=patient)
     logger.warning(
         "identity check failed from %s for patient %s (locked: patient=%s number=%s)",
-        _mask(wa_id),
+        mask(wa_id),
         patient.pk if patient else "-",
         status.patient_locked,
         status.number_locked,
@@ -1247,7 +1252,7 @@ def identity_lockout_lift(*, clinic: Clinic, lockout_id: int, actor: Actor) -> I
             actor=actor,
             action="identity.lockout_lift",
             object_type="patient" if lockout.patient_id else "whatsapp_number",
-            object_id=lockout.patient_id or _mask(lockout.wa_id),
+            object_id=lockout.patient_id or mask(lockout.wa_id),
             before={"lockout_id": lockout.pk, "active": True},
             after={"lockout_id": lockout.pk, "active": False, "failures_cleared": cleared},
             at=now,
@@ -1286,11 +1291,11 @@ def patient_phone_add(
                 object_type="patient",
                 object_id=patient.pk,
                 before=None,
-                after={"whatsapp_id": _mask(wa_id), "how": how},
+                after={"whatsapp_id": mask(wa_id), "how": how},
                 at=now,
             )
     if created:
-        logger.info("patient %s: number %s added (%s)", patient.pk, _mask(wa_id), how)
+        logger.info("patient %s: number %s added (%s)", patient.pk, mask(wa_id), how)
     return phone
 
 
@@ -1318,12 +1323,1061 @@ def patient_phone_remove(*, clinic: Clinic, patient: Patient, wa_id: str, actor:
             action="patient.phone_remove",
             object_type="patient",
             object_id=patient.pk,
-            before={"whatsapp_id": _mask(wa_id), "on_file": on_file},
+            before={"whatsapp_id": mask(wa_id), "on_file": on_file},
             after=None,
             at=timezone.now(),
         )
-    logger.info("patient %s: number %s removed", patient.pk, _mask(wa_id))
+    logger.info("patient %s: number %s removed", patient.pk, mask(wa_id))
     return True
+
+
+# --- agendas: clinic settings, specialties, doctors, schedules and exceptions -----------------
+# Admin changes to what can be booked. Each runs in one transaction with the doctor (or, for
+# clinic-wide changes, the clinic) locked, so two admins' changes and the periodic generation
+# apply one after the other. Bookings a change would strand are never touched silently: the
+# caller passes `stranded_action` ("keep" or "cancel_notify") once it has shown them.
+
+STRANDED_KEEP = "keep"
+STRANDED_CANCEL = "cancel_notify"
+STRANDED_ACTIONS = (STRANDED_KEEP, STRANDED_CANCEL)
+MAX_PERIOD_DAYS = 366
+CLINIC_SETTINGS_FIELDS = (
+    "name",
+    "address",
+    "opening_hours",
+    "what_to_bring",
+    "emergency_line",
+    "time_zone",
+    "country",
+    "whatsapp_number",
+    "self_registration",
+    "hold_minutes",
+    "min_notice_minutes",
+    "booking_horizon_days",
+)
+
+
+class StrandedDecisionNeeded(BookingError):
+    """The change would strand booked appointments and the caller has not said what to do."""
+
+    code = "stranded_decision_needed"
+
+    def __init__(self, appointments: list[Appointment]) -> None:
+        super().__init__(f"{len(appointments)} booked appointments would be stranded")
+        self.appointments = appointments
+
+
+@dataclass
+class AgendaChange:
+    """What an agenda change did, for the admin's confirmation page and the audit."""
+
+    created: int = 0
+    removed: int = 0
+    blocked: int = 0
+    freed: int = 0
+    stranded: list[Appointment] = field(default_factory=list)
+    cancelled: list[Appointment] = field(default_factory=list)
+    notified: int = 0  # WhatsApp messages queued
+    unreachable: int = 0  # cancelled patients without a WhatsApp number
+
+    def as_json(self) -> dict:
+        return {
+            "created": self.created,
+            "removed": self.removed,
+            "blocked": self.blocked,
+            "freed": self.freed,
+            "stranded": [a.pk for a in self.stranded],
+            "cancelled": [a.pk for a in self.cancelled],
+            "notified": self.notified,
+            "unreachable": self.unreachable,
+        }
+
+
+def agenda_window(clinic: Clinic, now: dt.datetime | None = None) -> tuple[dt.date, dt.date]:
+    """Local dates [today, today + booking horizon]: where slots are kept generated."""
+    today = timezone.localdate(now or timezone.now(), clinic.tz)
+    return today, today + dt.timedelta(days=clinic.booking_horizon_days)
+
+
+def _check_stranded_action(action: str | None) -> None:
+    if action is not None and action not in STRANDED_ACTIONS:
+        raise InvalidInput(f"stranded_action must be one of {STRANDED_ACTIONS}")
+
+
+def _lock_doctor(clinic: Clinic, doctor_id: object) -> Doctor:
+    doctor_id = _check_id(doctor_id, "doctor_id")
+    doctor = Doctor.objects.select_for_update().filter(pk=doctor_id).first()
+    if doctor is None or doctor.clinic_id != clinic.pk:
+        # Another clinic's doctor reads as unknown: ids of other tenants are never confirmed.
+        raise InvalidInput("no such doctor in this clinic", code="doctor_not_found")
+    return doctor
+
+
+def _emit_agenda(clinic: Clinic, doctor_ids: list[int] | None, start, end) -> None:
+    events.emit(
+        clinic_id=clinic.pk,
+        name="agenda.actualizada",
+        payload={
+            "doctor_ids": doctor_ids,
+            "starts_at": start.isoformat(),
+            "ends_at": end.isoformat(),
+        },
+    )
+
+
+def _cancel_stranded(
+    *,
+    clinic: Clinic,
+    appointments: list[Appointment],
+    actor: Actor,
+    reason: str,
+    user=None,
+    now: dt.datetime,
+) -> tuple[list[Appointment], int, int]:
+    """Cancel these appointments (skipping any that stopped being upcoming), each patient to be
+    told by WhatsApp with an offer to rebook: (cancelled, to be told, without WhatsApp).
+
+    The message goes from bot.notices once the cancellation commits (the `cita.cancelada` event
+    carries `notify_patient`); the worker delivers it.
+    """
+    if not appointments:
+        return [], 0, 0
+    slot_ids = sorted({a.slot_id for a in appointments})
+    slots = _lock_slots(clinic, slot_ids)
+    locked = {
+        a.pk: a
+        for a in Appointment.objects.select_for_update()
+        .select_related("patient", "doctor")
+        .filter(pk__in=[a.pk for a in appointments], clinic=clinic)
+        .order_by("pk")
+    }
+    cancelled = []
+    for appointment in sorted(locked.values(), key=lambda a: (a.start_at, a.pk)):
+        if appointment.status not in UPCOMING_STATUSES or appointment.start_at <= now:
+            continue
+        _cancel_locked(
+            clinic=clinic,
+            appointment=appointment,
+            slot=slots[appointment.slot_id],
+            reason=reason,
+            actor=actor,
+            now=now,
+        )
+        events.emit(
+            clinic_id=clinic.pk,
+            name="cita.cancelada",
+            payload={
+                **_event_payload(appointment),
+                "reason": reason,
+                "notify_patient": True,
+                "notified_by": user.pk if user is not None else None,
+            },
+        )
+        cancelled.append(appointment)
+    reachable = sum(1 for a in cancelled if a.patient.whatsapp_id)
+    return cancelled, reachable, len(cancelled) - reachable
+
+
+def _settle_stranded(
+    *,
+    clinic: Clinic,
+    change: AgendaChange,
+    stranded_action: str | None,
+    actor: Actor,
+    reason: str,
+    user,
+    now: dt.datetime,
+) -> None:
+    if not change.stranded:
+        return
+    if stranded_action is None:
+        raise StrandedDecisionNeeded(change.stranded)
+    if stranded_action == STRANDED_CANCEL:
+        change.cancelled, change.notified, change.unreachable = _cancel_stranded(
+            clinic=clinic,
+            appointments=change.stranded,
+            actor=actor,
+            reason=reason,
+            user=user,
+            now=now,
+        )
+
+
+def _retire_slots(slot_ids: list[int], now: dt.datetime) -> int:
+    """Take unbooked slots off the agenda: delete them, or block the ones whose cancelled
+    appointments keep them (history); a booking that raced in keeps its slot."""
+    if not slot_ids:
+        return 0
+    rows = list(
+        Slot.objects.select_for_update()
+        .filter(pk__in=slot_ids)
+        .exclude(status=SlotStatus.BOOKED)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    with_history = set(
+        Appointment.objects.filter(slot_id__in=rows).values_list("slot_id", flat=True)
+    )
+    Slot.objects.filter(pk__in=with_history).update(
+        status=SlotStatus.BLOCKED, held_until=None, updated_at=now
+    )
+    deletable = [pk for pk in rows if pk not in with_history]
+    SlotHold.objects.filter(slot_id__in=deletable).delete()
+    Slot.objects.filter(pk__in=deletable).delete()
+    return len(rows)
+
+
+def _apply_plan(
+    *,
+    clinic: Clinic,
+    doctor: Doctor,
+    schedules: list[Schedule],
+    extras: list[ExtraHours],
+    stranded_action: str | None,
+    actor: Actor,
+    reason: str,
+    user,
+    now: dt.datetime,
+) -> AgendaChange:
+    """Make the doctor's slots over the horizon match `schedules` + `extras` (already saved)."""
+    date_from, date_to = agenda_window(clinic, now)
+    diff = scheduling.agenda_diff(
+        clinic=clinic,
+        doctor=doctor,
+        schedules=schedules,
+        extras=extras,
+        date_from=date_from,
+        date_to=date_to,
+        now=now,
+    )
+    change = AgendaChange(stranded=diff.stranded)
+    _settle_stranded(
+        clinic=clinic,
+        change=change,
+        stranded_action=stranded_action,
+        actor=actor,
+        reason=reason,
+        user=user,
+        now=now,
+    )
+    cancelled_slots = [a.slot_id for a in change.cancelled]
+    change.removed = _retire_slots(diff.to_remove + cancelled_slots, now)
+    if doctor.active:
+        change.created, change.blocked = scheduling.generate_slots(
+            clinic=clinic, date_from=date_from, date_to=date_to, doctor=doctor
+        )
+    start, end = scheduling.local_day_bounds(date_from, date_to, clinic.tz)
+    _emit_agenda(clinic, [doctor.pk], start, end)
+    return change
+
+
+def _schedule_state(schedule: Schedule) -> dict:
+    return {
+        "weekdays": schedule.weekdays,
+        "start_time": schedule.start_time.isoformat(),
+        "end_time": schedule.end_time.isoformat(),
+        "slot_minutes": schedule.slot_minutes,
+        "valid_from": schedule.valid_from.isoformat(),
+        "valid_to": schedule.valid_to.isoformat() if schedule.valid_to else None,
+        "every_n_weeks": schedule.every_n_weeks,
+    }
+
+
+def _to_schedules(doctor: Doctor, blocks: list[dict]) -> list[Schedule]:
+    schedules = []
+    for block in blocks:
+        try:
+            schedule = Schedule(
+                doctor=doctor,
+                weekdays=sorted({int(d) for d in block["weekdays"]}),
+                start_time=block["start_time"],
+                end_time=block["end_time"],
+                slot_minutes=int(block["slot_minutes"]),
+                valid_from=block["valid_from"],
+                valid_to=block.get("valid_to") or None,
+                every_n_weeks=int(block.get("every_n_weeks") or 1),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput(f"incomplete schedule block: {exc}") from exc
+        if not (
+            isinstance(schedule.start_time, dt.time)
+            and isinstance(schedule.end_time, dt.time)
+            and isinstance(schedule.valid_from, dt.date)
+            and (schedule.valid_to is None or isinstance(schedule.valid_to, dt.date))
+        ):
+            raise InvalidInput("schedule blocks need times and dates")
+        schedules.append(schedule)
+    return schedules
+
+
+def schedule_blocks_check(
+    *, clinic: Clinic, doctor: Doctor, blocks: list[dict], now: dt.datetime | None = None
+) -> tuple[list[Schedule], list[scheduling.BlockProblem]]:
+    """The blocks as unsaved Schedule rows and their problems (what the form shows)."""
+    if doctor.clinic_id != clinic.pk:
+        raise InvalidInput("no such doctor in this clinic", code="doctor_not_found")
+    schedules = _to_schedules(doctor, blocks)
+    today = timezone.localdate(now or timezone.now(), clinic.tz)
+    return schedules, scheduling.check_schedule_blocks(schedules, today)
+
+
+def schedule_replace(
+    *,
+    clinic: Clinic,
+    doctor_id: int,
+    blocks: list[dict],
+    actor: Actor,
+    stranded_action: str | None = None,
+    user=None,
+) -> AgendaChange:
+    """Replace a doctor's weekly blocks and bring the slots over the horizon in line.
+
+    Unbooked slots that leave the agenda go; new ones are generated; booked appointments outside
+    the new agenda are kept or cancelled with a WhatsApp message (`stranded_action`).
+    Raises StrandedDecisionNeeded (nothing written) when there are some and no action was given.
+    """
+    _check_actor(actor)
+    _check_stranded_action(stranded_action)
+    with transaction.atomic():
+        now = timezone.now()
+        doctor = _lock_doctor(clinic, doctor_id)
+        schedules, problems = schedule_blocks_check(
+            clinic=clinic, doctor=doctor, blocks=blocks, now=now
+        )
+        if problems:
+            raise InvalidInput(str(problems[0].message), code="invalid_schedule")
+        before = [_schedule_state(s) for s in doctor.schedules.order_by("pk")]
+        Schedule.objects.filter(doctor=doctor).delete()
+        Schedule.objects.bulk_create(schedules)
+        change = _apply_plan(
+            clinic=clinic,
+            doctor=doctor,
+            schedules=schedules,
+            extras=list(ExtraHours.objects.filter(doctor=doctor)),
+            stranded_action=stranded_action,
+            actor=actor,
+            reason="schedule_changed",
+            user=user,
+            now=now,
+        )
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="schedule.replace",
+            object_type="doctor",
+            object_id=doctor.pk,
+            before={"blocks": before},
+            after={"blocks": [_schedule_state(s) for s in schedules], **change.as_json()},
+            at=now,
+        )
+    logger.info("schedule of doctor %s replaced: %s", doctor.pk, change.as_json())
+    return change
+
+
+def _check_extra(clinic: Clinic, doctor: Doctor, extra: ExtraHours, today: dt.date) -> None:
+    if extra.date < today:
+        raise InvalidInput("the date is in the past", code="date_in_past")
+    problems = scheduling.check_schedule_blocks(
+        [
+            Schedule(
+                doctor=doctor,
+                weekdays=[extra.date.weekday()],
+                start_time=extra.start_time,
+                end_time=extra.end_time,
+                slot_minutes=extra.slot_minutes,
+                valid_from=extra.date,
+                valid_to=extra.date,
+            )
+        ],
+        today,
+    )
+    if problems:
+        raise InvalidInput(str(problems[0].message), code="invalid_schedule")
+
+
+def extra_hours_add(
+    *,
+    clinic: Clinic,
+    doctor_id: int,
+    date: dt.date,
+    start_time: dt.time,
+    end_time: dt.time,
+    slot_minutes: int,
+    actor: Actor,
+    note: str = "",
+) -> AgendaChange:
+    """Hours on one date on top of the weekly schedule; their slots are generated at once."""
+    _check_actor(actor)
+    with transaction.atomic():
+        now = timezone.now()
+        doctor = _lock_doctor(clinic, doctor_id)
+        extra = ExtraHours(
+            doctor=doctor,
+            date=date,
+            start_time=start_time,
+            end_time=end_time,
+            slot_minutes=slot_minutes,
+            note=(note or "").strip()[:200],
+        )
+        _check_extra(clinic, doctor, extra, timezone.localdate(now, clinic.tz))
+        day_start, day_end = scheduling.local_day_bounds(date, date, clinic.tz)
+        planned = scheduling.plan_intervals(
+            schedules=[],
+            extras=[extra],
+            date_from=date,
+            date_to=date,
+            tz=clinic.tz,
+        ).get(doctor.pk, [])
+        first, last = (planned[0][0], planned[-1][1]) if planned else (day_start, day_start)
+        busy = list(
+            Slot.objects.filter(doctor=doctor, start_at__lt=last, end_at__gt=first)
+            .exclude(status=SlotStatus.BLOCKED)
+            .values_list("start_at", "end_at")
+        )
+        if any(a < e and s < b for a, b in planned for s, e in busy):
+            raise InvalidInput(
+                "the extra hours overlap slots the doctor already has", code="overlaps_agenda"
+            )
+        extra.save()
+        change = AgendaChange()
+        if doctor.active:
+            change.created, change.blocked = scheduling.generate_slots(
+                clinic=clinic, date_from=date, date_to=date, doctor=doctor
+            )
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="extra_hours.add",
+            object_type="extra_hours",
+            object_id=extra.pk,
+            before=None,
+            after={
+                "doctor_id": doctor.pk,
+                "date": date.isoformat(),
+                "start_time": start_time.isoformat(),
+                "end_time": end_time.isoformat(),
+                "slot_minutes": slot_minutes,
+                **change.as_json(),
+            },
+            at=now,
+        )
+        _emit_agenda(clinic, [doctor.pk], day_start, day_end)
+    return change
+
+
+def extra_hours_remove(
+    *,
+    clinic: Clinic,
+    extra_id: int,
+    actor: Actor,
+    stranded_action: str | None = None,
+    user=None,
+) -> AgendaChange:
+    """Remove extra hours: their unbooked slots go; bookings in them are kept or cancelled."""
+    _check_actor(actor)
+    _check_stranded_action(stranded_action)
+    extra_id = _check_id(extra_id, "extra_id")
+    with transaction.atomic():
+        now = timezone.now()
+        found = ExtraHours.objects.filter(pk=extra_id, doctor__clinic=clinic).first()
+        if found is None:
+            raise InvalidInput("no such extra hours in this clinic", code="not_found")
+        doctor = _lock_doctor(clinic, found.doctor_id)
+        remaining = list(ExtraHours.objects.filter(doctor=doctor).exclude(pk=extra_id))
+        found.delete()
+        change = _apply_plan(
+            clinic=clinic,
+            doctor=doctor,
+            schedules=list(Schedule.objects.filter(doctor=doctor)),
+            extras=remaining,
+            stranded_action=stranded_action,
+            actor=actor,
+            reason="schedule_changed",
+            user=user,
+            now=now,
+        )
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="extra_hours.remove",
+            object_type="extra_hours",
+            object_id=extra_id,
+            before={"doctor_id": doctor.pk, "date": found.date.isoformat()},
+            after=change.as_json(),
+            at=now,
+        )
+    return change
+
+
+def _period_state(period: BlockedPeriod) -> dict:
+    return {
+        "kind": period.kind,
+        "doctor_id": period.doctor_id,
+        "starts_at": period.starts_at.isoformat(),
+        "ends_at": period.ends_at.isoformat(),
+        "reason": period.reason,
+    }
+
+
+def blocked_period_add(
+    *,
+    clinic: Clinic,
+    kind: str,
+    starts_at: dt.datetime,
+    ends_at: dt.datetime,
+    actor: Actor,
+    doctor_id: int | None = None,
+    reason: str = "",
+    stranded_action: str | None = None,
+    user=None,
+) -> tuple[BlockedPeriod, AgendaChange]:
+    """An absence (a doctor), a holiday (the whole clinic) or a block set by hand.
+
+    Its free slots become blocked at once; booked appointments in it are kept or cancelled with
+    a WhatsApp message (their slots stay blocked). StrandedDecisionNeeded when there are some
+    and no `stranded_action` was given.
+    """
+    _check_actor(actor)
+    _check_stranded_action(stranded_action)
+    if kind not in BlockedPeriod.Kind.values:
+        raise InvalidInput(f"unknown kind {kind!r}")
+    if not isinstance(starts_at, dt.datetime) or not isinstance(ends_at, dt.datetime):
+        raise InvalidInput("starts_at and ends_at must be datetimes")
+    if starts_at.tzinfo is None or ends_at.tzinfo is None:
+        raise InvalidInput("starts_at and ends_at must carry a time zone")
+    if ends_at <= starts_at:
+        raise InvalidInput("the end is not after the start", code="end_before_start")
+    if ends_at - starts_at > dt.timedelta(days=MAX_PERIOD_DAYS):
+        raise InvalidInput("at most one year at a time", code="period_too_long")
+    if kind != BlockedPeriod.Kind.HOLIDAY and doctor_id is None:
+        raise InvalidInput("absences and blocks need a doctor", code="doctor_not_found")
+    reason = (reason or "").strip()[:200]
+    with transaction.atomic():
+        now = timezone.now()
+        if ends_at <= now:
+            raise InvalidInput("the period is over already", code="date_in_past")
+        if doctor_id is not None:
+            doctor = _lock_doctor(clinic, doctor_id)
+        else:
+            doctor = None
+            Clinic.objects.select_for_update().filter(pk=clinic.pk).first()
+        period = BlockedPeriod.objects.create(
+            clinic=clinic,
+            doctor=doctor,
+            kind=kind,
+            starts_at=starts_at,
+            ends_at=ends_at,
+            reason=reason,
+        )
+        change = AgendaChange(
+            stranded=scheduling.stranded_in_period(
+                clinic=clinic, doctor=doctor, starts_at=starts_at, ends_at=ends_at, now=now
+            )
+        )
+        _settle_stranded(
+            clinic=clinic,
+            change=change,
+            stranded_action=stranded_action,
+            actor=actor,
+            reason=reason or str(BlockedPeriod.Kind(kind).label),
+            user=user,
+            now=now,
+        )
+        change.blocked = scheduling.block_free_slots(
+            clinic, [(doctor.pk if doctor else None, starts_at, ends_at)], doctor
+        )
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action=f"{kind}.add",
+            object_type="blocked_period",
+            object_id=period.pk,
+            before=None,
+            after={**_period_state(period), **change.as_json()},
+            at=now,
+        )
+        _emit_agenda(clinic, [doctor.pk] if doctor else None, starts_at, ends_at)
+    logger.info("%s %s added: %s", kind, period.pk, change.as_json())
+    return period, change
+
+
+def _free_blocked_slots(
+    clinic: Clinic, doctor: Doctor | None, starts_at: dt.datetime, ends_at: dt.datetime
+) -> list[Slot]:
+    """Blocked slots in [starts_at, ends_at) that no remaining period covers and that the agenda
+    still has (not retired) become free again; returns them."""
+    candidates = Slot.objects.select_for_update().filter(
+        clinic=clinic, status=SlotStatus.BLOCKED, start_at__lt=ends_at, end_at__gt=starts_at
+    )
+    if doctor is not None:
+        candidates = candidates.filter(doctor=doctor)
+    candidates = list(candidates.order_by("pk"))
+    if not candidates:
+        return []
+    doctor_ids = sorted({s.doctor_id for s in candidates})
+    span_start = min(s.start_at for s in candidates)
+    span_end = max(s.end_at for s in candidates)
+    blocks = scheduling.blocked_periods(clinic, doctor_ids, span_start, span_end)
+    tz = clinic.tz
+    day_from = timezone.localdate(span_start, tz)
+    day_to = timezone.localdate(span_end, tz)
+    plan = scheduling.plan_intervals(
+        schedules=Schedule.objects.filter(doctor_id__in=doctor_ids),
+        extras=ExtraHours.objects.filter(
+            doctor_id__in=doctor_ids, date__gte=day_from, date__lte=day_to
+        ),
+        date_from=day_from,
+        date_to=day_to,
+        tz=tz,
+    )
+    planned = {(d, i) for d, intervals in plan.items() for i in intervals}
+    freed = [
+        s
+        for s in candidates
+        if (s.doctor_id, (s.start_at, s.end_at)) in planned
+        and not any(
+            (b_doctor is None or b_doctor == s.doctor_id)
+            and b_start < s.end_at
+            and s.start_at < b_end
+            for b_doctor, b_start, b_end in blocks
+        )
+    ]
+    now = timezone.now()
+    Slot.objects.filter(pk__in=[s.pk for s in freed]).update(
+        status=SlotStatus.FREE, held_until=None, updated_at=now
+    )
+    for slot in freed:
+        slot.status = SlotStatus.FREE
+        events.emit(
+            clinic_id=clinic.pk,
+            name="slot.liberado",
+            payload={"slot_id": slot.pk, "doctor_id": slot.doctor_id, "reason": "unblocked"},
+        )
+    return freed
+
+
+def blocked_period_remove(*, clinic: Clinic, period_id: int, actor: Actor) -> AgendaChange:
+    """Remove an absence, holiday or block: the slots it blocked are free again, and slots it
+    kept from being generated are generated now."""
+    _check_actor(actor)
+    period_id = _check_id(period_id, "period_id")
+    with transaction.atomic():
+        now = timezone.now()
+        found = BlockedPeriod.objects.filter(pk=period_id, clinic=clinic).first()
+        if found is None:
+            raise InvalidInput("no such period in this clinic", code="not_found")
+        if found.doctor_id is not None:
+            doctor = _lock_doctor(clinic, found.doctor_id)
+        else:
+            doctor = None
+            Clinic.objects.select_for_update().filter(pk=clinic.pk).first()
+        period = BlockedPeriod.objects.select_for_update().filter(pk=period_id).first()
+        if period is None:
+            raise InvalidInput("no such period in this clinic", code="not_found")
+        before = _period_state(period)
+        period.delete()
+        change = AgendaChange()
+        change.freed = len(_free_blocked_slots(clinic, doctor, period.starts_at, period.ends_at))
+        window_from, window_to = agenda_window(clinic, now)
+        day_from = max(window_from, timezone.localdate(period.starts_at, clinic.tz))
+        day_to = min(window_to, timezone.localdate(period.ends_at, clinic.tz))
+        if day_from <= day_to:
+            change.created, _ = scheduling.generate_slots(
+                clinic=clinic, date_from=day_from, date_to=day_to, doctor=doctor
+            )
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action=f"{before['kind']}.remove",
+            object_type="blocked_period",
+            object_id=period_id,
+            before=before,
+            after=change.as_json(),
+            at=now,
+        )
+        _emit_agenda(clinic, [doctor.pk] if doctor else None, period.starts_at, period.ends_at)
+    logger.info("blocked period %s removed: %s", period_id, change.as_json())
+    return change
+
+
+def slot_unblock(*, clinic: Clinic, slot_id: int, actor: Actor) -> Slot:
+    """Unblock one slot blocked by hand (splitting a hand-set range around it). A slot inside an
+    absence or holiday stays blocked: those are lifted by removing them."""
+    _check_actor(actor)
+    slot_id = _check_id(slot_id, "slot_id")
+    with transaction.atomic():
+        now = timezone.now()
+        found = Slot.objects.filter(pk=slot_id).first()
+        if found is None or found.clinic_id != clinic.pk:
+            raise SlotUnavailable(f"slot {slot_id} does not exist", code="slot_not_found")
+        _lock_doctor(clinic, found.doctor_id)
+        slot = _lock_slots(clinic, [slot_id])[slot_id]
+        if slot.status != SlotStatus.BLOCKED:
+            raise InvalidInput("the slot is not blocked", code="not_blocked")
+        covering = list(
+            BlockedPeriod.objects.select_for_update()
+            .filter(
+                Q(doctor__isnull=True) | Q(doctor_id=slot.doctor_id),
+                clinic=clinic,
+                starts_at__lt=slot.end_at,
+                ends_at__gt=slot.start_at,
+            )
+            .order_by("pk")
+        )
+        if any(p.kind != BlockedPeriod.Kind.BLOCK for p in covering):
+            raise InvalidInput("the slot is inside an absence or holiday", code="slot_in_absence")
+        for period in covering:
+            period_pk = period.pk
+            before = _period_state(period)
+            pieces = [
+                (period.starts_at, slot.start_at),
+                (slot.end_at, period.ends_at),
+            ]
+            pieces = [(a, b) for a, b in pieces if b > a]
+            if pieces:
+                period.starts_at, period.ends_at = pieces[0]
+                period.save(update_fields=["starts_at", "ends_at"])
+                for a, b in pieces[1:]:
+                    BlockedPeriod.objects.create(
+                        clinic=clinic,
+                        doctor_id=period.doctor_id,
+                        kind=period.kind,
+                        starts_at=a,
+                        ends_at=b,
+                        reason=period.reason,
+                    )
+            else:
+                period.delete()
+            _audit(
+                clinic=clinic,
+                actor=actor,
+                action="block.split" if pieces else "block.remove",
+                object_type="blocked_period",
+                object_id=period_pk,
+                before=before,
+                after={"slot_id": slot.pk, "pieces": len(pieces)},
+                at=now,
+            )
+        before_status = slot.status
+        _free_slot(slot)
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="slot.unblock",
+            object_type="slot",
+            object_id=slot.pk,
+            before={"status": before_status},
+            after={"status": slot.status},
+            at=now,
+        )
+        events.emit(
+            clinic_id=clinic.pk,
+            name="slot.liberado",
+            payload={"slot_id": slot.pk, "doctor_id": slot.doctor_id, "reason": "unblocked"},
+        )
+        _emit_agenda(clinic, [slot.doctor_id], slot.start_at, slot.end_at)
+    return slot
+
+
+def holidays_load(
+    *, clinic: Clinic, year: int, actor: Actor, force: bool = False
+) -> list[BlockedPeriod]:
+    """Add the public holidays of the clinic's country for `year` as clinic-wide whole-day
+    periods, once per year (a holiday an admin removed stays removed unless `force`).
+    Bookings on them are kept: the admin sees them in the list and decides."""
+    _check_actor(actor)
+    if isinstance(year, bool) or not isinstance(year, int) or not 2000 <= year <= 2100:
+        raise InvalidInput("year out of range")
+    with transaction.atomic():
+        now = timezone.now()
+        locked = Clinic.objects.select_for_update().get(pk=clinic.pk)
+        loaded = list(locked.holiday_years_loaded or [])
+        if year in loaded and not force:
+            return []
+        tz = clinic.tz
+        existing = set(
+            BlockedPeriod.objects.filter(
+                clinic=clinic, kind=BlockedPeriod.Kind.HOLIDAY, doctor__isnull=True
+            ).values_list("starts_at", flat=True)
+        )
+        added = []
+        for day, name in scheduling.country_holidays(locked.country, year):
+            starts_at, ends_at = scheduling.local_day_bounds(day, day, tz)
+            if starts_at in existing or ends_at <= now:
+                continue
+            added.append(
+                BlockedPeriod(
+                    clinic=clinic,
+                    kind=BlockedPeriod.Kind.HOLIDAY,
+                    starts_at=starts_at,
+                    ends_at=ends_at,
+                    reason=name[:200],
+                )
+            )
+        BlockedPeriod.objects.bulk_create(added)
+        if year not in loaded:
+            loaded.append(year)
+            Clinic.objects.filter(pk=clinic.pk).update(holiday_years_loaded=sorted(loaded))
+            clinic.holiday_years_loaded = sorted(loaded)
+        for period in added:
+            scheduling.block_free_slots(clinic, [(None, period.starts_at, period.ends_at)])
+        if added:
+            _audit(
+                clinic=clinic,
+                actor=actor,
+                action="holiday.load",
+                object_type="clinic",
+                object_id=clinic.pk,
+                before=None,
+                after={
+                    "year": year,
+                    "country": locked.country,
+                    "days": [p.starts_at.astimezone(tz).date().isoformat() for p in added],
+                },
+                at=now,
+            )
+            _emit_agenda(clinic, None, added[0].starts_at, added[-1].ends_at)
+    return added
+
+
+def agenda_keep_generated(*, clinic: Clinic, actor: Actor | None = None) -> int:
+    """The periodic job's work for one clinic: holidays of the years in the horizon, then slots
+    from today to the end of the horizon (idempotent)."""
+    actor = actor or Actor.system("agenda_keep_generated")
+    date_from, date_to = agenda_window(clinic)
+    for year in sorted({date_from.year, date_to.year}):
+        holidays_load(clinic=clinic, year=year, actor=actor)
+    return slots_generate(clinic=clinic, date_from=date_from, date_to=date_to, actor=actor)
+
+
+# --- clinic settings, specialties and doctors ------------------------------------------------
+
+
+def clinic_update_settings(*, clinic: Clinic, values: dict, actor: Actor) -> Clinic:
+    """Change the clinic's settings (only CLINIC_SETTINGS_FIELDS), validated by the model."""
+    _check_actor(actor)
+    unknown = set(values) - set(CLINIC_SETTINGS_FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown settings {sorted(unknown)}")
+    with transaction.atomic():
+        locked = Clinic.objects.select_for_update().get(pk=clinic.pk)
+        before = {name: getattr(locked, name) for name in values}
+        for name, value in values.items():
+            setattr(locked, name, value)
+        try:
+            locked.full_clean(exclude=["slug", "phone_number_id", "whatsapp_access_token"])
+        except ValidationError as exc:
+            raise InvalidInput(f"invalid settings: {sorted(exc.message_dict)}") from exc
+        locked.save(update_fields=list(values))
+        changed = {n: v for n, v in values.items() if before[n] != v}
+        if changed:
+            _audit(
+                clinic=clinic,
+                actor=actor,
+                action="clinic.settings",
+                object_type="clinic",
+                object_id=clinic.pk,
+                before={n: before[n] for n in changed},
+                after=changed,
+                at=timezone.now(),
+            )
+    for name, value in values.items():
+        setattr(clinic, name, value)
+    return locked
+
+
+def _unique_slug(clinic: Clinic, name: str, exclude_pk: int | None = None) -> str:
+    base = slugify(name)[:45] or "especialidad"
+    slug, n = base, 2
+    taken = Specialty.objects.filter(clinic=clinic)
+    if exclude_pk:
+        taken = taken.exclude(pk=exclude_pk)
+    while taken.filter(slug=slug).exists():
+        slug, n = f"{base}-{n}", n + 1
+    return slug
+
+
+def _clean_name(value: object, what: str) -> str:
+    name = " ".join(value.split()) if isinstance(value, str) else ""
+    if not 2 <= len(name) <= 120:
+        raise InvalidInput(f"the {what} must have 2 to 120 characters", code="invalid_name")
+    return name
+
+
+def specialty_create(*, clinic: Clinic, name: str, triage_keywords: str, actor: Actor) -> Specialty:
+    _check_actor(actor)
+    name = _clean_name(name, "name")
+    with transaction.atomic():
+        if Specialty.objects.filter(clinic=clinic, name__iexact=name).exists():
+            raise InvalidInput("a specialty with that name exists", code="specialty_exists")
+        specialty = Specialty.objects.create(
+            clinic=clinic,
+            name=name,
+            slug=_unique_slug(clinic, name),
+            triage_keywords=(triage_keywords or "").strip(),
+        )
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="specialty.create",
+            object_type="specialty",
+            object_id=specialty.pk,
+            before=None,
+            after={"name": name, "keywords": specialty.keyword_list()},
+            at=timezone.now(),
+        )
+    return specialty
+
+
+def specialty_update(
+    *, clinic: Clinic, specialty_id: int, name: str, triage_keywords: str, actor: Actor
+) -> Specialty:
+    """Rename a specialty or change its triage keywords (the slug stays: the bot keys on it)."""
+    _check_actor(actor)
+    name = _clean_name(name, "name")
+    specialty_id = _check_id(specialty_id, "specialty_id")
+    with transaction.atomic():
+        specialty = (
+            Specialty.objects.select_for_update().filter(pk=specialty_id, clinic=clinic).first()
+        )
+        if specialty is None:
+            raise InvalidInput("no such specialty in this clinic", code="not_found")
+        if (
+            Specialty.objects.filter(clinic=clinic, name__iexact=name)
+            .exclude(pk=specialty.pk)
+            .exists()
+        ):
+            raise InvalidInput("a specialty with that name exists", code="specialty_exists")
+        before = {"name": specialty.name, "keywords": specialty.keyword_list()}
+        specialty.name = name
+        specialty.triage_keywords = (triage_keywords or "").strip()
+        specialty.save(update_fields=["name", "triage_keywords"])
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="specialty.update",
+            object_type="specialty",
+            object_id=specialty.pk,
+            before=before,
+            after={"name": name, "keywords": specialty.keyword_list()},
+            at=timezone.now(),
+        )
+    return specialty
+
+
+def _clinic_specialties(clinic: Clinic, specialty_ids: list) -> list[Specialty]:
+    ids = {_check_id(i, "specialty_id") for i in specialty_ids}
+    found = list(Specialty.objects.filter(clinic=clinic, pk__in=ids))
+    if len(found) != len(ids):
+        raise InvalidInput("unknown specialty for this clinic", code="not_found")
+    return found
+
+
+def doctor_create(
+    *, clinic: Clinic, full_name: str, specialty_ids: list[int], actor: Actor
+) -> Doctor:
+    _check_actor(actor)
+    full_name = _clean_name(full_name, "full name")
+    with transaction.atomic():
+        specialties = _clinic_specialties(clinic, specialty_ids)
+        doctor = Doctor.objects.create(clinic=clinic, full_name=full_name)
+        doctor.specialties.set(specialties)
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="doctor.create",
+            object_type="doctor",
+            object_id=doctor.pk,
+            before=None,
+            after={"full_name": full_name, "specialties": sorted(s.pk for s in specialties)},
+            at=timezone.now(),
+        )
+    return doctor
+
+
+def doctor_update(
+    *,
+    clinic: Clinic,
+    doctor_id: int,
+    full_name: str,
+    specialty_ids: list[int],
+    active: bool,
+    actor: Actor,
+) -> Doctor:
+    """Edit a doctor. Deactivating stops new bookings (availability and booking both skip
+    inactive doctors); appointments already booked stay, listed on the doctor's page."""
+    _check_actor(actor)
+    full_name = _clean_name(full_name, "full name")
+    with transaction.atomic():
+        now = timezone.now()
+        doctor = _lock_doctor(clinic, doctor_id)
+        specialties = _clinic_specialties(clinic, specialty_ids)
+        before = {
+            "full_name": doctor.full_name,
+            "active": doctor.active,
+            "specialties": sorted(doctor.specialties.values_list("pk", flat=True)),
+        }
+        doctor.full_name = full_name
+        doctor.active = bool(active)
+        doctor.save(update_fields=["full_name", "active"])
+        doctor.specialties.set(specialties)
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="doctor.update",
+            object_type="doctor",
+            object_id=doctor.pk,
+            before=before,
+            after={
+                "full_name": full_name,
+                "active": doctor.active,
+                "specialties": sorted(s.pk for s in specialties),
+            },
+            at=now,
+        )
+        if before["active"] != doctor.active:
+            window_from, window_to = agenda_window(clinic, now)
+            if doctor.active:
+                scheduling.generate_slots(
+                    clinic=clinic, date_from=window_from, date_to=window_to, doctor=doctor
+                )
+            start, end = scheduling.local_day_bounds(window_from, window_to, clinic.tz)
+            _emit_agenda(clinic, [doctor.pk], start, end)
+    return doctor
+
+
+def patient_update_contact(
+    *, clinic: Clinic, patient_id: int, full_name: str, whatsapp_id: str, actor: Actor
+) -> Patient:
+    """Staff correct a patient's name or WhatsApp number (empty: none on file)."""
+    _check_actor(actor)
+    patient_id = _check_id(patient_id, "patient_id")
+    name = " ".join(full_name.split()) if isinstance(full_name, str) else ""
+    if not 3 <= len(name) <= 200:
+        raise InvalidInput("the full name must have 3 to 200 characters")
+    whatsapp_id = _clean_whatsapp_id(whatsapp_id) if whatsapp_id else ""
+    with transaction.atomic():
+        patient = Patient.objects.select_for_update().filter(pk=patient_id, clinic=clinic).first()
+        if patient is None:
+            raise PatientNotFound("no such patient in this clinic")
+        before = _patient_state(patient)
+        if (patient.full_name, patient.whatsapp_id) == (name, whatsapp_id):
+            return patient
+        patient.full_name = name
+        patient.whatsapp_id = whatsapp_id
+        patient.save(update_fields=["full_name", "whatsapp_id"])
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="patient.update_contact",
+            object_type="patient",
+            object_id=patient.pk,
+            before=before,
+            after=_patient_state(patient),
+            at=timezone.now(),
+        )
+    logger.info("patient %s contact updated actor=%s", patient.pk, actor.type)
+    return patient
 
 
 def patient_set_reminders(

@@ -21,7 +21,7 @@ class ApiKey(models.Model):
     """
 
     class Scope(models.TextChoices):
-        READ = "read", _("read")
+        READ = "read", _("read only")
         WRITE = "write", _("read and write")
 
     clinic = models.ForeignKey(

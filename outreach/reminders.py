@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
@@ -41,6 +42,7 @@ from clinics.models import (
 )
 from outreach import replies
 from outreach.models import OutreachSettings, ReminderDispatch
+from sophia_web import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +285,14 @@ def _queue_batch(limit: int, now: dt.datetime) -> list[int]:
             batch,
             ["status", "skip_reason", "not_before", "conversation", "message", "queued_at"],
         )
+        sent = Counter(str(dispatch.clinic_id) for dispatch, _settings in ready)
+        transaction.on_commit(lambda: _count_sent(sent))
     return message_ids
+
+
+def _count_sent(per_clinic: Counter) -> None:
+    for clinic_id, count in per_clinic.items():
+        metrics.REMINDERS_SENT.labels(clinic=clinic_id).inc(count)
 
 
 def _deliver(message_ids: list[int]) -> None:
@@ -318,6 +327,7 @@ def reminders_send(limit: int = CLAIM_BATCH, now: dt.datetime | None = None) -> 
         _deliver_in_threads(message_ids)
     else:
         _deliver(message_ids)
+    metrics.REMINDERS_SENT.inc(len(message_ids))
     return len(message_ids)
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 from django.utils.translation import gettext as _
 
 from bot import replies as bot_replies
-from bot.messages import AppointmentInfo, Button, Reply
+from bot.messages import AppointmentInfo, Button, OutreachResult, Reply
 
 if TYPE_CHECKING:
     import zoneinfo
@@ -111,6 +111,32 @@ def reminder_too_late() -> Reply:
     )
 
 
+def reminder_not_found() -> Reply:
+    return bot_replies.text(
+        _(
+            "We could not find that reminder. Write “mis citas” to see your appointments or "
+            "“asesor” to talk to a person."
+        )
+    )
+
+
+def reminder_result(result: OutreachResult, clinic: HasTimeZone) -> Reply:
+    """The bot's answer to a Confirm / Cancel tap (or "confirmo" / "cancelar")."""
+    appointment = result.appointment
+    if appointment is not None:
+        if result.outcome == "confirmed":
+            return reminder_confirmed(appointment, clinic)
+        if result.outcome == "already_confirmed":
+            return reminder_already_confirmed(appointment, clinic)
+        if result.outcome == "cancelled":
+            return reminder_cancelled(appointment, clinic)
+    if result.outcome == "already_cancelled":
+        return reminder_already_cancelled()
+    if result.outcome == "too_late":
+        return reminder_too_late()
+    return reminder_not_found()
+
+
 def reminders_stopped() -> Reply:
     return bot_replies.text(
         _(
@@ -206,6 +232,28 @@ def offer_declined() -> Reply:
     return bot_replies.text(
         _("All right, we will offer it to someone else. You keep your place on the waitlist.")
     )
+
+
+def offer_overlap() -> Reply:
+    return bot_replies.text(
+        _(
+            "You already have an appointment at that time, so we will offer this one to someone "
+            "else. You keep your place on the waitlist."
+        )
+    )
+
+
+def offer_result(result: OutreachResult, clinic: HasTimeZone) -> Reply:
+    """The bot's answer to a waitlist offer's buttons."""
+    if result.outcome == "booked" and result.appointment is not None:
+        return offer_accepted(result.appointment, clinic)
+    if result.outcome == "taken":
+        return offer_taken()
+    if result.outcome == "declined":
+        return offer_declined()
+    if result.outcome == "overlap":
+        return offer_overlap()
+    return offer_gone()
 
 
 def offer_gone() -> Reply:

@@ -45,6 +45,7 @@ from clinics.models import (
 from outreach import replies
 from outreach.models import OutreachSettings, PartOfDay, WaitlistEntry, WaitlistOffer
 from outreach.reminders import clinic_settings
+from sophia_web import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -291,8 +292,12 @@ def waitlist_offer_slot(*, slot_id: int, now: dt.datetime | None = None) -> int:
                 entry.save(update_fields=["conversation", "updated_at"])
             made.append(message.pk)
         _deliver_after_commit(made)
+        if made:
+            offered = metrics.WAITLIST_OFFERS.labels(clinic=str(slot.clinic_id))
+            transaction.on_commit(lambda: offered.inc(len(made)))
     if made:
         logger.info("waitlist: slot %s offered to %d patient(s)", slot_id, len(made))
+        metrics.WAITLIST_OFFERS.inc(len(made))
     return len(made)
 
 

@@ -38,6 +38,7 @@ def main(argv: list[str]) -> int:
                 "clinics",
                 "bot",
                 "sophia_web",
+                "outreach",
             ]
         )
         return 0

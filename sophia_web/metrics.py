@@ -88,14 +88,10 @@ BOOKING_CONFLICTS = Counter(
     ["code"],
 )
 REMINDERS_SENT = Counter(
-    "sophia_reminders_sent_total",
-    "Appointment reminders queued for sending, by clinic.",
-    ["clinic"],
+    "sophia_reminders_sent_total", "Appointment reminders queued to WhatsApp (all clinics)."
 )
 WAITLIST_OFFERS = Counter(
-    "sophia_waitlist_offers_total",
-    "Freed slots offered to waitlisted patients, by clinic.",
-    ["clinic"],
+    "sophia_waitlist_offers_total", "Freed slots offered to waitlisted patients (all clinics)."
 )
 OUTGOING_WEBHOOK_DELIVERIES = Counter(
     "sophia_outgoing_webhook_deliveries_total",

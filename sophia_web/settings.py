@@ -52,7 +52,9 @@ def database_from_url(url: str) -> dict:
             "PASSWORD": unquote(parts.password or ""),
             "HOST": parts.hostname or "",
             "PORT": str(parts.port or ""),
-            "OPTIONS": {**options, "pool": pool},
+            # Server-side binding: psycopg sends parameters apart from the SQL and prepares the
+            # statements it sees repeatedly, so PostgreSQL plans each hot query once.
+            "OPTIONS": {"server_side_binding": True, **options, "pool": pool},
             "TEST": {"NAME": os.getenv("TEST_DATABASE_NAME") or None},
         }
     if parts.scheme == "sqlite":
@@ -235,6 +237,14 @@ SOPHIA_RATE_LIMIT_PER_MINUTE = envint("SOPHIA_RATE_LIMIT_PER_MINUTE", "10")
 # A bot turn taking longer than this is stopped and its message set aside for staff.
 SOPHIA_TURN_BUDGET_SECONDS = float(os.getenv("SOPHIA_TURN_BUDGET_SECONDS", "20"))
 SOPHIA_SLOT_DAYS_AHEAD = envint("SOPHIA_SLOT_DAYS_AHEAD", "21")
+# Outbound HTTP inside a database transaction (bot.network): "raise" (tests) or "log".
+SOPHIA_NETWORK_GUARD = os.getenv("SOPHIA_NETWORK_GUARD", "log")
+# Turns a worker process runs at once (threads); 0 sizes it to the machine.
+SOPHIA_WORKER_CONCURRENCY = envint("SOPHIA_WORKER_CONCURRENCY", "0")
+# The approved WhatsApp template telling a patient an agenda change cancelled their appointment
+# (used outside the 24-hour window); body parameters: first name, date, time, doctor.
+SOPHIA_CANCEL_TEMPLATE = os.getenv("SOPHIA_CANCEL_TEMPLATE", "cita_cancelada_reagendar")
+SOPHIA_CANCEL_TEMPLATE_LANGUAGE = os.getenv("SOPHIA_CANCEL_TEMPLATE_LANGUAGE", "es")
 
 # Logs: JSON lines (LOG_FORMAT=plain for a human-readable console). The MaskDigits filter sits
 # on the handler, so every record — any logger, daphne's access log included — is masked.

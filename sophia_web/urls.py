@@ -2,10 +2,17 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from bot import console_triage
 from sophia_web import health, monitoring
 
 urlpatterns = [
     path("", include("bot.console_urls")),
+    path("", include("clinics.urls")),
+    path(
+        "ajustes/especialidades/<int:specialty_id>/probar/",
+        console_triage.specialty_try,
+        name="triage-try",
+    ),
     path("cuenta/entrar/", auth_views.LoginView.as_view(), name="login"),
     path("cuenta/salir/", auth_views.LogoutView.as_view(), name="logout"),
     path("cuenta/clave/", auth_views.PasswordChangeView.as_view(), name="password_change"),
@@ -14,6 +21,7 @@ urlpatterns = [
         auth_views.PasswordChangeDoneView.as_view(),
         name="password_change_done",
     ),
+    path("lista-de-espera/", include("outreach.urls")),
     path("admin/", admin.site.urls),
     path("health/", health.health, name="health"),
     path("api/v1/", include("integrations.api.urls")),

@@ -272,8 +272,6 @@ def test_alerts_and_panels_only_use_metrics_sophia_exposes(client, clinic):
         (metrics.LLM_CALLS, {"purpose": "x"}),
         (metrics.LLM_ERRORS, {"purpose": "x"}),
         (metrics.LLM_TOKENS, {"kind": "prompt"}),
-        (metrics.REMINDERS_SENT, {"clinic": "1"}),
-        (metrics.WAITLIST_OFFERS, {"clinic": "1"}),
         (metrics.BOOKING_CONFLICTS, {"code": "slot_taken"}),
         (metrics.RATE_LIMIT_HITS, {"scope": "api"}),
         (metrics.OUTGOING_WEBHOOK_DELIVERIES, {"outcome": "retry"}),

@@ -5,16 +5,19 @@
 - Bookings made through the API on both web processes are delivered to the clinic's webhook
   endpoint once each, whichever worker sends them; /metrics on either web process sums the
   counters of all four processes.
+- Reminders falling due are sent once each, whichever of the two workers claims them.
 - A worker killed (SIGKILL) in the middle of a delivery: after the restart the same event (same
   id) is delivered again and the receiver, deduplicating by event id, applies it once.
 """
 
 import asyncio
+import datetime as dt
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -22,14 +25,18 @@ import pytest
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 
 from bot.models import Conversation
 from bot.webhook import signature_for
+from clinics import services
+from clinics.models import AppointmentSource, Doctor, Patient
 from integrations import webhooks
 from integrations.keys import api_key_create
 from integrations.models import ApiKey, WebhookDelivery
+from outreach.models import OutreachSettings
 from tests.bot.test_processing import text_message, webhook_body
-from tests.conftest import eventually
+from tests.conftest import eventually, make_slots
 from tests.fakes import graph_server, webhook_receiver
 
 fake_graph = graph_server.fake_graph  # fixtures
@@ -219,6 +226,46 @@ def test_bookings_on_both_web_processes_are_delivered_once_each_by_two_workers(
         assert metric(text, f'sophia_citas_agendadas_total{{clinic="{clinic.pk}"}}') == 10
         delivered = 'sophia_outgoing_webhook_deliveries_total{outcome="delivered"}'
         assert metric(text, delivered) == 10
+
+
+def test_two_workers_send_each_due_reminder_once(cluster, clinic, fake_graph):
+    """Reminders due in a few seconds for 12 appointments: both workers run the reminder jobs."""
+    OutreachSettings.objects.create(
+        clinic=clinic, hours_before=24, window_start=dt.time(0, 0), window_end=dt.time(23, 59, 59)
+    )
+    # All due at the same moment: twelve doctors, twelve patients, one slot each.
+    start = (timezone.now() + dt.timedelta(hours=24, seconds=20)).replace(microsecond=0)
+    appointments = []
+    for n in range(12):
+        other = Doctor.objects.create(clinic=clinic, full_name=f"Dr. Escala {n}")
+        someone = Patient.objects.create(
+            clinic=clinic,
+            document=f"{70000000 + n}",
+            full_name=f"Paciente Escala {n}",
+            whatsapp_id=f"5730055{n:05d}",
+        )
+        [slot] = make_slots(other, start, 1)
+        appointments.append(
+            services.appointment_book(
+                clinic=clinic,
+                patient=someone,
+                slot_id=slot.pk,
+                actor=services.Actor.system("scale test"),
+                source=AppointmentSource.STAFF,
+            )
+        )
+
+    def reminded() -> list[str]:
+        return [
+            button["parameters"][0]["payload"]
+            for r in fake_graph.requests
+            if r.json.get("type") == "template"
+            for button in r.json["template"]["components"][1:2]
+        ]
+
+    eventually(lambda: len(reminded()) >= 12, timeout=120, what="12 reminders sent")
+    time.sleep(1)  # anything sent twice would arrive now
+    assert sorted(reminded()) == sorted(f"reminder:confirm:{a.pk}" for a in appointments)
 
 
 def test_a_worker_killed_mid_delivery_is_retried_and_the_event_lands_once(

@@ -217,6 +217,38 @@ CONVERSATIONS = [
         setup=("upcoming_general",),
         topic="dates",
     ),
+    Conversation(
+        "a day asked before the symptoms still holds",
+        [
+            DOC,
+            Msg("quiero una cita para el viernes", (Says("sintomas"),)),
+            "me duele una muela",
+            "1",
+            "sí",
+        ],
+        expect=(Booked(specialty="odontologia", weekday=4),),
+        topic="dates",
+        booking="returning",
+    ),
+    Conversation(
+        "first thing in the morning in three days",
+        [f"{DOC} me duele la muela", "en 3 días a primera hora", "1", "sí"],
+        expect=(Booked(specialty="odontologia", day=3, before=12),),
+        topic="dates",
+    ),
+    Conversation(
+        "after lunch",
+        [f"{DOC} tengo gripa", "después del almuerzo", "1", "sí"],
+        expect=(Booked(specialty="medicina-general", after=12, before=18),),
+        topic="dates",
+    ),
+    Conversation(
+        "a specialty and a day in the booking request",
+        [DOC, "necesito una cita de odontología para mañana en la tarde", "1", "sí"],
+        expect=(Booked(specialty="odontologia", day=1, after=12),),
+        topic="dates",
+        booking="returning",
+    ),
     # --- doctors --------------------------------------------------------------------------------
     Conversation(
         "with dra rojas",
@@ -429,7 +461,14 @@ CONVERSATIONS = [
             wa_id=STRANGER,
             topic="birth dates",
         )
-        for written in ("14 de marzo del 85", "14/3/85", "14-03-1985", "marzo 14 1985")
+        for written in (
+            "14 de marzo del 85",
+            "14/3/85",
+            "14-03-1985",
+            "marzo 14 1985",
+            "14 del 3 del 85",
+            "14031985",
+        )
     ],
     Conversation(
         "verifying without the year",
@@ -576,6 +615,13 @@ CONVERSATIONS = [
         "returning patient, symptoms first then the document",
         ["me salieron unas manchas en la piel que pican", DOC, "1", "sí"],
         expect=(Booked(specialty="dermatologia"),),
+        topic="booking",
+        booking="returning",
+    ),
+    Conversation(
+        "returning patient asks for an appointment with the document",
+        [Msg(f"{DOC} quiero una cita", (Says("sintomas"),)), "me duele una muela", "1", "sí"],
+        expect=(Booked(specialty="odontologia"),),
         topic="booking",
         booking="returning",
     ),

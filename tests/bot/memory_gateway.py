@@ -19,6 +19,7 @@ from bot.messages import (
     ClinicInfo,
     DoctorInfo,
     FaqInfo,
+    OutreachResult,
     PatientInfo,
     SlotFilter,
     SlotInfo,
@@ -108,6 +109,12 @@ class MemoryGateway:
     locked_numbers: set[str] = field(default_factory=set)
     max_failures: int = 3
     calls: list[tuple[str, dict]] = field(default_factory=list)
+    # Outreach: appointments this conversation got reminders for (latest last), numbers that
+    # stopped reminders, waitlist entries (patient, specialty) and offers (offer → slot, patient).
+    reminded: list[int] = field(default_factory=list)
+    reminders_stopped: set[str] = field(default_factory=set)
+    waitlist: list[tuple[int, int]] = field(default_factory=list)
+    offers: dict[int, tuple[int, int]] = field(default_factory=dict)
     faq: list[FaqInfo] = field(default_factory=list)
     doctor_ids: dict[str, int] = field(default_factory=dict)  # by name, given as slots are added
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
@@ -168,6 +175,16 @@ class MemoryGateway:
         )
         self.appointments[appointment.id] = appointment
         return appointment.id
+
+    def remind(self, appointment_id: int) -> None:
+        """A reminder of this appointment was sent to this conversation."""
+        self.reminded.append(appointment_id)
+
+    def offer(self, slot_id: int, patient_id: int) -> int:
+        """A waitlist offer of this slot was sent to this conversation; its id."""
+        offer_id = next(self._ids)
+        self.offers[offer_id] = (slot_id, patient_id)
+        return offer_id
 
     def free_slot_ids(self) -> list[int]:
         now = self.clock()
@@ -471,3 +488,66 @@ class MemoryGateway:
     def writes(self) -> list[str]:
         """The names of the write calls the engine made, in order."""
         return [name for name, _ in self.calls]
+
+    # --- reminders and the waitlist ------------------------------------------------------------
+
+    def open_reminder(self, *, now: dt.datetime) -> AppointmentInfo | None:
+        for appointment_id in reversed(self.reminded):
+            appointment = self.appointments[appointment_id]
+            if appointment.status in ACTIVE and self.slots[appointment.slot_id].start_at > now:
+                return self._info(appointment)
+        return None
+
+    def reminder_answer(
+        self, *, appointment_id: int, confirm: bool, now: dt.datetime
+    ) -> OutreachResult:
+        self.calls.append(
+            ("reminder_answer", {"appointment_id": appointment_id, "confirm": confirm})
+        )
+        appointment = self.appointments.get(appointment_id)
+        if appointment is None or appointment_id not in self.reminded:
+            return OutreachResult("not_found")
+        info = self._info(appointment)
+        if appointment.status == "cancelled":
+            return OutreachResult("already_cancelled", info)
+        if info.start_at <= now:
+            return OutreachResult("too_late", info)
+        if not confirm:
+            appointment.status = "cancelled"
+            return OutreachResult("cancelled", info)
+        if appointment.status == "confirmed":
+            return OutreachResult("already_confirmed", info)
+        appointment.status = "confirmed"
+        return OutreachResult("confirmed", info)
+
+    def reminders_set(self, *, wa_id: str, patient_id: int | None, enabled: bool) -> int:
+        self.calls.append(("reminders_set", {"wa_id": wa_id, "enabled": enabled}))
+        changed = (wa_id in self.reminders_stopped) == enabled
+        (self.reminders_stopped.discard if enabled else self.reminders_stopped.add)(wa_id)
+        return int(changed)
+
+    def waitlist_join(self, *, patient_id: int, specialty_id: int) -> bool:
+        self.calls.append(
+            ("waitlist_join", {"patient_id": patient_id, "specialty_id": specialty_id})
+        )
+        if (patient_id, specialty_id) in self.waitlist:
+            return False
+        self.waitlist.append((patient_id, specialty_id))
+        return True
+
+    def waitlist_answer(self, *, offer_id: int, accept: bool, now: dt.datetime) -> OutreachResult:
+        self.calls.append(("waitlist_answer", {"offer_id": offer_id, "accept": accept}))
+        if offer_id not in self.offers:
+            return OutreachResult("not_found")
+        slot_id, patient_id = self.offers.pop(offer_id)
+        if not accept:
+            return OutreachResult("declined")
+        try:
+            self._take(slot_id, patient_id, now)
+        except (SlotTaken, SlotUnavailable):
+            return OutreachResult("taken")
+        appointment = StoredAppointment(
+            id=next(self._ids), patient_id=patient_id, slot_id=slot_id, specialty_id=None
+        )
+        self.appointments[appointment.id] = appointment
+        return OutreachResult("booked", self._info(appointment))

@@ -18,7 +18,7 @@ import pytest
 
 from bot import engine
 from bot.engine import State
-from bot.messages import Inbound, SpecialtyInfo
+from bot.messages import FaqInfo, Inbound, SpecialtyInfo
 from tests.bot.memory_gateway import MemoryGateway
 
 ANA_WA = "573001234567"
@@ -168,6 +168,19 @@ def at_confirming_with_overlap(w: World) -> None:
     # the patient's appointments is never offered, so it can only happen after the offer.
     other = w.gateway.add_slots(w.dental, "Dra. Laura Méndez", tomorrow_utc(13), 1)[0]
     w.gateway.book(w.ana_id, other, w.dental.id)
+
+
+def at_identified_with_faq(w: World) -> None:
+    w.gateway.faq.append(
+        FaqInfo(1, "¿Tienen parqueadero?", ("parqueadero", "parqueo"), "Sí, en el sótano.")
+    )
+    at_identified(w)
+
+
+def at_choosing_two_dentists(w: World) -> None:
+    w.gateway.add_slots(w.dental, "Dr. Pedro Rojas", tomorrow_utc(19), 3, 30)
+    at_identified(w)
+    w.send("me duele una muela")
 
 
 def at_waiting_for_staff(w: World) -> None:
@@ -323,6 +336,22 @@ TRANSITIONS: dict[str, Row] = {
         State.WAITING_FOR_STAFF,
         "persona",
         needs_staff=True,
+    ),
+    "IDENTIFIED: a question the clinic's FAQ answers": Row(
+        at_identified_with_faq, "¿hay parqueadero?", State.IDENTIFIED, "sótano"
+    ),
+    "IDENTIFIED: a day before the symptoms": Row(
+        at_identified, "el viernes en la tarde", State.IDENTIFIED, "síntomas"
+    ),
+    "CHOOSING_SLOT: a named doctor narrows the list and says so": Row(
+        at_choosing_two_dentists, "con el dr Rojas", State.CHOOSING_SLOT, "con el Dr. Pedro Rojas"
+    ),
+    "CHOOSING_SLOT: that doctor at that time is held": Row(
+        at_choosing_two_dentists,
+        "con el dr rojas a las 2:30 pm",
+        State.CONFIRMING,
+        "Pedro Rojas",
+        ("slot_hold",),
     ),
     # WAITING_FOR_STAFF: a person will write; the bot only reminds once and answers red flags
     "WAITING_FOR_STAFF: writes again": Row(

@@ -6,7 +6,7 @@ import pytest
 
 from bot import gateway, llm, triage
 from clinics.demo_data import SPECIALTIES
-from clinics.models import Specialty
+from clinics.models import FaqEntry, Specialty
 from tests.fakes import openai_server
 
 fake_openai = openai_server.fake_openai  # the fixtures
@@ -168,6 +168,28 @@ def test_it_answers_from_the_clinics_data_only(fake_openai, use_llm, clinic, spe
     for fact in ("Calle 100 # 15-20", "Lunes a sábado", "carné de la EPS", "Pediatría", "123"):
         assert fact in system["content"]
     assert "diagnóstico" in system["content"]
+
+
+def test_it_grounds_answers_in_the_clinics_faq_entries(fake_openai, use_llm, clinic, specialties):
+    """Issue 7: the LLM may phrase answers, but only from what the clinic's admins wrote."""
+    FaqEntry.objects.create(
+        clinic=clinic,
+        question="¿Tienen parqueadero?",
+        keywords="parqueadero",
+        answer="Sí, en el sótano, gratis dos horas.",
+    )
+    helper = use_llm(fake_openai.base_url)
+    fake_openai.reply_text("Claro: hay parqueadero en el sótano, gratis por dos horas.")
+    orm = gateway.OrmGateway(clinic, 1)
+
+    answer = helper.answer(
+        "¿dónde dejo el carro?", orm.clinic, orm.specialties(), orm.faq_entries()
+    )
+
+    assert answer is not None and "sótano" in answer[0]
+    system = fake_openai.requests[0]["messages"][0]["content"]
+    assert "¿Tienen parqueadero?: Sí, en el sótano, gratis dos horas." in system
+    assert "SOLO" in system
 
 
 @pytest.mark.parametrize(

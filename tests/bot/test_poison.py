@@ -6,16 +6,18 @@ import datetime as dt
 import re
 import subprocess
 import sys
+import threading
 
 import psycopg
 import pytest
-from django.db import OperationalError, connection
+from django.db import OperationalError, connection, connections
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from bot import engine, periodic, processing
 from bot.messages import Reply
 from bot.models import Conversation, Message, MessageStatus
+from bot.text import MAX_TEXT
 from tests.bot.test_e2e import App, Phone
 from tests.bot.test_processing import (
     WA_ID,
@@ -85,7 +87,7 @@ def test_it_reads_only_the_first_4096_characters(clinic, fake_graph, monkeypatch
     monkeypatch.setattr(engine, "step", echo)
     receive(clinic, text_message("x" * 5000))
     run_ready_tasks()
-    assert [len(text) for text in echo.seen] == [processing.MAX_TURN_TEXT]
+    assert [len(text) for text in echo.seen] == [MAX_TEXT]
 
 
 class SlowForPoison(EchoEngine):
@@ -236,7 +238,9 @@ def poison_workers(transactional_db, fake_graph, tmp_path, settings):
 def test_the_only_worker_stops_a_poisoned_turn_and_answers_the_next_patient(
     poison_workers, clinic, fake_graph
 ):
-    poison_workers.start(SOPHIA_TURN_BUDGET_SECONDS="1")
+    # One task thread: the main one, where SIGALRM stops even a regular expression. (On other
+    # threads a C call that never returns is beyond any in-process budget: see time_budget.)
+    poison_workers.start("--concurrency", "1", SOPHIA_TURN_BUDGET_SECONDS="1")
     poisoned = receive(clinic, text_message("veneno"))
     receive(clinic, text_message("hola", wa_id=OTHER_WA))
     fake_graph.wait_for(lambda reqs: any(q.to == OTHER_WA for q in reqs), timeout=30)
@@ -261,3 +265,31 @@ def test_900000_characters_over_http_to_daphne_and_the_worker(app, fake_graph, c
         what="the huge message processed",
     )
     assert fake_graph.messages_to(WA_ID)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_stops_a_python_loop_past_its_budget_on_a_worker_thread(
+    clinic, fake_graph, monkeypatch, settings
+):
+    """run_worker's other task threads get no SIGALRM: a timer raises in the thread instead."""
+    settings.SOPHIA_TURN_BUDGET_SECONDS = 0.5
+
+    def spins(snapshot, inbound, ctx):
+        while True:
+            pass
+
+    monkeypatch.setattr(engine, "step", spins)
+    conversation = receive(clinic, text_message("veneno"))
+
+    def run() -> None:
+        try:
+            processing.process_conversation(conversation.pk)
+        finally:
+            connections.close_all()  # this thread's connection
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    (message,) = inbound(conversation)
+    assert message.status == MessageStatus.PROCESSED and "ran past 0.5 s" in message.error

@@ -328,7 +328,7 @@ def test_it_loses_and_doubles_nothing_when_a_worker_is_killed_mid_turn(
         blocker.close()
 
     assert conversation.messages.filter(status=MessageStatus.RECEIVED).count() == 2
-    assert DBTaskResult.objects.running().count() == 1  # left behind by the dead worker
+    assert DBTaskResult.objects.running().exists()  # left behind by the dead worker
     r.delete(f"sophia:lock:{WA_ID}")  # what its 60-second TTL would do
 
     second = workers.start()

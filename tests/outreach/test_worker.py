@@ -10,7 +10,7 @@ from django.db import connection
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
-from bot.models import Message, PeriodicJob
+from bot.models import Conversation, Message, PeriodicJob
 from clinics.models import Appointment
 from outreach.models import OutreachSettings, ReminderDispatch
 from tests.bot.test_worker import workers  # noqa: F401 (the fixture)
@@ -57,29 +57,28 @@ def test_it_retries_a_reminder_whose_worker_was_killed_and_sends_it_once(
     fake_graph,
 ):
     (appointment,) = due_appointments(clinic, doctor, 1)
+    conversation = Conversation.objects.create(
+        clinic=clinic, wa_id=appointment.patient.whatsapp_id, patient=appointment.patient
+    )
     blocker = psycopg.connect(**db_params())
     try:
-        # An uncommitted conversation for the patient's number: the worker stops inside its
-        # transaction, after claiming the reminder, on the unique index of that INSERT.
+        # The patient's conversation row is locked: the worker's transaction queues the reminder,
+        # then waits at COMMIT on the message's (deferred) foreign key to that row.
         blocker.execute(
-            "INSERT INTO bot_conversation (clinic_id, wa_id, contact_name, state, context, mode,"
-            " needs_staff, urgent, last_activity_at, llm_prompt_tokens, llm_completion_tokens,"
-            " created_at, updated_at) VALUES (%s, %s, '', 'START', '{}', 'bot', false, false,"
-            " now(), 0, 0, now(), now())",
-            [clinic.pk, appointment.patient.whatsapp_id],
+            "SELECT id FROM bot_conversation WHERE id = %s FOR UPDATE", [conversation.pk]
         )
         first = workers.start(**WORKER_ENV)
 
-        def worker_waits_on_the_conversation() -> bool:
+        def worker_waits_at_commit() -> bool:
             with psycopg.connect(**db_params(), autocommit=True) as watcher:
                 row = watcher.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
-                    " AND query LIKE 'INSERT INTO \"bot_conversation\"%%'",
+                    " AND query = 'COMMIT'",
                     [blocker.info.backend_pid],
                 ).fetchone()
             return row[0] > 0
 
-        eventually(worker_waits_on_the_conversation, what="the worker blocked mid-reminder")
+        eventually(worker_waits_at_commit, what="the worker blocked mid-reminder")
         first.kill()
         first.wait(timeout=10)
     finally:

@@ -1,0 +1,52 @@
+"""Domain events → the agenda's live calendars (receivers only notify; no business logic).
+
+A booking, cancellation, hold or status change re-renders that slot's cell and sends it to
+`agenda-<clinic>`; htmx swaps it in place on every open calendar (out-of-band, by id). A bulk
+change (schedule, absence, holiday) tells the calendars to reload their grid.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.dispatch import receiver
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from clinics import selectors
+from clinics.consumers import agenda_group
+from clinics.events import domain_event
+from clinics.models import Clinic
+from sophia_web import live
+
+logger = logging.getLogger(__name__)
+
+
+def cells_html(clinic: Clinic, slot_ids: list[int]) -> str:
+    """The cells of these slots as out-of-band fragments (time shown in the clinic's zone)."""
+    parts = []
+    with timezone.override(clinic.tz):
+        for slot_id in slot_ids:
+            cell = selectors.calendar_cell(clinic=clinic, slot_id=slot_id)
+            if cell is not None:
+                parts.append(render_to_string("clinics/_cell.html", {"cell": cell, "oob": True}))
+    return "".join(parts)
+
+
+@receiver(domain_event, dispatch_uid="clinics.agenda_live")
+def update_calendars(sender, clinic_id: int, name: str, payload: dict, **kwargs) -> None:
+    group = agenda_group(clinic_id)
+    if name == "agenda.actualizada":
+        live.broadcast(group, "agenda-refresh", {"doctor_ids": payload.get("doctor_ids")})
+        return
+    slot_ids = [payload.get("slot_id")]
+    previous = payload.get("previous")
+    if isinstance(previous, dict):
+        slot_ids.append(previous.get("slot_id"))
+    slot_ids = [i for i in slot_ids if isinstance(i, int)]
+    clinic = Clinic.objects.filter(pk=clinic_id).first()
+    if not slot_ids or clinic is None:
+        return
+    html = cells_html(clinic, slot_ids)
+    if html:
+        live.broadcast(group, "agenda-cell", html)
