@@ -13,19 +13,6 @@ from clinics.services import Actor
 from tests.clinics.conftest import row_counts
 
 
-class _GenericDatabase:
-    """Makes `appointment_book` take its ORM path while the data stays on PostgreSQL."""
-
-    vendor = "sqlite"
-
-
-@pytest.fixture(params=["postgresql", "generic"])
-def booking_path(request, monkeypatch):
-    if request.param == "generic":
-        monkeypatch.setattr(services, "connection", _GenericDatabase())
-    return request.param
-
-
 @pytest.fixture
 def captured_events():
     seen = []
@@ -62,7 +49,7 @@ def book(clinic, patient, slot, **extra):
 
 @pytest.mark.parametrize("whose", ["doctor", "clinic"])
 def test_it_refuses_to_book_a_free_slot_inside_a_blocked_period(
-    booking_path, whose, clinic, doctor, patient, slots
+    whose, clinic, doctor, patient, slots
 ):
     block(slots[0], doctor=doctor if whose == "doctor" else None)
     before = row_counts()
@@ -74,7 +61,7 @@ def test_it_refuses_to_book_a_free_slot_inside_a_blocked_period(
     assert book(clinic, patient, slots[1]).slot_id == slots[1].pk
 
 
-def test_it_ignores_another_doctors_absence(booking_path, clinic, doctor, patient, slots):
+def test_it_ignores_another_doctors_absence(clinic, doctor, patient, slots):
     from clinics.models import Doctor
 
     colleague = Doctor.objects.create(clinic=clinic, full_name="Dra. Rojas")
@@ -91,9 +78,7 @@ def test_it_refuses_to_hold_a_slot_inside_a_blocked_period(clinic, doctor, slots
     assert Slot.objects.get(pk=slots[0].pk).status == SlotStatus.FREE
 
 
-def test_it_refuses_a_hold_taken_before_the_period_was_entered(
-    booking_path, clinic, doctor, patient, slots
-):
+def test_it_refuses_a_hold_taken_before_the_period_was_entered(clinic, doctor, patient, slots):
     services.slot_hold(clinic=clinic, slot_id=slots[0].pk, holder="conversation:1")
     block(slots[0], doctor=doctor)
     with pytest.raises(services.SlotUnavailable):
