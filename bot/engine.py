@@ -909,6 +909,10 @@ def _show_page(turn: Turn, specialty: SpecialtyInfo, *, page: int, intro: str = 
     if not slot_page.slots and page == 1 and _narrowed(want):
         # Nothing then: say so, and offer the nearest times instead of a dead end.
         turn.say(replies.nothing_in_request(want, turn.clinic))
+        if turn.snap.patient_id:
+            turn.say(
+                outreach_replies.waitlist_invite(specialty.name, _waitlist_id(specialty, want))
+            )
         turn.data["want"] = {}
         _show_page(turn, specialty, page=1, intro=intro)
         return
@@ -1649,6 +1653,15 @@ _REMINDER_WORDS = {"confirmo": True, "cancelar": False, "cancelo": False}
 _REMINDER_TEXT_STATES = (State.START, State.IDENTIFIED, State.BOOKED, State.CLOSED)
 
 
+def _waitlist_id(specialty: SpecialtyInfo, want: dict) -> str:
+    """ "<slug>:<doctor id>:<part of day>" of a waitlist join for what the patient asked for."""
+    doctor_id = want.get("doctor_id") if isinstance(want.get("doctor_id"), int) else ""
+    part = {"morning": "morning", "afternoon": "afternoon", "evening": "afternoon"}.get(
+        str(want.get("part", "")), "any"
+    )
+    return f"{specialty.slug}:{doctor_id}:{part}"
+
+
 def _outreach(turn: Turn) -> bool:
     """Reminder and waitlist buttons, STOP, and "confirmo" / "cancelar" after a reminder; True
     when handled. The gateway checks the reminder or offer was sent to this conversation."""
@@ -1666,11 +1679,18 @@ def _outreach(turn: Turn) -> bool:
         turn.say(outreach_replies.offer_result(result, turn.clinic))
         return True
     if kind == "waitlist" and action == "join":
-        specialty = gateway.specialty(rest.partition(":")[2])
+        slug, _, wishes = raw_id.partition(":")
+        doctor_id, _, part = wishes.partition(":")
+        specialty = gateway.specialty(slug)
         if specialty is None or turn.patient() is None:
             turn.say(replies.identify_first())
             return True
-        joined = gateway.waitlist_join(patient_id=turn.snap.patient_id, specialty_id=specialty.id)
+        joined = gateway.waitlist_join(
+            patient_id=turn.snap.patient_id,
+            specialty_id=specialty.id,
+            doctor_id=_int(doctor_id),
+            part_of_day=part or "any",
+        )
         turn.say(outreach_replies.waitlist_joined(specialty.name, already=not joined))
         return True
     if kind == "waitlist":  # "waitlist:no"

@@ -137,8 +137,11 @@ class Gateway(Protocol):
         """STOP / resume reminders for the patients on this number; how many changed."""
         ...
 
-    def waitlist_join(self, *, patient_id: int, specialty_id: int) -> bool:
-        """Put the patient on the specialty's waitlist; False when already on it."""
+    def waitlist_join(
+        self, *, patient_id: int, specialty_id: int, doctor_id: int | None, part_of_day: str
+    ) -> bool:
+        """Put the patient on the specialty's waitlist (optionally for one doctor, "morning" or
+        "afternoon"); False when already on it (their wishes are updated)."""
         ...
 
     def waitlist_answer(self, *, offer_id: int, accept: bool, now: dt.datetime) -> OutreachResult:
@@ -479,15 +482,23 @@ class OrmGateway:
             clinic=self._clinic, wa_id=wa_id, patient_id=patient_id, enabled=enabled
         )
 
-    def waitlist_join(self, *, patient_id: int, specialty_id: int) -> bool:
+    def waitlist_join(
+        self, *, patient_id: int, specialty_id: int, doctor_id: int | None, part_of_day: str
+    ) -> bool:
         patient = self._required_patient(patient_id)
         specialty = Specialty.objects.filter(pk=specialty_id, clinic=self._clinic).first()
         if specialty is None:
             raise services.InvalidInput("no such specialty in this clinic")
+        # A doctor who no longer sees the specialty (or a stale id) just widens the wish.
+        doctor = Doctor.objects.filter(
+            pk=doctor_id or 0, clinic=self._clinic, specialties=specialty
+        ).first()
         _entry, created = waitlist.waitlist_join(
             clinic=self._clinic,
             patient=patient,
             specialty=specialty,
+            doctor=doctor,
+            part_of_day=part_of_day if part_of_day in ("morning", "afternoon") else "any",
             conversation=Conversation.objects.filter(pk=self._conversation_id).first(),
         )
         return created

@@ -20,17 +20,14 @@ The webhook stores each inbound message (status `received`) and, after commit, c
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import logging
-import threading
 import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import F
@@ -42,7 +39,7 @@ from bot import engine, llm, state, whatsapp
 from bot.gateway import OrmGateway
 from bot.messages import Inbound, Reply
 from bot.models import Conversation, ConversationMode, Direction, Message, MessageStatus
-from sophia_web import metrics
+from sophia_web import live, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +146,7 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
             processed += 1
             conversation = outcome.conversation
             _deliver(outcome.outbound)
+            live.touch([conversation_id])
             _mirror_session(conversation)
     finally:
         if lock.status is state.LockStatus.ACQUIRED:
@@ -231,8 +229,9 @@ def _run_one_turn_once(
     now = timezone.now()
     started = time.perf_counter()
     with transaction.atomic():
+        # NO KEY: staff can still commit a takeover (a row pointing at this one) mid-turn.
         conversation = (
-            Conversation.objects.select_for_update(of=("self",))
+            Conversation.objects.select_for_update(of=("self",), no_key=True)
             .select_related("clinic", "patient")
             .get(pk=conversation_id)
         )
@@ -292,7 +291,7 @@ def give_up_on(message_id: int) -> bool:
         if message is None:
             return False
         conversation = (
-            Conversation.objects.select_for_update(of=("self",))
+            Conversation.objects.select_for_update(of=("self",), no_key=True)
             .select_related("clinic")
             .get(pk=message.conversation_id)
         )
@@ -503,58 +502,13 @@ def _typing_stopped(conversation: Conversation) -> None:
 
 
 def _broadcast_typing(conversation: Conversation, event: dict) -> None:
-    """The same typing event to the dashboard's conversation group (best effort, not waited
-    for: the turn goes on while it is sent)."""
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    if "Redis" in type(layer).__name__ and not state.is_available():
+    """The same typing event to the console (best effort; sophia_web.live sends it from its
+    publisher thread: the turn goes on while it is sent)."""
+    if settings.REDIS_URL and not state.is_available():
         return  # Redis is known to be down: don't wait on it
-    _typing_events.send(
-        layer, f"conversation-{conversation.pk}", {"type": "conversation.typing", **event}
-    )
-
-
-class _GroupSender:
-    """One event loop thread per process sending channel-layer events in the order given.
-
-    `async_to_sync(layer.group_send)` per event would build an event loop (and, with
-    channels_redis, a Redis connection pool) per call; this keeps one of each for the process.
-    """
-
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue | None = None
-        self._mutex = threading.Lock()
-
-    def _start(self) -> None:
-        ready = threading.Event()
-
-        def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._queue = asyncio.Queue()
-            ready.set()
-            self._loop.run_until_complete(self._drain())
-
-        threading.Thread(target=run, name="sophia-live", daemon=True).start()
-        ready.wait()
-
-    async def _drain(self) -> None:
-        while True:
-            layer, group, event = await self._queue.get()
-            try:
-                await layer.group_send(group, event)
-            except Exception:
-                logger.debug("live event to %s not sent", group)
-
-    def send(self, layer, group: str, event: dict) -> None:
-        with self._mutex:
-            if self._loop is None:
-                self._start()
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, (layer, group, event))
-
-
-_typing_events = _GroupSender()
+    data = {"who": "bot", "conversation": conversation.pk, **event}
+    live.send_ephemeral(f"conversation-{conversation.pk}", "typing", data)
+    live.send_ephemeral(f"clinic-{conversation.clinic_id}", "typing", data)  # the inbox row
 
 
 def _mirror_session(conversation: Conversation) -> None:

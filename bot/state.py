@@ -199,6 +199,19 @@ def is_locked(session_id: str) -> bool | None:
     return None if exists is None else bool(exists)
 
 
+def locked_sessions(session_ids: list[str]) -> set[str]:
+    """Which of these sessions' locks are held, in one round trip (the console's inbox)."""
+
+    def check(r: redis.Redis) -> list:
+        pipe = r.pipeline(transaction=False)
+        for session_id in session_ids:
+            pipe.exists(lock_key(session_id))
+        return pipe.execute()
+
+    found = _call(check, default=[]) if session_ids else []
+    return {s for s, held in zip(session_ids, found, strict=False) if held}
+
+
 # --- rate limit ----------------------------------------------------------------------------
 
 

@@ -36,7 +36,7 @@ from bot.models import (
     WebhookEvent,
 )
 from clinics.models import Clinic
-from sophia_web import metrics
+from sophia_web import live, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -203,6 +203,7 @@ def _process(
     """
     now = timezone.now()
     new_conversations: list[int] = []
+    status_ids: list[str] = []
     with transaction.atomic():
         values = list(_values(payload))
         clinics = _clinics_by_number({_phone_number_id(v) for v in values})
@@ -224,8 +225,10 @@ def _process(
                     new_conversations.append(conversation_id)
             for status in _list(value.get("statuses")):
                 _apply_status(clinic_id, status)
+                status_ids.append(str(status.get("id") or ""))
         if schedule and new_conversations:
             schedule_turns(new_conversations)
+        live.touch(new_conversations, status_ids)
     return new_conversations
 
 

@@ -10,14 +10,13 @@ Lock order, to stay deadlock-free: slots (by id) first, then appointments.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, Q
+from django.db.models import Count, Exists, Min, OuterRef, Q, Subquery, Value
+from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -176,15 +175,38 @@ def _check_patient(clinic: Clinic, patient: Patient | None, *, query: bool = Tru
 
 
 def _lock_slots(
-    clinic: Clinic, slot_ids: list[int], also: list[int] = (), patient: Patient | None = None
+    clinic: Clinic,
+    slot_ids: list[int],
+    also: list[int] = (),
+    *,
+    now: dt.datetime | None = None,
+    holder: str | None = None,
+    patient: Patient | None = None,
 ) -> dict[int, Slot]:
     """Lock `slot_ids` (which must be this clinic's) and `also` in one statement, in id order,
-    so two services never deadlock. With `patient`, the same statement checks the patient
+    so two services never deadlock. Booking is the write many people race for, and its cost is
+    how long the slot stays locked: so the same statement reads all the booking rules need —
+    whether `holder` has a live hold on each slot (`holder_holds_it`), the doctor's specialty
+    when the doctor has exactly one (`only_specialty_id`) and, with `patient`, that the patient
     still exists (the foreign key is only checked at COMMIT, too late for a clean error)."""
+    live_hold = SlotHold.objects.filter(
+        slot=OuterRef("pk"), holder=holder or "", released_at=None, expires_at__gt=now or Now()
+    )
+    one_specialty = (
+        Doctor.specialties.through.objects.filter(doctor_id=OuterRef("doctor_id"))
+        .values("doctor_id")
+        .annotate(count=Count("pk"), first=Min("specialty_id"))
+        .filter(count=1)
+        .values("first")
+    )
     rows = (
         Slot.objects.select_for_update(of=("self",))
         .select_related("doctor")
         .filter(pk__in={*slot_ids, *also})
+        .annotate(
+            holder_holds_it=Exists(live_hold) if holder else Value(False),
+            only_specialty_id=Subquery(one_specialty),
+        )
         .order_by("pk")
     )
     if patient is not None:
@@ -203,49 +225,17 @@ def _lock_slots(
     return locked
 
 
-def _live_hold_by(slot: Slot, holder: str | None, now: dt.datetime) -> SlotHold | None:
-    if not holder:
-        return None
-    return (
-        SlotHold.objects.filter(slot=slot, holder=holder, released_at=None, expires_at__gt=now)
-        .order_by("-expires_at")
-        .first()
-    )
-
-
-def _check_slot_state(
-    *,
-    start_at: dt.datetime,
-    status: str,
-    held_until: dt.datetime | None,
-    doctor_active: bool,
-    now: dt.datetime,
-    holder_holds_it: Callable[[], bool],
-) -> None:
-    """The booking rules for a locked slot, on plain values so both booking paths (the ORM one
-    and the PostgreSQL fast path of `appointment_book`) share them. `holder_holds_it` is only
-    asked when the slot is held live, so callers may make it lazy."""
-    if start_at <= now:
+def _check_bookable(slot: Slot, *, now: dt.datetime) -> None:
+    """Raise unless the holder `_lock_slots` was given may take this locked slot now."""
+    if slot.start_at <= now:
         raise SlotUnavailable("the slot has already started", code="slot_in_past")
-    if status == SlotStatus.BLOCKED or not doctor_active:
+    if slot.status == SlotStatus.BLOCKED or not slot.doctor.active:
         raise SlotUnavailable("the slot is blocked", code="slot_blocked")
-    if status == SlotStatus.BOOKED:
+    if slot.status == SlotStatus.BOOKED:
         raise SlotTaken("the slot is already booked")
-    held_live = status == SlotStatus.HELD and held_until is not None and held_until > now
-    if held_live and not holder_holds_it():
+    held_live = slot.status == SlotStatus.HELD and slot.held_until and slot.held_until > now
+    if held_live and not slot.holder_holds_it:
         raise SlotTaken("someone else is holding the slot")
-
-
-def _check_bookable(slot: Slot, *, holder: str | None, now: dt.datetime) -> None:
-    """Raise unless `holder` may take this (locked) slot now."""
-    _check_slot_state(
-        start_at=slot.start_at,
-        status=slot.status,
-        held_until=slot.held_until,
-        doctor_active=slot.doctor.active,
-        now=now,
-        holder_holds_it=lambda: _live_hold_by(slot, holder, now) is not None,
-    )
 
 
 def _free_slot(slot: Slot) -> None:
@@ -285,8 +275,8 @@ def _book_locked(
     now: dt.datetime,
     rescheduled_from: Appointment | None = None,
 ) -> Appointment:
-    """Book a slot the caller has locked, inside the caller's transaction."""
-    _check_bookable(slot, holder=holder, now=now)
+    """Book a slot the caller has locked (`_lock_slots`), inside the caller's transaction."""
+    _check_bookable(slot, now=now)
     # On PostgreSQL the exclusion constraint answers this at the INSERT (no extra query); the
     # embedded SQLite demo has no such constraint, so it asks first.
     if (
@@ -299,11 +289,7 @@ def _book_locked(
         ).exists()
     ):
         raise PatientOverlap("the patient already has an appointment at that time")
-    if specialty is None:
-        only = list(slot.doctor.specialties.values_list("pk", flat=True)[:2])
-        specialty_id = only[0] if len(only) == 1 else None
-    else:
-        specialty_id = specialty.pk
+    specialty_id = specialty.pk if specialty is not None else slot.only_specialty_id
     appointment = Appointment(
         clinic=clinic,
         patient=patient,
@@ -324,9 +310,9 @@ def _book_locked(
     except IntegrityError as exc:
         raise _integrity_to_booking_error(exc) from exc
     was_held = slot.status == SlotStatus.HELD
-    slot.status = SlotStatus.BOOKED
-    slot.held_until = None
-    slot.save(update_fields=["status", "held_until", "updated_at"])
+    Slot.objects.filter(pk=slot.pk).update(
+        status=SlotStatus.BOOKED, held_until=None, updated_at=now
+    )
     if was_held:
         SlotHold.objects.filter(slot=slot, released_at=None).update(released_at=now)
     return appointment
@@ -441,9 +427,9 @@ def slot_hold(
             )
         )
         others = [i for i in previous if i != slot_id]
-        locked = _lock_slots(clinic, [slot_id], also=others)
+        locked = _lock_slots(clinic, [slot_id], also=others, now=now, holder=holder)
         slot = locked[slot_id]
-        _check_bookable(slot, holder=holder, now=now)
+        _check_bookable(slot, now=now)
         released = []
         for prev_id in others:
             prev = locked.get(prev_id)
@@ -487,9 +473,8 @@ def slot_release(*, clinic: Clinic, slot_id: int, holder: str) -> bool:
         raise InvalidInput("holder must be a non-empty string")
     with transaction.atomic():
         now = timezone.now()
-        slot = _lock_slots(clinic, [slot_id])[slot_id]
-        hold = _live_hold_by(slot, holder, now)
-        if hold is None:
+        slot = _lock_slots(clinic, [slot_id], now=now, holder=holder)[slot_id]
+        if not slot.holder_holds_it:
             return False
         SlotHold.objects.filter(slot=slot, holder=holder, released_at=None).update(released_at=now)
         if slot.status == SlotStatus.HELD:
@@ -544,47 +529,6 @@ def holds_expire(*, now: dt.datetime | None = None, batch_size: int = 1000) -> i
 # --- appointments ----------------------------------------------------------------------------
 
 
-def _book_generic(
-    *,
-    clinic: Clinic,
-    patient: Patient,
-    slot_id: int,
-    actor: Actor,
-    source: str,
-    specialty: Specialty | None,
-    notes: str,
-    holder: str | None,
-    now: dt.datetime,
-) -> Appointment:
-    """The ORM booking path (SQLite; the benchmark's same-run comparison on PostgreSQL).
-
-    Call inside a transaction; the caller emits the event.
-    """
-    slot = _lock_slots(clinic, [slot_id], patient=patient)[slot_id]
-    appointment = _book_locked(
-        clinic=clinic,
-        patient=patient,
-        slot=slot,
-        actor=actor,
-        source=source,
-        specialty=specialty,
-        notes=notes,
-        holder=holder,
-        now=now,
-    )
-    _audit(
-        clinic=clinic,
-        actor=actor,
-        action="appointment.book",
-        object_type="appointment",
-        object_id=appointment.pk,
-        before=None,
-        after=_appointment_state(appointment),
-        at=now,
-    )
-    return appointment
-
-
 def appointment_book(
     *,
     clinic: Clinic,
@@ -609,30 +553,28 @@ def appointment_book(
     notes = notes.strip()[:MAX_NOTES]
     with transaction.atomic():
         now = timezone.now()
-        if connection.vendor == "postgresql":
-            appointment = _book_postgresql(
-                clinic=clinic,
-                patient=patient,
-                slot_id=slot_id,
-                actor=actor,
-                source=source,
-                specialty=specialty,
-                notes=notes,
-                holder=holder,
-                now=now,
-            )
-        else:
-            appointment = _book_generic(
-                clinic=clinic,
-                patient=patient,
-                slot_id=slot_id,
-                actor=actor,
-                source=source,
-                specialty=specialty,
-                notes=notes,
-                holder=holder,
-                now=now,
-            )
+        slot = _lock_slots(clinic, [slot_id], now=now, holder=holder, patient=patient)[slot_id]
+        appointment = _book_locked(
+            clinic=clinic,
+            patient=patient,
+            slot=slot,
+            actor=actor,
+            source=source,
+            specialty=specialty,
+            notes=notes,
+            holder=holder,
+            now=now,
+        )
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="appointment.book",
+            object_type="appointment",
+            object_id=appointment.pk,
+            before=None,
+            after=_appointment_state(appointment),
+            at=now,
+        )
         events.emit(clinic_id=clinic.pk, name="cita.creada", payload=_event_payload(appointment))
     logger.info(
         "appointment %s booked slot=%s patient=%s source=%s actor=%s",
@@ -642,150 +584,6 @@ def appointment_book(
         source,
         actor.type,
     )
-    return appointment
-
-
-# The PostgreSQL booking path, in SQL: booking is the one write that many people race for, and
-# under contention its cost is the time the slot row stays locked. The ORM path spent ~2 ms of
-# Python per booking (query compilation, model saves) mostly inside that window. Here the same
-# work is two statements: lock-and-read, then one write statement for appointment + slot +
-# holds + audit. The rules are shared with the ORM path (`_check_slot_state`); the database
-# constraints stay the final guarantee (their violations map to the same errors).
-
-# Lock the slot (FOR UPDATE, as select_for_update) and read everything the rules need in the
-# same round trip: the doctor's active flag, whether the patient still exists in this clinic
-# (its foreign key is only checked at COMMIT, too late for a clean error), whether `holder` has
-# a live hold, and the doctor's specialty when the doctor has exactly one.
-_BOOK_LOCK_SQL = """
-SELECT s.clinic_id, s.doctor_id, s.start_at, s.end_at, s.status, s.held_until, d.active,
-       EXISTS (SELECT 1 FROM clinics_patient p
-               WHERE p.id = %(patient)s AND p.clinic_id = %(clinic)s),
-       %(holder)s::varchar IS NOT NULL AND EXISTS (
-           SELECT 1 FROM clinics_slothold h
-           WHERE h.slot_id = s.id AND h.holder = %(holder)s AND h.released_at IS NULL
-             AND h.expires_at > %(now)s),
-       (SELECT CASE WHEN count(*) = 1 THEN min(ds.specialty_id) END
-        FROM clinics_doctor_specialties ds WHERE ds.doctor_id = s.doctor_id)
-FROM clinics_slot s JOIN clinics_doctor d ON d.id = s.doctor_id
-WHERE s.id = %(slot)s
-FOR UPDATE OF s
-"""
-
-# Every write of a booking in one statement (data-modifying CTEs all run, in one snapshot).
-# The audit row's `after` is the state built in Python (`_appointment_state`) plus the new id.
-_BOOK_WRITE_SQL = """
-WITH appointment AS (
-    INSERT INTO clinics_appointment (
-        clinic_id, patient_id, slot_id, doctor_id, specialty_id, start_at, end_at, status,
-        patient_notes, source, cancel_reason, rescheduled_from_id, created_at, updated_at)
-    VALUES (%(clinic)s, %(patient)s, %(slot)s, %(doctor)s, %(specialty)s, %(start_at)s,
-            %(end_at)s, %(status)s, %(notes)s, %(source)s, '', NULL, %(now)s, %(now)s)
-    RETURNING id
-), booked_slot AS (
-    UPDATE clinics_slot SET status = %(booked)s, held_until = NULL, updated_at = %(now)s
-    WHERE id = %(slot)s
-), released_holds AS (
-    -- Only when the slot was held: a free slot has no open hold to close.
-    UPDATE clinics_slothold SET released_at = %(now)s
-    WHERE %(was_held)s AND slot_id = %(slot)s AND released_at IS NULL
-), audit AS (
-    INSERT INTO clinics_auditevent (
-        clinic_id, actor_type, actor_id, actor_label, action, object_type, object_id,
-        before, after, at)
-    SELECT %(clinic)s, %(actor_type)s, %(actor_id)s, %(actor_label)s, 'appointment.book',
-           'appointment', a.id::text, NULL, %(after)s::jsonb || jsonb_build_object('id', a.id),
-           %(now)s
-    FROM appointment a
-)
-SELECT id FROM appointment
-"""
-
-
-def _book_postgresql(
-    *,
-    clinic: Clinic,
-    patient: Patient,
-    slot_id: int,
-    actor: Actor,
-    source: str,
-    specialty: Specialty | None,
-    notes: str,
-    holder: str | None,
-    now: dt.datetime,
-) -> Appointment:
-    """`appointment_book`'s work inside its transaction, on PostgreSQL (see the SQL above)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _BOOK_LOCK_SQL,
-            {"slot": slot_id, "clinic": clinic.pk, "patient": patient.pk, "holder": holder or None,
-             "now": now},
-        )  # fmt: skip
-        row = cursor.fetchone()
-        if row is None:
-            raise SlotUnavailable(f"slot {slot_id} does not exist", code="slot_not_found")
-        (slot_clinic_id, doctor_id, start_at, end_at, status, held_until, doctor_active,
-         patient_exists, holder_holds_it, only_specialty_id) = row  # fmt: skip
-        if slot_clinic_id != clinic.pk:
-            raise WrongClinic(f"slot {slot_id} belongs to another clinic")
-        if not patient_exists:
-            raise PatientNotFound("the patient does not exist")
-        _check_slot_state(
-            start_at=start_at,
-            status=status,
-            held_until=held_until,
-            doctor_active=doctor_active,
-            now=now,
-            holder_holds_it=lambda: holder_holds_it,
-        )
-        appointment = Appointment(
-            clinic=clinic,
-            patient=patient,
-            slot_id=slot_id,
-            doctor_id=doctor_id,
-            specialty_id=specialty.pk if specialty is not None else only_specialty_id,
-            start_at=start_at,
-            end_at=end_at,
-            status=AppointmentStatus.BOOKED,
-            patient_notes=notes,
-            source=source,
-            cancel_reason="",
-            rescheduled_from=None,
-            created_at=now,
-            updated_at=now,
-        )
-        if specialty is not None:
-            appointment.specialty = specialty
-        try:
-            cursor.execute(
-                _BOOK_WRITE_SQL,
-                {
-                    "clinic": clinic.pk,
-                    "patient": patient.pk,
-                    "slot": slot_id,
-                    "doctor": doctor_id,
-                    "specialty": appointment.specialty_id,
-                    "start_at": start_at,
-                    "end_at": end_at,
-                    "status": AppointmentStatus.BOOKED,
-                    "notes": notes,
-                    "source": source,
-                    "now": now,
-                    "booked": SlotStatus.BOOKED,
-                    "was_held": status == SlotStatus.HELD,
-                    "actor_type": actor.type,
-                    "actor_id": str(actor.id)[:64],
-                    "actor_label": str(actor.label)[:200],
-                    "after": json.dumps(_appointment_state(appointment)),
-                },
-            )
-        except IntegrityError as exc:
-            # The exclusion/unique constraints refused it (a race the lock could not see, e.g.
-            # the same patient booking another slot at that time): the atomic block rolls back.
-            raise _integrity_to_booking_error(exc) from exc
-        appointment.pk = cursor.fetchone()[0]
-    # The instance mirrors the row just written: no re-read.
-    appointment._state.adding = False
-    appointment._state.db = connection.alias
     return appointment
 
 
@@ -835,7 +633,7 @@ def appointment_cancel(
     with transaction.atomic():
         now = timezone.now()
         found = _load_appointment(clinic, appointment_id, patient)
-        slot = _lock_slots(clinic, [found.slot_id])[found.slot_id]
+        slot = _lock_slots(clinic, [found.slot_id], now=now)[found.slot_id]
         appointment = Appointment.objects.select_for_update().get(pk=found.pk)
         _cancel_locked(
             clinic=clinic,
@@ -874,11 +672,11 @@ def appointment_reschedule(
         found = _load_appointment(clinic, appointment_id, patient)
         if found.slot_id == new_slot_id:
             raise InvalidInput("the new slot is the current one")
-        slots = _lock_slots(clinic, [found.slot_id, new_slot_id])
+        slots = _lock_slots(clinic, [found.slot_id, new_slot_id], now=now, holder=holder)
         old = Appointment.objects.select_for_update().select_related("patient").get(pk=found.pk)
         new_slot = slots[new_slot_id]
         # Check the new slot before touching the old appointment, for the clearer error.
-        _check_bookable(new_slot, holder=holder, now=now)
+        _check_bookable(new_slot, now=now)
         _cancel_locked(
             clinic=clinic,
             appointment=old,

@@ -153,8 +153,9 @@ def reminders_resumed() -> Reply:
 # --- waitlist --------------------------------------------------------------------------------
 
 
-def waitlist_invite(specialty_name: str, slug: str) -> Reply:
-    """What the bot adds when no slot fits: join the specialty's waitlist?"""
+def waitlist_invite(specialty_name: str, join_id: str) -> Reply:
+    """What the bot adds when no slot fits: join the specialty's waitlist? `join_id` is the
+    specialty's slug, optionally followed by ":<doctor id>:<part of day>"."""
     return bot_replies.buttons_reply(
         _(
             "Would you like to join the waitlist for %(specialty)s? When a time frees up we "
@@ -162,7 +163,7 @@ def waitlist_invite(specialty_name: str, slug: str) -> Reply:
         )
         % {"specialty": specialty_name},
         [
-            Button(id=f"{WAITLIST_JOIN}{slug}", title=_("Join the waitlist")),
+            Button(id=f"{WAITLIST_JOIN}{join_id}", title=_("Join the waitlist")),
             Button(id=WAITLIST_NO, title=_("No, thanks")),
         ],
     )

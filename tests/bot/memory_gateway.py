@@ -105,10 +105,11 @@ class MemoryGateway:
     appointments: dict[int, StoredAppointment] = field(default_factory=dict)
     calls: list[tuple[str, dict]] = field(default_factory=list)
     # Outreach: appointments this conversation got reminders for (latest last), numbers that
-    # stopped reminders, waitlist entries (patient, specialty) and offers (offer → slot, patient).
+    # stopped reminders, waitlist entries (patient, specialty, doctor, part of day) and offers
+    # (offer → slot, patient).
     reminded: list[int] = field(default_factory=list)
     reminders_stopped: set[str] = field(default_factory=set)
-    waitlist: list[tuple[int, int]] = field(default_factory=list)
+    waitlist: list[tuple[int, int, int | None, str]] = field(default_factory=list)
     offers: dict[int, tuple[int, int]] = field(default_factory=dict)
     faq: list[FaqInfo] = field(default_factory=list)
     doctor_ids: dict[str, int] = field(default_factory=dict)  # by name, given as slots are added
@@ -477,13 +478,13 @@ class MemoryGateway:
         (self.reminders_stopped.discard if enabled else self.reminders_stopped.add)(wa_id)
         return int(changed)
 
-    def waitlist_join(self, *, patient_id: int, specialty_id: int) -> bool:
-        self.calls.append(
-            ("waitlist_join", {"patient_id": patient_id, "specialty_id": specialty_id})
-        )
-        if (patient_id, specialty_id) in self.waitlist:
+    def waitlist_join(
+        self, *, patient_id: int, specialty_id: int, doctor_id: int | None, part_of_day: str
+    ) -> bool:
+        self.calls.append(("waitlist_join", {"doctor_id": doctor_id, "part_of_day": part_of_day}))
+        if any(p == patient_id and s == specialty_id for p, s, *_ in self.waitlist):
             return False
-        self.waitlist.append((patient_id, specialty_id))
+        self.waitlist.append((patient_id, specialty_id, doctor_id, part_of_day))
         return True
 
     def waitlist_answer(self, *, offer_id: int, accept: bool, now: dt.datetime) -> OutreachResult:
