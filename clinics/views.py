@@ -38,7 +38,6 @@ from clinics.models import (
     Patient,
     Slot,
     SlotStatus,
-    Specialty,
 )
 from clinics.services import Actor, BookingError
 from sophia_web import live
