@@ -428,7 +428,7 @@ def staff_clinics(user) -> QuerySet[Clinic]:
 # --- the staff calendar and lists -------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class CalendarCell:
     """One slot as the calendar shows it (times local to the clinic)."""
 

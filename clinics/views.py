@@ -38,7 +38,6 @@ from clinics.models import (
     Patient,
     Slot,
     SlotStatus,
-    Specialty,
 )
 from clinics.services import Actor, BookingError
 from sophia_web import live
@@ -142,7 +141,10 @@ def agenda(request: HttpRequest) -> HttpResponse:
     specialty = None
     chosen = request.GET.get("especialidad")
     if chosen:
-        specialty = access.get_object_for_clinic(Specialty.objects, request, pk=chosen)
+        # From the clinic's own list (no extra query); anything else is a 404.
+        specialty = next((s for s in specialties if str(s.pk) == chosen), None)
+        if specialty is None:
+            raise Http404("no such specialty in this clinic")
     elif specialties:
         specialty = specialties[0]
     columns = selectors.calendar_day(clinic=clinic, day=day, specialty=specialty)

@@ -67,3 +67,13 @@ def calendar_cell(context: template.Context, cell: CalendarCell, oob: bool = Fal
         labels = _labels()
         context.render_context["_cell_labels"] = labels
     return cell_html(cell, oob=oob, labels=labels)
+
+
+@register.simple_tag(takes_context=True)
+def calendar_cells(context: template.Context, cells: list[CalendarCell]) -> SafeString:
+    """A column's cells in one call (one tag call per cell was a visible share of a page)."""
+    labels = context.render_context.get("_cell_labels")
+    if labels is None:
+        labels = _labels()
+        context.render_context["_cell_labels"] = labels
+    return SafeString("".join(cell_html(cell, labels=labels) for cell in cells))
