@@ -37,8 +37,9 @@ from bot.messages import (
     MAX_TEXT_BODY,
     clip,
 )
-from bot.models import Conversation, Direction, Message, MessageStatus
+from bot.models import Conversation, Direction, Message, MessageStatus, Takeover
 from clinics.identifiers import mask
+from sophia_web import live
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -394,9 +395,42 @@ def _claim(message_id: int) -> bool:
         Message.objects.filter(id=message_id, direction=Direction.OUT, status__in=_PENDING)
         .filter(_due(now))
         .exclude(Exists(earlier_pending))
+        .exclude(_held_by_staff())
         .update(status=MessageStatus.SENDING, next_attempt_at=now + LEASE)
     )
+    if claimed == 0:
+        _suppress_if_held(message_id)
     return claimed == 1
+
+
+def _held_by_staff() -> Q:
+    """A bot reply (no staff sender, not a template) of a conversation staff have taken over.
+
+    Checked here, where messages are released, and not only where a turn starts: a takeover
+    that commits while a turn runs stops that turn's replies too (DESIGN §6, human mode).
+    """
+    open_takeover = Takeover.objects.filter(
+        conversation_id=OuterRef("conversation_id"), ended_at=None
+    )
+    return Q(sent_by__isnull=True) & ~Q(kind="template") & Q(Exists(open_takeover))
+
+
+def _suppress_if_held(message_id: int) -> None:
+    suppressed = (
+        Message.objects.filter(id=message_id, direction=Direction.OUT, status__in=_PENDING)
+        .filter(_held_by_staff())
+        .update(
+            status=MessageStatus.SUPPRESSED,
+            next_attempt_at=None,
+            error="not sent: staff took the conversation over",
+        )
+    )
+    if suppressed:
+        logger.info("outbound message %s suppressed: staff hold the conversation", message_id)
+        conversation_id = (
+            Message.objects.filter(pk=message_id).values_list("conversation_id", flat=True).first()
+        )
+        live.touch([conversation_id])
 
 
 def _backoff_seconds(attempt: int, error: WhatsAppError) -> float:
@@ -490,6 +524,7 @@ def _send_claimed(message: Message) -> bool:
         # The message did go out; a reused id only costs us its status updates.
         logger.error("outbound message %s: WhatsApp id %s is already taken", message_id, wamid)
         mine.update(**sent)
+    live.touch([message.conversation_id])
     logger.info(
         "outbound message %s sent to %s (attempt %d)",
         message_id,
@@ -504,6 +539,7 @@ def _record_failure(
 ) -> bool:
     code = (exc.code or "")[:16]
     recipient = mask(str(message.payload.get("to", "")))
+    live.touch([message.conversation_id])
     if exc.permanent or attempt >= MAX_ATTEMPTS:
         reason = "needs a template (outside the 24-hour window): " if exc.needs_template else ""
         mine.update(

@@ -11,16 +11,20 @@ reached the right outcome and the messages each booking took to bench/results/<n
 Reuse (another engineer's set, e.g. families):
 
     # tests/bot/test_family_conversations.py
-    from tests.bot.conversation_runner import build_world, collect_results, run_conversation
+    from tests.bot.conversation_runner import collect_results, run_conversation, shared_world
     from tests.bot.family_conversations import CONVERSATIONS
 
+    @pytest.fixture(scope="module")
+    def demo_world(django_db_setup, django_db_blocker):
+        yield from shared_world(django_db_blocker)
+
     @pytest.fixture
-    def world(db):
-        return build_world()
+    def world(demo_world, db):
+        return demo_world
 
     @pytest.fixture(scope="module")
     def results():
-        yield from collect_results("family_conversations")
+        yield from collect_results("family_conversations", expected=len(CONVERSATIONS))
 
     @pytest.mark.parametrize("conversation", CONVERSATIONS, ids=lambda c: c.name)
     def test_it_reaches_the_right_outcome(conversation, world, results):
@@ -130,6 +134,25 @@ def build_world() -> World:
     )
     ana = Patient.objects.create(clinic=clinic, **ANA)
     return World(clinic, doctors, specialties, ana, today)
+
+
+def shared_world(django_db_blocker):
+    """A generator for a module-scoped fixture: one world for every conversation of a module
+    (each test's own changes roll back with its transaction), removed afterwards.
+
+        @pytest.fixture(scope="module")
+        def demo_world(django_db_setup, django_db_blocker):
+            yield from shared_world(django_db_blocker)
+
+        @pytest.fixture
+        def world(demo_world, db):
+            return demo_world
+    """
+    with django_db_blocker.unblock():
+        world = build_world()
+    yield world
+    with django_db_blocker.unblock():
+        Clinic.objects.filter(pk=world.clinic.pk).delete()
 
 
 def _appointment(world: World, doctor_name: str, when: dt.datetime, status: str) -> Appointment:
@@ -536,16 +559,20 @@ def run_conversation(conversation: Conversation, world: World, results: dict | N
 # --- results -----------------------------------------------------------------------------------
 
 
-def collect_results(name: str):
+def collect_results(name: str, expected: int):
     """A generator for a module-scoped fixture: yields the dict `run_conversation` fills, then
-    writes the summary to bench/results/<name>.json."""
+    prints the summary and, when all `expected` conversations ran (not a `-k` selection),
+    writes it to bench/results/<name>.json."""
     results: dict[str, dict] = {}
     yield results
     if not results:
         return
     summary = summarize(results)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False))
+    if len(results) == expected:
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (RESULTS_DIR / f"{name}.json").write_text(
+            json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+        )
     print(f"\n{name}: {summary['passed']}/{summary['total']} right ({summary['share']:.0%})")
     for kind, figures in summary["messages_per_booking"].items():
         print(f"  messages per booking ({kind}): {figures}")

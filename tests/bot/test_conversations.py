@@ -8,18 +8,24 @@ booked in ≤ 4 messages when the first holds the document and the symptoms, ≤
 
 import pytest
 
-from tests.bot.conversation_runner import build_world, collect_results, run_conversation
+from tests.bot.conversation_runner import collect_results, run_conversation, shared_world
 from tests.bot.conversations import CONVERSATIONS
 
 
+@pytest.fixture(scope="module")
+def demo_world(django_db_setup, django_db_blocker):
+    """Made once for the module; each conversation's own writes roll back with its test."""
+    yield from shared_world(django_db_blocker)
+
+
 @pytest.fixture
-def world(db):
-    return build_world()
+def world(demo_world, db):
+    return demo_world
 
 
 @pytest.fixture(scope="module")
 def results():
-    yield from collect_results("conversations")
+    yield from collect_results("conversations", expected=len(CONVERSATIONS))
 
 
 def test_it_has_a_big_varied_set():

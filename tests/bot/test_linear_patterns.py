@@ -16,9 +16,11 @@ import time
 
 import pytest
 
-from bot import nlu, text, triage
+from bot import engine, nlu, text, triage
+from bot.messages import Inbound
 from clinics.demo_data import SPECIALTIES
 from clinics.models import Specialty
+from tests.bot.memory_gateway import MemoryGateway
 
 SPECIALTY_ROWS = [
     Specialty(slug=slug, name=name, triage_keywords=", ".join(keywords))
@@ -136,3 +138,26 @@ def test_it_classifies_a_900k_text_about_as_fast_as_a_small_one(seed):
     # Only the first MAX_TEXT characters are read, by linear patterns: the 900k text costs
     # what a full-length message costs (plus slicing), far from the 220x of reading it all.
     assert {name: ratio for name, ratio in ratios.items() if ratio > 20} == {}
+
+
+def test_a_whole_turn_on_a_900k_text_costs_about_what_a_full_message_costs():
+    """The engine itself (memory gateway, no database) reads no more of a text than a message."""
+    gateway = MemoryGateway()
+    specialty = gateway.add_specialty("medicina-general", "Medicina General", "fiebre, gripa")
+    first = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    gateway.add_slots(specialty, "Dr. Carlos García", first, 20)
+    gateway.add_patient("1020304050", "Ana María Gómez", dt.date(1985, 3, 14), "573001234567")
+
+    def turn(body: str) -> None:
+        ctx = engine.Context(
+            gateway=gateway,
+            conversation_id=1,
+            wa_id="573001234567",
+            now=dt.datetime.now(dt.UTC),
+        )
+        snapshot = engine.step(engine.Snapshot(), Inbound(kind="text", text="1020304050"), ctx)
+        engine.step(snapshot.snapshot, Inbound(kind="text", text=body), ctx)
+
+    for seed in ("me duele el pecho ", "dolor", "con la dra el viernes a las 3 ", "1."):
+        small, big = repeated(seed, text.MAX_TEXT), repeated(seed, 900_000)
+        assert best_time(turn, big) / max(best_time(turn, small), 1e-5) < 20, seed

@@ -3,11 +3,11 @@ sends a tap back as WhatsApp does: a "button" message carrying the payload."""
 
 import pytest
 
-from bot import whatsapp
+from bot import simulator, whatsapp
 from bot.models import Message
 from bot.processing import to_inbound
 from outreach.reminders import template_components
-from tests.bot.test_simulator import HTMX, PHONE, graph_post, login, send
+from tests.bot.test_simulator import PHONE, graph_post, login, send
 
 pytestmark = pytest.mark.django_db
 
@@ -31,11 +31,11 @@ def test_it_shows_a_reminders_quick_replies_and_sends_a_tap_as_a_button_message(
     )
     body = whatsapp.template_payload(PHONE, "recordatorio_cita", "es", components)
     assert graph_post(client, clinic.phone_number_id, body).status_code == 200
-    html = client.get(
-        "/simulator/poll/", {"clinic": clinic.pk, "phone": PHONE, "after": 0}, headers=HTMX
-    ).text
-    assert "recordatorio_cita" in html and "jueves 3 de diciembre" in html
-    assert "Confirmar" in html and "reminder:cancel:7" in html
+    (item,) = simulator.items_after(clinic.phone_number_id, PHONE, 0)
+    assert "recordatorio_cita" in item["text"] and "jueves 3 de diciembre" in item["text"]
+    assert item["kind"] == "buttons"
+    assert [b["title"] for b in item["buttons"]] == ["Confirmar", "Cancelar"]
+    assert "template_button" in item["buttons"][1]["vals"]
 
     send(
         client,
