@@ -10,7 +10,7 @@ TEST_ENV := DATABASE_URL=$${TEST_DATABASE_URL:-postgresql://sophia:sophia@127.0.
 	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} \
 	SECRET_KEY=sophia-tests-only SOPHIA_NETWORK_GUARD=raise
 
-.PHONY: demo test lint format bench messages clean
+.PHONY: demo test lint format bench messages screenshots clean
 
 $(STAMP): pyproject.toml scripts/find-python
 	@python=$$(scripts/find-python) || exit 1; \
@@ -37,6 +37,11 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# The console photographed from the demo (SQLite, in-process layers) into docs/screenshots/.
+screenshots: $(STAMP) messages
+	@scripts/ensure-services
+	@$(PY) scripts/screenshots.py
 
 bench: $(STAMP) messages
 	@scripts/ensure-services

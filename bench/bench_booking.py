@@ -47,6 +47,7 @@ BOOKING_PROCESSES = int(os.getenv("BENCH_PROCESSES", "8"))
 BOOKING_SECONDS = float(os.getenv("BENCH_SECONDS", "10"))
 # Service booking runs, each between two pgbench runs; the ratio is the median round's.
 BOOKING_ROUNDS = max(1, int(os.getenv("BENCH_ROUNDS", "3")))
+RESCHEDULE_PATIENTS = 16  # per process, in the reschedule run
 HOT_SET = 2 * BOOKING_PROCESSES  # the few slots everyone fights over at any moment
 PGBENCH_SCALE = 10
 NOTES = "dolor de cabeza y fiebre desde ayer"
@@ -281,32 +282,6 @@ class Overlap(Exception):
     pass
 
 
-def book_with_orm(clinic, patient, slot_id: int, actor, source: str, specialty, notes: str) -> None:
-    """A diagnostic beside the service: `appointment_book`'s generic ORM path (the one SQLite
-    uses, and the one PostgreSQL used before its SQL fast path), with the service's checks and
-    transaction, so the fast path's gain is measured in the same run on the same machine."""
-    from django.db import transaction
-    from django.utils import timezone
-
-    from clinics import events, services
-
-    with transaction.atomic():
-        appointment = services._book_generic(
-            clinic=clinic,
-            patient=patient,
-            slot_id=slot_id,
-            actor=actor,
-            source=source,
-            specialty=specialty,
-            notes=notes,
-            holder=None,
-            now=timezone.now(),
-        )
-        events.emit(
-            clinic_id=clinic.pk, name="cita.creada", payload=services._event_payload(appointment)
-        )
-
-
 def book_with_sql(conn, clinic_id: int, patient_id: int, slot_id: int, specialty_id: int) -> None:
     """A diagnostic beside the service: the booking transaction's database work alone, in plain
     SQL through psycopg (lock the slot, insert the appointment under the same constraints, mark
@@ -354,16 +329,18 @@ def booking_worker(
     slots: list[tuple[int, int]],
     patient_ids: list[int],
     booked,
-    start_wall: float,
+    start_together,
     results,
 ) -> None:
     """One booking process: like a patient picking from the page they were shown, it picks a
     random slot among the first HOT_SET it believes free (a shared flag per slot, set on each
     success); two processes picking the same slot is the collision under test.
-    `mode` "service" books through clinics.services; "orm" runs `book_with_orm`, "sql"
-    `book_with_sql` (diagnostics). Per attempt the loop itself only reads a shared byte array
-    and draws two random numbers (microseconds): the connection, the model instances and the
-    Actor are made once per process, nothing is printed."""
+    `mode` "service" books through clinics.services; "reschedule" moves each of this process's
+    own patients' appointment (booked first in a cold slot) onto the hot slots through
+    `appointment_reschedule`; "sql" runs `book_with_sql` (a diagnostic). Per attempt the loop
+    itself only reads a shared byte array and draws two random numbers (microseconds): the
+    connection, the model instances and the Actor are made once per process, nothing is
+    printed."""
     setup_django(bench_url)
     import psycopg
     from django.db import connection
@@ -387,16 +364,13 @@ def booking_worker(
             except Overlap:
                 raise services.PatientOverlap() from None
             return
-        if mode == "orm":
-            book_with_orm(
-                clinic,
-                patient,
-                slot_id,
-                actors[patient.pk],
-                "bot",
-                specialties[specialty_id],
-                NOTES,
-            )
+        if mode == "reschedule":
+            current[patient.pk] = services.appointment_reschedule(
+                clinic=clinic,
+                appointment_id=current[patient.pk],
+                new_slot_id=slot_id,
+                actor=actors[patient.pk],
+            ).pk
             return
         services.appointment_book(
             clinic=clinic,
@@ -408,12 +382,28 @@ def booking_worker(
             notes=NOTES,
         )
 
+    current: dict[int, int] = {}  # reschedule: each own patient's appointment
+    if mode == "reschedule":
+        # A few patients per process, each with one appointment to move around.
+        patients = patients[seed::BOOKING_PROCESSES][:RESCHEDULE_PATIENTS]
+        for number, patient in enumerate(patients):
+            cold = len(slots) - 1 - seed * len(patients) - number  # far from the hot set
+            booked[cold] = 1
+            slot_id, specialty_id = slots[cold]
+            current[patient.pk] = services.appointment_book(
+                clinic=clinic,
+                patient=patient,
+                slot_id=slot_id,
+                actor=actors[patient.pk],
+                source="bot",
+                specialty=specialties[specialty_id],
+            ).pk
     rng = random.Random(seed)
     counts = {"booked": 0, "taken": 0, "patient_overlap": 0, "other_refusal": 0, "errors": 0}
     latencies: list[int] = []
     first_free = 0
-    time.sleep(max(0.0, start_wall - time.time()))
-    stop = start_wall + BOOKING_SECONDS
+    start_together.wait()  # every process set up: all start booking now
+    stop = time.time() + BOOKING_SECONDS
     while time.time() < stop:
         while first_free < len(slots) and booked[first_free]:
             first_free += 1
@@ -463,9 +453,10 @@ def measure_booking(
     ctx = multiprocessing.get_context("spawn")
     booked = ctx.Array("b", len(slots), lock=False)
     results = ctx.Queue()
-    # Spawned processes import Django first; all start booking at the same wall-clock instant.
-    start_wall = time.time() + 4 + BOOKING_PROCESSES * 0.5
-    shared = (slots, patient_ids, booked, start_wall, results)
+    # Spawned processes import Django first (slowly on a loaded machine): they all start booking
+    # when the last one is ready.
+    start_together = ctx.Barrier(BOOKING_PROCESSES)
+    shared = (slots, patient_ids, booked, start_together, results)
     processes = [
         ctx.Process(
             target=booking_worker,
@@ -718,10 +709,10 @@ def print_table(result: dict) -> None:
             f"(load {r['load_average'][0]})"
         )
     print("  (the median round is the one reported and checked)")
-    orm = result["booking_orm_diagnostic"]
+    moves = result["reschedule"]
     print(
-        f"generic ORM path (diagnostic): {orm['bookings_per_s']} bookings/s, "
-        f"{orm['attempts_per_s']} attempts/s"
+        f"reschedule: {moves['bookings_per_s']} moves/s, {moves['attempts_per_s']} attempts/s, "
+        f"ratio {result['reschedule_over_pgbench']} of pgbench"
     )
     sql = result["booking_sql_diagnostic"]
     print(
@@ -755,7 +746,7 @@ def main() -> int:
     size = len(slots) // (BOOKING_ROUNDS + 2)
     slices = [slots[i * size : (i + 1) * size] for i in range(BOOKING_ROUNDS + 2)]
     booking, pgbench = booking_rounds(bench_url, data["clinic_id"], slices)
-    booking_orm = measure_booking(bench_url, data["clinic_id"], "orm", slices[-2])
+    reschedule = measure_booking(bench_url, data["clinic_id"], "reschedule", slices[-2])
     booking_sql = measure_booking(bench_url, data["clinic_id"], "sql", slices[-1])
     booking["double_bookings"] = double_bookings(data["clinic_id"])
     booking["statements_per_booking"] = service_queries(data["clinic_id"])
@@ -776,8 +767,8 @@ def main() -> int:
             "run), for the median of booking.rounds; attempts_over_pgbench = "
             "booking.attempts_per_s (booked + cleanly refused) / pgbench.tps, reported only"
         ),
-        "booking_orm_diagnostic": booking_orm,
-        "booking_orm_over_pgbench": round(booking_orm["bookings_per_s"] / pgbench["tps"], 3)
+        "reschedule": reschedule,
+        "reschedule_over_pgbench": round(reschedule["bookings_per_s"] / pgbench["tps"], 3)
         if pgbench["tps"]
         else None,
         "booking_sql_diagnostic": booking_sql,

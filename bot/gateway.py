@@ -37,6 +37,7 @@ from clinics.models import (
     Doctor,
     FaqEntry,
     Patient,
+    PatientPhone,
     Slot,
     SlotHold,
     Specialty,
@@ -66,7 +67,28 @@ class Gateway(Protocol):
     def patient_register(
         self, *, document: str, full_name: str, birth_date: dt.date, whatsapp_id: str
     ) -> PatientInfo: ...
-    def patient_link_whatsapp(self, *, patient_id: int, whatsapp_id: str) -> PatientInfo: ...
+
+    # identity: counted and locked per patient and per number, across conversations
+    def patient_verified_on(self, *, patient_id: int, wa_id: str) -> bool:
+        """Does this number speak for the patient (on file, or verified and not removed)?"""
+        ...
+
+    def patients_on_number(self, wa_id: str) -> list[PatientInfo]:
+        """Every patient the number speaks for (a parent's phone holds the children too)."""
+        ...
+
+    def patient_phone_add(self, *, patient_id: int, wa_id: str) -> None:
+        """The number passed the birth-date check: add it (the number on file stays)."""
+        ...
+
+    def identity_locked(self, *, wa_id: str, patient_id: int | None = None) -> bool:
+        """Is the number, or (when given) the patient, locked out of identity checks?"""
+        ...
+
+    def identity_failure_record(self, *, wa_id: str, patient_id: int | None) -> bool:
+        """Count a wrong birth date from the number about the patient; True when the number
+        is now locked out."""
+        ...
 
     # specialties and slots
     def specialties(self) -> list[SpecialtyInfo]:
@@ -118,6 +140,12 @@ class Gateway(Protocol):
         """The patient's booked or confirmed appointments that have not started, soonest first."""
         ...
 
+    def upcoming_appointments_on_number(
+        self, *, wa_id: str, now: dt.datetime
+    ) -> list[AppointmentInfo]:
+        """Those of every patient the number speaks for (with their names), soonest first."""
+        ...
+
     def rebooking_specialty(self, appointment_id: int) -> SpecialtyInfo | None:
         """Whose slots to offer when moving an appointment: its specialty, else its doctor's."""
         ...
@@ -137,8 +165,11 @@ class Gateway(Protocol):
         """STOP / resume reminders for the patients on this number; how many changed."""
         ...
 
-    def waitlist_join(self, *, patient_id: int, specialty_id: int) -> bool:
-        """Put the patient on the specialty's waitlist; False when already on it."""
+    def waitlist_join(
+        self, *, patient_id: int, specialty_id: int, doctor_id: int | None, part_of_day: str
+    ) -> bool:
+        """Put the patient on the specialty's waitlist (optionally for one doctor, "morning" or
+        "afternoon"); False when already on it (their wishes are updated)."""
         ...
 
     def waitlist_answer(self, *, offer_id: int, accept: bool, now: dt.datetime) -> OutreachResult:
@@ -189,12 +220,14 @@ def slot_info(slot: Slot) -> SlotInfo:
     )
 
 
-def appointment_info(appointment: Appointment) -> AppointmentInfo:
+def appointment_info(appointment: Appointment, *, with_patient: bool = False) -> AppointmentInfo:
     return AppointmentInfo(
         id=appointment.pk,
         start_at=appointment.start_at,
         doctor_name=appointment.doctor.full_name,
         specialty=specialty_info(appointment.specialty) if appointment.specialty else None,
+        patient_id=appointment.patient_id,
+        patient_name=appointment.patient.full_name if with_patient else "",
     )
 
 
@@ -254,15 +287,38 @@ class OrmGateway:
         )
         return self._remember(patient)
 
-    def patient_link_whatsapp(self, *, patient_id: int, whatsapp_id: str) -> PatientInfo:
+    def patient_verified_on(self, *, patient_id: int, wa_id: str) -> bool:
+        return selectors.patient_verified_on(
+            clinic=self._clinic, patient_id=patient_id, wa_id=wa_id
+        )
+
+    def patients_on_number(self, wa_id: str) -> list[PatientInfo]:
+        return [
+            self._remember(p)
+            for p in selectors.patients_on_number(clinic=self._clinic, wa_id=wa_id)
+        ]
+
+    def patient_phone_add(self, *, patient_id: int, wa_id: str) -> None:
         patient = self._required_patient(patient_id)
-        patient = services.patient_link_whatsapp(
+        services.patient_phone_add(
             clinic=self._clinic,
             patient=patient,
-            whatsapp_id=whatsapp_id,
+            wa_id=wa_id,
+            how=PatientPhone.How.BIRTH_DATE,
             actor=services.Actor.patient(patient),
         )
-        return self._remember(patient)
+
+    def identity_locked(self, *, wa_id: str, patient_id: int | None = None) -> bool:
+        status = services.identity_status(
+            clinic=self._clinic, wa_id=wa_id, patient=self._patient(patient_id)
+        )
+        return status.locked
+
+    def identity_failure_record(self, *, wa_id: str, patient_id: int | None) -> bool:
+        status = services.identity_failure_record(
+            clinic=self._clinic, wa_id=wa_id, patient=self._patient(patient_id)
+        )
+        return status.number_locked
 
     def _required_patient(self, patient_id: int | None) -> Patient:
         patient = self._patient(patient_id)
@@ -442,6 +498,16 @@ class OrmGateway:
             )
         ]
 
+    def upcoming_appointments_on_number(
+        self, *, wa_id: str, now: dt.datetime
+    ) -> list[AppointmentInfo]:
+        return [
+            appointment_info(a, with_patient=True)
+            for a in selectors.upcoming_appointments_on_number(
+                clinic=self._clinic, wa_id=wa_id, now=now
+            )
+        ]
+
     def rebooking_specialty(self, appointment_id: int) -> SpecialtyInfo | None:
         appointment = (
             Appointment.objects.select_related("specialty", "doctor")
@@ -479,15 +545,23 @@ class OrmGateway:
             clinic=self._clinic, wa_id=wa_id, patient_id=patient_id, enabled=enabled
         )
 
-    def waitlist_join(self, *, patient_id: int, specialty_id: int) -> bool:
+    def waitlist_join(
+        self, *, patient_id: int, specialty_id: int, doctor_id: int | None, part_of_day: str
+    ) -> bool:
         patient = self._required_patient(patient_id)
         specialty = Specialty.objects.filter(pk=specialty_id, clinic=self._clinic).first()
         if specialty is None:
             raise services.InvalidInput("no such specialty in this clinic")
+        # A doctor who no longer sees the specialty (or a stale id) just widens the wish.
+        doctor = Doctor.objects.filter(
+            pk=doctor_id or 0, clinic=self._clinic, specialties=specialty
+        ).first()
         _entry, created = waitlist.waitlist_join(
             clinic=self._clinic,
             patient=patient,
             specialty=specialty,
+            doctor=doctor,
+            part_of_day=part_of_day if part_of_day in ("morning", "afternoon") else "any",
             conversation=Conversation.objects.filter(pk=self._conversation_id).first(),
         )
         return created

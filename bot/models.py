@@ -168,6 +168,8 @@ class MessageStatus(models.TextChoices):
     DELIVERED = "delivered", _("delivered")
     READ = "read", _("read")
     FAILED = "failed", _("failed")
+    # A bot reply never released because staff took the conversation over (human mode).
+    SUPPRESSED = "suppressed", _("not sent (staff took over)")
 
 
 OUTBOUND_STATUS_RANK = {
@@ -252,6 +254,52 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.direction} {self.kind} {self.status}"
+
+
+class Takeover(models.Model):
+    """A staff member holding a conversation: no bot reply is released while one is open.
+
+    Its own table rather than only Conversation.mode: a bot turn keeps the conversation row
+    locked (FOR NO KEY UPDATE) while it runs, and a takeover must commit *during* that turn so
+    the outbox (bot.whatsapp) refuses that turn's replies. Conversation.mode/assigned_to mirror
+    the open takeover for the inbox once the turn lets go of the row.
+    """
+
+    conversation = models.ForeignKey(
+        Conversation,
+        on_delete=models.CASCADE,
+        related_name="takeovers",
+        verbose_name=_("conversation"),
+    )
+    taken_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        related_name="+",
+        verbose_name=_("taken by"),
+    )
+    taken_at = models.DateTimeField(default=timezone.now, verbose_name=_("taken at"))
+    ended_at = models.DateTimeField(null=True, blank=True, verbose_name=_("handed back at"))
+    ended_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("handed back by"),
+    )
+
+    class Meta:
+        verbose_name = _("takeover")
+        verbose_name_plural = _("takeovers")
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation"], condition=Q(ended_at=None), name="takeover_one_open"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"takeover of conversation {self.conversation_id}"
 
 
 class PeriodicJob(models.Model):

@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import random
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import httpx
@@ -36,8 +37,9 @@ from bot.messages import (
     MAX_TEXT_BODY,
     clip,
 )
-from bot.models import Conversation, Direction, Message, MessageStatus
+from bot.models import Conversation, Direction, Message, MessageStatus, Takeover
 from clinics.identifiers import mask
+from sophia_web import live
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -393,9 +395,42 @@ def _claim(message_id: int) -> bool:
         Message.objects.filter(id=message_id, direction=Direction.OUT, status__in=_PENDING)
         .filter(_due(now))
         .exclude(Exists(earlier_pending))
+        .exclude(_held_by_staff())
         .update(status=MessageStatus.SENDING, next_attempt_at=now + LEASE)
     )
+    if claimed == 0:
+        _suppress_if_held(message_id)
     return claimed == 1
+
+
+def _held_by_staff() -> Q:
+    """A bot reply (no staff sender, not a template) of a conversation staff have taken over.
+
+    Checked here, where messages are released, and not only where a turn starts: a takeover
+    that commits while a turn runs stops that turn's replies too (DESIGN §6, human mode).
+    """
+    open_takeover = Takeover.objects.filter(
+        conversation_id=OuterRef("conversation_id"), ended_at=None
+    )
+    return Q(sent_by__isnull=True) & ~Q(kind="template") & Q(Exists(open_takeover))
+
+
+def _suppress_if_held(message_id: int) -> None:
+    suppressed = (
+        Message.objects.filter(id=message_id, direction=Direction.OUT, status__in=_PENDING)
+        .filter(_held_by_staff())
+        .update(
+            status=MessageStatus.SUPPRESSED,
+            next_attempt_at=None,
+            error="not sent: staff took the conversation over",
+        )
+    )
+    if suppressed:
+        logger.info("outbound message %s suppressed: staff hold the conversation", message_id)
+        conversation_id = (
+            Message.objects.filter(pk=message_id).values_list("conversation_id", flat=True).first()
+        )
+        live.touch([conversation_id])
 
 
 def _backoff_seconds(attempt: int, error: WhatsAppError) -> float:
@@ -405,6 +440,17 @@ def _backoff_seconds(attempt: int, error: WhatsAppError) -> float:
     if error.retry_after is not None:
         delay = max(delay, error.retry_after)
     return delay
+
+
+def _wamid_of(data: dict, message_id: int) -> str | None:
+    """WhatsApp's id of a message the API accepted (None, logged, when it gave none)."""
+    wamid = None
+    messages = data.get("messages")
+    if isinstance(messages, list) and messages and isinstance(messages[0], dict):
+        wamid = messages[0].get("id") or None
+    if wamid is None:
+        logger.warning("outbound message %s: sent, but the API returned no message id", message_id)
+    return wamid
 
 
 def _deliver_one(message_id: int) -> bool:
@@ -463,12 +509,7 @@ def _send_claimed(message: Message) -> bool:
         # A bug must not strand the row in 'sending' for a whole lease, nor kill the worker.
         logger.exception("outbound message %s: unexpected error while sending", message_id)
         return _record_failure(message, mine, attempt, WhatsAppError(repr(exc)[:300]))
-    wamid = None
-    messages = data.get("messages")
-    if isinstance(messages, list) and messages and isinstance(messages[0], dict):
-        wamid = messages[0].get("id") or None
-    if wamid is None:
-        logger.warning("outbound message %s: sent, but the API returned no message id", message_id)
+    wamid = _wamid_of(data, message_id)
     sent = {
         "status": MessageStatus.SENT,
         "attempts": F("attempts") + 1,
@@ -483,6 +524,7 @@ def _send_claimed(message: Message) -> bool:
         # The message did go out; a reused id only costs us its status updates.
         logger.error("outbound message %s: WhatsApp id %s is already taken", message_id, wamid)
         mine.update(**sent)
+    live.touch([message.conversation_id])
     logger.info(
         "outbound message %s sent to %s (attempt %d)",
         message_id,
@@ -497,6 +539,7 @@ def _record_failure(
 ) -> bool:
     code = (exc.code or "")[:16]
     recipient = mask(str(message.payload.get("to", "")))
+    live.touch([message.conversation_id])
     if exc.permanent or attempt >= MAX_ATTEMPTS:
         reason = "needs a template (outside the 24-hour window): " if exc.needs_template else ""
         mine.update(
@@ -563,6 +606,78 @@ def deliver(message_id: int) -> bool:
         while (following := _next_in_conversation(current)) is not None and _deliver_one(following):
             current = following
     return sent
+
+
+def deliver_many(message_ids: Sequence[int]) -> int:
+    """Send several outbox rows of different conversations (reminders, waitlist offers) with
+    one claim for all and one write for all that went out, instead of `deliver`'s two per row.
+
+    Same rules as `deliver`: only due rows nobody else is sending and with no earlier pending
+    row in their conversation (the others stay for the outbox); failures are recorded row by
+    row. How many went out.
+    """
+    if not message_ids:
+        return 0
+    now = timezone.now()
+    earlier_pending = Message.objects.filter(
+        conversation_id=OuterRef("conversation_id"),
+        direction=Direction.OUT,
+        status__in=_PENDING,
+        id__lt=OuterRef("id"),
+    )
+    with transaction.atomic():
+        claimed = list(
+            Message.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("clinic")
+            .filter(id__in=list(message_ids), direction=Direction.OUT, status__in=_PENDING)
+            .filter(_due(now))
+            .exclude(Exists(earlier_pending))
+            .order_by("id")
+        )
+        Message.objects.filter(pk__in=[m.pk for m in claimed]).update(
+            status=MessageStatus.SENDING, next_attempt_at=now + LEASE
+        )
+    sent: list[Message] = []
+    for message in claimed:
+        mine = Message.objects.filter(pk=message.pk, status=MessageStatus.SENDING)
+        attempt = message.attempts + 1
+        try:
+            data = post_message(message.clinic, message.payload)
+        except WhatsAppError as exc:
+            _record_failure(message, mine, attempt, exc)
+            continue
+        except Exception as exc:
+            logger.exception("outbound message %s: unexpected error while sending", message.pk)
+            _record_failure(message, mine, attempt, WhatsAppError(repr(exc)[:300]))
+            continue
+        message.wa_message_id = _wamid_of(data, message.pk)
+        message.status = MessageStatus.SENT
+        message.attempts = attempt
+        message.next_attempt_at = None
+        message.error_code = message.error = ""
+        sent.append(message)
+    fields = ["wa_message_id", "status", "attempts", "next_attempt_at", "error_code", "error"]
+    try:
+        with transaction.atomic():
+            Message.objects.bulk_update(sent, fields)
+    except IntegrityError:
+        # A reused WhatsApp id: record the others one by one (they did go out).
+        for message in sent:
+            try:
+                with transaction.atomic():
+                    message.save(update_fields=fields)
+            except IntegrityError:
+                logger.error("outbound message %s: its WhatsApp id is already taken", message.pk)
+                message.wa_message_id = None
+                message.save(update_fields=fields)
+    for message in sent:
+        logger.info(
+            "outbound message %s sent to …%s (attempt %d)",
+            message.pk,
+            str(message.payload.get("to", ""))[-4:],
+            message.attempts,
+        )
+    return len(sent)
 
 
 def deliver_due(limit: int = 100) -> int:

@@ -26,6 +26,7 @@ from django.contrib.auth.decorators import login_required
 from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest
 
+from clinics import selectors
 from clinics.models import Clinic, StaffMembership
 
 SESSION_KEY = "sophia_clinic_id"
@@ -33,11 +34,7 @@ SESSION_KEY = "sophia_clinic_id"
 
 def staff_clinics(user: Any) -> QuerySet[Clinic]:
     """The clinics this user works for (all of them for a superuser), by name."""
-    if not getattr(user, "is_authenticated", False) or not user.is_active:
-        return Clinic.objects.none()
-    if user.is_superuser:
-        return Clinic.objects.order_by("name")
-    return Clinic.objects.filter(memberships__user=user).order_by("name")
+    return selectors.staff_clinics(user).order_by("name")
 
 
 def clinic_for_user(user: Any, clinic_id: Any) -> Clinic | None:

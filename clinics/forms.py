@@ -383,10 +383,13 @@ class AppointmentFilterForm(forms.Form):
     date_from = forms.DateField(label=capfirst(_("from")), widget=DATE, required=False)
     date_to = forms.DateField(label=capfirst(_("to")), widget=DATE, required=False)
     doctor = forms.ModelChoiceField(
-        label=capfirst(_("doctor")), queryset=Doctor.objects.none(), required=False
+        label=capfirst(_("doctor")), queryset=Doctor.objects.none(), required=False, empty_label="—"
     )
     specialty = forms.ModelChoiceField(
-        label=capfirst(_("specialty")), queryset=Specialty.objects.none(), required=False
+        label=capfirst(_("specialty")),
+        queryset=Specialty.objects.none(),
+        required=False,
+        empty_label="—",
     )
     status = forms.ChoiceField(
         label=capfirst(_("status")), choices=[("", "—"), *AppointmentStatus.choices], required=False

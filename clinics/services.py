@@ -10,14 +10,15 @@ Lock order, to stay deadlock-free: slots (by id) first, then appointments.
 from __future__ import annotations
 
 import datetime as dt
-import json
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, Q
+from django.db.models import Case, Count, Exists, Min, OuterRef, Q, Subquery, Value, When
+from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.text import slugify
 
@@ -48,13 +49,17 @@ from clinics.models import (
     Clinic,
     Doctor,
     ExtraHours,
+    IdentityFailure,
+    IdentityLockout,
     Patient,
+    PatientPhone,
     Schedule,
     Slot,
     SlotHold,
     SlotStatus,
     Specialty,
 )
+from sophia_web import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +95,20 @@ class Actor:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _counts_conflicts(service: Callable) -> Callable:
+    """Count refusals because someone else got there first (/metrics), whoever called."""
+
+    @functools.wraps(service)
+    def counted(*args, **kwargs):
+        try:
+            return service(*args, **kwargs)
+        except (SlotTaken, PatientOverlap) as exc:
+            metrics.BOOKING_CONFLICTS.labels(code=exc.code).inc()
+            raise
+
+    return counted
 
 
 def _audit(
@@ -175,16 +194,55 @@ def _check_patient(clinic: Clinic, patient: Patient | None, *, query: bool = Tru
     return patient
 
 
+def _blocked_period_over_slot() -> Exists:
+    """For a Slot queryset: does a blocked period (holiday, absence, block set by hand) cover
+    any part of the slot's time? Such a time is never held or booked, whatever the slot's
+    status says: the period may have been entered after the slot was generated or booked."""
+    return Exists(
+        BlockedPeriod.objects.covering(
+            clinic_id=OuterRef("clinic_id"),
+            doctor_id=OuterRef("doctor_id"),
+            start_at=OuterRef("start_at"),
+            end_at=OuterRef("end_at"),
+        )
+    )
+
+
 def _lock_slots(
-    clinic: Clinic, slot_ids: list[int], also: list[int] = (), patient: Patient | None = None
+    clinic: Clinic,
+    slot_ids: list[int],
+    also: list[int] = (),
+    *,
+    now: dt.datetime | None = None,
+    holder: str | None = None,
+    patient: Patient | None = None,
 ) -> dict[int, Slot]:
     """Lock `slot_ids` (which must be this clinic's) and `also` in one statement, in id order,
-    so two services never deadlock. With `patient`, the same statement checks the patient
-    still exists (the foreign key is only checked at COMMIT, too late for a clean error)."""
+    so two services never deadlock. Booking is the write many people race for, and its cost is
+    how long the slot stays locked: so the same statement reads all the booking rules need —
+    whether `holder` has a live hold on each slot (`holder_holds_it`), the doctor's specialty
+    when the doctor has exactly one (`only_specialty_id`), whether a blocked period covers it
+    (`in_blocked_period`) and, with `patient`, that the patient still exists (the foreign key is
+    only checked at COMMIT, too late for a clean error)."""
+    live_hold = SlotHold.objects.filter(
+        slot=OuterRef("pk"), holder=holder or "", released_at=None, expires_at__gt=now or Now()
+    )
+    one_specialty = (
+        Doctor.specialties.through.objects.filter(doctor_id=OuterRef("doctor_id"))
+        .values("doctor_id")
+        .annotate(count=Count("pk"), first=Min("specialty_id"))
+        .filter(count=1)
+        .values("first")
+    )
     rows = (
         Slot.objects.select_for_update(of=("self",))
         .select_related("doctor")
         .filter(pk__in={*slot_ids, *also})
+        .annotate(
+            holder_holds_it=Exists(live_hold) if holder else Value(False),
+            only_specialty_id=Subquery(one_specialty),
+            in_blocked_period=_blocked_period_over_slot(),
+        )
         .order_by("pk")
     )
     if patient is not None:
@@ -203,55 +261,26 @@ def _lock_slots(
     return locked
 
 
-def _live_hold_by(slot: Slot, holder: str | None, now: dt.datetime) -> SlotHold | None:
-    if not holder:
-        return None
-    return (
-        SlotHold.objects.filter(slot=slot, holder=holder, released_at=None, expires_at__gt=now)
-        .order_by("-expires_at")
-        .first()
-    )
-
-
-def _check_slot_state(
-    *,
-    start_at: dt.datetime,
-    status: str,
-    held_until: dt.datetime | None,
-    doctor_active: bool,
-    now: dt.datetime,
-    holder_holds_it: Callable[[], bool],
-) -> None:
-    """The booking rules for a locked slot, on plain values so both booking paths (the ORM one
-    and the PostgreSQL fast path of `appointment_book`) share them. `holder_holds_it` is only
-    asked when the slot is held live, so callers may make it lazy."""
-    if start_at <= now:
+def _check_bookable(slot: Slot, *, now: dt.datetime) -> None:
+    """Raise unless the holder `_lock_slots` was given may take this locked slot now."""
+    if slot.start_at <= now:
         raise SlotUnavailable("the slot has already started", code="slot_in_past")
-    if status == SlotStatus.BLOCKED or not doctor_active:
+    if slot.status == SlotStatus.BLOCKED or not slot.doctor.active or slot.in_blocked_period:
         raise SlotUnavailable("the slot is blocked", code="slot_blocked")
-    if status == SlotStatus.BOOKED:
+    if slot.status == SlotStatus.BOOKED:
         raise SlotTaken("the slot is already booked")
-    held_live = status == SlotStatus.HELD and held_until is not None and held_until > now
-    if held_live and not holder_holds_it():
+    held_live = slot.status == SlotStatus.HELD and slot.held_until and slot.held_until > now
+    if held_live and not slot.holder_holds_it:
         raise SlotTaken("someone else is holding the slot")
 
 
-def _check_bookable(slot: Slot, *, holder: str | None, now: dt.datetime) -> None:
-    """Raise unless `holder` may take this (locked) slot now."""
-    _check_slot_state(
-        start_at=slot.start_at,
-        status=slot.status,
-        held_until=slot.held_until,
-        doctor_active=slot.doctor.active,
-        now=now,
-        holder_holds_it=lambda: _live_hold_by(slot, holder, now) is not None,
-    )
-
-
-def _free_slot(slot: Slot) -> None:
-    slot.status = SlotStatus.FREE
+def _free_slot(slot: Slot) -> bool:
+    """Give a slot locked by `_lock_slots` back: free, or blocked when a blocked period covers
+    it. True when it became free (callers emit slot.liberado only then)."""
+    slot.status = SlotStatus.BLOCKED if slot.in_blocked_period else SlotStatus.FREE
     slot.held_until = None
     slot.save(update_fields=["status", "held_until", "updated_at"])
+    return not slot.in_blocked_period
 
 
 def _integrity_to_booking_error(exc: IntegrityError) -> BookingError:
@@ -285,8 +314,8 @@ def _book_locked(
     now: dt.datetime,
     rescheduled_from: Appointment | None = None,
 ) -> Appointment:
-    """Book a slot the caller has locked, inside the caller's transaction."""
-    _check_bookable(slot, holder=holder, now=now)
+    """Book a slot the caller has locked (`_lock_slots`), inside the caller's transaction."""
+    _check_bookable(slot, now=now)
     # On PostgreSQL the exclusion constraint answers this at the INSERT (no extra query); the
     # embedded SQLite demo has no such constraint, so it asks first.
     if (
@@ -299,11 +328,7 @@ def _book_locked(
         ).exists()
     ):
         raise PatientOverlap("the patient already has an appointment at that time")
-    if specialty is None:
-        only = list(slot.doctor.specialties.values_list("pk", flat=True)[:2])
-        specialty_id = only[0] if len(only) == 1 else None
-    else:
-        specialty_id = specialty.pk
+    specialty_id = specialty.pk if specialty is not None else slot.only_specialty_id
     appointment = Appointment(
         clinic=clinic,
         patient=patient,
@@ -324,9 +349,9 @@ def _book_locked(
     except IntegrityError as exc:
         raise _integrity_to_booking_error(exc) from exc
     was_held = slot.status == SlotStatus.HELD
-    slot.status = SlotStatus.BOOKED
-    slot.held_until = None
-    slot.save(update_fields=["status", "held_until", "updated_at"])
+    Slot.objects.filter(pk=slot.pk).update(
+        status=SlotStatus.BOOKED, held_until=None, updated_at=now
+    )
     if was_held:
         SlotHold.objects.filter(slot=slot, released_at=None).update(released_at=now)
     return appointment
@@ -409,6 +434,7 @@ def slots_generate(
     return created
 
 
+@_counts_conflicts
 def slot_hold(
     *,
     clinic: Clinic,
@@ -441,14 +467,13 @@ def slot_hold(
             )
         )
         others = [i for i in previous if i != slot_id]
-        locked = _lock_slots(clinic, [slot_id], also=others)
+        locked = _lock_slots(clinic, [slot_id], also=others, now=now, holder=holder)
         slot = locked[slot_id]
-        _check_bookable(slot, holder=holder, now=now)
+        _check_bookable(slot, now=now)
         released = []
         for prev_id in others:
             prev = locked.get(prev_id)
-            if prev is not None and prev.status == SlotStatus.HELD:
-                _free_slot(prev)
+            if prev is not None and prev.status == SlotStatus.HELD and _free_slot(prev):
                 released.append(prev)
         SlotHold.objects.filter(Q(holder=holder) | Q(slot=slot), released_at=None).update(
             released_at=now
@@ -487,13 +512,11 @@ def slot_release(*, clinic: Clinic, slot_id: int, holder: str) -> bool:
         raise InvalidInput("holder must be a non-empty string")
     with transaction.atomic():
         now = timezone.now()
-        slot = _lock_slots(clinic, [slot_id])[slot_id]
-        hold = _live_hold_by(slot, holder, now)
-        if hold is None:
+        slot = _lock_slots(clinic, [slot_id], now=now, holder=holder)[slot_id]
+        if not slot.holder_holds_it:
             return False
         SlotHold.objects.filter(slot=slot, holder=holder, released_at=None).update(released_at=now)
-        if slot.status == SlotStatus.HELD:
-            _free_slot(slot)
+        if slot.status == SlotStatus.HELD and _free_slot(slot):
             events.emit(
                 clinic_id=clinic.pk,
                 name="slot.liberado",
@@ -521,10 +544,22 @@ def holds_expire(*, now: dt.datetime | None = None, batch_size: int = 1000) -> i
             if not batch:
                 break
             ids = [pk for pk, _, _ in batch]
+            # Back to free, or to blocked where a blocked period covers the slot by now.
             Slot.objects.filter(pk__in=ids).update(
-                status=SlotStatus.FREE, held_until=None, updated_at=timezone.now()
+                status=Case(
+                    When(_blocked_period_over_slot(), then=Value(SlotStatus.BLOCKED)),
+                    default=Value(SlotStatus.FREE),
+                ),
+                held_until=None,
+                updated_at=timezone.now(),
             )
             SlotHold.objects.filter(slot_id__in=ids, released_at=None).update(released_at=now)
+            blocked = set(
+                Slot.objects.filter(pk__in=ids, status=SlotStatus.BLOCKED).values_list(
+                    "pk", flat=True
+                )
+            )
+            batch = [row for row in batch if row[0] not in blocked]
             for pk, clinic_id, doctor_id in batch:
                 events.emit(
                     clinic_id=clinic_id,
@@ -532,7 +567,7 @@ def holds_expire(*, now: dt.datetime | None = None, batch_size: int = 1000) -> i
                     payload={"slot_id": pk, "doctor_id": doctor_id, "reason": "hold_expired"},
                 )
             freed += len(batch)
-        if len(batch) < batch_size:
+        if len(ids) < batch_size:
             break
     # Holds whose slot was booked or re-held already: just close them.
     SlotHold.objects.filter(released_at=None, expires_at__lte=now).update(released_at=now)
@@ -544,47 +579,7 @@ def holds_expire(*, now: dt.datetime | None = None, batch_size: int = 1000) -> i
 # --- appointments ----------------------------------------------------------------------------
 
 
-def _book_generic(
-    *,
-    clinic: Clinic,
-    patient: Patient,
-    slot_id: int,
-    actor: Actor,
-    source: str,
-    specialty: Specialty | None,
-    notes: str,
-    holder: str | None,
-    now: dt.datetime,
-) -> Appointment:
-    """The ORM booking path (SQLite; the benchmark's same-run comparison on PostgreSQL).
-
-    Call inside a transaction; the caller emits the event.
-    """
-    slot = _lock_slots(clinic, [slot_id], patient=patient)[slot_id]
-    appointment = _book_locked(
-        clinic=clinic,
-        patient=patient,
-        slot=slot,
-        actor=actor,
-        source=source,
-        specialty=specialty,
-        notes=notes,
-        holder=holder,
-        now=now,
-    )
-    _audit(
-        clinic=clinic,
-        actor=actor,
-        action="appointment.book",
-        object_type="appointment",
-        object_id=appointment.pk,
-        before=None,
-        after=_appointment_state(appointment),
-        at=now,
-    )
-    return appointment
-
-
+@_counts_conflicts
 def appointment_book(
     *,
     clinic: Clinic,
@@ -609,30 +604,28 @@ def appointment_book(
     notes = notes.strip()[:MAX_NOTES]
     with transaction.atomic():
         now = timezone.now()
-        if connection.vendor == "postgresql":
-            appointment = _book_postgresql(
-                clinic=clinic,
-                patient=patient,
-                slot_id=slot_id,
-                actor=actor,
-                source=source,
-                specialty=specialty,
-                notes=notes,
-                holder=holder,
-                now=now,
-            )
-        else:
-            appointment = _book_generic(
-                clinic=clinic,
-                patient=patient,
-                slot_id=slot_id,
-                actor=actor,
-                source=source,
-                specialty=specialty,
-                notes=notes,
-                holder=holder,
-                now=now,
-            )
+        slot = _lock_slots(clinic, [slot_id], now=now, holder=holder, patient=patient)[slot_id]
+        appointment = _book_locked(
+            clinic=clinic,
+            patient=patient,
+            slot=slot,
+            actor=actor,
+            source=source,
+            specialty=specialty,
+            notes=notes,
+            holder=holder,
+            now=now,
+        )
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="appointment.book",
+            object_type="appointment",
+            object_id=appointment.pk,
+            before=None,
+            after=_appointment_state(appointment),
+            at=now,
+        )
         events.emit(clinic_id=clinic.pk, name="cita.creada", payload=_event_payload(appointment))
     logger.info(
         "appointment %s booked slot=%s patient=%s source=%s actor=%s",
@@ -645,153 +638,10 @@ def appointment_book(
     return appointment
 
 
-# The PostgreSQL booking path, in SQL: booking is the one write that many people race for, and
-# under contention its cost is the time the slot row stays locked. The ORM path spent ~2 ms of
-# Python per booking (query compilation, model saves) mostly inside that window. Here the same
-# work is two statements: lock-and-read, then one write statement for appointment + slot +
-# holds + audit. The rules are shared with the ORM path (`_check_slot_state`); the database
-# constraints stay the final guarantee (their violations map to the same errors).
-
-# Lock the slot (FOR UPDATE, as select_for_update) and read everything the rules need in the
-# same round trip: the doctor's active flag, whether the patient still exists in this clinic
-# (its foreign key is only checked at COMMIT, too late for a clean error), whether `holder` has
-# a live hold, and the doctor's specialty when the doctor has exactly one.
-_BOOK_LOCK_SQL = """
-SELECT s.clinic_id, s.doctor_id, s.start_at, s.end_at, s.status, s.held_until, d.active,
-       EXISTS (SELECT 1 FROM clinics_patient p
-               WHERE p.id = %(patient)s AND p.clinic_id = %(clinic)s),
-       %(holder)s::varchar IS NOT NULL AND EXISTS (
-           SELECT 1 FROM clinics_slothold h
-           WHERE h.slot_id = s.id AND h.holder = %(holder)s AND h.released_at IS NULL
-             AND h.expires_at > %(now)s),
-       (SELECT CASE WHEN count(*) = 1 THEN min(ds.specialty_id) END
-        FROM clinics_doctor_specialties ds WHERE ds.doctor_id = s.doctor_id)
-FROM clinics_slot s JOIN clinics_doctor d ON d.id = s.doctor_id
-WHERE s.id = %(slot)s
-FOR UPDATE OF s
-"""
-
-# Every write of a booking in one statement (data-modifying CTEs all run, in one snapshot).
-# The audit row's `after` is the state built in Python (`_appointment_state`) plus the new id.
-_BOOK_WRITE_SQL = """
-WITH appointment AS (
-    INSERT INTO clinics_appointment (
-        clinic_id, patient_id, slot_id, doctor_id, specialty_id, start_at, end_at, status,
-        patient_notes, source, cancel_reason, rescheduled_from_id, created_at, updated_at)
-    VALUES (%(clinic)s, %(patient)s, %(slot)s, %(doctor)s, %(specialty)s, %(start_at)s,
-            %(end_at)s, %(status)s, %(notes)s, %(source)s, '', NULL, %(now)s, %(now)s)
-    RETURNING id
-), booked_slot AS (
-    UPDATE clinics_slot SET status = %(booked)s, held_until = NULL, updated_at = %(now)s
-    WHERE id = %(slot)s
-), released_holds AS (
-    -- Only when the slot was held: a free slot has no open hold to close.
-    UPDATE clinics_slothold SET released_at = %(now)s
-    WHERE %(was_held)s AND slot_id = %(slot)s AND released_at IS NULL
-), audit AS (
-    INSERT INTO clinics_auditevent (
-        clinic_id, actor_type, actor_id, actor_label, action, object_type, object_id,
-        before, after, at)
-    SELECT %(clinic)s, %(actor_type)s, %(actor_id)s, %(actor_label)s, 'appointment.book',
-           'appointment', a.id::text, NULL, %(after)s::jsonb || jsonb_build_object('id', a.id),
-           %(now)s
-    FROM appointment a
-)
-SELECT id FROM appointment
-"""
-
-
-def _book_postgresql(
-    *,
-    clinic: Clinic,
-    patient: Patient,
-    slot_id: int,
-    actor: Actor,
-    source: str,
-    specialty: Specialty | None,
-    notes: str,
-    holder: str | None,
-    now: dt.datetime,
-) -> Appointment:
-    """`appointment_book`'s work inside its transaction, on PostgreSQL (see the SQL above)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _BOOK_LOCK_SQL,
-            {"slot": slot_id, "clinic": clinic.pk, "patient": patient.pk, "holder": holder or None,
-             "now": now},
-        )  # fmt: skip
-        row = cursor.fetchone()
-        if row is None:
-            raise SlotUnavailable(f"slot {slot_id} does not exist", code="slot_not_found")
-        (slot_clinic_id, doctor_id, start_at, end_at, status, held_until, doctor_active,
-         patient_exists, holder_holds_it, only_specialty_id) = row  # fmt: skip
-        if slot_clinic_id != clinic.pk:
-            raise WrongClinic(f"slot {slot_id} belongs to another clinic")
-        if not patient_exists:
-            raise PatientNotFound("the patient does not exist")
-        _check_slot_state(
-            start_at=start_at,
-            status=status,
-            held_until=held_until,
-            doctor_active=doctor_active,
-            now=now,
-            holder_holds_it=lambda: holder_holds_it,
-        )
-        appointment = Appointment(
-            clinic=clinic,
-            patient=patient,
-            slot_id=slot_id,
-            doctor_id=doctor_id,
-            specialty_id=specialty.pk if specialty is not None else only_specialty_id,
-            start_at=start_at,
-            end_at=end_at,
-            status=AppointmentStatus.BOOKED,
-            patient_notes=notes,
-            source=source,
-            cancel_reason="",
-            rescheduled_from=None,
-            created_at=now,
-            updated_at=now,
-        )
-        if specialty is not None:
-            appointment.specialty = specialty
-        try:
-            cursor.execute(
-                _BOOK_WRITE_SQL,
-                {
-                    "clinic": clinic.pk,
-                    "patient": patient.pk,
-                    "slot": slot_id,
-                    "doctor": doctor_id,
-                    "specialty": appointment.specialty_id,
-                    "start_at": start_at,
-                    "end_at": end_at,
-                    "status": AppointmentStatus.BOOKED,
-                    "notes": notes,
-                    "source": source,
-                    "now": now,
-                    "booked": SlotStatus.BOOKED,
-                    "was_held": status == SlotStatus.HELD,
-                    "actor_type": actor.type,
-                    "actor_id": str(actor.id)[:64],
-                    "actor_label": str(actor.label)[:200],
-                    "after": json.dumps(_appointment_state(appointment)),
-                },
-            )
-        except IntegrityError as exc:
-            # The exclusion/unique constraints refused it (a race the lock could not see, e.g.
-            # the same patient booking another slot at that time): the atomic block rolls back.
-            raise _integrity_to_booking_error(exc) from exc
-        appointment.pk = cursor.fetchone()[0]
-    # The instance mirrors the row just written: no re-read.
-    appointment._state.adding = False
-    appointment._state.db = connection.alias
-    return appointment
-
-
 def _cancel_locked(
     *, clinic: Clinic, appointment: Appointment, slot: Slot, reason: str, actor: Actor, now
-) -> None:
+) -> bool:
+    """Cancel inside the caller's transaction; True when the slot became free (not blocked)."""
     if appointment.status not in UPCOMING_STATUSES or appointment.start_at <= now:
         raise NotCancellable(
             f"only upcoming booked or confirmed appointments can change "
@@ -801,8 +651,7 @@ def _cancel_locked(
     appointment.status = AppointmentStatus.CANCELLED
     appointment.cancel_reason = reason
     appointment.save(update_fields=["status", "cancel_reason", "updated_at"])
-    if slot.status == SlotStatus.BOOKED:
-        _free_slot(slot)
+    freed = slot.status == SlotStatus.BOOKED and _free_slot(slot)
     _audit(
         clinic=clinic,
         actor=actor,
@@ -813,6 +662,7 @@ def _cancel_locked(
         after=_appointment_state(appointment),
         at=now,
     )
+    return freed
 
 
 def appointment_cancel(
@@ -835,9 +685,9 @@ def appointment_cancel(
     with transaction.atomic():
         now = timezone.now()
         found = _load_appointment(clinic, appointment_id, patient)
-        slot = _lock_slots(clinic, [found.slot_id])[found.slot_id]
+        slot = _lock_slots(clinic, [found.slot_id], now=now)[found.slot_id]
         appointment = Appointment.objects.select_for_update().get(pk=found.pk)
-        _cancel_locked(
+        freed = _cancel_locked(
             clinic=clinic,
             appointment=appointment,
             slot=slot,
@@ -846,15 +696,17 @@ def appointment_cancel(
             now=now,
         )
         events.emit(clinic_id=clinic.pk, name="cita.cancelada", payload=_event_payload(appointment))
-        events.emit(
-            clinic_id=clinic.pk,
-            name="slot.liberado",
-            payload={"slot_id": slot.pk, "doctor_id": slot.doctor_id, "reason": "cancelled"},
-        )
+        if freed:
+            events.emit(
+                clinic_id=clinic.pk,
+                name="slot.liberado",
+                payload={"slot_id": slot.pk, "doctor_id": slot.doctor_id, "reason": "cancelled"},
+            )
     logger.info("appointment %s cancelled actor=%s", appointment.pk, actor.type)
     return appointment
 
 
+@_counts_conflicts
 def appointment_reschedule(
     *,
     clinic: Clinic,
@@ -874,12 +726,12 @@ def appointment_reschedule(
         found = _load_appointment(clinic, appointment_id, patient)
         if found.slot_id == new_slot_id:
             raise InvalidInput("the new slot is the current one")
-        slots = _lock_slots(clinic, [found.slot_id, new_slot_id])
+        slots = _lock_slots(clinic, [found.slot_id, new_slot_id], now=now, holder=holder)
         old = Appointment.objects.select_for_update().select_related("patient").get(pk=found.pk)
         new_slot = slots[new_slot_id]
         # Check the new slot before touching the old appointment, for the clearer error.
-        _check_bookable(new_slot, holder=holder, now=now)
-        _cancel_locked(
+        _check_bookable(new_slot, now=now)
+        freed = _cancel_locked(
             clinic=clinic,
             appointment=old,
             slot=slots[old.slot_id],
@@ -912,11 +764,16 @@ def appointment_reschedule(
         payload = _event_payload(new)
         payload["previous"] = _event_payload(old)
         events.emit(clinic_id=clinic.pk, name="cita.reprogramada", payload=payload)
-        events.emit(
-            clinic_id=clinic.pk,
-            name="slot.liberado",
-            payload={"slot_id": old.slot_id, "doctor_id": old.doctor_id, "reason": "rescheduled"},
-        )
+        if freed:
+            events.emit(
+                clinic_id=clinic.pk,
+                name="slot.liberado",
+                payload={
+                    "slot_id": old.slot_id,
+                    "doctor_id": old.doctor_id,
+                    "reason": "rescheduled",
+                },
+            )
     logger.info("appointment %s rescheduled to %s actor=%s", old.pk, new.pk, actor.type)
     return new
 
@@ -1060,34 +917,212 @@ def patient_register(
     return patient
 
 
-def patient_link_whatsapp(
-    *, clinic: Clinic, patient: Patient, whatsapp_id: str, actor: Actor
-) -> Patient:
-    """Record the patient's WhatsApp number (after the bot verified the birth date)."""
-    _check_actor(actor)
-    _check_patient(clinic, patient)
-    whatsapp_id = _clean_whatsapp_id(whatsapp_id)
+# --- identity: failed checks, lock-outs, a patient's numbers ---------------------------------
+
+# Wrong birth dates before a lock-out: per patient (over every number and conversation) and
+# per number (over every patient it tries).
+IDENTITY_MAX_FAILURES_PER_PATIENT = 3
+IDENTITY_MAX_FAILURES_PER_NUMBER = 3
+
+
+@dataclass(frozen=True)
+class IdentityStatus:
+    """Which identity lock-outs stand in the way of a check (see IdentityLockout)."""
+
+    patient_locked: bool = False
+    number_locked: bool = False
+
+    @property
+    def locked(self) -> bool:
+        return self.patient_locked or self.number_locked
+
+
+def identity_status(
+    *, clinic: Clinic, wa_id: str, patient: Patient | None = None
+) -> IdentityStatus:
+    """The active lock-outs for this number and, when given, this patient."""
+    active = IdentityLockout.objects.filter(clinic=clinic, lifted_at=None)
+    number = active.filter(patient=None, wa_id=wa_id).exists()
+    locked_patient = patient is not None and active.filter(patient=patient).exists()
+    return IdentityStatus(patient_locked=locked_patient, number_locked=number)
+
+
+def _lock_out(clinic: Clinic, *, patient: Patient | None, wa_id: str, now: dt.datetime) -> None:
+    """Create the active lock-out unless one stands (the partial unique constraints decide)."""
+    try:
+        with transaction.atomic():
+            IdentityLockout.objects.create(
+                clinic=clinic, patient=patient, wa_id="" if patient else wa_id, locked_at=now
+            )
+    except IntegrityError:
+        return  # already locked out
+    _audit(
+        clinic=clinic,
+        actor=Actor.system("identity checks"),
+        action="identity.lockout",
+        object_type="patient" if patient else "whatsapp_number",
+        object_id=patient.pk if patient else mask(wa_id),
+        before=None,
+        after={"patient_id": patient.pk if patient else None, "whatsapp_id": mask(wa_id)},
+        at=now,
+    )
+
+
+def identity_failure_record(
+    *, clinic: Clinic, wa_id: str, patient: Patient | None
+) -> IdentityStatus:
+    """Count one wrong answer to an identity check from `wa_id` about `patient`'s document.
+
+    It counts for the number and for the patient, across conversations and idle closes; the
+    one that reaches its limit is locked out until staff lift it (identity_lockout_lift).
+    Returns the status after this failure.
+    """
+    wa_id = _clean_whatsapp_id(wa_id)
+    if patient is not None:
+        _check_patient(clinic, patient, query=False)
     with transaction.atomic():
-        locked = Patient.objects.select_for_update().get(pk=patient.pk)
-        if locked.whatsapp_id == whatsapp_id:
-            patient.whatsapp_id = whatsapp_id
-            return patient
-        before = _patient_state(locked)
-        locked.whatsapp_id = whatsapp_id
-        locked.save(update_fields=["whatsapp_id"])
+        now = timezone.now()
+        if patient is not None:
+            # Serialises failures about one patient arriving from several numbers at once.
+            Patient.objects.select_for_update().filter(pk=patient.pk).first()
+        IdentityFailure.objects.create(clinic=clinic, patient=patient, wa_id=wa_id, at=now)
+        open_failures = IdentityFailure.objects.filter(clinic=clinic, cleared_at=None)
+        if open_failures.filter(wa_id=wa_id).count() >= IDENTITY_MAX_FAILURES_PER_NUMBER:
+            _lock_out(clinic, patient=None, wa_id=wa_id, now=now)
+        if (
+            patient is not None
+            and open_failures.filter(patient=patient).count() >= IDENTITY_MAX_FAILURES_PER_PATIENT
+        ):
+            _lock_out(clinic, patient=patient, wa_id=wa_id, now=now)
+        _audit(
+            clinic=clinic,
+            actor=Actor.system("identity checks"),
+            action="identity.failure",
+            object_type="patient" if patient else "whatsapp_number",
+            object_id=patient.pk if patient else mask(wa_id),
+            before=None,
+            after={"patient_id": patient.pk if patient else None, "whatsapp_id": mask(wa_id)},
+            at=now,
+        )
+        status = identity_status(clinic=clinic, wa_id=wa_id, patient=patient)
+    logger.warning(
+        "identity check failed from %s for patient %s (locked: patient=%s number=%s)",
+        mask(wa_id),
+        patient.pk if patient else "-",
+        status.patient_locked,
+        status.number_locked,
+    )
+    return status
+
+
+def identity_lockout_lift(*, clinic: Clinic, lockout_id: int, actor: Actor) -> IdentityLockout:
+    """Staff lift a lock-out: identity checks are accepted again and the failures that led to
+    it no longer count. Lifting a lifted one changes nothing. Audited."""
+    _check_actor(actor)
+    if actor.type not in (AuditEvent.ActorType.STAFF, AuditEvent.ActorType.API):
+        raise InvalidInput("only staff lift identity lock-outs")
+    lockout_id = _check_id(lockout_id, "lockout_id")
+    with transaction.atomic():
+        lockout = (
+            IdentityLockout.objects.select_for_update().filter(pk=lockout_id, clinic=clinic).first()
+        )
+        if lockout is None:
+            raise InvalidInput("no such lock-out in this clinic", code="lockout_not_found")
+        if lockout.lifted_at is not None:
+            return lockout
+        now = timezone.now()
+        lockout.lifted_at = now
+        if actor.type == AuditEvent.ActorType.STAFF:
+            lockout.lifted_by_id = _check_id(actor.id, "actor.id")
+        lockout.save(update_fields=["lifted_at", "lifted_by"])
+        failures = IdentityFailure.objects.filter(clinic=clinic, cleared_at=None)
+        if lockout.patient_id:
+            failures = failures.filter(patient_id=lockout.patient_id)
+        else:
+            failures = failures.filter(wa_id=lockout.wa_id)
+        cleared = failures.update(cleared_at=now)
         _audit(
             clinic=clinic,
             actor=actor,
-            action="patient.link_whatsapp",
+            action="identity.lockout_lift",
+            object_type="patient" if lockout.patient_id else "whatsapp_number",
+            object_id=lockout.patient_id or mask(lockout.wa_id),
+            before={"lockout_id": lockout.pk, "active": True},
+            after={"lockout_id": lockout.pk, "active": False, "failures_cleared": cleared},
+            at=now,
+        )
+    logger.info("identity lock-out %s lifted actor=%s", lockout.pk, actor.type)
+    return lockout
+
+
+def patient_phone_add(
+    *, clinic: Clinic, patient: Patient, wa_id: str, how: str, actor: Actor
+) -> PatientPhone | None:
+    """Record `wa_id` as verified for the patient (a new phone, a parent's phone).
+
+    Never replaces the number on file (Patient.whatsapp_id): that one needs no row and changes
+    only by staff. Idempotent; None when the number is the one on file. Audited (masked).
+    """
+    _check_actor(actor)
+    _check_patient(clinic, patient)
+    wa_id = _clean_whatsapp_id(wa_id)
+    if how not in PatientPhone.How.values:
+        raise InvalidInput(f"unknown verification {how!r}")
+    if patient.whatsapp_id == wa_id:
+        return None
+    with transaction.atomic():
+        now = timezone.now()
+        phone, created = PatientPhone.objects.get_or_create(
+            patient=patient,
+            wa_id=wa_id,
+            defaults={"clinic": clinic, "how": how, "verified_at": now},
+        )
+        if created:
+            _audit(
+                clinic=clinic,
+                actor=actor,
+                action="patient.phone_add",
+                object_type="patient",
+                object_id=patient.pk,
+                before=None,
+                after={"whatsapp_id": mask(wa_id), "how": how},
+                at=now,
+            )
+    if created:
+        logger.info("patient %s: number %s added (%s)", patient.pk, mask(wa_id), how)
+    return phone
+
+
+def patient_phone_remove(*, clinic: Clinic, patient: Patient, wa_id: str, actor: Actor) -> bool:
+    """Staff remove one of the patient's numbers (also the one on file): from the next message
+    on, that number speaks for the patient no more. False when it was not theirs. Audited."""
+    _check_actor(actor)
+    if actor.type not in (AuditEvent.ActorType.STAFF, AuditEvent.ActorType.API):
+        raise InvalidInput("only staff remove a patient's numbers")
+    _check_patient(clinic, patient)
+    wa_id = _clean_whatsapp_id(wa_id)
+    with transaction.atomic():
+        locked = Patient.objects.select_for_update().get(pk=patient.pk)
+        removed, _ = PatientPhone.objects.filter(patient=locked, wa_id=wa_id).delete()
+        on_file = locked.whatsapp_id == wa_id
+        if on_file:
+            locked.whatsapp_id = ""
+            locked.save(update_fields=["whatsapp_id"])
+            patient.whatsapp_id = ""
+        if not removed and not on_file:
+            return False
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="patient.phone_remove",
             object_type="patient",
             object_id=patient.pk,
-            before=before,
-            after=_patient_state(locked),
+            before={"whatsapp_id": mask(wa_id), "on_file": on_file},
+            after=None,
             at=timezone.now(),
         )
-    patient.whatsapp_id = whatsapp_id
-    logger.info("patient %s linked to WhatsApp %s", patient.pk, mask(whatsapp_id))
-    return patient
+    logger.info("patient %s: number %s removed", patient.pk, mask(wa_id))
+    return True
 
 
 # --- agendas: clinic settings, specialties, doctors, schedules and exceptions -----------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
@@ -285,27 +284,19 @@ def _queue_batch(limit: int, now: dt.datetime) -> list[int]:
             batch,
             ["status", "skip_reason", "not_before", "conversation", "message", "queued_at"],
         )
-        sent = Counter(str(dispatch.clinic_id) for dispatch, _settings in ready)
-        transaction.on_commit(lambda: _count_sent(sent))
     return message_ids
 
 
-def _count_sent(per_clinic: Counter) -> None:
-    for clinic_id, count in per_clinic.items():
-        metrics.REMINDERS_SENT.labels(clinic=clinic_id).inc(count)
-
-
 def _deliver(message_ids: list[int]) -> None:
-    for message_id in message_ids:
-        try:
-            whatsapp.deliver(message_id)
-        except Exception:
-            # The row stays in the outbox: the outbox's own retries take it from here.
-            logger.exception("reminder message %s: delivery failed; the outbox retries", message_id)
+    try:
+        whatsapp.deliver_many(message_ids)
+    except Exception:
+        # The rows stay in the outbox: the outbox's own retries take it from here.
+        logger.exception("reminder messages: delivery failed; the outbox retries")
 
 
 def _deliver_in_threads(message_ids: list[int]) -> None:
-    """Each send waits on the network and on two commits; a few threads overlap those waits."""
+    """Each send waits on the network; a few threads overlap those waits."""
 
     def deliver_slice(part: list[int]) -> None:
         try:

@@ -39,6 +39,18 @@ WAITLIST_JOIN = "waitlist:join:"
 WAITLIST_NO = "waitlist:no"
 
 
+def template_button_title(payload: str) -> str:
+    """The words of the approved templates' quick-reply buttons, for a payload (the template
+    itself holds them at Meta; the demo's simulator shows them from here)."""
+    titles = (
+        (REMINDER_CONFIRM, _("Confirm")),
+        (REMINDER_CANCEL, _("Cancel")),
+        (WAITLIST_ACCEPT, _("Yes, I want it")),
+        (WAITLIST_DECLINE, _("No, thanks")),
+    )
+    return next((title for prefix, title in titles if payload.startswith(prefix)), payload)
+
+
 def when(moment: dt.datetime, clinic: HasTimeZone) -> tuple[str, str]:
     """("jueves 3 de diciembre", "8:00 a. m.") in the clinic's time zone."""
     local = bot_replies.local(moment, clinic)
@@ -153,8 +165,9 @@ def reminders_resumed() -> Reply:
 # --- waitlist --------------------------------------------------------------------------------
 
 
-def waitlist_invite(specialty_name: str, slug: str) -> Reply:
-    """What the bot adds when no slot fits: join the specialty's waitlist?"""
+def waitlist_invite(specialty_name: str, join_id: str) -> Reply:
+    """What the bot adds when no slot fits: join the specialty's waitlist? `join_id` is the
+    specialty's slug, optionally followed by ":<doctor id>:<part of day>"."""
     return bot_replies.buttons_reply(
         _(
             "Would you like to join the waitlist for %(specialty)s? When a time frees up we "
@@ -162,7 +175,7 @@ def waitlist_invite(specialty_name: str, slug: str) -> Reply:
         )
         % {"specialty": specialty_name},
         [
-            Button(id=f"{WAITLIST_JOIN}{slug}", title=_("Join the waitlist")),
+            Button(id=f"{WAITLIST_JOIN}{join_id}", title=_("Join the waitlist")),
             Button(id=WAITLIST_NO, title=_("No, thanks")),
         ],
     )

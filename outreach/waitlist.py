@@ -61,13 +61,10 @@ def _deliver_after_commit(message_ids: Iterable[int]) -> None:
         return
 
     def deliver() -> None:
-        for message_id in ids:
-            try:
-                whatsapp.deliver(message_id)
-            except Exception:
-                logger.exception(
-                    "waitlist message %s: delivery failed; the outbox retries", message_id
-                )
+        try:
+            whatsapp.deliver_many(ids)
+        except Exception:
+            logger.exception("waitlist messages %s: delivery failed; the outbox retries", ids)
 
     transaction.on_commit(deliver, robust=True)
 
@@ -292,9 +289,6 @@ def waitlist_offer_slot(*, slot_id: int, now: dt.datetime | None = None) -> int:
                 entry.save(update_fields=["conversation", "updated_at"])
             made.append(message.pk)
         _deliver_after_commit(made)
-        if made:
-            offered = metrics.WAITLIST_OFFERS.labels(clinic=str(slot.clinic_id))
-            transaction.on_commit(lambda: offered.inc(len(made)))
     if made:
         logger.info("waitlist: slot %s offered to %d patient(s)", slot_id, len(made))
         metrics.WAITLIST_OFFERS.inc(len(made))

@@ -14,17 +14,28 @@ without it (the embedded demo) they live in this process.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import json
 import logging
+import queue
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import httpx
 import redis
 from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
+from channels.db import database_sync_to_async
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
-from django.db import transaction
+from django.db import close_old_connections, transaction
+from django.dispatch import Signal
+from django.http import Http404, HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +130,113 @@ class _Store:
 _store = _Store()
 
 
+class Publisher:
+    """Sends for synchronous callers without making them wait, in submission order.
+
+    One daemon thread with its own event loop: the Redis channel layer keeps one connection
+    pool for it, and a webhook or a turn never waits for a render or a fan-out. With the
+    in-process layer (the embedded demo) its queues belong to the server's loop, so sends
+    happen right away through async_to_sync instead.
+    """
+
+    def __init__(self, name: str = "sophia-live") -> None:
+        self.name = name
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def in_background(self) -> bool:
+        return not isinstance(get_channel_layer(), InMemoryChannelLayer | type(None))
+
+    def submit(self, fn: Callable, *args: Any) -> None:
+        if not self.in_background():
+            fn(*args)
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self.loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+        self._queue.put((fn, args))
+
+    def group_send(self, group: str, message: dict) -> None:
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        loop = getattr(_publisher_thread, "loop", None)
+        if loop is not None:  # inside any publisher's thread: its own loop and Redis pool
+            loop.run_until_complete(layer.group_send(group, message))
+        else:
+            async_to_sync(layer.group_send)(group, message)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        _publisher_thread.loop = self.loop
+        while True:
+            fn, args = self._queue.get()
+            try:
+                fn(*args)
+            except Exception:
+                logger.exception("live publisher task failed")
+            try:
+                close_old_connections()
+            except Exception:  # the thread must outlive a database that went away
+                logger.debug("live publisher: closing connections failed", exc_info=True)
+
+    def drain(self, timeout: float = 5.0) -> None:
+        """Wait until everything submitted so far has run (tests, benchmarks)."""
+        if self._thread is None or not self._thread.is_alive():
+            return
+        done = threading.Event()
+        self._queue.put((done.set, ()))
+        done.wait(timeout)
+
+
+_publisher_thread = threading.local()
+publisher = Publisher()
+
+# Sent after commit when conversations change outside the console (a webhook stored messages or
+# statuses, a turn ran, the outbox sent): receivers get `conversation_ids` and `wa_message_ids`.
+conversation_activity = Signal()
+
+
+def touch(conversation_ids: Iterable[int] = (), wa_message_ids: Iterable[str] = ()) -> None:
+    """Tell the live views that these conversations (or messages, by WhatsApp id) changed.
+
+    Costs the caller nothing but an on-commit hook: rendering and fan-out run in the
+    publisher's thread.
+    """
+    ids, wamids = list(conversation_ids), [w for w in wa_message_ids if w]
+    if not ids and not wamids:
+        return
+
+    def notify() -> None:
+        for receiver, result in conversation_activity.send_robust(
+            sender=None, conversation_ids=ids, wa_message_ids=wamids
+        ):
+            if isinstance(result, Exception):
+                logger.error("live receiver %r failed", receiver, exc_info=result)
+
+    transaction.on_commit(notify, robust=True)
+
+
+def send_ephemeral(group: str, event_type: str, data: dict[str, Any]) -> None:
+    """A passing event (typing, who is viewing): not numbered, not kept for resync."""
+    if settings.SOPHIA_LIVE_RELAY_URL:
+        _relay(group, event_type, data, ephemeral=True)
+        return
+    message = {"type": CONSUMER_MESSAGE_TYPE, "group": group, "event": event_type, "data": data}
+    publisher.submit(_send_ephemeral_now, group, message)
+
+
+def _send_ephemeral_now(group: str, message: dict) -> None:
+    try:
+        publisher.group_send(group, message)
+    except Exception:
+        logger.debug("ephemeral %s to %s not sent", message["event"], group, exc_info=True)
+
+
 def broadcast(group: str, event_type: str, payload: str | dict[str, Any]) -> None:
     """Send an event to a channel group once the current transaction commits.
 
@@ -132,6 +250,9 @@ def broadcast(group: str, event_type: str, payload: str | dict[str, Any]) -> Non
 
 def send_now(group: str, event_type: str, payload: str | dict[str, Any]) -> dict | None:
     """Number, keep and send one event now (callers outside a transaction, and tests)."""
+    if settings.SOPHIA_LIVE_RELAY_URL:
+        _relay(group, event_type, payload, ephemeral=False)
+        return None
     event: dict[str, Any] = {"group": group, "event": event_type}
     if isinstance(payload, str):
         event["html"] = payload
@@ -139,13 +260,58 @@ def send_now(group: str, event_type: str, payload: str | dict[str, Any]) -> dict
         event["data"] = payload
     try:
         numbered = _store.number(group, event)
-        layer = get_channel_layer()
-        if layer is not None:
-            async_to_sync(layer.group_send)(group, {"type": CONSUMER_MESSAGE_TYPE, **numbered})
+        publisher.group_send(group, {"type": CONSUMER_MESSAGE_TYPE, **numbered})
         return numbered
     except Exception:
         logger.warning("live event %s to %s not sent", event_type, group, exc_info=True)
         return None
+
+
+# --- the embedded demo's relay ----------------------------------------------------------------
+# Without Redis the channel layer lives inside the web process, so a separate worker process
+# hands its events to the web process over HTTP (signed with SECRET_KEY), which sends them.
+
+
+def _relay_signature(body: bytes) -> str:
+    return hmac.new(settings.SECRET_KEY.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _relay(group: str, event_type: str, payload: Any, *, ephemeral: bool) -> None:
+    body = json.dumps(
+        {"group": group, "event": event_type, "payload": payload, "ephemeral": ephemeral}
+    ).encode()
+    try:
+        httpx.post(
+            settings.SOPHIA_LIVE_RELAY_URL,
+            content=body,
+            headers={"Content-Type": "application/json", "X-Sophia-Live": _relay_signature(body)},
+            timeout=2,
+        )
+    except httpx.HTTPError:
+        logger.warning("live event %s to %s not relayed", event_type, group)
+
+
+@csrf_exempt
+@require_POST
+def relay(request: HttpRequest) -> HttpResponse:
+    """The web process's end of the embedded demo's relay (404 unless SOPHIA_LIVE_RELAY)."""
+    if not settings.SOPHIA_LIVE_RELAY:
+        raise Http404("no relay")
+    signature = request.headers.get("X-Sophia-Live", "")
+    if not hmac.compare_digest(signature, _relay_signature(request.body)):
+        return HttpResponse(status=403)
+    try:
+        data = json.loads(request.body)
+        group, event_type, payload = data["group"], data["event"], data["payload"]
+    except (ValueError, KeyError, TypeError):
+        return HttpResponse(status=400)
+    if not isinstance(group, str) or not isinstance(event_type, str):
+        return HttpResponse(status=400)
+    if data.get("ephemeral"):
+        send_ephemeral(group, event_type, payload)
+    else:
+        send_now(group, event_type, payload)
+    return HttpResponse(status=204)
 
 
 def last_sequence(group: str) -> int:
@@ -161,3 +327,30 @@ def events_after(group: str, seq: int) -> list[dict] | None:
 def reset() -> None:
     """Forget in-process numbers and clients (tests switch settings between runs)."""
     _store.reset()
+
+
+class LiveConsumerMixin:
+    """For websocket consumers of live groups (`self.joined`): forwards numbered events to the
+    page as JSON frames and answers the page's resync with exactly what it missed."""
+
+    joined: list[str]
+
+    async def resync(self, since: object) -> None:
+        since = since if isinstance(since, dict) else {}
+        for group in self.joined:
+            try:
+                seq = max(0, int(since.get(group, 0)))
+            except (TypeError, ValueError):
+                seq = 0
+            events = await database_sync_to_async(events_after)(group, seq)
+            if events is None:
+                last = await database_sync_to_async(last_sequence)(group)
+                await self.send_json({"group": group, "event": "resync.reset", "seq": last})
+                continue
+            for event in events:
+                await self.send_json(event)
+        await self.send_json({"event": "resync.done"})
+
+    async def live_event(self, message: dict) -> None:
+        frame = {k: message[k] for k in ("group", "event", "seq", "html", "data") if k in message}
+        await self.send_json(frame)

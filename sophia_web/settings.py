@@ -89,6 +89,7 @@ INSTALLED_APPS = [
     "clinics",
     "bot",
     "outreach",
+    "console",
 ]
 
 MIDDLEWARE = [
@@ -157,7 +158,12 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": "sophia:channels"},
+            # redis-py 8 times socket reads out after 5 s by default: exactly channels_redis'
+            # blocking receive (BZPOPMIN, 5 s), which then kills consumers at random.
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "prefix": "sophia:channels",
+            },
         }
     }
 else:
@@ -234,6 +240,8 @@ SOPHIA_HOLD_MINUTES = envint("SOPHIA_HOLD_MINUTES", "5")
 SOPHIA_MIN_NOTICE_MINUTES = envint("SOPHIA_MIN_NOTICE_MINUTES", "60")
 SOPHIA_SESSION_IDLE_MINUTES = envint("SOPHIA_SESSION_IDLE_MINUTES", "30")
 SOPHIA_RATE_LIMIT_PER_MINUTE = envint("SOPHIA_RATE_LIMIT_PER_MINUTE", "10")
+# A bot turn taking longer than this is stopped and its message set aside for staff.
+SOPHIA_TURN_BUDGET_SECONDS = float(os.getenv("SOPHIA_TURN_BUDGET_SECONDS", "20"))
 SOPHIA_SLOT_DAYS_AHEAD = envint("SOPHIA_SLOT_DAYS_AHEAD", "21")
 # Outbound HTTP inside a database transaction (bot.network): "raise" (tests) or "log".
 SOPHIA_NETWORK_GUARD = os.getenv("SOPHIA_NETWORK_GUARD", "log")
@@ -274,6 +282,11 @@ LOGGING = {
         "django_tasks_db": {"level": os.getenv("TASKS_LOG_LEVEL", "WARNING")},
     },
 }
+
+# The embedded demo (no Redis) runs the worker in another process: it relays live events to the
+# web process at SOPHIA_LIVE_RELAY_URL; the web process accepts them when SOPHIA_LIVE_RELAY is on.
+SOPHIA_LIVE_RELAY = envbool("SOPHIA_LIVE_RELAY", "False")
+SOPHIA_LIVE_RELAY_URL = os.getenv("SOPHIA_LIVE_RELAY_URL", "")
 
 # The demo's WhatsApp simulator (/simulator/): on in DEBUG or when asked for explicitly.
 SOPHIA_SIMULATOR = envbool("SOPHIA_SIMULATOR", "False")

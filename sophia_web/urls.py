@@ -3,10 +3,10 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from bot import console_triage
-from sophia_web import health, monitoring
+from sophia_web import health, live, monitoring
 
 urlpatterns = [
-    path("", include("bot.console_urls")),
+    path("", include("console.urls")),
     path("", include("clinics.urls")),
     path(
         "ajustes/especialidades/<int:specialty_id>/probar/",
@@ -23,6 +23,7 @@ urlpatterns = [
     ),
     path("lista-de-espera/", include("outreach.urls")),
     path("admin/", admin.site.urls),
+    path("live/relay/", live.relay, name="live-relay"),
     path("health/", health.health, name="health"),
     path("api/v1/", include("integrations.api.urls")),
     path("integraciones/", include("integrations.urls")),

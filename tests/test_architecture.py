@@ -10,7 +10,7 @@ import grimp
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-FIRST_PARTY = ("bot", "clinics", "sophia_web", "outreach")
+FIRST_PARTY = ("bot", "clinics", "console", "sophia_web", "outreach")
 # What a pure engine must not reach: the database, the network, Redis, websockets, and models.
 ENGINE_FORBIDDEN = (
     "django.db",

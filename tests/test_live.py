@@ -53,3 +53,39 @@ def test_it_sends_only_after_the_transaction_commits():
         assert live.last_sequence("conversation-5") == 1
     finally:
         async_to_sync(layer.group_discard)("conversation-5", channel)
+
+
+def relay_post(client, body: bytes, signature: str | None = None):
+    return client.post(
+        "/live/relay/",
+        body,
+        content_type="application/json",
+        headers={
+            "X-Sophia-Live": signature if signature is not None else live._relay_signature(body)
+        },
+    )
+
+
+def test_it_relays_a_worker_event_into_the_web_process(client, settings):
+    settings.SOPHIA_LIVE_RELAY = True
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    async_to_sync(layer.group_add)("clinic-3", channel)
+    body = (
+        b'{"group": "clinic-3", "event": "inbox.row", "payload": "<li></li>", "ephemeral": false}'
+    )
+    try:
+        assert relay_post(client, body).status_code == 204
+        message = receive(layer, channel)
+        assert (message["event"], message["seq"], message["html"]) == ("inbox.row", 1, "<li></li>")
+    finally:
+        async_to_sync(layer.group_discard)("clinic-3", channel)
+
+
+def test_it_refuses_unsigned_relays_and_is_off_by_default(client, settings):
+    body = b'{"group": "clinic-3", "event": "x", "payload": {}, "ephemeral": true}'
+    assert relay_post(client, body).status_code == 404
+    settings.SOPHIA_LIVE_RELAY = True
+    assert relay_post(client, body, signature="forged").status_code == 403
+    assert relay_post(client, b"[]", signature=live._relay_signature(b"[]")).status_code == 400
+    assert live.last_sequence("clinic-3") == 0

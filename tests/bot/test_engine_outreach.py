@@ -91,7 +91,7 @@ def test_it_offers_the_waitlist_when_no_slot_fits_and_joins_it(world):
     world.tap("waitlist:join:dermatologia", "Entrar a la lista")
     assert "Quedaste en la lista de espera de Dermatología" in world.text
     dermatology = world.gateway.specialty("dermatologia")
-    assert world.gateway.waitlist == [(world.ana_id, dermatology.id)]
+    assert world.gateway.waitlist == [(world.ana_id, dermatology.id, None, "any")]
     world.tap("waitlist:join:dermatologia", "Entrar a la lista")
     assert "Ya estás en la lista" in world.text
     world.tap("waitlist:no", "No, gracias")
@@ -116,3 +116,13 @@ def test_it_books_a_waitlist_offer_on_accept_and_says_so_when_it_was_taken(world
     assert "se lo ofreceremos a otra persona" in world.text
     world.tap(f"waitlist:accept:{declined}", "Sí, lo quiero")
     assert "ya no está disponible" in world.text
+
+
+def test_it_offers_the_waitlist_for_the_part_of_the_day_nothing_was_free(world):
+    world.send(ANA_DOCUMENT)
+    world.send("me duele una muela")  # odontología: three slots, all in the afternoon
+    world.send("en la mañana")
+    join = next(b for b in buttons(world) if b.startswith("waitlist:join:"))
+    assert join == "waitlist:join:odontologia::morning"
+    world.tap(join, "Entrar a la lista")
+    assert world.gateway.waitlist == [(world.ana_id, world.dental.id, None, "morning")]

@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 
 from bot import simulator, whatsapp
 from bot.messages import Reply, Row
@@ -103,7 +105,6 @@ def test_it_sends_typed_text_through_the_signed_webhook(client, clinic, receptio
     response = send(client, clinic, text="Hola, quiero una cita")
 
     assert response.status_code == 200
-    assert "simPoll" in response["HX-Trigger"]
     message = Message.objects.get()
     assert (message.direction, message.kind, message.text) == (
         "in",
@@ -147,24 +148,38 @@ def test_it_reports_a_webhook_refusal(client, clinic, receptionist, settings):
     assert not Message.objects.exists()
 
 
-def test_it_polls_new_bubbles_with_clickable_choices(client, clinic, receptionist):
-    login(client, receptionist)
+def test_it_pushes_new_bubbles_with_tappable_choices_to_the_phones_group(
+    client, clinic, receptionist
+):
+    layer = get_channel_layer()
+    channel = async_to_sync(layer.new_channel)()
+    group = simulator.group_name(clinic.phone_number_id, PHONE)
+    async_to_sync(layer.group_add)(group, channel)
     graph_post(client, clinic.phone_number_id, whatsapp.build_payload(PHONE, Reply("text", "Hola")))
     rows = (Row("slot:1", "Lun 8:00", "Dr. García"), Row("slot:2", "Lun 8:20"))
     reply = Reply(kind="list", text="Elige un horario", rows=rows, button="Ver horarios")
     graph_post(client, clinic.phone_number_id, whatsapp.build_payload(PHONE, reply))
 
-    response = client.get(
-        "/simulator/poll/", {"clinic": clinic.pk, "phone": PHONE, "after": 1}, headers=HTMX
-    )
-
-    assert response.status_code == 200
-    html = response.text
+    events = []
+    while len(events) < 2:
+        message = async_to_sync(layer.receive)(channel)
+        if message.get("event") == "sim.bubble":
+            events.append(message)
+    async_to_sync(layer.group_discard)(group, channel)
+    assert [e["seq"] for e in events] == [1, 2]
+    html = events[1]["html"]
     assert "Elige un horario" in html and "Hola" not in html
     assert "Ver horarios" in html and "Dr. García" in html
     assert "slot:2" in html and "list_reply" in html
-    assert 'id="sim-poller" hx-swap-oob="true"' in html
-    assert "after=2" in html
+    assert 'data-upsert-into=".sim-log"' in html
+
+
+def test_it_shows_several_phones_side_by_side(client, clinic, receptionist):
+    login(client, receptionist)
+    response = client.get("/simulator/", {"clinic": clinic.pk, "phones": f"{PHONE},573005556677"})
+    html = response.text
+    assert f"/ws/simulator/{clinic.pk}/{PHONE}/" in html
+    assert f"/ws/simulator/{clinic.pk}/573005556677/" in html
 
 
 @pytest.mark.django_db(transaction=True)
@@ -183,8 +198,10 @@ def test_it_receives_the_outbox_and_reports_it_read(
     assert whatsapp.deliver(outbound.pk) is True
     assert not simulator.is_typing(clinic.phone_number_id, PHONE)
 
-    response = client.get("/simulator/poll/", {"clinic": clinic.pk, "phone": PHONE, "after": 1})
-    assert "¡Hola, Ana!" in response.text
+    assert "¡Hola, Ana!" in client.get("/simulator/", {"clinic": clinic.pk, "phone": PHONE}).text
+    simulator.acknowledge_shown(
+        clinic.pk, PHONE, [Message.objects.get(pk=outbound.pk).wa_message_id]
+    )
     outbound.refresh_from_db()
     assert outbound.wa_message_id.startswith("wamid.SIM")
     assert outbound.status == "read"
@@ -195,4 +212,5 @@ def test_it_shows_the_chat_so_far_on_the_page(client, clinic, receptionist):
     send(client, clinic, text="Buenos días")
     response = client.get("/simulator/", {"clinic": clinic.pk, "phone": PHONE})
     assert "Buenos días" in response.text
-    assert "after=1" in response.text
+    group = simulator.group_name(clinic.phone_number_id, PHONE)
+    assert f'data-live-seq="{{&quot;{group}&quot;: 1}}"' in response.text

@@ -285,13 +285,15 @@ def test_the_admin_tunes_triage_and_the_desk_works_its_lists(
     login(page, live_app, clinic_admin)
     page.goto(f"{live_app.url}/ajustes/especialidades/{specialty.pk}/")
     page.get_by_label("Palabras clave de triaje").fill("fiebre, gripa, tos seca")
-    page.get_by_label("Prueba una frase").fill("tengo tos seca desde hace días")
+    page.get_by_role("textbox", name="Prueba una frase").fill("tengo tos seca desde hace días")
     page.get_by_role("button", name="Probar").click()
     result = page.locator("#try-result")
     expect(result).to_contain_text("Medicina General")
     expect(result).to_contain_text("Confianza")
     shot(page, tmp_path, "agenda-specialty-tester")
-    page.get_by_label("Prueba una frase").fill("me duele el pecho y no puedo respirar")
+    page.get_by_role("textbox", name="Prueba una frase").fill(
+        "me duele el pecho y no puedo respirar"
+    )
     page.get_by_role("button", name="Probar").click()
     expect(result).to_contain_text("Señal de alarma")
 

@@ -626,3 +626,84 @@ def test_clinic_settings_are_saved_and_bad_values_refused(admin_client, clinic):
     assert bad.status_code == 422
     clinic.refresh_from_db()
     assert clinic.hold_minutes == 7
+
+
+@pytest.mark.parametrize(
+    ("url_name", "data", "message"),
+    [
+        (
+            "clinics:doctors",
+            {"full_name": "Dr. Sin Especialidad"},
+            "Elija al menos una especialidad.",
+        ),
+        (
+            "clinics:doctors",
+            {"full_name": "X", "specialties": []},
+            "Asegúrese de que este valor tenga al menos 2 carácter",
+        ),
+        (
+            "clinics:specialties",
+            {"name": "medicina general"},
+            "Ya existe una especialidad con ese nombre.",
+        ),
+        (
+            "clinics:generate-now",
+            {"generate-date_from": "2030-01-10", "generate-date_to": "2030-01-01"},
+            "La fecha final es anterior a la inicial.",
+        ),
+        (
+            "clinics:holidays-load",
+            {"year-year": "1800"},
+            "Asegúrese de que este valor es mayor o igual a 2000.",
+        ),
+        (
+            "clinics:extra-add",
+            {
+                "extra-date": "2030-01-10",
+                "extra-start_time": "10:00",
+                "extra-end_time": "10:10",
+                "extra-slot_minutes": "30",
+            },
+            "Este campo es requerido.",
+        ),
+    ],
+)
+def test_every_admin_form_refuses_bad_input_in_spanish(
+    admin_client, clinic, specialty, url_name, data, message
+):
+    before = row_counts()
+    doctors = Doctor.objects.count()
+    response = admin_client.post(reverse(url_name), data)
+    assert response.status_code == 422
+    assert message in response.content.decode()
+    assert row_counts() == before and Doctor.objects.count() == doctors
+
+
+def test_week_view_keeps_local_hours_across_santiagos_dst_change(desk_client, clinic, specialty):
+    clinic.time_zone = "America/Santiago"
+    clinic.country = "CL"
+    clinic.save(update_fields=["time_zone", "country"])
+    doctor = Doctor.objects.create(clinic=clinic, full_name="Dra. Valdés")
+    Schedule.objects.create(
+        doctor=doctor, weekdays=[0, 1, 2, 3, 4, 5, 6], start_time=dt.time(9),
+        end_time=dt.time(10), slot_minutes=60, valid_from=dt.date(2000, 1, 1),
+    )  # fmt: skip
+    # Chile leaves summer time on the first Sunday of April: that week shows 09:00 every day.
+    year = timezone.localdate().year + 1
+    first_sunday = next(
+        dt.date(year, 4, d) for d in range(1, 8) if dt.date(year, 4, d).weekday() == 6
+    )
+    services.slots_generate(
+        clinic=clinic,
+        date_from=first_sunday - dt.timedelta(days=6),
+        date_to=first_sunday + dt.timedelta(days=1),
+    )
+    response = desk_client.get(
+        reverse("clinics:agenda-week", args=[doctor.pk]), {"fecha": first_sunday.isoformat()}
+    )
+    html = response.content.decode()
+    assert html.count('<span class="cell-time">09:00</span>') == 7
+    offsets = {
+        s.start_at.astimezone(clinic.tz).utcoffset() for s in Slot.objects.filter(doctor=doctor)
+    }
+    assert len(offsets) == 2  # both sides of the change

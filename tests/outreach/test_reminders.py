@@ -13,7 +13,6 @@ from clinics.models import AppointmentStatus, AuditEvent, Patient, SlotStatus
 from outreach import reminders
 from outreach.models import OutreachSettings, ReminderDispatch
 from outreach.reminders import Answer
-from sophia_web import metrics
 from tests.fakes import graph_server
 from tests.outreach.conftest import WEDNESDAY, book, local, make_patient, slot_at
 
@@ -383,15 +382,3 @@ def test_it_stops_and_resumes_reminders_for_every_patient_on_the_number(
     )
     assert run_job() == 2
     assert AuditEvent.objects.filter(action="patient.reminders_on").count() == 2
-
-
-@pytest.mark.django_db
-def test_it_counts_sent_reminders_in_the_metrics(
-    clock, clinic, booked, fake_graph, django_capture_on_commit_callbacks
-):
-    counter = metrics.REMINDERS_SENT.labels(clinic=str(clinic.pk))
-    before = counter._value.get()
-    clock.move_to(local(TUESDAY, 9, 0))
-    with django_capture_on_commit_callbacks(execute=True):
-        assert run_job() == 1
-    assert counter._value.get() == before + 1

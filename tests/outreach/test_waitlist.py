@@ -15,7 +15,6 @@ from clinics.models import Appointment, AppointmentStatus, Doctor
 from outreach import waitlist
 from outreach.models import OutreachSettings, PartOfDay, WaitlistEntry, WaitlistOffer
 from outreach.waitlist import OfferOutcome
-from sophia_web import metrics
 from tests.conftest import make_slots
 from tests.fakes import graph_server
 from tests.outreach.conftest import MONDAY_10AM, WEDNESDAY, book, local, make_patient
@@ -325,12 +324,3 @@ def test_it_queues_an_offer_task_when_a_cancellation_frees_a_slot(clinic, patien
         .filter(task_path="outreach.reminders.withdraw_reminders")
         .exists()
     )
-
-
-@pytest.mark.django_db
-def test_it_counts_offers_in_the_metrics(clock, clinic, waiting, full_wednesday, commit):
-    counter = metrics.WAITLIST_OFFERS.labels(clinic=str(clinic.pk))
-    before = counter._value.get()
-    cancel(clinic, full_wednesday[6])
-    assert commit(waitlist.waitlist_offer_slot, slot_id=full_wednesday[6].slot_id) == 3
-    assert counter._value.get() == before + 3

@@ -3,10 +3,11 @@ and its reminder lands once; two workers share a backlog without sending anythin
 
 import datetime as dt
 import signal
+import threading
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
@@ -57,33 +58,42 @@ def test_it_retries_a_reminder_whose_worker_was_killed_and_sends_it_once(
     fake_graph,
 ):
     (appointment,) = due_appointments(clinic, doctor, 1)
-    conversation = Conversation.objects.create(
-        clinic=clinic, wa_id=appointment.patient.whatsapp_id, patient=appointment.patient
-    )
-    blocker = psycopg.connect(**db_params())
+    # Another transaction is creating the patient's conversation and has not committed: the
+    # worker, inside its transaction (reminder claimed, nothing committed), waits on that row.
+    held, release, backend = threading.Event(), threading.Event(), []
+
+    def create_the_conversation_slowly() -> None:
+        try:
+            with transaction.atomic():
+                Conversation.objects.create(clinic=clinic, wa_id=appointment.patient.whatsapp_id)
+                backend.append(connection.connection.info.backend_pid)
+                held.set()
+                release.wait(60)
+                transaction.set_rollback(True)
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=create_the_conversation_slowly)
+    holder.start()
     try:
-        # The patient's conversation row is locked: the worker's transaction queues the reminder,
-        # then waits at COMMIT on the message's (deferred) foreign key to that row.
-        blocker.execute(
-            "SELECT id FROM bot_conversation WHERE id = %s FOR UPDATE", [conversation.pk]
-        )
+        assert held.wait(30)
         first = workers.start(**WORKER_ENV)
 
-        def worker_waits_at_commit() -> bool:
+        def worker_waits_on_the_conversation() -> bool:
             with psycopg.connect(**db_params(), autocommit=True) as watcher:
                 row = watcher.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))"
-                    " AND query = 'COMMIT'",
-                    [blocker.info.backend_pid],
+                    " AND query LIKE 'INSERT INTO \"bot_conversation\"%%'",
+                    [backend[0]],
                 ).fetchone()
             return row[0] > 0
 
-        eventually(worker_waits_at_commit, what="the worker blocked mid-reminder")
+        eventually(worker_waits_on_the_conversation, what="the worker blocked mid-reminder")
         first.kill()
         first.wait(timeout=10)
     finally:
-        blocker.rollback()
-        blocker.close()
+        release.set()
+        holder.join(timeout=30)
 
     dispatch = ReminderDispatch.objects.get(appointment=appointment)
     assert dispatch.status == ReminderDispatch.Status.PENDING  # its transaction rolled back

@@ -1,0 +1,159 @@
+"""The console's live events: rendered once after commit, fanned out by sophia_web.live.
+
+- `clinic-<id>`, event "inbox.row": the conversation's inbox row (upserted by id, re-sorted);
+  event "stats": the stats panel; event "attention": a conversation turned urgent / asks for a
+  person (title badge, sound, notification).
+- `conversation-<id>`, event "conversation": its header (mode, holder, window), reply box state
+  and the newest messages and notes, each upserted by element id, so a replay or a duplicate
+  changes nothing.
+
+Rendering runs in sophia_web.live's publisher thread (or inline with the in-process layer);
+a burst of changes to one conversation is rendered once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+
+from django.db import transaction
+from django.template.loader import render_to_string
+from django.utils import translation
+
+from bot.models import Conversation, Message
+from clinics.models import Clinic
+from console import selectors
+from console.models import ReplyTemplate
+from sophia_web import live
+
+logger = logging.getLogger(__name__)
+
+# Stats are slower to compute than a conversation's fragments: their own thread, at most one
+# render per clinic every STATS_EVERY seconds, so they never hold a conversation update up.
+STATS_EVERY = 1.0
+_stats_publisher = live.Publisher("sophia-live-stats")
+_stats_last: dict[int, float] = {}
+_pending_lock = threading.Lock()
+_pending: set[tuple[str, int]] = set()
+# Per conversation, the urgent / needs-a-person flags last published (attention on a rise only).
+_flags: dict[int, tuple[bool, bool]] = {}
+
+
+def conversation_changed(conversation_id: int, note_ids: Iterable[int] = ()) -> None:
+    """Publish this conversation after the current transaction commits."""
+    transaction.on_commit(lambda: publish([conversation_id]), robust=True)
+
+
+def stats_changed(clinic_id: int) -> None:
+    transaction.on_commit(lambda: _submit("stats", clinic_id), robust=True)
+
+
+def publish(conversation_ids: Iterable[int] = (), wa_message_ids: Iterable[str] = ()) -> None:
+    """Render and send (soon, in order) every conversation given, once each."""
+    wamids = list(wa_message_ids)
+    if wamids:
+        live.publisher.submit(_publish_messages, wamids)
+    for conversation_id in conversation_ids:
+        _submit("conversation", conversation_id)
+
+
+def _submit(kind: str, pk: int) -> None:
+    key = (kind, pk)
+    with _pending_lock:
+        if key in _pending:
+            return  # already waiting: it will render the latest state
+        _pending.add(key)
+    (_stats_publisher if kind == "stats" else live.publisher).submit(_run, key)
+
+
+def _run(key: tuple[str, int]) -> None:
+    kind, pk = key
+    if kind == "stats":
+        wait = _stats_last.get(pk, 0.0) + STATS_EVERY - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)  # in the stats thread: changes meanwhile fold into this render
+        _stats_last[pk] = time.monotonic()
+    with _pending_lock:
+        _pending.discard(key)
+    with translation.override("es"):
+        if kind == "stats":
+            _publish_stats(pk)
+        else:
+            _publish_conversation(pk)
+
+
+def _publish_messages(wa_message_ids: list[str]) -> None:
+    ids = set(
+        Message.objects.filter(wa_message_id__in=wa_message_ids).values_list(
+            "conversation_id", flat=True
+        )
+    )
+    for conversation_id in ids:
+        _submit("conversation", conversation_id)
+
+
+def render_row(row: Conversation) -> str:
+    return render_to_string("console/_inbox_row.html", {"row": row, "oob": True})
+
+
+def render_conversation_update(conversation: Conversation) -> str:
+    context = conversation_context(conversation)
+    context["oob"] = True
+    return render_to_string("console/_conversation_live.html", context)
+
+
+def conversation_context(conversation: Conversation) -> dict:
+    """What the conversation pane shows besides its full stream (page view and live updates).
+
+    `conversation` comes from selectors.inbox_row (decorated with its display name and flow).
+    """
+    upcoming, past = selectors.patient_appointments(conversation)
+    return {
+        "conversation": conversation,
+        "patient": conversation.patient if conversation.patient_id else None,
+        "takeover": selectors.holder(conversation.pk),
+        "window": selectors.reply_window(conversation),
+        "handoff": selectors.handoff(conversation),
+        "recent_messages": selectors.recent_messages(conversation.pk),
+        "notes": selectors.recent_notes(conversation.pk),
+        "upcoming": upcoming,
+        "past": past,
+        "templates": list(
+            ReplyTemplate.objects.filter(clinic_id=conversation.clinic_id, active=True)
+        ),
+    }
+
+
+def _publish_conversation(conversation_id: int) -> None:
+    row = selectors.inbox_row(conversation_id)
+    if row is None:
+        return
+    live.send_now(f"clinic-{row.clinic_id}", "inbox.row", render_row(row))
+    live.send_now(f"conversation-{row.pk}", "conversation", render_conversation_update(row))
+    flags = (row.urgent and row.closed_at is None, row.needs_staff and row.mode == "bot")
+    before = _flags.get(row.pk, (False, False))
+    _flags[row.pk] = flags
+    if (flags[0] and not before[0]) or (flags[1] and not before[1]):
+        live.send_now(
+            f"clinic-{row.clinic_id}",
+            "attention",
+            {
+                "conversation": row.pk,
+                "name": row.display_name,
+                "urgent": flags[0],
+                "needs_staff": flags[1],
+            },
+        )
+    _submit("stats", row.clinic_id)
+
+
+def _publish_stats(clinic_id: int) -> None:
+    clinic = Clinic.objects.filter(pk=clinic_id).first()
+    if clinic is None:
+        return
+    html = render_to_string(
+        "console/_stats.html", {"stats": selectors.clinic_stats(clinic), "oob": True}
+    )
+    live.send_now(f"clinic-{clinic_id}", "stats", html)
