@@ -45,6 +45,7 @@ from bot.messages import Inbound, Reply
 from bot.models import Conversation, ConversationMode, Direction, Message, MessageStatus
 from bot.text import MAX_TEXT
 from sophia_web import live, metrics
+from sophia_web import logging as sophia_logging
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +138,12 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
 
     processed = 0
     retry_after = 0.0
+    # Every log line of these turns carries the clinic and the masked session id.
+    log_context = sophia_logging.bind(
+        clinic=conversation.clinic_id,
+        session=sophia_logging.mask_session(session_id),
+        action="bot.turn",
+    )
     try:
         while (message := _pending(conversation_id).first()) is not None:
             if message.attempts >= MAX_TURN_ATTEMPTS:
@@ -168,6 +175,7 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
     finally:
         if lock.status is state.LockStatus.ACQUIRED:
             state.release_lock(session_id, lock.token)
+        sophia_logging.reset(log_context)
     if retry_after:
         schedule_turns(conversation_id, delay=retry_after)
     elif has_pending(conversation_id):

@@ -10,7 +10,9 @@ Lock order, to stay deadlock-free: slots (by id) first, then appointments.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
@@ -57,6 +59,7 @@ from clinics.models import (
     SlotStatus,
     Specialty,
 )
+from sophia_web import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,20 @@ class Actor:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _counts_conflicts(service: Callable) -> Callable:
+    """Count refusals because someone else got there first (/metrics), whoever called."""
+
+    @functools.wraps(service)
+    def counted(*args, **kwargs):
+        try:
+            return service(*args, **kwargs)
+        except (SlotTaken, PatientOverlap) as exc:
+            metrics.BOOKING_CONFLICTS.labels(code=exc.code).inc()
+            raise
+
+    return counted
 
 
 def _audit(
@@ -417,6 +434,7 @@ def slots_generate(
     return created
 
 
+@_counts_conflicts
 def slot_hold(
     *,
     clinic: Clinic,
@@ -561,6 +579,7 @@ def holds_expire(*, now: dt.datetime | None = None, batch_size: int = 1000) -> i
 # --- appointments ----------------------------------------------------------------------------
 
 
+@_counts_conflicts
 def appointment_book(
     *,
     clinic: Clinic,
@@ -687,6 +706,7 @@ def appointment_cancel(
     return appointment
 
 
+@_counts_conflicts
 def appointment_reschedule(
     *,
     clinic: Clinic,
