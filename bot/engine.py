@@ -22,11 +22,13 @@ Keys in `Snapshot.data` (JSON):
     options          appointment ids offered in CANCELLING / RESCHEDULING
     cancel_id        appointment awaiting the cancel confirmation
     specialty_options slugs offered in CHOOSING_SPECIALTY, in order
-    verify_patient_id patient whose birth date is being asked (never shown to the sender)
-    identity_misses  wrong birth dates so far in this conversation
-    register         {"document", "name"} during self-registration
+    verify           {"document", "patient_id"} while the birth date is asked (patient_id, or
+                     None for a document on file nowhere, is never shown to the sender)
+    register         {"document", "birth_date", "on_file"} while the name is asked
     pending          what the patient asked before identifying ("cancel", "reschedule", …)
-    pending_symptoms symptoms written before identifying
+    pending_symptoms symptoms written before identifying (or before saying whose they are)
+    whose_options    patient ids offered in CHOOSING_PATIENT
+    whose_chosen     the writer said whose appointment it is: don't ask again
     want             what the patient asked for: {"from", "to": ISO local dates, "time_from",
                      "time_to": "HH:MM", "weekdays", "part", "doctor_id", "doctor_name"}
     pending_want     `want` of a rescheduling request while the appointment is being picked
@@ -81,10 +83,10 @@ class State(StrEnum):
     CANCELLING = "CANCELLING"  # CANCELACION_INICIADA
     CLOSED = "CLOSED"  # FINALIZADO
     # Added by the engine (not in the seed):
-    VERIFYING = "VERIFYING"  # known document from another number: asking the birth date
-    LOCKED_OUT = "LOCKED_OUT"  # three wrong birth dates: only staff can continue
-    REGISTERING_NAME = "REGISTERING_NAME"  # self-registration: asking the full name
-    REGISTERING_BIRTH = "REGISTERING_BIRTH"  # self-registration: asking the birth date
+    VERIFYING = "VERIFYING"  # a document this number doesn't speak for: asking the birth date
+    LOCKED_OUT = "LOCKED_OUT"  # the number is locked out of identity checks until staff lift it
+    REGISTERING_NAME = "REGISTERING_NAME"  # after a birth date that opened nothing: the name
+    CHOOSING_PATIENT = "CHOOSING_PATIENT"  # one phone, several patients: whose appointment
     CHOOSING_SPECIALTY = "CHOOSING_SPECIALTY"  # triage unsure: patient picks from a list
     RESCHEDULING = "RESCHEDULING"  # picking which appointment to move
     WAITING_FOR_STAFF = "WAITING_FOR_STAFF"  # handed to a person: only red flags are answered
@@ -132,11 +134,10 @@ class HandoffReason(StrEnum):
 
 # --- the machine ------------------------------------------------------------------------------
 
-MAX_IDENTITY_MISSES = 3
 PAGE_SIZE = 10
 LOOKAHEAD_PAGES = 5  # how many pages "el de las 10" searches, from the first
 # Data that survives the end of a flow (a booking, a cancellation, a goodbye).
-_IDENTITY_KEYS = ("identity_misses", "recent", "handoff_reason", "queue_noticed")
+_IDENTITY_KEYS = ("recent", "handoff_reason", "queue_noticed")
 RECENT_WINDOW = dt.timedelta(minutes=15)  # messages read together for red flags
 # Ids of the rows and buttons the engine sends ("slot:42", "confirm:yes", …).
 _REPLY_PREFIXES = (
@@ -148,6 +149,7 @@ _REPLY_PREFIXES = (
     "human:",
     "reminder:",
     "waitlist:",
+    "who:",
 )
 _FAQ_INTENTS = (Intent.ADDRESS, Intent.HOURS, Intent.WHAT_TO_BRING, Intent.PHONE)
 
@@ -271,6 +273,13 @@ def step(snapshot: Snapshot, inbound: Inbound, ctx: Context) -> StepResult:
             contact_name=inbound.contact_name,
         )
     turn = Turn(snap=snap, inbound=inbound, ctx=ctx)
+    if snap.patient_id is not None and not ctx.gateway.patient_verified_on(
+        patient_id=snap.patient_id, wa_id=ctx.wa_id
+    ):
+        # Staff removed this number from the patient: it speaks for them no more.
+        snap.patient_id = None
+        snap.data = {}
+        snap.state = State.START
     if inbound.kind == "unsupported":
         turn.say(replies.unsupported())
         return turn.result()
@@ -308,10 +317,10 @@ def step(snapshot: Snapshot, inbound: Inbound, ctx: Context) -> StepResult:
 
 def resume_after_staff(snapshot: Snapshot) -> Snapshot:
     """The snapshot to store when staff hand a conversation back to the bot: the patient stays
-    identified (IDENTIFIED) or the bot starts over (START); the handoff is forgotten."""
-    data = {k: v for k, v in (snapshot.data or {}).items() if k == "identity_misses"}
+    identified (IDENTIFIED) or the bot starts over (START); the handoff is forgotten. (Failed
+    identity checks are kept by the gateway, not here.)"""
     state = State.IDENTIFIED if snapshot.patient_id else State.START
-    return Snapshot(state=state, data=data, patient_id=snapshot.patient_id)
+    return Snapshot(state=state, data={}, patient_id=snapshot.patient_id)
 
 
 def _hand_off(turn: Turn, reason: HandoffReason) -> None:
@@ -395,16 +404,23 @@ def _release_hold(turn: Turn) -> None:
 
 
 # --- START and identity ------------------------------------------------------------------------
+#
+# A document alone proves nothing (DESIGN §6). From a number that does not speak for it, every
+# document — on file or not — gets the same questions, birth date first: whether a document
+# belongs to a patient of this clinic is itself health data. The right date for a patient on
+# file adds the number to them; anything else continues as a registration (the name next),
+# which for a document on file then ends in the same "I couldn't confirm those details" a
+# refused registration gets. Wrong dates are counted by the gateway per patient and per number,
+# across conversations, and lock out until staff lift it.
 
 
 def _on_start(turn: Turn) -> None:
     patient = turn.patient()
-    if patient is not None and patient.whatsapp_id == turn.ctx.wa_id:
-        # A session after a closed one, from the number on file: no need to ask again.
+    if patient is not None:
+        # A session after a closed one, from a number that speaks for the patient.
         turn.go(State.IDENTIFIED)
         _on_idle(turn, expecting_symptoms=True)
         return
-    turn.snap.patient_id = None
     document = nlu.parse_document(turn.text)
     if document.document:
         _keep_what_else_was_said(turn)
@@ -454,33 +470,17 @@ def _identify(turn: Turn, document: str) -> None:
         turn.say(replies.invalid_document())
         return
     turn.data.pop("register", None)
-    turn.data.pop("verify_patient_id", None)
-    if patient is None:
-        if not turn.clinic.self_registration:
-            turn.say(replies.registration_closed(turn.clinic))
-            turn.needs_staff = True
-            turn.go(State.START)
-            return
-        turn.snap.patient_id = None
-        turn.data["register"] = {"document": document}
-        turn.go(State.REGISTERING_NAME)
-        turn.say(replies.register_ask_name(turn.clinic))
-        return
-    if patient.whatsapp_id and patient.whatsapp_id == turn.ctx.wa_id:
+    turn.data.pop("verify", None)
+    wa_id = turn.ctx.wa_id
+    if patient is not None and turn.gateway.patient_verified_on(patient_id=patient.id, wa_id=wa_id):
         _identified(turn, patient, replies.identified(nlu.first_names(patient.full_name)))
         return
-    # A document alone proves nothing (DESIGN §6): the birth date first, the name never before.
-    if turn.data.get("identity_misses", 0) >= MAX_IDENTITY_MISSES:
+    if turn.gateway.identity_locked(wa_id=wa_id):
         _lock_out(turn)
-        return
-    if patient.birth_date is None:
-        turn.say(replies.identity_needs_staff())
-        turn.needs_staff = True
-        turn.go(State.START)
         return
     # Until the birth date matches, this conversation speaks for nobody.
     turn.snap.patient_id = None
-    turn.data["verify_patient_id"] = patient.id
+    turn.data["verify"] = {"document": document, "patient_id": patient.id if patient else None}
     turn.go(State.VERIFYING)
     turn.say(replies.ask_birth_date_to_verify())
 
@@ -488,12 +488,13 @@ def _identify(turn: Turn, document: str) -> None:
 def _identified(turn: Turn, patient: PatientInfo, greeting: Reply) -> None:
     pending = turn.data.pop("pending", None)
     symptoms = turn.data.pop("pending_symptoms", None)
+    chosen = turn.data.pop("whose_chosen", False)
     _reset_flow(turn)
-    turn.data.pop("identity_misses", None)
     turn.snap.patient_id = patient.id
     turn._patient = patient
     turn.go(State.IDENTIFIED)
     logger.info("conversation %s: patient %s identified", turn.ctx.conversation_id, patient.id)
+    name = nlu.first_names(patient.full_name)
     if pending == Intent.CANCEL:
         _start_pick_appointment(turn, to_cancel=True)
     elif pending == Intent.RESCHEDULE:
@@ -501,7 +502,6 @@ def _identified(turn: Turn, patient: PatientInfo, greeting: Reply) -> None:
     elif pending == Intent.MY_APPOINTMENTS:
         _list_appointments(turn)
     elif symptoms:
-        name = nlu.first_names(patient.full_name)
         # "1020304050, me duele una muela, ¿tienen el viernes con la dra Rojas?"
         turn.request = _read_request(turn, symptoms, base=None)
         turn.data["want"] = turn.request.want
@@ -512,24 +512,34 @@ def _identified(turn: Turn, patient: PatientInfo, greeting: Reply) -> None:
         handled = (
             turn.request.want.get("doctor_id") and _book_with_doctor(turn, symptoms)
         ) or _triage(
-            turn, symptoms, expecting_symptoms=not asking, quiet_if_unsure=True, use_llm=not asking
+            turn,
+            symptoms,
+            expecting_symptoms=not asking,
+            quiet_if_unsure=True,
+            use_llm=not asking,
+            ask_whose=not chosen,
         )
         if not handled:
-            turn.say(greeting)
-        elif greeting.text and name:
+            turn.say(replies.booking_for(name) if chosen else greeting)
+        elif chosen and name:
+            turn.replies.insert(0, replies.booking_for(name))
+        elif greeting.text and name and turn.snap.state != State.CHOOSING_PATIENT:
             turn.replies.insert(0, replies.thanks(name))
     else:
-        turn.say(greeting)
+        turn.say(replies.booking_for(name) if chosen else greeting)
 
 
 def _lock_out(turn: Turn) -> None:
-    turn.data.pop("verify_patient_id", None)
+    turn.data.pop("verify", None)
+    turn.data.pop("register", None)
     turn.snap.patient_id = None
     turn.go(State.LOCKED_OUT)
     turn.needs_staff = True
     turn.handoff_reason = HandoffReason.IDENTITY_LOCKOUT
     turn.say(replies.identity_failed())
-    logger.warning("conversation %s: identity check failed 3 times", turn.ctx.conversation_id)
+    logger.warning(
+        "conversation %s: number locked out of identity checks", turn.ctx.conversation_id
+    )
 
 
 def _on_verifying(turn: Turn) -> None:
@@ -538,9 +548,8 @@ def _on_verifying(turn: Turn) -> None:
     if document.document and parsed.date is None:
         _identify(turn, document.document)
         return
-    verify_id = turn.data.get("verify_patient_id")
-    patient = turn.gateway.patient(verify_id) if isinstance(verify_id, int) else None
-    if patient is None or patient.birth_date is None:
+    verify = turn.data.get("verify") or {}
+    if not isinstance(verify, dict) or not verify.get("document"):
         _reset_flow(turn)
         turn.go(State.START)
         turn.say(replies.identify_first())
@@ -551,22 +560,51 @@ def _on_verifying(turn: Turn) -> None:
     if parsed.date is None:
         turn.say(_date_problem(parsed))
         return
-    if parsed.date != patient.birth_date:
-        misses = turn.data.get("identity_misses", 0) + 1
-        turn.data["identity_misses"] = misses
-        if misses >= MAX_IDENTITY_MISSES:
+    wa_id = turn.ctx.wa_id
+    patient_id = verify.get("patient_id")
+    patient = turn.gateway.patient(patient_id) if isinstance(patient_id, int) else None
+    if patient is not None:
+        matches = patient.birth_date is not None and parsed.date == patient.birth_date
+        if matches and not turn.gateway.identity_locked(wa_id=wa_id, patient_id=patient.id):
+            try:
+                turn.gateway.patient_phone_add(patient_id=patient.id, wa_id=wa_id)
+            except BookingError as exc:
+                # The number could not be stored (odd wa_id): verified for this session only.
+                logger.warning(
+                    "conversation %s: number not added: %s", turn.ctx.conversation_id, exc.code
+                )
+            _identified(turn, patient, replies.identified(nlu.first_names(patient.full_name)))
+            return
+        counts = not matches and patient.birth_date is not None
+        if counts and turn.gateway.identity_failure_record(wa_id=wa_id, patient_id=patient.id):
             _lock_out(turn)
-        else:
-            turn.say(replies.birth_date_mismatch(MAX_IDENTITY_MISSES - misses))
+            return
+    _continue_as_registration(turn, verify["document"], parsed.date, on_file=patient is not None)
+
+
+def _continue_as_registration(
+    turn: Turn, document: str, birth_date: dt.date, *, on_file: bool
+) -> None:
+    """What follows a birth date that opened nothing, alike for a document on file or not."""
+    turn.data.pop("verify", None)
+    if not turn.clinic.self_registration:
+        _not_confirmed(turn)
         return
-    try:
-        patient = turn.gateway.patient_link_whatsapp(
-            patient_id=patient.id, whatsapp_id=turn.ctx.wa_id
-        )
-    except BookingError as exc:
-        # The number could not be stored (odd wa_id): the person is still verified for now.
-        logger.warning("conversation %s: link failed: %s", turn.ctx.conversation_id, exc.code)
-    _identified(turn, patient, replies.identified(nlu.first_names(patient.full_name)))
+    turn.data["register"] = {
+        "document": document,
+        "birth_date": birth_date.isoformat(),
+        "on_file": on_file,
+    }
+    turn.go(State.REGISTERING_NAME)
+    turn.say(replies.register_ask_name())
+
+
+def _not_confirmed(turn: Turn) -> None:
+    _reset_flow(turn)
+    turn.snap.patient_id = None
+    turn.go(State.START)
+    turn.needs_staff = True
+    turn.say(replies.identity_not_confirmed())
 
 
 def _date_problem(parsed: nlu.DateParse) -> Reply:
@@ -576,6 +614,16 @@ def _date_problem(parsed: nlu.DateParse) -> Reply:
 
 
 def _on_locked_out(turn: Turn) -> None:
+    document = nlu.parse_document(turn.text)
+    if document.document:
+        _identify(turn, document.document)  # a patient this number already speaks for
+        return
+    if not turn.gateway.identity_locked(wa_id=turn.ctx.wa_id):
+        # Staff lifted the lock-out: start again.
+        _reset_flow(turn)
+        turn.go(State.START)
+        _on_start(turn)
+        return
     turn.say(replies.identity_needs_staff())
     turn.needs_staff = True
 
@@ -595,39 +643,102 @@ def _on_registering_name(turn: Turn) -> None:
     if name is None:
         turn.say(replies.register_bad_name())
         return
-    turn.data.setdefault("register", {})["name"] = name
-    turn.go(State.REGISTERING_BIRTH)
-    turn.say(replies.register_ask_birth_date(nlu.first_names(name)))
-
-
-def _on_registering_birth(turn: Turn) -> None:
     register = turn.data.get("register") or {}
-    if not register.get("document") or not register.get("name"):
-        _reset_flow(turn)
-        turn.go(State.START)
-        turn.say(replies.greeting(turn.clinic))
-        return
-    parsed = nlu.parse_birth_date(turn.text, turn.today)
-    if parsed.date is None:
-        turn.say(_date_problem(parsed))
+    try:
+        birth_date = dt.date.fromisoformat(register.get("birth_date") or "")
+    except (TypeError, ValueError):
+        birth_date = None
+    if not register.get("document") or birth_date is None or register.get("on_file"):
+        _not_confirmed(turn)
         return
     try:
         patient = turn.gateway.patient_register(
             document=register["document"],
-            full_name=register["name"],
-            birth_date=parsed.date,
+            full_name=name,
+            birth_date=birth_date,
             whatsapp_id=turn.ctx.wa_id,
         )
     except BookingError as exc:
         logger.warning(
             "conversation %s: registration failed: %s", turn.ctx.conversation_id, exc.code
         )
-        _reset_flow(turn)
-        turn.go(State.START)
-        turn.needs_staff = True
-        turn.say(replies.registration_failed())
+        _not_confirmed(turn)
         return
     _identified(turn, patient, replies.registered(nlu.first_names(patient.full_name)))
+
+
+# --- whose appointment: one phone, several patients -------------------------------------------
+
+
+def _is_adult(patient: PatientInfo, today: dt.date) -> bool:
+    born = patient.birth_date
+    if born is None:
+        return True
+    return (today.year - born.year - ((today.month, today.day) < (born.month, born.day))) >= 18
+
+
+def _ask_whose_first(turn: Turn, text: str, specialty: SpecialtyInfo) -> bool:
+    """ "es para mi hijo…", or a child's specialty asked for by an adult: whose is it? True when
+    the question was asked (the symptoms wait for the answer)."""
+    patient = turn.patient()
+    if patient is None or turn.data.get("reschedule_id"):
+        return False
+    childs = specialty.slug.startswith("pediatr") and _is_adult(patient, turn.today)
+    if not (nlu.for_someone_else(text) or childs):
+        return False
+    on_number = turn.gateway.patients_on_number(turn.ctx.wa_id)
+    turn.data["pending_symptoms"] = text.strip()[:500]
+    turn.data["whose_options"] = [p.id for p in on_number[: MAX_LIST_ROWS - 1]]
+    turn.go(State.CHOOSING_PATIENT)
+    turn.say(replies.whose_appointment(on_number))
+    return True
+
+
+def _on_choosing_patient(turn: Turn) -> None:
+    options = [i for i in turn.data.get("whose_options") or [] if isinstance(i, int)]
+    value = _reply_value(turn, "who")
+    if turn.reply_id == replies.WHO_SOMEONE_ELSE or (
+        not turn.reply_id and nlu.means_someone_else_option(turn.text)
+    ):
+        turn.data["whose_chosen"] = True
+        turn.go(State.IDENTIFIED)
+        turn.say(replies.ask_other_document())
+        return
+    document = nlu.parse_document(turn.text) if not turn.reply_id else None
+    if document is not None and document.document:
+        turn.data["whose_chosen"] = True
+        _identify(turn, document.document)
+        return
+    chosen = _int(value) if value else _patient_named(turn, options)
+    if chosen is None and not turn.reply_id and nlu.means_myself(turn.text):
+        chosen = turn.snap.patient_id
+    if chosen in options and turn.gateway.patient_verified_on(
+        patient_id=chosen, wa_id=turn.ctx.wa_id
+    ):
+        patient = turn.gateway.patient(chosen)
+        if patient is not None:
+            turn.data["whose_chosen"] = True
+            _identified(turn, patient, replies.booking_for(nlu.first_names(patient.full_name)))
+            return
+    intent = nlu.detect_intent(turn.text) if not turn.reply_id else None
+    if _global_intent(turn, intent):
+        return
+    turn.say(replies.whose_appointment_help())
+
+
+def _patient_named(turn: Turn, options: list[int]) -> int | None:
+    """The offered patient whose first name the message is ("Tomás", "la niña no": no)."""
+    said = normalize(turn.text)
+    if not said:
+        return None
+    for patient_id in options:
+        patient = turn.gateway.patient(patient_id)
+        if patient is None:
+            continue
+        names = normalize(patient.full_name).split()
+        if said in (names[0], " ".join(names[:2]), normalize(patient.full_name)):
+            return patient_id
+    return None
 
 
 # --- idle states: IDENTIFIED, BOOKED, CHOOSING_SPECIALTY -----------------------------------------
@@ -817,8 +928,12 @@ def _triage(
     expecting_symptoms: bool,
     quiet_if_unsure: bool = False,
     use_llm: bool = True,
+    ask_whose: bool = True,
 ) -> bool:
-    """Symptoms → a specialty's slots. True when it answered (slots, list or emergency)."""
+    """Symptoms → a specialty's slots. True when it answered (slots, list or emergency).
+
+    With `ask_whose`, symptoms that are someone else's ("es para mi hijo…") first ask whose
+    appointment it is."""
     specialties = _specialties(turn)
     slug = nlu.match_specialty_name(text, {s.slug: s.name for s in specialties})
     alternatives: tuple[str, ...] = ()
@@ -835,9 +950,11 @@ def _triage(
             slug = result.specialty
         alternatives = tuple(a for a in (result.specialty, *result.alternatives) if a)
     if slug is not None:
+        specialty = next(s for s in specialties if s.slug == slug)
+        if ask_whose and _ask_whose_first(turn, text, specialty):
+            return True
         turn.data["symptoms"] = text.strip()[:500]
         turn.data.pop("reschedule_id", None)
-        specialty = next(s for s in specialties if s.slug == slug)
         doctor_id = (turn.data.get("want") or {}).get("doctor_id")
         if doctor_id and specialty.id not in _doctor_specialty_ids(turn, doctor_id):
             turn.data["want"].pop("doctor_id", None)  # that doctor doesn't see these symptoms
@@ -1441,10 +1558,10 @@ def _book(turn: Turn, patient: PatientInfo, slot: SlotInfo) -> None:
 
 
 def _upcoming(turn: Turn) -> list[AppointmentInfo]:
-    patient = turn.patient()
-    if patient is None:
+    """Of every patient this number speaks for (a parent sees the children's), no one else's."""
+    if turn.patient() is None:
         return []
-    return turn.gateway.upcoming_appointments(patient_id=patient.id, now=turn.ctx.now)
+    return turn.gateway.upcoming_appointments_on_number(wa_id=turn.ctx.wa_id, now=turn.ctx.now)
 
 
 def _list_appointments(turn: Turn) -> None:
@@ -1484,6 +1601,8 @@ def _picked_appointment(turn: Turn, appointment: AppointmentInfo, *, to_cancel: 
         return
     want = turn.pending_want or turn.data.get("pending_want")
     _reset_flow(turn)
+    if appointment.patient_id is not None:
+        turn.snap.patient_id = appointment.patient_id  # moving a child's: booked for the child
     turn.data["reschedule_id"] = appointment.id
     turn.data["specialty"] = specialty.slug
     if isinstance(want, dict):
@@ -1594,7 +1713,7 @@ def _cancel_kept(turn: Turn) -> None:
 def _cancel(turn: Turn, patient: PatientInfo, appointment: AppointmentInfo) -> None:
     try:
         turn.gateway.appointment_cancel(
-            patient_id=patient.id,
+            patient_id=appointment.patient_id or patient.id,
             appointment_id=appointment.id,
             reason="cancelled by the patient on WhatsApp",
         )
@@ -1635,7 +1754,7 @@ def _on_closed(turn: Turn) -> None:
     """A new session: known number → straight to IDENTIFIED, anyone else → START."""
     _reset_flow(turn)
     patient = turn.patient()
-    if patient is not None and patient.whatsapp_id == turn.ctx.wa_id:
+    if patient is not None:
         turn.go(State.IDENTIFIED)
         _on_idle(turn, expecting_symptoms=True)
         return
@@ -1727,7 +1846,7 @@ HANDLERS: dict[State, Callable[[Turn], None]] = {
     State.VERIFYING: _on_verifying,
     State.LOCKED_OUT: _on_locked_out,
     State.REGISTERING_NAME: _on_registering_name,
-    State.REGISTERING_BIRTH: _on_registering_birth,
+    State.CHOOSING_PATIENT: _on_choosing_patient,
     State.IDENTIFIED: _on_identified,
     State.CHOOSING_SPECIALTY: _on_choosing_specialty,
     State.TRIAGED: _on_triaged,

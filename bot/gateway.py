@@ -37,6 +37,7 @@ from clinics.models import (
     Doctor,
     FaqEntry,
     Patient,
+    PatientPhone,
     Slot,
     SlotHold,
     Specialty,
@@ -66,7 +67,28 @@ class Gateway(Protocol):
     def patient_register(
         self, *, document: str, full_name: str, birth_date: dt.date, whatsapp_id: str
     ) -> PatientInfo: ...
-    def patient_link_whatsapp(self, *, patient_id: int, whatsapp_id: str) -> PatientInfo: ...
+
+    # identity: counted and locked per patient and per number, across conversations
+    def patient_verified_on(self, *, patient_id: int, wa_id: str) -> bool:
+        """Does this number speak for the patient (on file, or verified and not removed)?"""
+        ...
+
+    def patients_on_number(self, wa_id: str) -> list[PatientInfo]:
+        """Every patient the number speaks for (a parent's phone holds the children too)."""
+        ...
+
+    def patient_phone_add(self, *, patient_id: int, wa_id: str) -> None:
+        """The number passed the birth-date check: add it (the number on file stays)."""
+        ...
+
+    def identity_locked(self, *, wa_id: str, patient_id: int | None = None) -> bool:
+        """Is the number, or (when given) the patient, locked out of identity checks?"""
+        ...
+
+    def identity_failure_record(self, *, wa_id: str, patient_id: int | None) -> bool:
+        """Count a wrong birth date from the number about the patient; True when the number
+        is now locked out."""
+        ...
 
     # specialties and slots
     def specialties(self) -> list[SpecialtyInfo]:
@@ -116,6 +138,12 @@ class Gateway(Protocol):
     def appointment_cancel(self, *, patient_id: int, appointment_id: int, reason: str) -> None: ...
     def upcoming_appointments(self, *, patient_id: int, now: dt.datetime) -> list[AppointmentInfo]:
         """The patient's booked or confirmed appointments that have not started, soonest first."""
+        ...
+
+    def upcoming_appointments_on_number(
+        self, *, wa_id: str, now: dt.datetime
+    ) -> list[AppointmentInfo]:
+        """Those of every patient the number speaks for (with their names), soonest first."""
         ...
 
     def rebooking_specialty(self, appointment_id: int) -> SpecialtyInfo | None:
@@ -192,12 +220,14 @@ def slot_info(slot: Slot) -> SlotInfo:
     )
 
 
-def appointment_info(appointment: Appointment) -> AppointmentInfo:
+def appointment_info(appointment: Appointment, *, with_patient: bool = False) -> AppointmentInfo:
     return AppointmentInfo(
         id=appointment.pk,
         start_at=appointment.start_at,
         doctor_name=appointment.doctor.full_name,
         specialty=specialty_info(appointment.specialty) if appointment.specialty else None,
+        patient_id=appointment.patient_id,
+        patient_name=appointment.patient.full_name if with_patient else "",
     )
 
 
@@ -257,15 +287,38 @@ class OrmGateway:
         )
         return self._remember(patient)
 
-    def patient_link_whatsapp(self, *, patient_id: int, whatsapp_id: str) -> PatientInfo:
+    def patient_verified_on(self, *, patient_id: int, wa_id: str) -> bool:
+        return selectors.patient_verified_on(
+            clinic=self._clinic, patient_id=patient_id, wa_id=wa_id
+        )
+
+    def patients_on_number(self, wa_id: str) -> list[PatientInfo]:
+        return [
+            self._remember(p)
+            for p in selectors.patients_on_number(clinic=self._clinic, wa_id=wa_id)
+        ]
+
+    def patient_phone_add(self, *, patient_id: int, wa_id: str) -> None:
         patient = self._required_patient(patient_id)
-        patient = services.patient_link_whatsapp(
+        services.patient_phone_add(
             clinic=self._clinic,
             patient=patient,
-            whatsapp_id=whatsapp_id,
+            wa_id=wa_id,
+            how=PatientPhone.How.BIRTH_DATE,
             actor=services.Actor.patient(patient),
         )
-        return self._remember(patient)
+
+    def identity_locked(self, *, wa_id: str, patient_id: int | None = None) -> bool:
+        status = services.identity_status(
+            clinic=self._clinic, wa_id=wa_id, patient=self._patient(patient_id)
+        )
+        return status.locked
+
+    def identity_failure_record(self, *, wa_id: str, patient_id: int | None) -> bool:
+        status = services.identity_failure_record(
+            clinic=self._clinic, wa_id=wa_id, patient=self._patient(patient_id)
+        )
+        return status.number_locked
 
     def _required_patient(self, patient_id: int | None) -> Patient:
         patient = self._patient(patient_id)
@@ -442,6 +495,16 @@ class OrmGateway:
             appointment_info(a)
             for a in selectors.patient_upcoming_appointments(
                 clinic=self._clinic, patient=patient, now=now
+            )
+        ]
+
+    def upcoming_appointments_on_number(
+        self, *, wa_id: str, now: dt.datetime
+    ) -> list[AppointmentInfo]:
+        return [
+            appointment_info(a, with_patient=True)
+            for a in selectors.upcoming_appointments_on_number(
+                clinic=self._clinic, wa_id=wa_id, now=now
             )
         ]
 

@@ -129,6 +129,8 @@ class AppointmentInfo:
     start_at: dt.datetime
     doctor_name: str
     specialty: SpecialtyInfo | None = None
+    patient_id: int | None = None
+    patient_name: str = ""  # filled where one number's patients are listed together
 
 
 @dataclass(frozen=True)

@@ -732,6 +732,38 @@ def match_specialty_name(text: str, names: dict[str, str]) -> str | None:
     return hits.pop() if len(hits) == 1 else None
 
 
+# --- who an appointment is for ---------------------------------------------------------------
+
+_RELATIVES = (
+    r"hij[oa]s?|hijit[oa]s?|nin[oa]s?|bebe|bebes|nene|nena|mama|papa|madre|padre|"
+    r"espos[oa]|abuel[oa]|abuelit[oa]|herman[oa]|herman[oa]s|sobrin[oa]|niet[oa]|tia|tio|"
+    r"suegr[oa]|pareja|novi[oa]"
+)
+# "para mi hijo", "es para mi mamá", "mi bebé tiene fiebre", "para otra persona", "mi hija
+# está con tos": the appointment is someone else's. Linear: one alternation at word starts.
+_SOMEONE_ELSE = re.compile(
+    rf"\b(?:para (?:mi|mis|el|la|nuestro|nuestra) (?:{_RELATIVES})\b"
+    rf"|(?:mi|mis|nuestro|nuestra) (?:{_RELATIVES}) (?:tiene|esta|le|se|ha|anda|amanecio)\b"
+    r"|para otra persona\b|no es para mi\b)"
+)
+_FOR_ME = re.compile(r"^(?:(?:es )?para mi(?: misma?| mismo)?|yo|soy yo|a mi|mia|mio)$")
+
+
+def for_someone_else(text: str) -> bool:
+    """Does the message say the appointment is for someone else (a child, a relative)?"""
+    return bool(_SOMEONE_ELSE.search(normalize(text)))
+
+
+def means_myself(text: str) -> bool:
+    """ "para mí", "yo", "es para mí mismo": the appointment is the writer's own."""
+    return bool(_FOR_ME.match(normalize(text)))
+
+
+def means_someone_else_option(text: str) -> bool:
+    """ "otra persona", "otro", "alguien más": the list's "Someone else" typed."""
+    return normalize(text) in {"otra persona", "otra", "otro", "alguien mas", "otra persona mas"}
+
+
 # ---------------------------------------------------------------------------------------------
 # When: the day and time a patient asks for ("el viernes en la tarde", "después de las 5")
 

@@ -16,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F
+from django.db import OperationalError, transaction
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
@@ -37,9 +36,9 @@ from outreach import reminders, waitlist
 
 logger = logging.getLogger(__name__)
 
+# Runs of one message's turn (counted as each starts) before it is set aside for staff.
+STRANDED_GIVE_UP_AFTER = processing.MAX_TURN_ATTEMPTS
 # How long a received message may wait before the sweeper re-drives its conversation.
-# Re-drives of one message before it is set aside for staff (its turn keeps dying).
-STRANDED_GIVE_UP_AFTER = 5
 STRANDED_AFTER = dt.timedelta(seconds=float(os.getenv("SOPHIA_STRANDED_TURN_SECONDS", "15")))
 
 
@@ -51,9 +50,13 @@ def deliver_outbox(now: dt.datetime | None = None) -> int:
 def pick_up_stranded_turns(now: dt.datetime | None = None, limit: int = 200) -> int:
     """Schedule conversations whose inbound messages wait too long (crashed or lost task).
 
-    Skips conversations whose lock is held (a live worker is on them) and those that already have
-    a queued `run_turns` task. Scheduling twice is harmless: the row lock serialises turns and a
-    processed message is never taken again.
+    Skips conversations whose lock is held (a live worker is on them), those waiting out their
+    rate limit, and those that already have a queued `run_turns` task. Scheduling twice is
+    harmless: the row lock serialises turns and a processed message is never taken again.
+
+    This is also what sets aside a message whose turn kills or hangs its worker, without that
+    worker: once the lock has expired, a message whose runs (counted as each starts) reached
+    STRANDED_GIVE_UP_AFTER goes to staff, and the conversation's next message gets its turn.
     """
     now = now or timezone.now()
     waiting = (
@@ -62,6 +65,7 @@ def pick_up_stranded_turns(now: dt.datetime | None = None, limit: int = 200) -> 
             status=MessageStatus.RECEIVED,
             created_at__lt=now - STRANDED_AFTER,
         )
+        .exclude(conversation__rate_limited_until__gt=now)
         .order_by()  # DISTINCT over these two columns only, not the default ordering's
         .values_list("conversation_id", "conversation__wa_id")
         .distinct()[:limit]
@@ -75,13 +79,14 @@ def pick_up_stranded_turns(now: dt.datetime | None = None, limit: int = 200) -> 
         )
         if queued.exists():
             continue
-        # Count the re-drives of the oldest waiting message: one that takes its worker down
-        # every time (killed, out of memory…) must not do so forever.
         oldest = processing.oldest_pending(conversation_id)
-        if oldest is not None:
-            Message.objects.filter(pk=oldest.pk).update(attempts=F("attempts") + 1)
-            if oldest.attempts + 1 > STRANDED_GIVE_UP_AFTER:
+        if oldest is not None and oldest.attempts >= STRANDED_GIVE_UP_AFTER:
+            try:
                 processing.give_up_on(oldest.pk)
+            except OperationalError:
+                # Its row is still held by the worker that hung on it: next sweep.
+                logger.warning("conversation %s is held by a hung turn", conversation_id)
+                continue
         processing.schedule_turns(conversation_id)
         scheduled += 1
     if scheduled:

@@ -20,26 +20,32 @@ The webhook stores each inbound message (status `received`) and, after commit, c
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import datetime as dt
 import logging
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.db.models import F
 from django.tasks import task
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from bot import engine, llm, state, whatsapp
+from bot import engine, llm, nlu, state, whatsapp
 from bot.gateway import OrmGateway
 from bot.messages import Inbound, Reply
 from bot.models import Conversation, ConversationMode, Direction, Message, MessageStatus
+from bot.text import MAX_TEXT
 from sophia_web import live, metrics
+from sophia_web import logging as sophia_logging
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +55,12 @@ LOCK_RETRY_LIMIT = 150
 RATE_WINDOW = dt.timedelta(seconds=state.RATE_WINDOW_SECONDS)
 # How long the replies wait for the typing indicator's call (it has its own short timeout).
 TYPING_WAIT_SECONDS = 5.0
-# Context keys that outlive a closed session.
-KEPT_ON_CLOSE = frozenset({"identity_misses"})
+# Runs of one message's turn before it is set aside for staff. Each run is counted before it
+# starts, in its own commit, so a run that kills or hangs its worker counts too, and whichever
+# worker (or the stranded-turn sweeper) meets the message next sets it aside.
+MAX_TURN_ATTEMPTS = 3
+# The longest a turn waits for its conversation's row lock (see _bound_lock_waits).
+LOCK_WAIT_LIMIT = "5s"
 
 # Engine states under the seed's names, for the session hash (`estado_flujo`).
 SEED_STATE_NAMES = {
@@ -127,10 +137,21 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
         return 0
 
     processed = 0
+    retry_after = 0.0
+    # Every log line of these turns carries the clinic and the masked session id.
+    log_context = sophia_logging.bind(
+        clinic=conversation.clinic_id,
+        session=sophia_logging.mask_session(session_id),
+        action="bot.turn",
+    )
     try:
         while (message := _pending(conversation_id).first()) is not None:
+            if message.attempts >= MAX_TURN_ATTEMPTS:
+                give_up_on(message.pk)  # its earlier runs never finished
+                continue
             if processed:
                 state.extend_lock(session_id, lock.token)
+            Message.objects.filter(pk=message.pk).update(attempts=F("attempts") + 1)
             typing = None
             if conversation.mode == ConversationMode.BOT:
                 # The indicator's HTTP call overlaps the turn instead of delaying it.
@@ -143,16 +164,22 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
                     _typing_stopped(conversation)
             if outcome is None:
                 continue  # another worker (Redis down) took that message first
-            processed += 1
             conversation = outcome.conversation
             _deliver(outcome.outbound)
             live.touch([conversation_id])
+            if outcome.retry_after:
+                retry_after = outcome.retry_after
+                break  # over the rate limit: the rest waits for the window, in order
+            processed += 1
             _mirror_session(conversation)
     finally:
         if lock.status is state.LockStatus.ACQUIRED:
             state.release_lock(session_id, lock.token)
-    # A message stored while we were finishing found the lock still held: run it now.
-    if has_pending(conversation_id):
+        sophia_logging.reset(log_context)
+    if retry_after:
+        schedule_turns(conversation_id, delay=retry_after)
+    elif has_pending(conversation_id):
+        # A message stored while we were finishing found the lock still held: run it now.
         schedule_turns(conversation_id)
     return processed
 
@@ -161,6 +188,7 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
 class _Outcome:
     conversation: Conversation
     outbound: list[Message]
+    retry_after: float = 0.0  # seconds: the message waits for the rate-limit window
 
 
 class _LLMNeeded(BaseException):
@@ -206,7 +234,7 @@ def _run_one_turn(conversation_id: int, message: Message) -> _Outcome | None:
     """Run the turn of `message`, the conversation's oldest pending one when it was read."""
     helper = _llm_helper()
     answers: dict[tuple, object] = {}
-    counted: dict[int, bool] = {}  # message id → over the rate limit (counted once per message)
+    counted: dict[int, float] = {}  # message id → seconds to wait (counted once per message)
     while True:
         llm = _ReplayLLM(helper, answers) if helper is not None else None
         try:
@@ -224,24 +252,36 @@ def _ask(needed: _LLMNeeded) -> object:
 
 
 def _run_one_turn_once(
-    conversation_id: int, message: Message, llm: _ReplayLLM | None, counted: dict[int, bool]
+    conversation_id: int, message: Message, llm: _ReplayLLM | None, counted: dict[int, float]
 ) -> _Outcome | None:
     now = timezone.now()
     started = time.perf_counter()
     with transaction.atomic():
+        _bound_lock_waits()
         # NO KEY: staff can still commit a takeover (a row pointing at this one) mid-turn.
         conversation = (
             Conversation.objects.select_for_update(of=("self",), no_key=True)
             .select_related("clinic", "patient")
             .get(pk=conversation_id)
         )
+        coalesced = conversation.mode == ConversationMode.BOT and _greeting_with_more_behind(
+            message
+        )
+        if conversation.mode == ConversationMode.BOT and not coalesced:
+            if message.pk not in counted:  # a turn run again after an LLM question counts once
+                counted[message.pk] = _rate_limit_wait(conversation, now)
+            if counted[message.pk]:
+                return _defer(conversation, message, now, counted[message.pk])
         # Under the row lock, claim the message: 0 rows when another worker (Redis down) ran it.
         claimed = Message.objects.filter(pk=message.pk, status=MessageStatus.RECEIVED).update(
-            status=MessageStatus.PROCESSED, processed_at=now
+            status=MessageStatus.PROCESSED,
+            processed_at=now,
+            error="coalesced with the next message" if coalesced else "",
         )
         if not claimed:
             return None
-        replies = _turn(conversation, message, now, llm, counted)
+        # "hola" "hola" "hola": the answer to the last message greets once for all.
+        replies = [] if coalesced else _turn(conversation, message, now, llm)
         conversation.last_activity_at = now
         conversation.save()
         rows = whatsapp.queue_replies(conversation, replies) if replies else []
@@ -250,11 +290,7 @@ def _run_one_turn_once(
 
 
 def _turn(
-    conversation: Conversation,
-    message: Message,
-    now: dt.datetime,
-    llm: _ReplayLLM | None = None,
-    counted: dict[int, bool] | None = None,
+    conversation: Conversation, message: Message, now: dt.datetime, llm: _ReplayLLM | None = None
 ) -> list[Reply]:
     """One inbound message against the locked conversation; returns the replies to queue."""
     if conversation.last_inbound_at is None or conversation.last_inbound_at < message.created_at:
@@ -265,24 +301,76 @@ def _turn(
     if conversation.closed_at is None and _idle_before(conversation, message):
         close_conversation(conversation, now)
 
-    counted = {} if counted is None else counted
-    if message.pk not in counted:  # a turn run again after an LLM question counts once
-        counted[message.pk] = _over_rate_limit(conversation, message, now)
-        if counted[message.pk]:
-            metrics.RATE_LIMIT_HITS.labels(scope="bot").inc()
-    if counted[message.pk]:
-        if conversation.rate_limited_until is None or conversation.rate_limited_until <= now:
-            conversation.rate_limited_until = now + RATE_WINDOW
-            return [Reply(kind="text", text=_("Please wait a moment…"))]
-        return []
-
     return _run_engine(conversation, message, now, llm)
+
+
+def _greeting_with_more_behind(message: Message) -> bool:
+    if message.kind != "text" or len(message.text) > 100:
+        return False
+    if nlu.detect_intent(message.text) != nlu.Intent.GREETING:
+        return False
+    return _pending(message.conversation_id).exclude(pk=message.pk).exists()
+
+
+def _rate_limit_wait(conversation: Conversation, now: dt.datetime) -> float:
+    """0 when the conversation may take a turn now (and it is counted), else seconds to wait.
+
+    SOPHIA_RATE_LIMIT_PER_MINUTE turns per window, counted in Redis; with Redis unusable, the
+    turns of the last minute are counted in PostgreSQL instead.
+    """
+    limit = settings.SOPHIA_RATE_LIMIT_PER_MINUTE
+    wait = state.take_turn(conversation.session_id, limit)
+    if wait is not None:
+        return wait
+    recent = list(
+        Message.objects.filter(
+            conversation=conversation,
+            direction=Direction.IN,
+            status=MessageStatus.PROCESSED,
+            processed_at__gt=now - RATE_WINDOW,
+        )
+        .order_by("-processed_at")
+        .values_list("processed_at", flat=True)[:limit]
+    )
+    if len(recent) < limit:
+        return 0.0
+    return max((recent[-1] + RATE_WINDOW - now).total_seconds(), 0.1)
+
+
+def _defer(conversation: Conversation, message: Message, now: dt.datetime, wait: float) -> _Outcome:
+    """Over the rate limit: the message stays pending for the next window (never dropped); the
+    patient is asked to wait once per window."""
+    metrics.RATE_LIMIT_HITS.labels(scope="bot").inc()
+    # Waiting is not a failed run.
+    Message.objects.filter(pk=message.pk).update(attempts=F("attempts") - 1)
+    replies = []
+    if conversation.rate_limited_until is None or conversation.rate_limited_until <= now:
+        replies = [Reply(kind="text", text=_("Please wait a moment…"))]
+    conversation.rate_limited_until = now + dt.timedelta(seconds=wait)
+    conversation.save(update_fields=["rate_limited_until", "updated_at"])
+    rows = whatsapp.queue_replies(conversation, replies) if replies else []
+    logger.info("conversation %s over the rate limit: next turn in %.1f s", conversation.pk, wait)
+    return _Outcome(conversation, rows, retry_after=wait)
+
+
+def _bound_lock_waits() -> None:
+    """In this transaction, wait at most LOCK_WAIT_LIMIT for a row lock (PostgreSQL).
+
+    The conversation row is held for a turn's few milliseconds, and by a webhook's insert for
+    less. Only a worker hung inside a turn holds it longer; waiting on it would hang this worker
+    too, and with it every other patient. After the limit the statement fails, the turn rolls
+    back and is tried again later (the stranded-turn sweeper), and this worker moves on.
+    """
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [LOCK_WAIT_LIMIT])
 
 
 def give_up_on(message_id: int) -> bool:
     """Set aside an inbound message whose turn keeps dying: processed, staff flagged, the patient
     told a person will continue. False if it was processed meanwhile."""
     with transaction.atomic():
+        _bound_lock_waits()
         message = (
             Message.objects.select_for_update()
             .filter(pk=message_id, direction=Direction.IN, status=MessageStatus.RECEIVED)
@@ -338,19 +426,6 @@ def _idle_before(conversation: Conversation, message: Message) -> bool:
     return previous is not None and message.created_at - previous > idle_limit
 
 
-def _over_rate_limit(conversation: Conversation, message: Message, now: dt.datetime) -> bool:
-    count = state.count_message(conversation.session_id)
-    if count is None:
-        # Redis unusable: count this conversation's inbound messages of the last minute instead.
-        count = Message.objects.filter(
-            conversation=conversation,
-            direction=Direction.IN,
-            created_at__gt=now - RATE_WINDOW,
-            created_at__lte=message.created_at,
-        ).count()
-    return count > settings.SOPHIA_RATE_LIMIT_PER_MINUTE
-
-
 def _run_engine(
     conversation: Conversation, message: Message, now: dt.datetime, llm: _ReplayLLM | None
 ) -> list[Reply]:
@@ -368,8 +443,20 @@ def _run_engine(
     )
     try:
         # A savepoint: whatever the engine wrote before failing is undone, the turn goes on.
-        with transaction.atomic():
+        with transaction.atomic(), time_budget(settings.SOPHIA_TURN_BUDGET_SECONDS):
             result = engine.step(snapshot, _inbound(message, conversation), ctx)
+    except TurnTimeout:
+        logger.error(
+            "turn of conversation %s message %s ran past its %s s budget; set aside for staff",
+            conversation.pk,
+            message.pk,
+            settings.SOPHIA_TURN_BUDGET_SECONDS,
+        )
+        Message.objects.filter(pk=message.pk).update(
+            error=f"set aside: the turn ran past {settings.SOPHIA_TURN_BUDGET_SECONDS} s"
+        )
+        conversation.needs_staff = True
+        return [_apology()]
     except (OperationalError, InterfaceError):
         raise  # the database itself is in trouble: roll back the turn, it is retried later
     except Exception as exc:
@@ -403,7 +490,76 @@ def _run_engine(
 
 def _inbound(message: Message, conversation: Conversation) -> Inbound:
     message.conversation = conversation  # already loaded and locked: no second query
-    return to_inbound(message)
+    inbound = to_inbound(message)
+    if len(inbound.text) > MAX_TEXT:
+        # Longer than WhatsApp allows (a forged or broken client): stored whole for staff, but
+        # no pattern and no LLM ever reads more than this.
+        logger.warning(
+            "message %s has %d characters; the turn reads the first %d",
+            message.pk,
+            len(inbound.text),
+            MAX_TEXT,
+        )
+        inbound = dataclasses.replace(inbound, text=inbound.text[:MAX_TEXT])
+    return inbound
+
+
+class TurnTimeout(BaseException):
+    """A turn ran past its time budget. A BaseException, so no `except Exception` on the way
+    (an optional LLM call's fallback, say) can swallow it."""
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float):
+    """Raise TurnTimeout in the block after `seconds`.
+
+    On the main thread (where run_worker's first task thread runs) by SIGALRM, which stops even
+    a regular expression: Python's `re` checks for signals as it matches. On other threads by an
+    asynchronous exception from a timer, which stops Python code between bytecodes but not a
+    C call that never returns; what escapes both is left to MAX_TURN_ATTEMPTS and the
+    stranded-turn sweeper of another worker.
+    """
+    if seconds <= 0:
+        yield
+        return
+    if threading.current_thread() is threading.main_thread():
+
+        def expire(signum, frame):
+            raise TurnTimeout
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        return
+    thread_id = threading.get_ident()
+    guard = threading.Lock()
+    over = threading.Event()  # the block is over: the timer must not fire any more
+
+    def expire() -> None:
+        with guard:
+            if not over.is_set():
+                _async_raise(thread_id, TurnTimeout)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with guard:
+            over.set()
+            timer.cancel()
+            _async_raise(thread_id, None)  # withdraw one fired but not yet delivered
+
+
+def _async_raise(thread_id: int, exc: type[BaseException] | None) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None
+    )
 
 
 def to_inbound(message: Message) -> Inbound:
@@ -455,14 +611,13 @@ def close_conversation(conversation: Conversation, now: dt.datetime) -> None:
     """Finish the session (FINALIZADO): clear the engine's memory, free the patient's holds.
 
     Call inside a transaction with the row locked; the caller saves. The patient link stays (a
-    fact about this phone, not session state), and so do failed identity checks: waiting half an
-    hour must not buy a stranger three more guesses at someone's date of birth.
+    fact about this phone, not session state). Failed identity checks live in the database
+    (clinics IdentityFailure), so waiting half an hour buys a stranger no more guesses.
     """
     OrmGateway(conversation.clinic, conversation.pk).holds_release()
-    kept = {k: v for k, v in (conversation.context or {}).items() if k in KEPT_ON_CLOSE}
     conversation.state = engine.State.CLOSED
     conversation.closed_at = now
-    conversation.context = kept
+    conversation.context = {}
     session_id = conversation.session_id
     transaction.on_commit(lambda: state.forget_session(session_id))
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from django.utils.dates import MONTHS, MONTHS_3, WEEKDAYS, WEEKDAYS_ABBR
 from django.utils.translation import gettext as _
-from django.utils.translation import ngettext, pgettext
+from django.utils.translation import pgettext
 
 from bot.messages import (
     MAX_BUTTON_TITLE,
@@ -24,6 +24,7 @@ from bot.messages import (
     AppointmentInfo,
     Button,
     ClinicInfo,
+    PatientInfo,
     Reply,
     Row,
     SlotInfo,
@@ -163,17 +164,6 @@ def ask_birth_date_to_verify() -> Reply:
     )
 
 
-def birth_date_mismatch(attempts_left: int) -> Reply:
-    return text(
-        ngettext(
-            "That date doesn't match our records. Please try again (%(n)s attempt left).",
-            "That date doesn't match our records. Please try again (%(n)s attempts left).",
-            attempts_left,
-        )
-        % {"n": attempts_left}
-    )
-
-
 def birth_date_first() -> Reply:
     return text(_("Please confirm your date of birth first (for example 14/03/1985)."))
 
@@ -231,23 +221,14 @@ def symptoms_kept_ask_name() -> Reply:
     )
 
 
-def register_ask_name(clinic: ClinicInfo) -> Reply:
-    return text(
-        _("I couldn't find that document at %(clinic)s. Let's register you: what's your full name?")
-        % {"clinic": clinic.name}
-    )
+def register_ask_name() -> Reply:
+    # The same words whether or not the document is on file (DESIGN §6: no leak).
+    return text(_("Thank you. Now your full name, please (first name and surname)."))
 
 
 def register_bad_name() -> Reply:
     return text(
         _("Please write your full name, first name and surname (for example: Ana María Gómez).")
-    )
-
-
-def register_ask_birth_date(name: str) -> Reply:
-    return text(
-        _("Thanks, %(name)s. Now your date of birth, please (for example 14/03/1985).")
-        % {"name": name}
     )
 
 
@@ -258,14 +239,53 @@ def registered(name: str) -> Reply:
     )
 
 
-def registration_closed(clinic: ClinicInfo) -> Reply:
+def identity_not_confirmed() -> Reply:
+    """Said alike when a document is unknown here and when its checks failed (no leak)."""
     return text(
         _(
-            "I couldn't find that document at %(clinic)s. To register, please contact the "
-            "clinic; I've let the team know and a person will write to you soon."
+            "I couldn't confirm those details, so I can't continue here. A person from the "
+            "clinic will write to you soon."
         )
-        % {"clinic": clinic.name}
     )
+
+
+def whose_appointment(patients: Sequence[PatientInfo]) -> Reply:
+    """Who the appointment is for: the patients this number speaks for, or someone else."""
+    rows = [Row(id=f"who:{p.id}", title=p.full_name) for p in patients[: MAX_LIST_ROWS - 1]]
+    rows.append(Row(id=WHO_SOMEONE_ELSE, title=_("Someone else")))
+    return list_reply(
+        _(
+            "Who is the appointment for? Choose the person, or “Someone else” to add them "
+            "(you'll need their document number)."
+        ),
+        _("Choose"),
+        rows,
+    )
+
+
+WHO_SOMEONE_ELSE = "who:new"
+
+
+def whose_appointment_help() -> Reply:
+    return text(
+        _(
+            "Please choose from the list who the appointment is for, or write the person's "
+            "document number."
+        )
+    )
+
+
+def ask_other_document() -> Reply:
+    return text(
+        _(
+            "Please write the document number of the person the appointment is for (for a "
+            "child, their identity card or civil registry number)."
+        )
+    )
+
+
+def booking_for(name: str) -> Reply:
+    return text(_("All right, the appointment will be for %(name)s.") % {"name": name})
 
 
 def registration_failed() -> Reply:
@@ -680,18 +700,31 @@ def booking_dropped(*, rescheduling: bool) -> Reply:
 # --- the patient's appointments --------------------------------------------------------------
 
 
-def appointment_line(appointment: AppointmentInfo, clinic: ClinicInfo) -> str:
+def appointment_line(
+    appointment: AppointmentInfo, clinic: ClinicInfo, *, with_patient: bool = False
+) -> str:
     start = local(appointment.start_at, clinic)
     specialty = appointment.specialty.name if appointment.specialty else ""
     who = doctor_line(appointment.doctor_name, specialty)
-    return f"• {short_date(start)}, {time_label(start)} — {who}"
+    line = f"• {short_date(start)}, {time_label(start)} — {who}"
+    if with_patient and appointment.patient_name:
+        line += f" · {appointment.patient_name}"
+    return line
+
+
+def _several_patients(appointments: Sequence[AppointmentInfo]) -> bool:
+    return len({a.patient_id for a in appointments}) > 1
 
 
 def upcoming(appointments: Sequence[AppointmentInfo], clinic: ClinicInfo) -> Reply:
+    """One number's upcoming appointments; whose each is, when they are several people's."""
     if not appointments:
         return no_upcoming()
+    several = _several_patients(appointments)
     lines = [_("Your upcoming appointments:")]
-    lines += [appointment_line(a, clinic) for a in appointments[:MAX_LIST_ROWS]]
+    lines += [
+        appointment_line(a, clinic, with_patient=several) for a in appointments[:MAX_LIST_ROWS]
+    ]
     return text("\n".join(lines))
 
 
@@ -701,14 +734,18 @@ def no_upcoming() -> Reply:
 
 def appointment_rows(appointments: Sequence[AppointmentInfo], clinic: ClinicInfo) -> list[Row]:
     rows = []
+    several = _several_patients(appointments)
     for appointment in appointments[:MAX_LIST_ROWS]:
         start = local(appointment.start_at, clinic)
         specialty = appointment.specialty.name if appointment.specialty else ""
+        description = doctor_line(appointment.doctor_name, specialty)
+        if several and appointment.patient_name:
+            description = f"{appointment.patient_name} · {description}"
         rows.append(
             Row(
                 id=f"appt:{appointment.id}",
                 title=f"{short_date(start)} {time_label(start)}",
-                description=doctor_line(appointment.doctor_name, specialty),
+                description=description,
             )
         )
     return rows

@@ -215,18 +215,33 @@ def locked_sessions(session_ids: list[str]) -> set[str]:
 # --- rate limit ----------------------------------------------------------------------------
 
 
-def count_message(session_id: str) -> int | None:
-    """Count one message in the current one-minute window; None when Redis is unusable."""
+# Take one turn of the window if fewer than ARGV[1] were taken: 0, else the window's
+# remaining milliseconds. The window starts at its first turn (PEXPIRE only on a new key).
+_TAKE_TURN_SCRIPT = """
+local count = tonumber(redis.call('get', KEYS[1]) or '0')
+if count >= tonumber(ARGV[1]) then
+    local left = redis.call('pttl', KEYS[1])
+    if left < 0 then
+        redis.call('pexpire', KEYS[1], ARGV[2])
+        left = tonumber(ARGV[2])
+    end
+    return left
+end
+redis.call('incr', KEYS[1])
+if count == 0 then redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
 
-    def incr(r: redis.Redis) -> int:
-        pipe = r.pipeline()
-        pipe.incr(rate_key(session_id))
-        # NX: the window starts at the first message and is not pushed forward by later ones.
-        pipe.expire(rate_key(session_id), RATE_WINDOW_SECONDS, nx=True)
-        count, _ = pipe.execute()
-        return int(count)
 
-    return _call(incr)
+def take_turn(session_id: str, limit: int) -> float | None:
+    """Count one bot turn in the conversation's one-minute window if `limit` allows it.
+
+    0.0 when allowed; otherwise the seconds until the window ends (the turn waits, nothing
+    is counted); None when Redis is unusable (the caller counts from PostgreSQL).
+    """
+    window_ms = RATE_WINDOW_SECONDS * 1000
+    left = _call(lambda r: r.eval(_TAKE_TURN_SCRIPT, 1, rate_key(session_id), limit, window_ms))
+    return None if left is None else int(left) / 1000
 
 
 # --- typing ----------------------------------------------------------------------------------

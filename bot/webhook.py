@@ -14,6 +14,8 @@ import hashlib
 import hmac
 import json
 import logging
+import math
+import re
 import time
 from collections.abc import Callable
 
@@ -131,20 +133,11 @@ def _receive(request: HttpRequest) -> HttpResponse:
 
     # PostgreSQL text cannot hold NUL; keep everything else exactly as received.
     raw = body.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        reason = f"malformed JSON: {exc}"
-    else:
-        reason = "" if isinstance(payload, dict) else "malformed payload: expected a JSON object"
+    payload, reason = parse_payload(raw, escapes=b"\\u" in body)
     if reason:
         event = WebhookEvent.objects.create(body=raw, signature_valid=True, error=reason[:2000])
         logger.warning("webhook event %s refused: %s", event.pk, reason)
         return JsonResponse({"status": "error", "reason": reason}, status=400)
-
-    if b"\\u0000" in body:
-        # PostgreSQL cannot store NUL in text or jsonb: drop it rather than lose the message.
-        payload = _without_nul(payload)
 
     def record(clinic_id: int | None, now: dt.datetime) -> int:
         # The raw event is written in the same transaction as its messages (one commit).
@@ -279,13 +272,61 @@ def schedule_turns(conversation_ids: list[int]) -> None:
         processing.schedule_turns(conversation_id)
 
 
-def _without_nul(value):
+# WhatsApp's payloads nest about ten levels; anything far deeper is not a message.
+MAX_JSON_DEPTH = 64
+# A lone (unpaired) surrogate: JSON can escape one ("\\ud800"), UTF-8 cannot encode it.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _finite_float(text: str) -> float | None:
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def parse_payload(raw: str, *, escapes: bool = True) -> tuple[dict | None, str]:
+    """The webhook body as a JSON object ready to store, or (None, reason) for a 400.
+
+    Readable beats rejected, so a signed body whose message can still be read is kept:
+    NaN/±Infinity (not JSON, but Python's parser accepts them) and numbers too large for a
+    float become null, which PostgreSQL's jsonb can hold; NUL characters are dropped and lone
+    surrogates become U+FFFD, since neither can be stored as UTF-8 text. Refused: malformed
+    JSON, anything but an object, and nesting deeper than MAX_JSON_DEPTH (a 2,000-level body
+    makes the parser itself overflow: RecursionError, caught here, not a 500). `escapes` False
+    (no "\\u" in the body) skips the string clean-up, which only \\u escapes make necessary.
+    """
+    try:
+        payload = json.loads(raw, parse_constant=lambda _: None, parse_float=_finite_float)
+    except RecursionError:
+        return None, f"malformed payload: nested deeper than {MAX_JSON_DEPTH} levels"
+    except ValueError as exc:
+        return None, f"malformed JSON: {exc}"
+    if not isinstance(payload, dict):
+        return None, "malformed payload: expected a JSON object"
+    try:
+        return _clean_json(payload, 1, escapes), ""
+    except _TooDeep:
+        return None, f"malformed payload: nested deeper than {MAX_JSON_DEPTH} levels"
+
+
+def _clean_json(value, depth: int, strings: bool):
+    """Check the depth and make every string storable; recursion bounded by MAX_JSON_DEPTH."""
     if isinstance(value, str):
-        return value.replace("\x00", "")
+        if strings and ("\x00" in value or _LONE_SURROGATE.search(value)):
+            return _LONE_SURROGATE.sub("\ufffd", value.replace("\x00", ""))
+        return value
+    if isinstance(value, dict | list) and depth > MAX_JSON_DEPTH:
+        raise _TooDeep
     if isinstance(value, list):
-        return [_without_nul(v) for v in value]
+        return [_clean_json(v, depth + 1, strings) for v in value]
     if isinstance(value, dict):
-        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+        return {
+            _clean_json(k, depth, strings): _clean_json(v, depth + 1, strings)
+            for k, v in value.items()
+        }
     return value
 
 

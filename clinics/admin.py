@@ -36,7 +36,10 @@ from clinics.models import (
     Clinic,
     Doctor,
     FaqEntry,
+    IdentityFailure,
+    IdentityLockout,
     Patient,
+    PatientPhone,
     Schedule,
     Slot,
     SlotHold,
@@ -606,6 +609,35 @@ class AppointmentInline(admin.TabularInline):
         return request.user.is_superuser or obj is None or obj.clinic_id in memberships(request)
 
 
+class PatientPhoneInline(admin.TabularInline):
+    """The numbers verified for the patient besides the one on file; removed from their list."""
+
+    model = PatientPhone
+    fk_name = "patient"
+    fields = ["number", "how", "verified_at"]
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    show_change_link = True
+
+    @admin.display(description=gettext_lazy("WhatsApp number"))
+    def number(self, obj: PatientPhone) -> str:
+        return obj.wa_id
+
+    def has_add_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_view_permission(self, request: HttpRequest, obj=None) -> bool:
+        return request.user.is_superuser or obj is None or obj.clinic_id in memberships(request)
+
+
 @admin.register(Patient)
 class PatientAdmin(ClinicScopedAdmin):
     add_roles = change_roles = ANY_ROLE
@@ -624,7 +656,7 @@ class PatientAdmin(ClinicScopedAdmin):
     search_fields = ["full_name", "=document", "=whatsapp_id"]
     # Reminders stop and resume through clinics.services (audited), never a raw form save.
     readonly_fields = ["created_at", "reminders_opted_out_at"]
-    inlines = [AppointmentInline]
+    inlines = [PatientPhoneInline, AppointmentInline]
     actions = ["resume_reminders"]
 
     @admin.action(description=gettext_lazy("Resume appointment reminders"))
@@ -802,3 +834,119 @@ class StaffMembershipAdmin(ClinicScopedAdmin):
     list_filter = ["role", ("clinic", admin.RelatedOnlyFieldListFilter)]
     list_select_related = ["user", "clinic"]
     search_fields = ["user__username", "user__first_name", "user__last_name"]
+
+
+class StaffActionAdmin(ReadOnlyRecordAdmin):
+    """Read-only rows with one staff action each (any role of the row's clinic)."""
+
+    def has_staff_action_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_superuser or bool(memberships(request))
+
+    def _each(
+        self, request: HttpRequest, queryset: QuerySet, call: Callable[[models.Model], object]
+    ) -> int:
+        """Run `call` for each row the user may see; how many it changed."""
+        done, refused = 0, 0
+        for obj in queryset.select_related("clinic"):
+            if not self.has_view_permission(request, obj):
+                refused += 1
+                continue
+            try:
+                done += bool(call(obj))
+            except services.BookingError as exc:
+                refused += 1
+                logger.info("admin action refused for %s %s: %s", obj._meta, obj.pk, exc.code)
+        if refused:
+            messages.warning(
+                request,
+                ngettext(
+                    "%(count)d row could not be changed.",
+                    "%(count)d rows could not be changed.",
+                    refused,
+                )
+                % {"count": refused},
+            )
+        return done
+
+
+@admin.register(PatientPhone)
+class PatientPhoneAdmin(StaffActionAdmin):
+    list_display = ["patient", "number_masked", "how", "verified_at", "clinic"]
+    list_filter = ["how", ("clinic", admin.RelatedOnlyFieldListFilter)]
+    list_select_related = ["patient", "clinic"]
+    search_fields = ["patient__full_name", "=patient__document", "=wa_id"]
+    actions = ["remove_numbers"]
+
+    @admin.display(description=gettext_lazy("WhatsApp number"))
+    def number_masked(self, obj: PatientPhone) -> str:
+        return mask(obj.wa_id)
+
+    @admin.action(
+        description=gettext_lazy("Remove selected numbers from their patients"),
+        permissions=["staff_action"],
+    )
+    def remove_numbers(self, request: HttpRequest, queryset: QuerySet) -> None:
+        actor = services.Actor.staff(request.user)
+        done = self._each(
+            request,
+            queryset.select_related("patient"),
+            lambda phone: services.patient_phone_remove(
+                clinic=phone.clinic, patient=phone.patient, wa_id=phone.wa_id, actor=actor
+            ),
+        )
+        messages.success(
+            request,
+            ngettext("%(count)d number removed.", "%(count)d numbers removed.", done)
+            % {"count": done},
+        )
+
+
+@admin.register(IdentityLockout)
+class IdentityLockoutAdmin(StaffActionAdmin):
+    list_display = ["locked_at", "patient", "number_masked", "is_active", "lifted_at", "lifted_by"]
+    list_filter = [
+        ("lifted_at", admin.EmptyFieldListFilter),
+        ("clinic", admin.RelatedOnlyFieldListFilter),
+    ]
+    list_select_related = ["patient", "clinic", "lifted_by"]
+    search_fields = ["patient__full_name", "=patient__document", "=wa_id"]
+    actions = ["lift"]
+
+    @admin.display(description=gettext_lazy("WhatsApp number"))
+    def number_masked(self, obj: IdentityLockout) -> str:
+        return mask(obj.wa_id)
+
+    @admin.display(description=gettext_lazy("active"), boolean=True)
+    def is_active(self, obj: IdentityLockout) -> bool:
+        return obj.active
+
+    @admin.action(description=gettext_lazy("Lift selected lock-outs"), permissions=["staff_action"])
+    def lift(self, request: HttpRequest, queryset: QuerySet) -> None:
+        actor = services.Actor.staff(request.user)
+        done = self._each(
+            request,
+            queryset.filter(lifted_at=None),
+            lambda lockout: services.identity_lockout_lift(
+                clinic=lockout.clinic, lockout_id=lockout.pk, actor=actor
+            ),
+        )
+        messages.success(
+            request,
+            ngettext("%(count)d lock-out lifted.", "%(count)d lock-outs lifted.", done)
+            % {"count": done},
+        )
+
+
+@admin.register(IdentityFailure)
+class IdentityFailureAdmin(ReadOnlyRecordAdmin):
+    list_display = ["at", "patient", "number_masked", "cleared_at", "clinic"]
+    list_filter = [
+        ("cleared_at", admin.EmptyFieldListFilter),
+        ("clinic", admin.RelatedOnlyFieldListFilter),
+    ]
+    list_select_related = ["patient", "clinic"]
+    search_fields = ["patient__full_name", "=patient__document", "=wa_id"]
+
+    @admin.display(description=gettext_lazy("WhatsApp number"))
+    def number_masked(self, obj: IdentityFailure) -> str:
+        return mask(obj.wa_id)

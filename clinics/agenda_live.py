@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 
 from django.dispatch import receiver
-from django.template.loader import render_to_string
 from django.utils import timezone
 
 from clinics import selectors
 from clinics.consumers import agenda_group
 from clinics.events import domain_event
 from clinics.models import Clinic
+from clinics.templatetags.agenda import cell_html
 from sophia_web import live
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def cells_html(clinic: Clinic, slot_ids: list[int]) -> str:
         for slot_id in slot_ids:
             cell = selectors.calendar_cell(clinic=clinic, slot_id=slot_id)
             if cell is not None:
-                parts.append(render_to_string("clinics/_cell.html", {"cell": cell, "oob": True}))
+                parts.append(cell_html(cell, oob=True))
     return "".join(parts)
 
 

@@ -1,5 +1,7 @@
 """The scheduling domain (DESIGN §3). Only clinics.services changes bookings."""
 
+from __future__ import annotations
+
 import datetime as dt
 import zoneinfo
 
@@ -228,6 +230,21 @@ class ExtraHours(models.Model):
         return f"{self.doctor} {self.date} {self.start_time}-{self.end_time}"
 
 
+class BlockedPeriodQuerySet(models.QuerySet):
+    def covering(self, *, clinic_id, doctor_id, start_at, end_at) -> BlockedPeriodQuerySet:
+        """Periods that overlap [start_at, end_at) for that doctor: theirs or the whole clinic's.
+
+        The arguments may be values or expressions (`OuterRef("start_at")`), so one definition
+        serves a single slot (clinics.services) and an availability query (clinics.selectors).
+        """
+        return self.filter(
+            Q(doctor__isnull=True) | Q(doctor_id=doctor_id),
+            clinic_id=clinic_id,
+            starts_at__lt=end_at,
+            ends_at__gt=start_at,
+        )
+
+
 class BlockedPeriod(models.Model):
     """A holiday (whole clinic, doctor empty), a doctor's absence or a block set by hand on a
     slot or range; no bookable slot inside it."""
@@ -252,6 +269,8 @@ class BlockedPeriod(models.Model):
     ends_at = models.DateTimeField(_("ends at"))
     reason = models.CharField(_("reason"), max_length=200, blank=True)
     kind = models.CharField(_("kind"), max_length=8, choices=Kind.choices, default=Kind.ABSENCE)
+
+    objects = BlockedPeriodQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("blocked period")
@@ -401,6 +420,139 @@ class Patient(models.Model):
     def masked_document(self) -> str:
         """For logs and lists: never the whole document."""
         return mask(self.document, keep=3)
+
+
+class PatientPhone(models.Model):
+    """A WhatsApp number verified for a patient besides the one on file (Patient.whatsapp_id).
+
+    A patient may have several (a new phone); a number may serve several patients (a parent
+    and the children). Adding one never replaces the number on file; staff may remove any.
+    """
+
+    class How(models.TextChoices):
+        BIRTH_DATE = "birth_date", _("birth date checked by the bot")
+        REGISTRATION = "registration", _("registered from this number")
+        STAFF = "staff", _("added by staff")
+
+    clinic = models.ForeignKey(
+        Clinic, on_delete=models.CASCADE, related_name="patient_phones", verbose_name=_("clinic")
+    )
+    patient = models.ForeignKey(
+        Patient, on_delete=models.CASCADE, related_name="phones", verbose_name=_("patient")
+    )
+    wa_id = models.CharField(_("WhatsApp number"), max_length=20)
+    how = models.CharField(_("verified by"), max_length=16, choices=How.choices)
+    verified_at = models.DateTimeField(_("verified at"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("patient's WhatsApp number")
+        verbose_name_plural = _("patients' WhatsApp numbers")
+        ordering = ["verified_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["patient", "wa_id"], name="patient_phone_unique")
+        ]
+        indexes = [models.Index(fields=["clinic", "wa_id"], name="patient_phone_clinic_wa")]
+
+    def __str__(self) -> str:
+        return f"{self.patient} …{self.wa_id[-4:]}"
+
+
+class IdentityFailure(models.Model):
+    """One wrong answer to an identity check (a birth date that did not match a document).
+
+    Counted per patient (across numbers and conversations) and per number (across patients)
+    until staff lift the lock-out they led to, which clears them.
+    """
+
+    clinic = models.ForeignKey(
+        Clinic, on_delete=models.CASCADE, related_name="identity_failures", verbose_name=_("clinic")
+    )
+    patient = models.ForeignKey(
+        Patient,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="identity_failures",
+        verbose_name=_("patient"),
+    )
+    wa_id = models.CharField(_("WhatsApp number"), max_length=20)
+    at = models.DateTimeField(_("at"), default=timezone.now)
+    cleared_at = models.DateTimeField(_("cleared at"), null=True, blank=True)
+
+    class Meta:
+        verbose_name = _("failed identity check")
+        verbose_name_plural = _("failed identity checks")
+        ordering = ["-at", "-id"]
+        indexes = [
+            models.Index(
+                fields=["patient"], name="idfail_patient_open", condition=Q(cleared_at=None)
+            ),
+            models.Index(
+                fields=["clinic", "wa_id"], name="idfail_number_open", condition=Q(cleared_at=None)
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"identity failure …{self.wa_id[-4:]} {self.at:%Y-%m-%d %H:%M}"
+
+
+class IdentityLockout(models.Model):
+    """No identity check is accepted for this patient (from any new number), or from this number
+    (for any patient), until staff lift it. A patient's own verified numbers keep working."""
+
+    clinic = models.ForeignKey(
+        Clinic, on_delete=models.CASCADE, related_name="identity_lockouts", verbose_name=_("clinic")
+    )
+    patient = models.ForeignKey(
+        Patient,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="identity_lockouts",
+        verbose_name=_("patient"),
+    )
+    wa_id = models.CharField(_("WhatsApp number"), max_length=20, blank=True)
+    locked_at = models.DateTimeField(_("locked at"), default=timezone.now)
+    lifted_at = models.DateTimeField(_("lifted at"), null=True, blank=True)
+    lifted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        verbose_name=_("lifted by"),
+    )
+
+    class Meta:
+        verbose_name = _("identity lock-out")
+        verbose_name_plural = _("identity lock-outs")
+        ordering = ["-locked_at", "-id"]
+        constraints = [
+            # Either a patient's lock-out or a number's, never both nor neither.
+            models.CheckConstraint(
+                condition=(Q(patient__isnull=False) & Q(wa_id=""))
+                | (Q(patient__isnull=True) & ~Q(wa_id="")),
+                name="lockout_patient_xor_number",
+            ),
+            models.UniqueConstraint(
+                fields=["patient"],
+                condition=Q(lifted_at=None, patient__isnull=False),
+                name="lockout_one_active_per_patient",
+            ),
+            models.UniqueConstraint(
+                fields=["clinic", "wa_id"],
+                condition=Q(lifted_at=None, patient=None),
+                name="lockout_one_active_per_number",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        who = str(self.patient) if self.patient_id else f"…{self.wa_id[-4:]}"
+        return f"lock-out {who} {self.locked_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def active(self) -> bool:
+        return self.lifted_at is None
 
 
 class AppointmentStatus(models.TextChoices):

@@ -23,6 +23,7 @@ from clinics.models import (
     Clinic,
     Doctor,
     Patient,
+    PatientPhone,
     Slot,
     SlotHold,
     SlotStatus,
@@ -371,6 +372,48 @@ def patient_by_document(*, clinic: Clinic, document: str) -> Patient | None:
     return Patient.objects.filter(clinic=clinic, document=clean_document(document)).first()
 
 
+def patients_on_number(*, clinic: Clinic, wa_id: str) -> list[Patient]:
+    """The patients this WhatsApp number speaks for: its number on file or a verified one
+    (a parent's phone holds the children too). Oldest registration first."""
+    if not wa_id:
+        return []
+    verified = PatientPhone.objects.filter(clinic=clinic, wa_id=wa_id).values("patient_id")
+    return list(
+        Patient.objects.filter(clinic=clinic)
+        .filter(Q(whatsapp_id=wa_id) | Q(pk__in=verified))
+        .order_by("created_at", "pk")
+    )
+
+
+def patient_verified_on(*, clinic: Clinic, patient_id: int, wa_id: str) -> bool:
+    """Does `wa_id` still speak for this patient (staff may have removed the number)?"""
+    if not wa_id or not patient_id:
+        return False
+    return (
+        Patient.objects.filter(clinic=clinic, pk=patient_id)
+        .filter(Q(whatsapp_id=wa_id) | Q(phones__wa_id=wa_id))
+        .exists()
+    )
+
+
+def upcoming_appointments_on_number(
+    *, clinic: Clinic, wa_id: str, now: dt.datetime | None = None
+) -> list[Appointment]:
+    """ "Mis citas" from a number: the upcoming appointments of every patient verified on it,
+    and no one else's. Soonest first."""
+    patients = patients_on_number(clinic=clinic, wa_id=wa_id)
+    if not patients:
+        return []
+    now = now or timezone.now()
+    return list(
+        Appointment.objects.filter(
+            clinic=clinic, patient__in=patients, status__in=UPCOMING_STATUSES, start_at__gt=now
+        )
+        .select_related("doctor", "specialty", "patient")
+        .order_by("start_at", "pk")
+    )
+
+
 def staff_clinics(user) -> QuerySet[Clinic]:
     """Clinics a user is a member of (a superuser: all). Anonymous or inactive: none."""
     if user is None or not getattr(user, "is_authenticated", False) or not user.is_active:
@@ -385,7 +428,7 @@ def staff_clinics(user) -> QuerySet[Clinic]:
 # --- the staff calendar and lists -------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class CalendarCell:
     """One slot as the calendar shows it (times local to the clinic)."""
 

@@ -10,12 +10,14 @@ Lock order, to stay deadlock-free: slots (by id) first, then appointments.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, Min, OuterRef, Q, Subquery, Value
+from django.db.models import Case, Count, Exists, Min, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.text import slugify
@@ -47,13 +49,17 @@ from clinics.models import (
     Clinic,
     Doctor,
     ExtraHours,
+    IdentityFailure,
+    IdentityLockout,
     Patient,
+    PatientPhone,
     Schedule,
     Slot,
     SlotHold,
     SlotStatus,
     Specialty,
 )
+from sophia_web import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +95,20 @@ class Actor:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _counts_conflicts(service: Callable) -> Callable:
+    """Count refusals because someone else got there first (/metrics), whoever called."""
+
+    @functools.wraps(service)
+    def counted(*args, **kwargs):
+        try:
+            return service(*args, **kwargs)
+        except (SlotTaken, PatientOverlap) as exc:
+            metrics.BOOKING_CONFLICTS.labels(code=exc.code).inc()
+            raise
+
+    return counted
 
 
 def _audit(
@@ -174,6 +194,20 @@ def _check_patient(clinic: Clinic, patient: Patient | None, *, query: bool = Tru
     return patient
 
 
+def _blocked_period_over_slot() -> Exists:
+    """For a Slot queryset: does a blocked period (holiday, absence, block set by hand) cover
+    any part of the slot's time? Such a time is never held or booked, whatever the slot's
+    status says: the period may have been entered after the slot was generated or booked."""
+    return Exists(
+        BlockedPeriod.objects.covering(
+            clinic_id=OuterRef("clinic_id"),
+            doctor_id=OuterRef("doctor_id"),
+            start_at=OuterRef("start_at"),
+            end_at=OuterRef("end_at"),
+        )
+    )
+
+
 def _lock_slots(
     clinic: Clinic,
     slot_ids: list[int],
@@ -187,8 +221,9 @@ def _lock_slots(
     so two services never deadlock. Booking is the write many people race for, and its cost is
     how long the slot stays locked: so the same statement reads all the booking rules need —
     whether `holder` has a live hold on each slot (`holder_holds_it`), the doctor's specialty
-    when the doctor has exactly one (`only_specialty_id`) and, with `patient`, that the patient
-    still exists (the foreign key is only checked at COMMIT, too late for a clean error)."""
+    when the doctor has exactly one (`only_specialty_id`), whether a blocked period covers it
+    (`in_blocked_period`) and, with `patient`, that the patient still exists (the foreign key is
+    only checked at COMMIT, too late for a clean error)."""
     live_hold = SlotHold.objects.filter(
         slot=OuterRef("pk"), holder=holder or "", released_at=None, expires_at__gt=now or Now()
     )
@@ -206,6 +241,7 @@ def _lock_slots(
         .annotate(
             holder_holds_it=Exists(live_hold) if holder else Value(False),
             only_specialty_id=Subquery(one_specialty),
+            in_blocked_period=_blocked_period_over_slot(),
         )
         .order_by("pk")
     )
@@ -229,7 +265,7 @@ def _check_bookable(slot: Slot, *, now: dt.datetime) -> None:
     """Raise unless the holder `_lock_slots` was given may take this locked slot now."""
     if slot.start_at <= now:
         raise SlotUnavailable("the slot has already started", code="slot_in_past")
-    if slot.status == SlotStatus.BLOCKED or not slot.doctor.active:
+    if slot.status == SlotStatus.BLOCKED or not slot.doctor.active or slot.in_blocked_period:
         raise SlotUnavailable("the slot is blocked", code="slot_blocked")
     if slot.status == SlotStatus.BOOKED:
         raise SlotTaken("the slot is already booked")
@@ -238,10 +274,13 @@ def _check_bookable(slot: Slot, *, now: dt.datetime) -> None:
         raise SlotTaken("someone else is holding the slot")
 
 
-def _free_slot(slot: Slot) -> None:
-    slot.status = SlotStatus.FREE
+def _free_slot(slot: Slot) -> bool:
+    """Give a slot locked by `_lock_slots` back: free, or blocked when a blocked period covers
+    it. True when it became free (callers emit slot.liberado only then)."""
+    slot.status = SlotStatus.BLOCKED if slot.in_blocked_period else SlotStatus.FREE
     slot.held_until = None
     slot.save(update_fields=["status", "held_until", "updated_at"])
+    return not slot.in_blocked_period
 
 
 def _integrity_to_booking_error(exc: IntegrityError) -> BookingError:
@@ -395,6 +434,7 @@ def slots_generate(
     return created
 
 
+@_counts_conflicts
 def slot_hold(
     *,
     clinic: Clinic,
@@ -433,8 +473,7 @@ def slot_hold(
         released = []
         for prev_id in others:
             prev = locked.get(prev_id)
-            if prev is not None and prev.status == SlotStatus.HELD:
-                _free_slot(prev)
+            if prev is not None and prev.status == SlotStatus.HELD and _free_slot(prev):
                 released.append(prev)
         SlotHold.objects.filter(Q(holder=holder) | Q(slot=slot), released_at=None).update(
             released_at=now
@@ -477,8 +516,7 @@ def slot_release(*, clinic: Clinic, slot_id: int, holder: str) -> bool:
         if not slot.holder_holds_it:
             return False
         SlotHold.objects.filter(slot=slot, holder=holder, released_at=None).update(released_at=now)
-        if slot.status == SlotStatus.HELD:
-            _free_slot(slot)
+        if slot.status == SlotStatus.HELD and _free_slot(slot):
             events.emit(
                 clinic_id=clinic.pk,
                 name="slot.liberado",
@@ -506,10 +544,22 @@ def holds_expire(*, now: dt.datetime | None = None, batch_size: int = 1000) -> i
             if not batch:
                 break
             ids = [pk for pk, _, _ in batch]
+            # Back to free, or to blocked where a blocked period covers the slot by now.
             Slot.objects.filter(pk__in=ids).update(
-                status=SlotStatus.FREE, held_until=None, updated_at=timezone.now()
+                status=Case(
+                    When(_blocked_period_over_slot(), then=Value(SlotStatus.BLOCKED)),
+                    default=Value(SlotStatus.FREE),
+                ),
+                held_until=None,
+                updated_at=timezone.now(),
             )
             SlotHold.objects.filter(slot_id__in=ids, released_at=None).update(released_at=now)
+            blocked = set(
+                Slot.objects.filter(pk__in=ids, status=SlotStatus.BLOCKED).values_list(
+                    "pk", flat=True
+                )
+            )
+            batch = [row for row in batch if row[0] not in blocked]
             for pk, clinic_id, doctor_id in batch:
                 events.emit(
                     clinic_id=clinic_id,
@@ -517,7 +567,7 @@ def holds_expire(*, now: dt.datetime | None = None, batch_size: int = 1000) -> i
                     payload={"slot_id": pk, "doctor_id": doctor_id, "reason": "hold_expired"},
                 )
             freed += len(batch)
-        if len(batch) < batch_size:
+        if len(ids) < batch_size:
             break
     # Holds whose slot was booked or re-held already: just close them.
     SlotHold.objects.filter(released_at=None, expires_at__lte=now).update(released_at=now)
@@ -529,6 +579,7 @@ def holds_expire(*, now: dt.datetime | None = None, batch_size: int = 1000) -> i
 # --- appointments ----------------------------------------------------------------------------
 
 
+@_counts_conflicts
 def appointment_book(
     *,
     clinic: Clinic,
@@ -589,7 +640,8 @@ def appointment_book(
 
 def _cancel_locked(
     *, clinic: Clinic, appointment: Appointment, slot: Slot, reason: str, actor: Actor, now
-) -> None:
+) -> bool:
+    """Cancel inside the caller's transaction; True when the slot became free (not blocked)."""
     if appointment.status not in UPCOMING_STATUSES or appointment.start_at <= now:
         raise NotCancellable(
             f"only upcoming booked or confirmed appointments can change "
@@ -599,8 +651,7 @@ def _cancel_locked(
     appointment.status = AppointmentStatus.CANCELLED
     appointment.cancel_reason = reason
     appointment.save(update_fields=["status", "cancel_reason", "updated_at"])
-    if slot.status == SlotStatus.BOOKED:
-        _free_slot(slot)
+    freed = slot.status == SlotStatus.BOOKED and _free_slot(slot)
     _audit(
         clinic=clinic,
         actor=actor,
@@ -611,6 +662,7 @@ def _cancel_locked(
         after=_appointment_state(appointment),
         at=now,
     )
+    return freed
 
 
 def appointment_cancel(
@@ -635,7 +687,7 @@ def appointment_cancel(
         found = _load_appointment(clinic, appointment_id, patient)
         slot = _lock_slots(clinic, [found.slot_id], now=now)[found.slot_id]
         appointment = Appointment.objects.select_for_update().get(pk=found.pk)
-        _cancel_locked(
+        freed = _cancel_locked(
             clinic=clinic,
             appointment=appointment,
             slot=slot,
@@ -644,15 +696,17 @@ def appointment_cancel(
             now=now,
         )
         events.emit(clinic_id=clinic.pk, name="cita.cancelada", payload=_event_payload(appointment))
-        events.emit(
-            clinic_id=clinic.pk,
-            name="slot.liberado",
-            payload={"slot_id": slot.pk, "doctor_id": slot.doctor_id, "reason": "cancelled"},
-        )
+        if freed:
+            events.emit(
+                clinic_id=clinic.pk,
+                name="slot.liberado",
+                payload={"slot_id": slot.pk, "doctor_id": slot.doctor_id, "reason": "cancelled"},
+            )
     logger.info("appointment %s cancelled actor=%s", appointment.pk, actor.type)
     return appointment
 
 
+@_counts_conflicts
 def appointment_reschedule(
     *,
     clinic: Clinic,
@@ -677,7 +731,7 @@ def appointment_reschedule(
         new_slot = slots[new_slot_id]
         # Check the new slot before touching the old appointment, for the clearer error.
         _check_bookable(new_slot, now=now)
-        _cancel_locked(
+        freed = _cancel_locked(
             clinic=clinic,
             appointment=old,
             slot=slots[old.slot_id],
@@ -710,11 +764,16 @@ def appointment_reschedule(
         payload = _event_payload(new)
         payload["previous"] = _event_payload(old)
         events.emit(clinic_id=clinic.pk, name="cita.reprogramada", payload=payload)
-        events.emit(
-            clinic_id=clinic.pk,
-            name="slot.liberado",
-            payload={"slot_id": old.slot_id, "doctor_id": old.doctor_id, "reason": "rescheduled"},
-        )
+        if freed:
+            events.emit(
+                clinic_id=clinic.pk,
+                name="slot.liberado",
+                payload={
+                    "slot_id": old.slot_id,
+                    "doctor_id": old.doctor_id,
+                    "reason": "rescheduled",
+                },
+            )
     logger.info("appointment %s rescheduled to %s actor=%s", old.pk, new.pk, actor.type)
     return new
 
@@ -858,34 +917,212 @@ def patient_register(
     return patient
 
 
-def patient_link_whatsapp(
-    *, clinic: Clinic, patient: Patient, whatsapp_id: str, actor: Actor
-) -> Patient:
-    """Record the patient's WhatsApp number (after the bot verified the birth date)."""
-    _check_actor(actor)
-    _check_patient(clinic, patient)
-    whatsapp_id = _clean_whatsapp_id(whatsapp_id)
+# --- identity: failed checks, lock-outs, a patient's numbers ---------------------------------
+
+# Wrong birth dates before a lock-out: per patient (over every number and conversation) and
+# per number (over every patient it tries).
+IDENTITY_MAX_FAILURES_PER_PATIENT = 3
+IDENTITY_MAX_FAILURES_PER_NUMBER = 3
+
+
+@dataclass(frozen=True)
+class IdentityStatus:
+    """Which identity lock-outs stand in the way of a check (see IdentityLockout)."""
+
+    patient_locked: bool = False
+    number_locked: bool = False
+
+    @property
+    def locked(self) -> bool:
+        return self.patient_locked or self.number_locked
+
+
+def identity_status(
+    *, clinic: Clinic, wa_id: str, patient: Patient | None = None
+) -> IdentityStatus:
+    """The active lock-outs for this number and, when given, this patient."""
+    active = IdentityLockout.objects.filter(clinic=clinic, lifted_at=None)
+    number = active.filter(patient=None, wa_id=wa_id).exists()
+    locked_patient = patient is not None and active.filter(patient=patient).exists()
+    return IdentityStatus(patient_locked=locked_patient, number_locked=number)
+
+
+def _lock_out(clinic: Clinic, *, patient: Patient | None, wa_id: str, now: dt.datetime) -> None:
+    """Create the active lock-out unless one stands (the partial unique constraints decide)."""
+    try:
+        with transaction.atomic():
+            IdentityLockout.objects.create(
+                clinic=clinic, patient=patient, wa_id="" if patient else wa_id, locked_at=now
+            )
+    except IntegrityError:
+        return  # already locked out
+    _audit(
+        clinic=clinic,
+        actor=Actor.system("identity checks"),
+        action="identity.lockout",
+        object_type="patient" if patient else "whatsapp_number",
+        object_id=patient.pk if patient else mask(wa_id),
+        before=None,
+        after={"patient_id": patient.pk if patient else None, "whatsapp_id": mask(wa_id)},
+        at=now,
+    )
+
+
+def identity_failure_record(
+    *, clinic: Clinic, wa_id: str, patient: Patient | None
+) -> IdentityStatus:
+    """Count one wrong answer to an identity check from `wa_id` about `patient`'s document.
+
+    It counts for the number and for the patient, across conversations and idle closes; the
+    one that reaches its limit is locked out until staff lift it (identity_lockout_lift).
+    Returns the status after this failure.
+    """
+    wa_id = _clean_whatsapp_id(wa_id)
+    if patient is not None:
+        _check_patient(clinic, patient, query=False)
     with transaction.atomic():
-        locked = Patient.objects.select_for_update().get(pk=patient.pk)
-        if locked.whatsapp_id == whatsapp_id:
-            patient.whatsapp_id = whatsapp_id
-            return patient
-        before = _patient_state(locked)
-        locked.whatsapp_id = whatsapp_id
-        locked.save(update_fields=["whatsapp_id"])
+        now = timezone.now()
+        if patient is not None:
+            # Serialises failures about one patient arriving from several numbers at once.
+            Patient.objects.select_for_update().filter(pk=patient.pk).first()
+        IdentityFailure.objects.create(clinic=clinic, patient=patient, wa_id=wa_id, at=now)
+        open_failures = IdentityFailure.objects.filter(clinic=clinic, cleared_at=None)
+        if open_failures.filter(wa_id=wa_id).count() >= IDENTITY_MAX_FAILURES_PER_NUMBER:
+            _lock_out(clinic, patient=None, wa_id=wa_id, now=now)
+        if (
+            patient is not None
+            and open_failures.filter(patient=patient).count() >= IDENTITY_MAX_FAILURES_PER_PATIENT
+        ):
+            _lock_out(clinic, patient=patient, wa_id=wa_id, now=now)
+        _audit(
+            clinic=clinic,
+            actor=Actor.system("identity checks"),
+            action="identity.failure",
+            object_type="patient" if patient else "whatsapp_number",
+            object_id=patient.pk if patient else mask(wa_id),
+            before=None,
+            after={"patient_id": patient.pk if patient else None, "whatsapp_id": mask(wa_id)},
+            at=now,
+        )
+        status = identity_status(clinic=clinic, wa_id=wa_id, patient=patient)
+    logger.warning(
+        "identity check failed from %s for patient %s (locked: patient=%s number=%s)",
+        mask(wa_id),
+        patient.pk if patient else "-",
+        status.patient_locked,
+        status.number_locked,
+    )
+    return status
+
+
+def identity_lockout_lift(*, clinic: Clinic, lockout_id: int, actor: Actor) -> IdentityLockout:
+    """Staff lift a lock-out: identity checks are accepted again and the failures that led to
+    it no longer count. Lifting a lifted one changes nothing. Audited."""
+    _check_actor(actor)
+    if actor.type not in (AuditEvent.ActorType.STAFF, AuditEvent.ActorType.API):
+        raise InvalidInput("only staff lift identity lock-outs")
+    lockout_id = _check_id(lockout_id, "lockout_id")
+    with transaction.atomic():
+        lockout = (
+            IdentityLockout.objects.select_for_update().filter(pk=lockout_id, clinic=clinic).first()
+        )
+        if lockout is None:
+            raise InvalidInput("no such lock-out in this clinic", code="lockout_not_found")
+        if lockout.lifted_at is not None:
+            return lockout
+        now = timezone.now()
+        lockout.lifted_at = now
+        if actor.type == AuditEvent.ActorType.STAFF:
+            lockout.lifted_by_id = _check_id(actor.id, "actor.id")
+        lockout.save(update_fields=["lifted_at", "lifted_by"])
+        failures = IdentityFailure.objects.filter(clinic=clinic, cleared_at=None)
+        if lockout.patient_id:
+            failures = failures.filter(patient_id=lockout.patient_id)
+        else:
+            failures = failures.filter(wa_id=lockout.wa_id)
+        cleared = failures.update(cleared_at=now)
         _audit(
             clinic=clinic,
             actor=actor,
-            action="patient.link_whatsapp",
+            action="identity.lockout_lift",
+            object_type="patient" if lockout.patient_id else "whatsapp_number",
+            object_id=lockout.patient_id or mask(lockout.wa_id),
+            before={"lockout_id": lockout.pk, "active": True},
+            after={"lockout_id": lockout.pk, "active": False, "failures_cleared": cleared},
+            at=now,
+        )
+    logger.info("identity lock-out %s lifted actor=%s", lockout.pk, actor.type)
+    return lockout
+
+
+def patient_phone_add(
+    *, clinic: Clinic, patient: Patient, wa_id: str, how: str, actor: Actor
+) -> PatientPhone | None:
+    """Record `wa_id` as verified for the patient (a new phone, a parent's phone).
+
+    Never replaces the number on file (Patient.whatsapp_id): that one needs no row and changes
+    only by staff. Idempotent; None when the number is the one on file. Audited (masked).
+    """
+    _check_actor(actor)
+    _check_patient(clinic, patient)
+    wa_id = _clean_whatsapp_id(wa_id)
+    if how not in PatientPhone.How.values:
+        raise InvalidInput(f"unknown verification {how!r}")
+    if patient.whatsapp_id == wa_id:
+        return None
+    with transaction.atomic():
+        now = timezone.now()
+        phone, created = PatientPhone.objects.get_or_create(
+            patient=patient,
+            wa_id=wa_id,
+            defaults={"clinic": clinic, "how": how, "verified_at": now},
+        )
+        if created:
+            _audit(
+                clinic=clinic,
+                actor=actor,
+                action="patient.phone_add",
+                object_type="patient",
+                object_id=patient.pk,
+                before=None,
+                after={"whatsapp_id": mask(wa_id), "how": how},
+                at=now,
+            )
+    if created:
+        logger.info("patient %s: number %s added (%s)", patient.pk, mask(wa_id), how)
+    return phone
+
+
+def patient_phone_remove(*, clinic: Clinic, patient: Patient, wa_id: str, actor: Actor) -> bool:
+    """Staff remove one of the patient's numbers (also the one on file): from the next message
+    on, that number speaks for the patient no more. False when it was not theirs. Audited."""
+    _check_actor(actor)
+    if actor.type not in (AuditEvent.ActorType.STAFF, AuditEvent.ActorType.API):
+        raise InvalidInput("only staff remove a patient's numbers")
+    _check_patient(clinic, patient)
+    wa_id = _clean_whatsapp_id(wa_id)
+    with transaction.atomic():
+        locked = Patient.objects.select_for_update().get(pk=patient.pk)
+        removed, _ = PatientPhone.objects.filter(patient=locked, wa_id=wa_id).delete()
+        on_file = locked.whatsapp_id == wa_id
+        if on_file:
+            locked.whatsapp_id = ""
+            locked.save(update_fields=["whatsapp_id"])
+            patient.whatsapp_id = ""
+        if not removed and not on_file:
+            return False
+        _audit(
+            clinic=clinic,
+            actor=actor,
+            action="patient.phone_remove",
             object_type="patient",
             object_id=patient.pk,
-            before=before,
-            after=_patient_state(locked),
+            before={"whatsapp_id": mask(wa_id), "on_file": on_file},
+            after=None,
             at=timezone.now(),
         )
-    patient.whatsapp_id = whatsapp_id
-    logger.info("patient %s linked to WhatsApp %s", patient.pk, mask(whatsapp_id))
-    return patient
+    logger.info("patient %s: number %s removed", patient.pk, mask(wa_id))
+    return True
 
 
 # --- agendas: clinic settings, specialties, doctors, schedules and exceptions -----------------
@@ -1616,7 +1853,11 @@ def slot_unblock(*, clinic: Clinic, slot_id: int, actor: Actor) -> Slot:
                 at=now,
             )
         before_status = slot.status
-        _free_slot(slot)
+        # Not _free_slot: its "covered by a period" answer was read when the slot was locked,
+        # before the hand block covering it was lifted just above.
+        slot.status = SlotStatus.FREE
+        slot.held_until = None
+        slot.save(update_fields=["status", "held_until", "updated_at"])
         _audit(
             clinic=clinic,
             actor=actor,

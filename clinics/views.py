@@ -19,7 +19,7 @@ from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRefresh
 
 from clinics import access, selectors, services
@@ -38,7 +38,6 @@ from clinics.models import (
     Patient,
     Slot,
     SlotStatus,
-    Specialty,
 )
 from clinics.services import Actor, BookingError
 from sophia_web import live
@@ -142,7 +141,10 @@ def agenda(request: HttpRequest) -> HttpResponse:
     specialty = None
     chosen = request.GET.get("especialidad")
     if chosen:
-        specialty = access.get_object_for_clinic(Specialty.objects, request, pk=chosen)
+        # From the clinic's own list (no extra query); anything else is a 404.
+        specialty = next((s for s in specialties if str(s.pk) == chosen), None)
+        if specialty is None:
+            raise Http404("no such specialty in this clinic")
     elif specialties:
         specialty = specialties[0]
     columns = selectors.calendar_day(clinic=clinic, day=day, specialty=specialty)
@@ -316,10 +318,17 @@ def slot_unblock(request: HttpRequest, slot_id: int) -> HttpResponse:
     return render(request, "clinics/slot_panel.html", _slot_panel_context(request, slot))
 
 
-@require_POST
+@require_http_methods(["GET", "POST"])
 @staff_page
 def block_range(request: HttpRequest) -> HttpResponse:
-    """Block a doctor's slots over part of a day (shows the bookings it would strand first)."""
+    """Block a doctor's slots over part of a day (shows the bookings it would strand first).
+    GET: the empty form (loaded when the section is opened, not with every calendar page)."""
+    if request.method == "GET":
+        return render(
+            request,
+            "clinics/agenda.html#block-range",
+            {"block_form": BlockRangeForm(clinic=request.clinic)},
+        )
     form = BlockRangeForm(request.POST, clinic=request.clinic)
     context = {"block_form": form}
     if form.is_valid():

@@ -263,7 +263,7 @@ FLOW_LABELS = {
     engine.State.VERIFYING: "Verifying identity",
     engine.State.LOCKED_OUT: "Identity locked",
     engine.State.REGISTERING_NAME: "Registering",
-    engine.State.REGISTERING_BIRTH: "Registering",
+    engine.State.CHOOSING_PATIENT: "Choosing whose appointment",
     engine.State.CHOOSING_SPECIALTY: "Choosing a specialty",
     engine.State.RESCHEDULING: "Rescheduling",
     engine.State.WAITING_FOR_STAFF: "Waiting for staff",

@@ -40,6 +40,7 @@ from integrations.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
+from sophia_web import logging as sophia_logging
 from sophia_web import metrics
 
 logger = logging.getLogger(__name__)
@@ -318,10 +319,12 @@ def delivery_attempt(delivery_id: int, attempt: int, *, manual: bool = False) ->
         attempt + 1,
         status_code or error,
         duration_ms,
+        extra={"clinic": delivery.clinic_id, "duration_ms": duration_ms},
     )
     return not error
 
 
 @task(queue_name="default")
 def deliver_webhook(delivery_id: int, attempt: int, manual: bool = False) -> bool | None:
-    return delivery_attempt(delivery_id, attempt, manual=manual)
+    with sophia_logging.bound(action="webhook.deliver"):
+        return delivery_attempt(delivery_id, attempt, manual=manual)

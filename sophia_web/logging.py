@@ -24,8 +24,12 @@ from daphne import cli as daphne_cli
 from pythonjsonlogger.json import JsonFormatter
 
 # A run of 8–15 digits, optionally written in groups ("1.020.304.050", "300 123 4567",
-# "+57-300-123-4567"): documents and phone numbers. Longer runs are ids of other kinds.
-_DIGITS = re.compile(r"(?<!\d)(?:\+?\d{1,4}(?:[ .\-]\d{3,4}){2,4}|\d{8,15})(?!\d)")
+# "+57-300-123-4567"): documents and phone numbers. Longer runs are ids of other kinds, and
+# digits glued to letters are parts of ids too (UUIDs, hashes): left alone.
+_DIGITS = re.compile(
+    r"(?:(?<![0-9A-Za-z])|(?<=%2[0BCbc]))"  # also after a URL-encoded "+", " " or ","
+    r"(?:\+?\d{1,4}(?:[ .\-]\d{3,4}){2,4}|\d{8,15})(?![0-9A-Za-z])"
+)
 _CONTEXT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "sophia_log_context", default=None
 )

@@ -240,6 +240,8 @@ SOPHIA_HOLD_MINUTES = envint("SOPHIA_HOLD_MINUTES", "5")
 SOPHIA_MIN_NOTICE_MINUTES = envint("SOPHIA_MIN_NOTICE_MINUTES", "60")
 SOPHIA_SESSION_IDLE_MINUTES = envint("SOPHIA_SESSION_IDLE_MINUTES", "30")
 SOPHIA_RATE_LIMIT_PER_MINUTE = envint("SOPHIA_RATE_LIMIT_PER_MINUTE", "10")
+# A bot turn taking longer than this is stopped and its message set aside for staff.
+SOPHIA_TURN_BUDGET_SECONDS = float(os.getenv("SOPHIA_TURN_BUDGET_SECONDS", "20"))
 SOPHIA_SLOT_DAYS_AHEAD = envint("SOPHIA_SLOT_DAYS_AHEAD", "21")
 # Outbound HTTP inside a database transaction (bot.network): "raise" (tests) or "log".
 SOPHIA_NETWORK_GUARD = os.getenv("SOPHIA_NETWORK_GUARD", "log")

@@ -52,6 +52,8 @@ def json_lines(text: str) -> list[dict]:
         (f"wa {PHONE}", "wa …567"),
         ("slot 42 at 2026-12-03 08:00 took 12.5 ms", "slot 42 at 2026-12-03 08:00 took 12.5 ms"),
         ("127.0.0.1:54321 id 1234567", "127.0.0.1:54321 id 1234567"),
+        ("?q=%2B573001234567&x=%201020304050", "?q=%2B…567&x=%…050"),
+        ("task dfafd4d1-1234-5586-bf3b-cd2d1d3abb32", "task dfafd4d1-1234-5586-bf3b-cd2d1d3abb32"),
     ],
 )
 def test_it_masks_documents_and_phone_numbers_only(text, masked):

@@ -13,7 +13,7 @@ from django.test import Client
 
 from bot.models import Conversation
 from clinics import services
-from clinics.models import AppointmentSource
+from clinics.models import AppointmentSource, Patient
 from sophia_web import metrics
 
 pytestmark = pytest.mark.django_db
@@ -149,3 +149,20 @@ def test_counters_add_up_across_processes(tmp_path):
     # One file per process, named by host and pid (replicas in containers share the volume).
     names = [p.name for p in tmp_path.glob("counter_*.db")]
     assert len(names) == 3 and all("-" in name for name in names)
+
+
+def test_booking_conflicts_count_whoever_books(clinic, patient, slots):
+    taken = metrics.BOOKING_CONFLICTS.labels(code="slot_taken")
+    before = taken._value.get()
+    actor = services.Actor.system("test")
+    services.appointment_book(
+        clinic=clinic, patient=patient, slot_id=slots[0].pk, actor=actor, source="staff"
+    )
+    other = Patient.objects.create(clinic=clinic, document="99887766", full_name="Luis Pérez")
+    with pytest.raises(services.SlotTaken):
+        services.appointment_book(
+            clinic=clinic, patient=other, slot_id=slots[0].pk, actor=actor, source="staff"
+        )
+    with pytest.raises(services.SlotTaken):
+        services.slot_hold(clinic=clinic, slot_id=slots[0].pk, holder="someone")
+    assert taken._value.get() == before + 2

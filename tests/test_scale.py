@@ -12,6 +12,7 @@
 
 import asyncio
 import datetime as dt
+import json
 import os
 import signal
 import socket
@@ -97,6 +98,13 @@ class Cluster:
         self.spawn(name, "manage.py", "run_worker", "--interval", "0.05", "--worker-id", name)
 
     def start(self) -> "Cluster":
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # never leave servers behind a failed start
+            raise
+
+    def _start(self) -> "Cluster":
         for name in ("a", "b"):
             port = free_port()
             self.spawn(
@@ -114,7 +122,7 @@ class Cluster:
                 except httpx.TransportError:
                     return False
 
-            eventually(up, what="daphne serving /health/")
+            eventually(up, timeout=120, what="daphne serving /health/")
         return self
 
     def kill(self, name: str) -> None:
@@ -183,6 +191,20 @@ def test_a_turn_processed_by_a_worker_reaches_the_dashboard_group_via_redis(
     events = asyncio.run(listen())
     assert [e["status"] for e in events] == ["typing", "stopped"]
     assert all(e["type"] == "conversation.typing" for e in events)
+
+    # The four processes' logs: JSON lines, the turn's lines tagged with the clinic and the
+    # masked session id, and the patient's number in none of them.
+    lines = [
+        json.loads(line)
+        for log in cluster.tmp_path.glob("*.log")
+        for line in log.read_text().splitlines()
+        if line.startswith("{")
+    ]
+    turn_lines = [line for line in lines if line.get("action") == "bot.turn"]
+    assert turn_lines and all(line["session"] == "…4567" for line in turn_lines)
+    assert all(line["clinic"] == clinic.pk for line in turn_lines)
+    for log in cluster.tmp_path.glob("*.log"):
+        assert ANA_WA not in log.read_text()
 
 
 def test_bookings_on_both_web_processes_are_delivered_once_each_by_two_workers(

@@ -20,7 +20,6 @@ from clinics.errors import (
     SlotTaken,
     WrongClinic,
 )
-from sophia_web import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +75,6 @@ def booking_error_response(exc: BookingError) -> Response:
             http_status = status.HTTP_409_CONFLICT
         else:
             http_status = status.HTTP_400_BAD_REQUEST
-    if code in {"slot_taken", "patient_overlap"}:
-        metrics.BOOKING_CONFLICTS.labels(code=code).inc()
     return Response(error_body(code, exc.message), status=http_status)
 
 

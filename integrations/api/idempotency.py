@@ -9,11 +9,13 @@ SOPHIA_IDEMPOTENCY_KEEP_HOURS (retention job).
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import hashlib
 from collections.abc import Callable
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 from rest_framework import status
 from rest_framework.exceptions import APIException
 from rest_framework.request import Request
@@ -26,6 +28,7 @@ from integrations.models import IdempotentResponse
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 IN_PROGRESS = 0
+ABANDONED_AFTER = dt.timedelta(seconds=60)
 
 
 def _fingerprint(request: Request) -> str:
@@ -67,15 +70,23 @@ def idempotent(view_method: Callable) -> Callable:
                     "idempotency_key_reused",
                     "this Idempotency-Key was used for another request",
                 ) from None
-            if stored.status_code == IN_PROGRESS:
+            if stored.status_code != IN_PROGRESS:
+                response = Response(stored.body, status=stored.status_code)
+                response[REPLAYED_HEADER] = "true"
+                return response
+            # In progress: another request is on it — or its process died: after a while the
+            # retry takes the key over (the write itself is atomic, so it happened or not).
+            now = timezone.now()
+            taken_over = IdempotentResponse.objects.filter(
+                pk=stored.pk, status_code=IN_PROGRESS, created_at__lt=now - ABANDONED_AFTER
+            ).update(created_at=now)
+            if not taken_over:
                 raise ApiError(
                     status.HTTP_409_CONFLICT,
                     "idempotency_in_progress",
                     "a request with this Idempotency-Key is still being processed",
                 ) from None
-            response = Response(stored.body, status=stored.status_code)
-            response[REPLAYED_HEADER] = "true"
-            return response
+            record = stored
         try:
             response = self.handle_exception_safely(view_method, request, *args, **kwargs)
         except BaseException:

@@ -9,7 +9,6 @@ write is recorded in `calls`, so a test can say what the engine did, not only wh
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import itertools
 from dataclasses import dataclass, field
@@ -103,6 +102,12 @@ class MemoryGateway:
     slots: dict[int, StoredSlot] = field(default_factory=dict)
     holds: dict[int, tuple[str, dt.datetime]] = field(default_factory=dict)  # slot → holder, until
     appointments: dict[int, StoredAppointment] = field(default_factory=dict)
+    # Numbers verified for a patient besides the one on file; identity failures and lock-outs.
+    phones: dict[int, set[str]] = field(default_factory=dict)
+    failures: list[tuple[str, int | None]] = field(default_factory=list)
+    locked_patients: set[int] = field(default_factory=set)
+    locked_numbers: set[str] = field(default_factory=set)
+    max_failures: int = 3
     calls: list[tuple[str, dict]] = field(default_factory=list)
     # Outreach: appointments this conversation got reminders for (latest last), numbers that
     # stopped reminders, waitlist entries (patient, specialty, doctor, part of day) and offers
@@ -210,13 +215,41 @@ class MemoryGateway:
             raise PatientExists("a patient with that document already exists")
         return self.add_patient(document, full_name, birth_date, whatsapp_id)
 
-    def patient_link_whatsapp(self, *, patient_id: int, whatsapp_id: str) -> PatientInfo:
-        self.calls.append(("patient_link_whatsapp", {"patient_id": patient_id}))
+    def patient_verified_on(self, *, patient_id: int, wa_id: str) -> bool:
+        stored = self.patients.get(patient_id)
+        if stored is None or not wa_id:
+            return False
+        return stored.info.whatsapp_id == wa_id or wa_id in self.phones.get(patient_id, set())
+
+    def patients_on_number(self, wa_id: str) -> list[PatientInfo]:
+        return [
+            p.info
+            for p in self.patients.values()
+            if self.patient_verified_on(patient_id=p.info.id, wa_id=wa_id)
+        ]
+
+    def patient_phone_add(self, *, patient_id: int, wa_id: str) -> None:
+        self.calls.append(("patient_phone_add", {"patient_id": patient_id}))
         stored = self.patients.get(patient_id)
         if stored is None:
             raise PatientNotFound("no such patient in this clinic")
-        stored.info = dataclasses.replace(stored.info, whatsapp_id=whatsapp_id)
-        return stored.info
+        if stored.info.whatsapp_id != wa_id:
+            self.phones.setdefault(patient_id, set()).add(wa_id)
+
+    def identity_locked(self, *, wa_id: str, patient_id: int | None = None) -> bool:
+        return wa_id in self.locked_numbers or patient_id in self.locked_patients
+
+    def identity_failure_record(self, *, wa_id: str, patient_id: int | None) -> bool:
+        self.calls.append(("identity_failure_record", {"patient_id": patient_id}))
+        self.failures.append((wa_id, patient_id))
+        if sum(1 for number, _ in self.failures if number == wa_id) >= self.max_failures:
+            self.locked_numbers.add(wa_id)
+        if (
+            patient_id is not None
+            and sum(1 for _, who in self.failures if who == patient_id) >= self.max_failures
+        ):
+            self.locked_patients.add(patient_id)
+        return wa_id in self.locked_numbers
 
     def specialties(self) -> list[SpecialtyInfo]:
         return list(self.specialty_list)
@@ -368,7 +401,7 @@ class MemoryGateway:
         self.holds.pop(slot_id, None)
         return slot
 
-    def _info(self, appointment: StoredAppointment) -> AppointmentInfo:
+    def _info(self, appointment: StoredAppointment, with_patient: bool = False) -> AppointmentInfo:
         slot = self.slots[appointment.slot_id]
         specialty = next((s for s in self.specialty_list if s.id == appointment.specialty_id), None)
         return AppointmentInfo(
@@ -376,6 +409,10 @@ class MemoryGateway:
             start_at=slot.start_at,
             doctor_name=slot.doctor_name,
             specialty=specialty,
+            patient_id=appointment.patient_id,
+            patient_name=self.patients[appointment.patient_id].info.full_name
+            if with_patient
+            else "",
         )
 
     def appointment_book(
@@ -428,6 +465,18 @@ class MemoryGateway:
         ]
         mine.sort(key=lambda a: (self.slots[a.slot_id].start_at, a.id))
         return [self._info(a) for a in mine]
+
+    def upcoming_appointments_on_number(
+        self, *, wa_id: str, now: dt.datetime
+    ) -> list[AppointmentInfo]:
+        ids = {p.id for p in self.patients_on_number(wa_id)}
+        theirs = [
+            a
+            for a in self.appointments.values()
+            if a.patient_id in ids and a.status in ACTIVE and self.slots[a.slot_id].start_at > now
+        ]
+        theirs.sort(key=lambda a: (self.slots[a.slot_id].start_at, a.id))
+        return [self._info(a, with_patient=True) for a in theirs]
 
     def rebooking_specialty(self, appointment_id: int) -> SpecialtyInfo | None:
         appointment = self.appointments.get(appointment_id)

@@ -246,9 +246,12 @@ def at_verifying(w: World) -> None:
 
 
 def at_verifying_twice_missed(w: World) -> None:
+    """Two wrong dates for Ana's document already counted (this number's third try next)."""
     at_verifying(w)
     w.send("01/01/1990")
+    w.send(ANA_DOCUMENT)
     w.send("02/02/1991")
+    w.send(ANA_DOCUMENT)
 
 
 def at_locked_out(w: World) -> None:
@@ -256,19 +259,31 @@ def at_locked_out(w: World) -> None:
     w.send("03/03/1992")
 
 
-def at_registering_name(w: World) -> None:
-    w.wa_id = NEW_WA
+def at_verifying_unknown_closed(w: World) -> None:
+    at_start_closed_registration(w)
     w.send("5544332211")
 
 
-def at_registering_birth(w: World) -> None:
+def at_registering_name(w: World) -> None:
+    w.wa_id = NEW_WA
+    w.send("5544332211")
+    w.send("02/05/1990")
+
+
+def at_registering_name_taken(w: World) -> None:
     at_registering_name(w)
-    w.send("Pedro Pablo Pérez")
-
-
-def at_registering_birth_taken(w: World) -> None:
-    at_registering_birth(w)
     w.gateway.add_patient("5544332211", "Pedro Pablo Pérez", None)  # registered meanwhile
+
+
+def at_registering_name_on_file(w: World) -> None:
+    """Ana's document from a stranger's number, with a wrong birth date."""
+    at_verifying(w)
+    w.send("01/01/1990")
+
+
+def at_choosing_patient(w: World) -> None:
+    at_identified(w)
+    w.send("es para mi hijo, tiene fiebre")
 
 
 def at_choosing_specialty(w: World) -> None:
@@ -357,11 +372,12 @@ TRANSITIONS: dict[str, Row] = {
     "START: known document from another number": Row(
         at_start_stranger, ANA_DOCUMENT, State.VERIFYING, "fecha de nacimiento"
     ),
+    # An unknown document gets the same question as a known one (no leak).
     "START: unknown document, self-registration": Row(
-        at_start_new_number, "5544332211", State.REGISTERING_NAME, "nombre completo"
+        at_start_new_number, "5544332211", State.VERIFYING, "fecha de nacimiento"
     ),
     "START: unknown document, registration closed": Row(
-        at_start_closed_registration, "5544332211", State.START, "registrarte", needs_staff=True
+        at_start_closed_registration, "5544332211", State.VERIFYING, "fecha de nacimiento"
     ),
     "START: invalid document": Row(at_start, "1234567", State.START, "8 a 15 dígitos"),
     "START: a question about the clinic": Row(at_start, "¿dónde quedan?", State.START, "Calle 100"),
@@ -369,11 +385,25 @@ TRANSITIONS: dict[str, Row] = {
     "START: cancel before identifying": Row(at_start, "cancelar mi cita", State.START, "documento"),
     # VERIFYING
     "VERIFYING: the right birth date": Row(
-        at_verifying, "14/03/1985", State.IDENTIFIED, "Ana María", ("patient_link_whatsapp",)
+        at_verifying, "14/03/1985", State.IDENTIFIED, "Ana María", ("patient_phone_add",)
     ),
-    "VERIFYING: a wrong birth date": Row(at_verifying, "01/01/1990", State.VERIFYING, "2 intentos"),
+    "VERIFYING: a wrong birth date": Row(
+        at_verifying,
+        "01/01/1990",
+        State.REGISTERING_NAME,
+        "nombre completo",
+        ("identity_failure_record",),
+    ),
     "VERIFYING: a third wrong birth date": Row(
-        at_verifying_twice_missed, "03/03/1992", State.LOCKED_OUT, "persona", needs_staff=True
+        at_verifying_twice_missed,
+        "03/03/1992",
+        State.LOCKED_OUT,
+        "persona",
+        ("identity_failure_record",),
+        needs_staff=True,
+    ),
+    "VERIFYING: a date for a document nobody has, registration closed": Row(
+        at_verifying_unknown_closed, "02/05/1990", State.START, "confirmar", needs_staff=True
     ),
     "VERIFYING: something else than a date": Row(
         at_verifying, "cancelar mi cita", State.VERIFYING, "fecha de nacimiento"
@@ -383,30 +413,43 @@ TRANSITIONS: dict[str, Row] = {
     "LOCKED_OUT: anything": Row(
         at_locked_out, "14/03/1985", State.LOCKED_OUT, "persona", needs_staff=True
     ),
-    # REGISTERING_NAME / REGISTERING_BIRTH
+    # REGISTERING_NAME (after a birth date that opened nothing)
     "REGISTERING_NAME: a full name": Row(
-        at_registering_name, "Pedro Pablo Pérez", State.REGISTERING_BIRTH, "fecha de nacimiento"
-    ),
-    "REGISTERING_NAME: not a name": Row(
-        at_registering_name, "x", State.REGISTERING_NAME, "nombre completo"
-    ),
-    "REGISTERING_BIRTH: a birth date": Row(
-        at_registering_birth,
-        "02/05/1990",
+        at_registering_name,
+        "Pedro Pablo Pérez",
         State.IDENTIFIED,
         "ya estás en nuestro registro",
         ("patient_register",),
     ),
-    "REGISTERING_BIRTH: not a date": Row(
-        at_registering_birth, "no sé", State.REGISTERING_BIRTH, "14/03/1985"
+    "REGISTERING_NAME: not a name": Row(
+        at_registering_name, "x", State.REGISTERING_NAME, "nombre completo"
     ),
-    "REGISTERING_BIRTH: registration refused": Row(
-        at_registering_birth_taken,
-        "02/05/1990",
+    "REGISTERING_NAME: registration refused": Row(
+        at_registering_name_taken,
+        "Pedro Pablo Pérez",
         State.START,
         "persona",
         ("patient_register",),
         needs_staff=True,
+    ),
+    "REGISTERING_NAME: a document on file, its date was wrong": Row(
+        at_registering_name_on_file, "Mario Mendoza", State.START, "confirmar", needs_staff=True
+    ),
+    # CHOOSING_PATIENT (one phone, several patients)
+    "CHOOSING_PATIENT: someone else's symptoms": Row(
+        at_identified, "es para mi hijo, tiene fiebre", State.CHOOSING_PATIENT, "Para quién"
+    ),
+    "CHOOSING_PATIENT: someone else": Row(
+        at_choosing_patient, "tap:who:new", State.IDENTIFIED, "documento de la persona"
+    ),
+    "CHOOSING_PATIENT: a patient on the number": Row(
+        at_choosing_patient, "tap:who:{ana}", State.CHOOSING_SLOT, "será para Ana María"
+    ),
+    "CHOOSING_PATIENT: the child's document": Row(
+        at_choosing_patient, "5544332211", State.VERIFYING, "fecha de nacimiento"
+    ),
+    "CHOOSING_PATIENT: not understood": Row(
+        at_choosing_patient, "mmm", State.CHOOSING_PATIENT, "Elige de la lista"
     ),
     # IDENTIFIED
     "IDENTIFIED: clear symptoms": Row(
@@ -470,7 +513,7 @@ TRANSITIONS: dict[str, Row] = {
         at_choosing_slot_taken, "1", State.CHOOSING_SLOT, "alguien", ("slot_hold",)
     ),
     "VERIFYING: a document instead": Row(
-        at_verifying, "5544332211", State.REGISTERING_NAME, "nombre completo"
+        at_verifying, "5544332211", State.VERIFYING, "fecha de nacimiento"
     ),
     "CHOOSING_SLOT: not understood": Row(at_choosing, "mmm", State.CHOOSING_SLOT, "del 1 al 10"),
     "CHOOSING_SLOT: goodbye": Row(at_choosing, "chao", State.CLOSED, "Cuídate", closed=True),
@@ -597,7 +640,9 @@ def test_it_makes_each_transition_without_a_database(world, name):
     row = TRANSITIONS[name]
     row.start(world)
     writes_before = len(world.gateway.calls)
-    message = row.message.format(dental0=world.dental_slots[0], general0=world.general_slots[0])
+    message = row.message.format(
+        dental0=world.dental_slots[0], general0=world.general_slots[0], ana=world.ana_id
+    )
     if message == "<audio>":
         result = world.step(Inbound(kind="unsupported"))
     elif message.startswith("tap:"):

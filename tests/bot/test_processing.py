@@ -13,6 +13,7 @@ import threading
 
 import pytest
 from django.db import connection
+from django.db.models import F
 from django.test import Client
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
@@ -323,10 +324,11 @@ def test_it_still_books_with_redis_down(clinic, doctor, slots, patient, fake_gra
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_answers_the_rate_limit_once_and_keeps_every_message(clinic, echo, fake_graph):
+def test_it_defers_past_the_rate_limit_and_answers_later(clinic, echo, fake_graph, r):
     conversation = None
     for n in range(1, 13):
         conversation = receive(clinic, text_message(f"m{n}"))
+    DBTaskResult.objects.all().delete()
     processing.process_conversation(conversation.pk)
 
     assert echo.seen == [f"m{n}" for n in range(1, 11)]
@@ -334,8 +336,60 @@ def test_it_answers_the_rate_limit_once_and_keeps_every_message(clinic, echo, fa
     texts = [m.text for m in fake_graph.messages_to(WA_ID)]
     assert texts[:10] == [f"eco: m{n}" for n in range(1, 11)]
     assert texts[10] == "Por favor espera un momento…"
-    assert len(texts) == 11  # the 12th gets no second notice
-    assert [m.status for m in inbound(conversation)] == [MessageStatus.PROCESSED] * 12
+    # m11 and m12 wait, unread by the engine but kept; a turn is queued for the next window.
+    statuses = [m.status for m in inbound(conversation)]
+    assert statuses == [MessageStatus.PROCESSED] * 10 + [MessageStatus.RECEIVED] * 2
+    (later,) = DBTaskResult.objects.filter(task_path="bot.processing.run_turns")
+    wait = (later.run_after - timezone.now()).total_seconds()
+    assert 50 < wait <= 60
+    assert all(m.attempts <= 1 for m in inbound(conversation))  # waiting is no failed run
+
+    # A second run inside the window changes nothing and sends no second notice.
+    processing.process_conversation(conversation.pk)
+    assert len(echo.seen) == 10 and len(fake_graph.messages_to(WA_ID)) == 11
+
+    r.delete(f"sophia:ratelimit:{WA_ID}")  # what the window's end does
+    processing.process_conversation(conversation.pk)
+    assert echo.seen[10:] == ["m11", "m12"]
+    fake_graph.wait_for_messages(13)
+    assert [m.text for m in fake_graph.messages_to(WA_ID)][11:] == ["eco: m11", "eco: m12"]
+    assert {m.status for m in inbound(conversation)} == {MessageStatus.PROCESSED}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_answers_a_choice_sent_during_the_limit_once_the_window_allows(
+    clinic, echo, fake_graph, r, settings
+):
+    settings.SOPHIA_RATE_LIMIT_PER_MINUTE = 2
+    for text in ("uno", "dos", "3"):
+        conversation = receive(clinic, text_message(text))
+    processing.process_conversation(conversation.pk)
+    assert echo.seen == ["uno", "dos"]
+    r.delete(f"sophia:ratelimit:{WA_ID}")
+    run_ready_tasks_due_later()
+    assert echo.seen == ["uno", "dos", "3"]
+    fake_graph.wait_for_messages(4)
+    assert fake_graph.messages_to(WA_ID)[-1].text == "eco: 3"
+
+
+def run_ready_tasks_due_later() -> None:
+    """Run the queued turns as if their `run_after` had come."""
+    DBTaskResult.objects.update(run_after=timezone.now())
+    run_ready_tasks()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_greets_once_for_a_burst_of_greetings(clinic, echo, fake_graph):
+    for text in ("hola", "Hola!", "buenas", "hola buenos días", "me duele la cabeza"):
+        conversation = receive(clinic, text_message(text))
+    DBTaskResult.objects.all().delete()
+    processing.process_conversation(conversation.pk)
+    assert echo.seen == ["me duele la cabeza"]
+    assert {m.status for m in inbound(conversation)} == {MessageStatus.PROCESSED}
+    assert [m.error for m in inbound(conversation)][:4] == ["coalesced with the next message"] * 4
+    conversation = receive(clinic, text_message("hola"))  # a lone greeting is answered
+    processing.process_conversation(conversation.pk)
+    assert echo.seen[-1] == "hola"
 
 
 @pytest.mark.django_db(transaction=True)
@@ -345,10 +399,20 @@ def test_it_rate_limits_from_the_database_when_redis_is_down(clinic, echo, fake_
     conversation = None
     for n in range(1, 12):
         conversation = receive(clinic, text_message(f"m{n}"))
+    DBTaskResult.objects.all().delete()
     processing.process_conversation(conversation.pk)
     assert len(echo.seen) == 10
     fake_graph.wait_for_messages(11)
     assert fake_graph.messages_to(WA_ID)[-1].text == "Por favor espera un momento…"
+    assert inbound(conversation)[-1].status == MessageStatus.RECEIVED
+    (later,) = DBTaskResult.objects.filter(task_path="bot.processing.run_turns")
+    assert 50 < (later.run_after - timezone.now()).total_seconds() <= 60
+    # A minute on, the window allows it.
+    Message.objects.filter(conversation=conversation).update(
+        processed_at=F("processed_at") - dt.timedelta(minutes=1)
+    )
+    processing.process_conversation(conversation.pk)
+    assert echo.seen[-1] == "m11"
 
 
 @pytest.mark.django_db(transaction=True)

@@ -56,9 +56,11 @@ def test_it_extends_only_its_own_lock(r):
     assert r.ttl("sophia:lock:573001234567") > 5
 
 
-def test_it_counts_messages_in_a_one_minute_window(r):
-    counts = [state.count_message("573001234567") for _ in range(3)]
-    assert counts == [1, 2, 3]
+def test_it_counts_turns_in_a_one_minute_window_and_says_how_long_to_wait(r):
+    waits = [state.take_turn("573001234567", limit=3) for _ in range(5)]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert all(0 < wait <= 60 for wait in waits[3:])
+    assert r.get("sophia:ratelimit:573001234567") == "3"  # a turn that waits is not counted
     assert 0 < r.ttl("sophia:ratelimit:573001234567") <= 60
 
 
@@ -100,7 +102,7 @@ def test_it_keeps_page_mappings_for_ten_minutes_and_forgets_them_on_close(r):
 def test_it_carries_on_without_redis(redis_down):
     assert state.acquire_lock("573001234567").status is state.LockStatus.UNAVAILABLE
     assert state.release_lock("573001234567", "token") is False
-    assert state.count_message("573001234567") is None
+    assert state.take_turn("573001234567", limit=10) is None
     assert state.is_locked("573001234567") is None
     assert state.save_session("573001234567", {"estado_flujo": "INICIAL"}) is False
     assert state.load_page("573001234567", 1) is None
@@ -131,7 +133,7 @@ def test_it_reports_redis_health(settings):
 
 
 def test_it_keeps_using_redis_after_a_refused_command(r):
-    r.hset("sophia:ratelimit:573001234567", "oops", "1")  # wrong type: INCR is refused
-    assert state.count_message("573001234567") is None
+    r.hset("sophia:ratelimit:573001234567", "oops", "1")  # wrong type: GET is refused
+    assert state.take_turn("573001234567", limit=10) is None
     assert state.is_available() is True  # reachable: no breaker for a refused command
     assert state.acquire_lock("573001234567").status is state.LockStatus.ACQUIRED

@@ -576,23 +576,6 @@ def test_it_refuses_self_registration_when_the_clinic_turned_it_off(clinic):
         )  # fmt: skip
 
 
-def test_it_links_a_whatsapp_number(clinic, other_clinic, patient, staff_actor):
-    services.patient_link_whatsapp(
-        clinic=clinic, patient=patient, whatsapp_id="+573110000000", actor=staff_actor
-    )
-    patient.refresh_from_db()
-    assert patient.whatsapp_id == "573110000000"
-    assert AuditEvent.objects.filter(action="patient.link_whatsapp").count() == 1
-    with pytest.raises(services.WrongClinic):
-        services.patient_link_whatsapp(
-            clinic=other_clinic, patient=patient, whatsapp_id="573110000001", actor=staff_actor
-        )
-    with pytest.raises(services.InvalidInput):
-        services.patient_link_whatsapp(
-            clinic=clinic, patient=patient, whatsapp_id="no", actor=staff_actor
-        )
-
-
 def test_it_refuses_an_unknown_actor_type(clinic, patient, slots):
     with pytest.raises(services.InvalidInput):
         book(clinic, patient, slots[0], Actor(type="robot"))

@@ -427,10 +427,24 @@ def test_an_error_answer_is_replayed_too_and_a_key_in_progress_is_409(
     assert first.status_code == again.status_code == 409
     assert error_of(again)["code"] == "patient_overlap" or error_of(again)["code"] == "slot_taken"
 
-    IdempotentResponse.objects.create(
-        api_key=write_key[0], key="k3", fingerprint="whatever", status_code=0
+    # A request still running with the same key and body: 409; abandoned for a minute: retried.
+    free = {"slot_id": slots[4].pk, "patient_id": patient.pk}
+    first = api.post(
+        f"{API}/citas/", free, content_type="application/json", headers={"Idempotency-Key": "k3"}
+    )
+    IdempotentResponse.objects.filter(key="k3").update(status_code=0, body=None)
+    Appointment.objects.filter(slot=slots[4]).delete()
+    Slot.objects.filter(pk=slots[4].pk).update(status="free")
+    response = api.post(
+        f"{API}/citas/", free, content_type="application/json", headers={"Idempotency-Key": "k3"}
+    )
+    assert response.status_code == 409
+    assert error_of(response)["code"] == "idempotency_in_progress"
+    IdempotentResponse.objects.filter(key="k3").update(
+        created_at=timezone.now() - dt.timedelta(minutes=2)
     )
     response = api.post(
-        f"{API}/citas/", body, content_type="application/json", headers={"Idempotency-Key": "k3"}
+        f"{API}/citas/", free, content_type="application/json", headers={"Idempotency-Key": "k3"}
     )
-    assert response.status_code in (409, 422)
+    assert first.status_code == response.status_code == 201
+    assert IdempotentResponse.objects.get(key="k3").status_code == 201
