@@ -275,7 +275,7 @@ def run_variant(workers: int, server: str, redis_url: str, graph, logs: Path) ->
         print(f"  {e2e}", flush=True)
         return {
             "worker_processes": workers,
-            "worker_concurrency": _concurrency(logs),
+            "worker_concurrency": _concurrency(),
             "burst": burst_result,
             "e2e_after_burst": e2e,
         }
@@ -293,12 +293,11 @@ def run_variant(workers: int, server: str, redis_url: str, graph, logs: Path) ->
             conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
 
 
-def _concurrency(logs: Path) -> str:
-    """What the worker said it runs with (its start-up log line), for the record."""
-    for line in (logs / "demo.log").read_text(errors="replace").splitlines():
-        if "worker" in line and "started" in line:
-            return line.split("started", 1)[1].strip()
-    return ""
+def _concurrency() -> str:
+    """Threads per worker process, for the record: SOPHIA_WORKER_CONCURRENCY, else run_worker's
+    default for this machine (its INFO start-up line is below the bench's log level)."""
+    configured = os.getenv("SOPHIA_WORKER_CONCURRENCY")
+    return configured or f"default: {max(1, min(8, 2 * (os.cpu_count() or 1)))} threads"
 
 
 SERVER = ""

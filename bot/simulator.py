@@ -34,6 +34,7 @@ from django.views.decorators.http import require_GET, require_POST
 from bot import webhook
 from clinics import access
 from clinics.models import Clinic
+from outreach import replies as outreach_replies
 from sophia_web import live
 from sophia_web.live import LiveConsumerMixin
 
@@ -176,16 +177,40 @@ def _bubble_from_graph(body: dict) -> dict:
             ]
     elif kind == "template":
         template = body.get("template", {})
+        components = [c for c in template.get("components", []) or [] if isinstance(c, dict)]
         params = [
             str(p.get("text", ""))
-            for c in template.get("components", []) or []
+            for c in components
+            if c.get("type") == "body"
             for p in c.get("parameters", []) or []
             if isinstance(p, dict)
         ]
-        item["kind"] = "template"
+        payloads = [
+            str(p.get("payload", ""))
+            for c in components
+            if c.get("type") == "button"
+            for p in c.get("parameters", []) or []
+            if isinstance(p, dict) and p.get("payload")
+        ]
+        item["kind"] = "buttons" if payloads else "template"
         item["text"] = _("Template: %(name)s") % {"name": template.get("name", "")}
         if params:
             item["text"] += " — " + ", ".join(params)
+        # Quick replies come back as a "button" message carrying the payload (reminders…).
+        item["buttons"] = [
+            {
+                "id": payload,
+                "title": outreach_replies.template_button_title(payload),
+                "vals": json.dumps(
+                    {
+                        "reply_type": "template_button",
+                        "reply_id": payload,
+                        "reply_title": outreach_replies.template_button_title(payload),
+                    }
+                ),
+            }
+            for payload in payloads
+        ]
     else:
         item["text"] = f"[{kind}]"
     return item
@@ -327,6 +352,11 @@ def send(request: HttpRequest) -> HttpResponse:
         title = request.POST.get("reply_title", "")[:100]
         reply = {"id": request.POST.get("reply_id", "")[:256], "title": title}
         message |= {"type": "interactive", "interactive": {"type": reply_type, reply_type: reply}}
+        bubble = title
+    elif reply_type == "template_button":
+        title = request.POST.get("reply_title", "")[:100]
+        payload = request.POST.get("reply_id", "")[:256]
+        message |= {"type": "button", "button": {"payload": payload, "text": title}}
         bubble = title
     elif reply_type == "image":
         message |= {"type": "image", "image": {"id": "SIM-MEDIA", "mime_type": "image/jpeg"}}

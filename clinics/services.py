@@ -1853,7 +1853,11 @@ def slot_unblock(*, clinic: Clinic, slot_id: int, actor: Actor) -> Slot:
                 at=now,
             )
         before_status = slot.status
-        _free_slot(slot)
+        # Not _free_slot: its "covered by a period" answer was read when the slot was locked,
+        # before the hand block covering it was lifted just above.
+        slot.status = SlotStatus.FREE
+        slot.held_until = None
+        slot.save(update_fields=["status", "held_until", "updated_at"])
         _audit(
             clinic=clinic,
             actor=actor,

@@ -22,6 +22,14 @@ DEFAULT_REMINDER_TEMPLATE = "recordatorio_cita"
 DEFAULT_WAITLIST_TEMPLATE = "cupo_lista_espera"
 
 
+def default_window_start() -> dt.time:
+    return dt.time(8, 0)
+
+
+def default_window_end() -> dt.time:
+    return dt.time(20, 0)
+
+
 class OutreachSettings(models.Model):
     """One clinic's reminder and waitlist policy. A clinic without a row uses the defaults."""
 
@@ -44,8 +52,9 @@ class OutreachSettings(models.Model):
         _("approved reminder template"), max_length=512, default=DEFAULT_REMINDER_TEMPLATE
     )
     template_language = models.CharField(_("template language"), max_length=16, default="es")
-    window_start = models.TimeField(_("send messages from"), default=dt.time(8, 0))
-    window_end = models.TimeField(_("send messages until"), default=dt.time(20, 0))
+    # Callables: Django warns about fixed time defaults (fields.W161).
+    window_start = models.TimeField(_("send messages from"), default=default_window_start)
+    window_end = models.TimeField(_("send messages until"), default=default_window_end)
     waitlist_batch = models.PositiveSmallIntegerField(
         _("waitlist: patients offered a freed slot at once"),
         default=3,

@@ -39,6 +39,18 @@ WAITLIST_JOIN = "waitlist:join:"
 WAITLIST_NO = "waitlist:no"
 
 
+def template_button_title(payload: str) -> str:
+    """The words of the approved templates' quick-reply buttons, for a payload (the template
+    itself holds them at Meta; the demo's simulator shows them from here)."""
+    titles = (
+        (REMINDER_CONFIRM, _("Confirm")),
+        (REMINDER_CANCEL, _("Cancel")),
+        (WAITLIST_ACCEPT, _("Yes, I want it")),
+        (WAITLIST_DECLINE, _("No, thanks")),
+    )
+    return next((title for prefix, title in titles if payload.startswith(prefix)), payload)
+
+
 def when(moment: dt.datetime, clinic: HasTimeZone) -> tuple[str, str]:
     """("jueves 3 de diciembre", "8:00 a. m.") in the clinic's time zone."""
     local = bot_replies.local(moment, clinic)

@@ -156,7 +156,7 @@ class Publisher:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self.loop = asyncio.new_event_loop()
-                self._thread = threading.Thread(target=self._run, name="sophia-live", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
         self._queue.put((fn, args))
 
@@ -164,21 +164,25 @@ class Publisher:
         layer = get_channel_layer()
         if layer is None:
             return
-        if threading.current_thread() is self._thread:
-            self.loop.run_until_complete(layer.group_send(group, message))
+        loop = getattr(_publisher_thread, "loop", None)
+        if loop is not None:  # inside any publisher's thread: its own loop and Redis pool
+            loop.run_until_complete(layer.group_send(group, message))
         else:
             async_to_sync(layer.group_send)(group, message)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
+        _publisher_thread.loop = self.loop
         while True:
             fn, args = self._queue.get()
             try:
                 fn(*args)
             except Exception:
                 logger.exception("live publisher task failed")
-            finally:
+            try:
                 close_old_connections()
+            except Exception:  # the thread must outlive a database that went away
+                logger.debug("live publisher: closing connections failed", exc_info=True)
 
     def drain(self, timeout: float = 5.0) -> None:
         """Wait until everything submitted so far has run (tests, benchmarks)."""
@@ -189,6 +193,7 @@ class Publisher:
         done.wait(timeout)
 
 
+_publisher_thread = threading.local()
 publisher = Publisher()
 
 # Sent after commit when conversations change outside the console (a webhook stored messages or
@@ -222,10 +227,14 @@ def send_ephemeral(group: str, event_type: str, data: dict[str, Any]) -> None:
         _relay(group, event_type, data, ephemeral=True)
         return
     message = {"type": CONSUMER_MESSAGE_TYPE, "group": group, "event": event_type, "data": data}
+    publisher.submit(_send_ephemeral_now, group, message)
+
+
+def _send_ephemeral_now(group: str, message: dict) -> None:
     try:
         publisher.group_send(group, message)
     except Exception:
-        logger.debug("ephemeral %s to %s not sent", event_type, group, exc_info=True)
+        logger.debug("ephemeral %s to %s not sent", message["event"], group, exc_info=True)
 
 
 def broadcast(group: str, event_type: str, payload: str | dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from clinics.selectors import CalendarCell
 register = template.Library()
 
 
-def _labels() -> dict[str, str]:
+def _labels() -> dict:
     return {
         # The URL is built by hand from one reverse: reversing per cell is a large share.
         "url": reverse("clinics:slot", args=[0]),
@@ -24,9 +24,12 @@ def _labels() -> dict[str, str]:
         "held": escape(_("Held")),
         "booked": escape(_("Booked")),
         "blocked": escape(_("Blocked")),
-        "confirmed": " ✓",
-        "attended": " · " + escape(_("attended")),
-        "no_show": " · " + escape(_("no show")),
+        # After a patient's name: the appointment's status when it is more than booked.
+        "appointment": {
+            "confirmed": " ✓",
+            "attended": " · " + escape(_("attended")),
+            "no_show": " · " + escape(_("no show")),
+        },
     }
 
 
@@ -38,7 +41,9 @@ def cell_html(cell: CalendarCell, *, oob: bool = False, labels: dict | None = No
     """
     labels = labels or _labels()
     if cell.patient_name:
-        label = escape(cell.patient_name) + labels.get(cell.appointment_status or "", "")
+        label = escape(cell.patient_name) + labels["appointment"].get(
+            cell.appointment_status or "", ""
+        )
     else:
         label = labels.get(cell.state, labels["blocked"])
     classes = f"cell cell-{cell.state}"
@@ -46,7 +51,7 @@ def cell_html(cell: CalendarCell, *, oob: bool = False, labels: dict | None = No
         classes += f" appt-{cell.appointment_status}"
     swap = ""
     if oob:
-        classes += " flash"
+        classes += " cell-flash"
         swap = ' hx-swap-oob="true"'
     url = labels["url"].replace("/0/", f"/{int(cell.slot_id)}/")
     # state and appointment status are our own choice values; ids are ints; the only free text

@@ -131,8 +131,11 @@
     template.innerHTML = html;
     var rest = [];
     Array.prototype.slice.call(template.content.children).forEach(function (child) {
-      if (child.hasAttribute("data-upsert-into")) upsert(child, scope);
-      else rest.push(child.outerHTML);
+      if (child.hasAttribute("data-upsert-into")) { upsert(child, scope); return; }
+      // A reply being typed, an open slot picker: left alone unless what they show changed.
+      var current = child.id && child.hasAttribute("data-state") && document.getElementById(child.id);
+      if (current && current.getAttribute("data-state") === child.getAttribute("data-state")) return;
+      rest.push(child.outerHTML);
     });
     return rest.join("");
   }

@@ -32,7 +32,7 @@ def test_it_shows_adds_and_removes_patients_on_the_waiting_list(
     expect(rows.nth(1)).to_contain_text("Tarde")
     shot(page, tmp_path, "waitlist")
 
-    rows.nth(0).get_by_role("button", name="Retirar").click()
+    rows.nth(0).get_by_role("button", name="Quitar").click()
     expect(page.locator(".flash")).to_contain_text("Marta Lucía Rincón salió de la lista de espera")
     expect(page.locator("#waitlist-entries tbody tr")).to_have_count(1)
     assert WaitlistEntry.objects.get(patient=waiting).status == "removed"

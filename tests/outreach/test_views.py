@@ -6,6 +6,7 @@ import datetime as dt
 import pytest
 from django.urls import reverse
 
+from clinics import services
 from clinics.models import Specialty
 from outreach import waitlist
 from outreach.models import WaitlistEntry
@@ -96,3 +97,18 @@ def test_it_keeps_the_page_from_anonymous_visitors_and_users_without_a_clinic(
     client.force_login(outsider)
     assert client.get(reverse("waitlist:list")).status_code == 404
     assert client.post(reverse("waitlist:remove", args=[entries[0].pk])).status_code == 404
+
+
+def test_it_shows_on_the_patient_card_that_reminders_were_stopped(
+    client, receptionist, other_staff, patient, clinic
+):
+    card = reverse("clinics:patient", args=[patient.pk])
+    client.force_login(receptionist)
+    assert "Activos" in client.get(card).content.decode()
+    services.patient_set_reminders(
+        clinic=clinic, patient=patient, enabled=False, actor=services.Actor.patient(patient)
+    )
+    html = client.get(card).content.decode()
+    assert "Detenidos" in html and "pidió el" in html
+    client.force_login(other_staff)
+    assert client.get(card).status_code == 404
