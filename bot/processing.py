@@ -285,7 +285,15 @@ def _run_one_turn_once(
         conversation.last_activity_at = now
         conversation.save()
         rows = whatsapp.queue_replies(conversation, replies) if replies else []
-    metrics.BOT_TURN_LATENCY.observe(time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    metrics.BOT_TURN_LATENCY.observe(elapsed)
+    logger.info(
+        "turn for message %s: state %s, %d replies",
+        message.pk,
+        conversation.state,
+        len(rows),
+        extra={"duration_ms": round(elapsed * 1000, 1)},
+    )
     return _Outcome(conversation, rows)
 
 

@@ -184,13 +184,15 @@ def test_a_turn_processed_by_a_worker_reaches_the_dashboard_group_via_redis(
         )
         assert response.status_code == 200
         events = []
-        while not any(e.get("status") == "stopped" for e in events):
-            events.append(await asyncio.wait_for(layer.receive(channel), timeout=30))
+        while not any(e.get("data", {}).get("status") == "stopped" for e in events):
+            events.append(await asyncio.wait_for(layer.receive(channel), timeout=60))
         return events
 
-    events = asyncio.run(listen())
-    assert [e["status"] for e in events] == ["typing", "stopped"]
-    assert all(e["type"] == "conversation.typing" for e in events)
+    # The typing events of the worker's turn, as sophia_web.live sends them to the console.
+    events = [e for e in asyncio.run(listen()) if e.get("event") == "typing"]
+    assert [e["data"]["status"] for e in events] == ["typing", "stopped"]
+    assert all(e["type"] == "live.event" for e in events)
+    assert all(e["data"]["conversation"] == conversation.pk for e in events)
 
     # The four processes' logs: JSON lines, the turn's lines tagged with the clinic and the
     # masked session id, and the patient's number in none of them.
