@@ -44,9 +44,17 @@ def update_calendars(sender, clinic_id: int, name: str, payload: dict, **kwargs)
     if isinstance(previous, dict):
         slot_ids.append(previous.get("slot_id"))
     slot_ids = [i for i in slot_ids if isinstance(i, int)]
+    if slot_ids:
+        # Rendering the cells costs queries and a template; the booking that emitted the event
+        # must not wait for them, so the live publisher's thread does it (in order).
+        live.publisher.submit(send_cells, clinic_id, slot_ids)
+
+
+def send_cells(clinic_id: int, slot_ids: list[int]) -> None:
+    """Render these slots' cells and send them to the clinic's open calendars."""
     clinic = Clinic.objects.filter(pk=clinic_id).first()
-    if not slot_ids or clinic is None:
+    if clinic is None:
         return
     html = cells_html(clinic, slot_ids)
     if html:
-        live.broadcast(group, "agenda-cell", html)
+        live.send_now(agenda_group(clinic_id), "agenda-cell", html)

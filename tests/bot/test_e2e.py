@@ -4,6 +4,7 @@ Signed webhook payloads go over real HTTP to daphne; the worker runs the real en
 arrive over real HTTP at the fake Graph API; the LLM is the fake OpenAI-compatible server.
 """
 
+import datetime as dt
 import os
 import socket
 import subprocess
@@ -14,11 +15,12 @@ import httpx
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 
 from bot.models import Conversation, Direction, Message, MessageStatus
 from bot.webhook import signature_for
 from clinics import services
-from clinics.models import Appointment, AppointmentStatus, Patient
+from clinics.models import Appointment, AppointmentStatus, Patient, Slot, SlotStatus
 from tests.bot.test_processing import reply_message, text_message, webhook_body
 from tests.conftest import eventually
 from tests.fakes import graph_server, openai_server
@@ -178,6 +180,7 @@ def book_from_symptoms(phone: Phone, symptoms: str) -> list:
 
 
 def test_it_books_ana_from_her_own_number(app, fake_graph, fake_openai, clinic, slots, patient):
+    started = timezone.now()
     ana = Phone(app, fake_graph, clinic, ANA_WA)
     ana.say("hola")
     identified = ana.say("1020304050")
@@ -186,7 +189,18 @@ def test_it_books_ana_from_her_own_number(app, fake_graph, fake_openai, clinic, 
 
     appointment = Appointment.objects.get(patient=patient)
     assert appointment.status == AppointmentStatus.BOOKED
-    assert appointment.slot_id == slots[0].pk
+    # The first row offered is the earliest bookable time: the fixture's slots, or today's ones
+    # when the worker's agenda job generated them from the doctor's schedule first.
+    earliest = (
+        Slot.objects.filter(
+            doctor_id=slots[0].doctor_id,
+            start_at__gte=started + dt.timedelta(minutes=clinic.min_notice_minutes),
+        )
+        .exclude(status=SlotStatus.BLOCKED)
+        .order_by("start_at", "id")
+        .first()
+    )
+    assert appointment.slot_id == earliest.pk
     assert "fiebre" in appointment.patient_notes
     assert "Dr. Carlos García" in texts(done)
     assert fake_openai.requests == []  # the deterministic path never asks the LLM
