@@ -264,7 +264,10 @@ def test_900000_characters_over_http_to_daphne_and_the_worker(app, fake_graph, c
         lambda: Message.objects.get(pk=stored.pk).status == MessageStatus.PROCESSED,
         what="the huge message processed",
     )
-    assert fake_graph.messages_to(WA_ID)
+    # Its reply goes out after the turn commits.
+    fake_graph.wait_for(
+        lambda reqs: any(q.to == WA_ID and not q.is_typing for q in reqs), timeout=30
+    )
 
 
 @pytest.mark.django_db(transaction=True)
