@@ -473,8 +473,10 @@ class SimulatorConsumer(LiveConsumerMixin, AsyncJsonWebsocketConsumer):
         self.joined = [group_name(clinic.phone_number_id, self.phone)]
         await self.channel_layer.group_add(self.joined[0], self.channel_name)
         await self.accept()
+        await self.start_watching()
 
     async def disconnect(self, code: int) -> None:
+        await self.stop_watching()
         for group in self.joined:
             await self.channel_layer.group_discard(group, self.channel_name)
 

@@ -51,7 +51,9 @@ def update_calendars(sender, clinic_id: int, name: str, payload: dict, **kwargs)
 
 
 def send_cells(clinic_id: int, slot_ids: list[int]) -> None:
-    """Render these slots' cells and send them to the clinic's open calendars."""
+    """Render these slots' cells and send them to the clinic's open calendars (if any)."""
+    if not live.watching([agenda_group(clinic_id)]):
+        return
     clinic = Clinic.objects.filter(pk=clinic_id).first()
     if clinic is None:
         return

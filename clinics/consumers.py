@@ -22,8 +22,9 @@ def agenda_group(clinic_id: int) -> str:
     return f"agenda-{clinic_id}"
 
 
-class AgendaConsumer(AsyncJsonWebsocketConsumer):
+class AgendaConsumer(live.LiveConsumerMixin, AsyncJsonWebsocketConsumer):
     group: str | None = None
+    joined: list[str] = []
 
     async def connect(self) -> None:
         query = parse_qs(self.scope.get("query_string", b"").decode())
@@ -34,10 +35,13 @@ class AgendaConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4404)
             return
         self.group = agenda_group(clinic.pk)
+        self.joined = [self.group]
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        await self.start_watching()  # cells are rendered only for watched agendas
 
     async def disconnect(self, code: int) -> None:
+        await self.stop_watching()
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 

@@ -87,10 +87,12 @@ class LiveConsumer(live.LiveConsumerMixin, AsyncJsonWebsocketConsumer):
         for group in self.joined:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
+        await self.start_watching()
         if self.conversation_id is not None:
             await self._presence("viewer.join")
 
     async def disconnect(self, code: int) -> None:
+        await self.stop_watching()
         if self.conversation_id is not None and self.joined:
             await self._presence("viewer.leave")
         for group in self.joined:

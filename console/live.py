@@ -8,7 +8,8 @@
   changes nothing.
 
 Rendering runs in sophia_web.live's publisher thread (or inline with the in-process layer);
-a burst of changes to one conversation is rendered once.
+a burst of changes to one conversation is rendered once, and only for the groups some page
+watches (sophia_web.live.watching): a conversation nobody has open costs no render.
 """
 
 from __future__ import annotations
@@ -126,12 +127,43 @@ def conversation_context(conversation: Conversation) -> dict:
     }
 
 
+# conversation id → clinic id (a conversation never changes clinic); bounded.
+_CLINIC_OF_LIMIT = 20_000
+_clinic_of_cache: dict[int, int] = {}
+
+
+def _clinic_of(conversation_id: int) -> int | None:
+    clinic_id = _clinic_of_cache.get(conversation_id)
+    if clinic_id is None:
+        clinic_id = (
+            Conversation.objects.filter(pk=conversation_id)
+            .values_list("clinic_id", flat=True)
+            .first()
+        )
+        if clinic_id is not None:
+            if len(_clinic_of_cache) >= _CLINIC_OF_LIMIT:
+                _clinic_of_cache.clear()
+            _clinic_of_cache[conversation_id] = clinic_id
+    return clinic_id
+
+
 def _publish_conversation(conversation_id: int) -> None:
+    clinic_id = _clinic_of(conversation_id)
+    if clinic_id is None:
+        return
+    clinic_group, conversation_group = f"clinic-{clinic_id}", f"conversation-{conversation_id}"
+    watched = live.watching([clinic_group, conversation_group])
+    if not watched:
+        return
     row = selectors.inbox_row(conversation_id)
     if row is None:
         return
-    live.send_now(f"clinic-{row.clinic_id}", "inbox.row", render_row(row))
-    live.send_now(f"conversation-{row.pk}", "conversation", render_conversation_update(row))
+    if clinic_group in watched:
+        live.send_now(clinic_group, "inbox.row", render_row(row))
+    if conversation_group in watched:
+        live.send_now(conversation_group, "conversation", render_conversation_update(row))
+    if clinic_group not in watched:
+        return
     flags = (row.urgent and row.closed_at is None, row.needs_staff and row.mode == "bot")
     before = _flags.get(row.pk, (False, False))
     _flags[row.pk] = flags
@@ -150,6 +182,8 @@ def _publish_conversation(conversation_id: int) -> None:
 
 
 def _publish_stats(clinic_id: int) -> None:
+    if not live.watching([f"clinic-{clinic_id}"]):
+        return
     clinic = Clinic.objects.filter(pk=clinic_id).first()
     if clinic is None:
         return

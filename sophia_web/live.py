@@ -10,17 +10,26 @@ missed (see `events_after`), or is told to reload its fragments when the gap is 
 
 With Redis the numbers and the backlog live there (shared by every web and worker process);
 without it (the embedded demo) they live in this process.
+
+Rendering a fragment costs queries and a template, on every message of every patient. Most of
+the time no page watches a given conversation (and at night no one watches the inbox), so each
+socket registers the groups it watches (`watch`, refreshed while it is open) and producers ask
+`watching(groups)` before rendering: a group no one watches gets no render and no send, only its
+sequence number moves on, so a page rendered before its socket joined (or one whose socket
+dropped meanwhile) learns on resync that it missed something and reloads its fragments.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -57,6 +66,37 @@ return encoded
 """
 
 
+# A socket refreshes its watch this often; a watch not refreshed for WATCH_TTL_SECONDS is gone
+# (a web process that died does not keep its pages "watching" for ever).
+WATCH_REFRESH_SECONDS = 30.0
+WATCH_TTL_SECONDS = 90.0
+
+# KEYS: per group its watchers key, then its sequence key. ARGV[1]: now, ARGV[2]: the sequence
+# key's TTL, ARGV[3]: "1" to advance an unwatched group's sequence (a gap its pages will see).
+# Returns one flag per group: 1 watched, 0 not.
+_WATCHING = """
+local now = tonumber(ARGV[1])
+local flags = {}
+for i = 1, #KEYS, 2 do
+  redis.call('zremrangebyscore', KEYS[i], '-inf', now)
+  if redis.call('zcard', KEYS[i]) > 0 then
+    flags[#flags + 1] = 1
+  else
+    flags[#flags + 1] = 0
+    if ARGV[3] == '1' then
+      redis.call('incr', KEYS[i + 1])
+      redis.call('expire', KEYS[i + 1], ARGV[2])
+    end
+  end
+end
+return flags
+"""
+
+
+def _watchers_key(group: str) -> str:
+    return f"sophia:live:{group}:watchers"
+
+
 def _seq_key(group: str) -> str:
     return f"sophia:live:{group}:seq"
 
@@ -72,8 +112,10 @@ class _Store:
         self._lock = threading.Lock()
         self._redis: redis.Redis | None = None
         self._script = None
+        self._watching_script = None
         self._seq: dict[str, int] = {}
         self._backlog: dict[str, deque[dict]] = {}
+        self._watchers: dict[str, dict[str, float]] = {}  # group → channel → expiry
 
     def _client(self) -> redis.Redis | None:
         if not settings.REDIS_URL:
@@ -83,7 +125,55 @@ class _Store:
                 settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
             )
             self._script = self._redis.register_script(_NUMBER_AND_KEEP)
+            self._watching_script = self._redis.register_script(_WATCHING)
         return self._redis
+
+    def watch(self, groups: Iterable[str], channel: str) -> None:
+        expiry = time.time() + WATCH_TTL_SECONDS
+        client = self._client()
+        if client is not None:
+            with client.pipeline(transaction=False) as pipe:
+                for group in groups:
+                    pipe.zadd(_watchers_key(group), {channel: expiry})
+                    pipe.expire(_watchers_key(group), int(WATCH_TTL_SECONDS) + 1)
+                pipe.execute()
+            return
+        with self._lock:
+            for group in groups:
+                self._watchers.setdefault(group, {})[channel] = expiry
+
+    def unwatch(self, groups: Iterable[str], channel: str) -> None:
+        client = self._client()
+        if client is not None:
+            with client.pipeline(transaction=False) as pipe:
+                for group in groups:
+                    pipe.zrem(_watchers_key(group), channel)
+                pipe.execute()
+            return
+        with self._lock:
+            for group in groups:
+                self._watchers.get(group, {}).pop(channel, None)
+
+    def watching(self, groups: list[str], *, gap: bool) -> set[str]:
+        now = time.time()
+        client = self._client()
+        if client is not None:
+            keys = [key for group in groups for key in (_watchers_key(group), _seq_key(group))]
+            flags = self._watching_script(
+                keys=keys, args=[now, BACKLOG_SECONDS, "1" if gap else "0"]
+            )
+            return {group for group, flag in zip(groups, flags, strict=True) if flag}
+        found = set()
+        with self._lock:
+            for group in groups:
+                watchers = self._watchers.get(group, {})
+                for channel in [c for c, expiry in watchers.items() if expiry <= now]:
+                    del watchers[channel]
+                if watchers:
+                    found.add(group)
+                elif gap:
+                    self._seq[group] = self._seq.get(group, 0) + 1
+        return found
 
     def number(self, group: str, event: dict) -> dict:
         client = self._client()
@@ -116,14 +206,19 @@ class _Store:
             with self._lock:
                 events = [e for e in self._backlog.get(group, ()) if e["seq"] > seq]
         last = self.last(group)
-        if last > seq and (not events or events[0]["seq"] != seq + 1):
-            return None  # the backlog no longer reaches back that far
+        if [e["seq"] for e in events] != list(range(seq + 1, seq + 1 + len(events))) or (
+            last > seq + len(events)
+        ):
+            # The backlog no longer reaches back that far, or some were never kept (no one
+            # watched when they happened): the page must reload.
+            return None
         return events
 
     def reset(self) -> None:
         with self._lock:
             self._seq.clear()
             self._backlog.clear()
+            self._watchers.clear()
             self._redis = None
 
 
@@ -222,7 +317,8 @@ def touch(conversation_ids: Iterable[int] = (), wa_message_ids: Iterable[str] = 
 
 
 def send_ephemeral(group: str, event_type: str, data: dict[str, Any]) -> None:
-    """A passing event (typing, who is viewing): not numbered, not kept for resync."""
+    """A passing event (typing, who is viewing): not numbered, not kept for resync, and sent
+    only when some page watches the group."""
     if settings.SOPHIA_LIVE_RELAY_URL:
         _relay(group, event_type, data, ephemeral=True)
         return
@@ -232,7 +328,8 @@ def send_ephemeral(group: str, event_type: str, data: dict[str, Any]) -> None:
 
 def _send_ephemeral_now(group: str, message: dict) -> None:
     try:
-        publisher.group_send(group, message)
+        if watching([group], gap=False):
+            publisher.group_send(group, message)
     except Exception:
         logger.debug("ephemeral %s to %s not sent", message["event"], group, exc_info=True)
 
@@ -265,6 +362,35 @@ def send_now(group: str, event_type: str, payload: str | dict[str, Any]) -> dict
     except Exception:
         logger.warning("live event %s to %s not sent", event_type, group, exc_info=True)
         return None
+
+
+def watching(groups: Iterable[str], *, gap: bool = True) -> set[str]:
+    """The groups among `groups` that some open page watches (one Redis round trip).
+
+    Ask before rendering: an unwatched group is not worth a render. With `gap` (numbered
+    events), each unwatched group's sequence number moves on as if its event had been sent, so
+    a page that rendered before its socket joined sees the gap on resync and reloads. Through
+    the embedded demo's relay this process can't know who watches: every group counts. When
+    the store can't be asked, every group counts too (a render too many, never one too few).
+    """
+    groups = list(dict.fromkeys(groups))
+    if not groups or settings.SOPHIA_LIVE_RELAY_URL:
+        return set(groups)
+    try:
+        return _store.watching(groups, gap=gap)
+    except Exception:
+        logger.warning("live: could not ask who watches %s", groups, exc_info=True)
+        return set(groups)
+
+
+def watch(groups: Iterable[str], channel: str) -> None:
+    """Register a socket (`channel`) as watching `groups` for the next WATCH_TTL_SECONDS."""
+    _store.watch(groups, channel)
+
+
+def unwatch(groups: Iterable[str], channel: str) -> None:
+    """The socket closed: it watches nothing any more."""
+    _store.unwatch(groups, channel)
 
 
 # --- the embedded demo's relay ----------------------------------------------------------------
@@ -331,9 +457,36 @@ def reset() -> None:
 
 class LiveConsumerMixin:
     """For websocket consumers of live groups (`self.joined`): forwards numbered events to the
-    page as JSON frames and answers the page's resync with exactly what it missed."""
+    page as JSON frames, answers the page's resync with exactly what it missed, and tells the
+    producers that someone watches (`start_watching` once joined, `stop_watching` on close)."""
 
     joined: list[str]
+    _watch_task: asyncio.Task | None = None
+
+    async def start_watching(self) -> None:
+        """Register the joined groups as watched, and keep them so while the socket is open."""
+        await asyncio.to_thread(watch, self.joined, self.channel_name)
+        self._watch_task = asyncio.create_task(self._keep_watching())
+
+    async def _keep_watching(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_REFRESH_SECONDS)
+            try:
+                await asyncio.to_thread(watch, self.joined, self.channel_name)
+            except Exception:  # Redis blinked: the next refresh (well inside the TTL) will do
+                logger.warning("live: refreshing the watch of %s failed", self.joined)
+
+    async def stop_watching(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
+        if getattr(self, "joined", None):
+            try:
+                await asyncio.to_thread(unwatch, self.joined, self.channel_name)
+            except Exception:  # it expires on its own
+                logger.warning("live: unwatching %s failed", self.joined)
 
     async def resync(self, since: object) -> None:
         since = since if isinstance(since, dict) else {}

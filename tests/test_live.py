@@ -89,3 +89,46 @@ def test_it_refuses_unsigned_relays_and_is_off_by_default(client, settings):
     assert relay_post(client, body, signature="forged").status_code == 403
     assert relay_post(client, b"[]", signature=live._relay_signature(b"[]")).status_code == 400
     assert live.last_sequence("clinic-3") == 0
+
+
+def test_it_tells_watched_groups_from_unwatched_ones():
+    live.watch(["clinic-4", "conversation-8"], "channel-a")
+    assert live.watching(["clinic-4", "clinic-5", "conversation-8"]) == {
+        "clinic-4",
+        "conversation-8",
+    }
+    live.unwatch(["clinic-4"], "channel-a")
+    assert live.watching(["clinic-4"]) == set()
+    assert live.watching(["conversation-8"]) == {"conversation-8"}
+
+
+def test_it_counts_an_unwatched_event_as_missed_so_a_page_reloads():
+    live.send_now("clinic-6", "inbox.row", "<p>1</p>")
+    assert live.watching(["clinic-6"]) == set()  # event 2: rendered for no one
+    live.watch(["clinic-6"], "channel-b")
+    live.send_now("clinic-6", "inbox.row", "<p>3</p>")
+    assert live.last_sequence("clinic-6") == 3
+    # A page that had event 1 missed event 2, which was never kept: it must reload.
+    assert live.events_after("clinic-6", 1) is None
+    assert [e["seq"] for e in live.events_after("clinic-6", 2)] == [3]
+    # Passing events (typing) leave no gap.
+    live.unwatch(["clinic-6"], "channel-b")
+    live.watching(["clinic-6"], gap=False)
+    assert live.last_sequence("clinic-6") == 3
+
+
+def test_it_forgets_a_watch_that_is_not_refreshed(time_machine):
+    time_machine.move_to("2026-12-02 10:00:00+00:00", tick=False)
+    live.watch(["agenda-3"], "channel-c")
+    time_machine.shift(live.WATCH_TTL_SECONDS - 1)
+    assert live.watching(["agenda-3"]) == {"agenda-3"}
+    live.watch(["agenda-3"], "channel-c")  # the socket's refresh
+    time_machine.shift(live.WATCH_TTL_SECONDS - 1)
+    assert live.watching(["agenda-3"]) == {"agenda-3"}
+    time_machine.shift(2)  # the socket's process died: no refresh
+    assert live.watching(["agenda-3"]) == set()
+
+
+def test_it_assumes_everyone_watches_through_the_demos_relay(settings):
+    settings.SOPHIA_LIVE_RELAY_URL = "http://127.0.0.1:9/live/relay/"
+    assert live.watching(["clinic-1", "conversation-2"]) == {"clinic-1", "conversation-2"}

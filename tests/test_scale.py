@@ -36,6 +36,7 @@ from integrations import webhooks
 from integrations.keys import api_key_create
 from integrations.models import ApiKey, WebhookDelivery
 from outreach.models import OutreachSettings
+from sophia_web import live
 from tests.bot.test_processing import text_message, webhook_body
 from tests.conftest import eventually, make_slots
 from tests.fakes import graph_server, webhook_receiver
@@ -172,6 +173,8 @@ def test_a_turn_processed_by_a_worker_reaches_the_dashboard_group_via_redis(
     async def listen() -> list[dict]:
         channel = await layer.new_channel()
         await layer.group_add(f"conversation-{conversation.pk}", channel)
+        # What the console's socket does: only watched groups get events.
+        await asyncio.to_thread(live.watch, [f"conversation-{conversation.pk}"], channel)
         body = webhook_body(clinic.phone_number_id, [text_message("hola", wa_id=ANA_WA)])
         response = await asyncio.to_thread(
             cluster.web["a"].post,

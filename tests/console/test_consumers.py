@@ -9,6 +9,7 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.test import Client
 
+from console import live as console_live
 from console import services
 from sophia_web import live
 from sophia_web.asgi import application
@@ -143,3 +144,39 @@ async def test_it_shows_other_staff_who_is_typing_and_viewing(
     finally:
         await first.disconnect()
         await second.disconnect()
+
+
+async def test_it_renders_only_for_the_pages_someone_has_open(
+    cookies, clinic, conversation, monkeypatch
+):
+    rendered = []
+    for name in ("render_row", "render_conversation_update"):
+        original = getattr(console_live, name)
+        monkeypatch.setattr(
+            console_live,
+            name,
+            lambda row, name=name, original=original: rendered.append(name) or original(row),
+        )
+
+    def publish() -> None:
+        console_live.publish([conversation.pk])
+        live.publisher.drain()
+
+    inbox_group = f"clinic-{clinic.pk}"
+    await database_sync_to_async(publish)()  # nobody watches: nothing rendered, a gap counted
+    assert rendered == []
+    assert await database_sync_to_async(live.last_sequence)(inbox_group) == 1
+
+    inbox = communicator(f"/ws/live/{clinic.pk}/", cookies["staff"])
+    try:
+        assert (await inbox.connect())[0]
+        await inbox.send_json_to({"action": "resync", "since": {inbox_group: 0}})
+        assert (await inbox.receive_json_from(timeout=5))["event"] == "resync.reset"
+        await database_sync_to_async(publish)()
+        row = await next_event(inbox, "inbox.row")
+        assert f'id="conv-row-{conversation.pk}"' in row["html"]
+        assert rendered == ["render_row"]  # the conversation itself is open nowhere
+    finally:
+        await inbox.disconnect()
+    await database_sync_to_async(publish)()
+    assert rendered == ["render_row"]  # the inbox closed: watched by no one again
