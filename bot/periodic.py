@@ -70,14 +70,19 @@ def pick_up_stranded_turns(now: dt.datetime | None = None, limit: int = 200) -> 
         .values_list("conversation_id", "conversation__wa_id")
         .distinct()[:limit]
     )
+    waiting = list(waiting)
+    if not waiting:
+        return 0
+    # One read of the queue, not one per conversation: under a backlog every waiting message
+    # is older than STRANDED_AFTER and nearly all of them have their turn queued.
+    queued = set(
+        DBTaskResult.objects.ready()
+        .filter(task_path=processing.run_turns.module_path)
+        .values_list("args_kwargs__args__0", flat=True)
+    )
     scheduled = 0
     for conversation_id, wa_id in waiting:
-        if state.is_locked(wa_id):
-            continue
-        queued = DBTaskResult.objects.ready().filter(
-            task_path=processing.run_turns.module_path, args_kwargs__args__0=conversation_id
-        )
-        if queued.exists():
+        if conversation_id in queued or state.is_locked(wa_id):
             continue
         oldest = processing.oldest_pending(conversation_id)
         if oldest is not None and oldest.attempts >= STRANDED_GIVE_UP_AFTER:

@@ -124,15 +124,18 @@ def warm_up() -> None:
 
 def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
     """Run every pending turn of the conversation; return how many messages were processed."""
-    conversation = Conversation.objects.select_related("clinic").filter(pk=conversation_id).first()
-    if conversation is None:
+    # The oldest pending message and its conversation in one read. Nothing pending is common:
+    # a patient's second message of a burst is usually answered by the first message's task.
+    first = _pending(conversation_id).select_related("conversation__clinic").first()
+    if first is None:
         return 0
+    conversation = first.conversation
     session_id = conversation.session_id
     lock = state.acquire_lock(session_id)
     if lock.status is state.LockStatus.BUSY:
         # Its holder processes everything pending before letting go; this retry only matters if
         # that holder dies with the lock (it expires after 60 s).
-        if attempt < LOCK_RETRY_LIMIT and has_pending(conversation_id):
+        if attempt < LOCK_RETRY_LIMIT:
             schedule_turns(conversation_id, delay=LOCK_RETRY_DELAY_SECONDS, attempt=attempt + 1)
         return 0
 
@@ -144,8 +147,10 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
         session=sophia_logging.mask_session(session_id),
         action="bot.turn",
     )
+    next_message: Message | None = first  # read before the lock: its claim below re-checks it
     try:
-        while (message := _pending(conversation_id).first()) is not None:
+        while (message := next_message or _pending(conversation_id).first()) is not None:
+            next_message = None
             if message.attempts >= MAX_TURN_ATTEMPTS:
                 give_up_on(message.pk)  # its earlier runs never finished
                 continue
@@ -166,7 +171,7 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
                 continue  # another worker (Redis down) took that message first
             conversation = outcome.conversation
             _deliver(outcome.outbound)
-            live.touch([conversation_id])
+            live.touch([conversation_id], clinic_id=conversation.clinic_id)
             if outcome.retry_after:
                 retry_after = outcome.retry_after
                 break  # over the rate limit: the rest waits for the window, in order
@@ -670,8 +675,8 @@ def _broadcast_typing(conversation: Conversation, event: dict) -> None:
     if settings.REDIS_URL and not state.is_available():
         return  # Redis is known to be down: don't wait on it
     data = {"who": "bot", "conversation": conversation.pk, **event}
-    live.send_ephemeral(f"conversation-{conversation.pk}", "typing", data)
-    live.send_ephemeral(f"clinic-{conversation.clinic_id}", "typing", data)  # the inbox row
+    groups = [f"conversation-{conversation.pk}", f"clinic-{conversation.clinic_id}"]  # + inbox row
+    live.send_ephemeral(groups, "typing", data)
 
 
 def _mirror_session(conversation: Conversation) -> None:

@@ -9,6 +9,7 @@ row of the same conversation is still pending.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import random
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, OuterRef, Q, QuerySet
 from django.utils import timezone
 from django.utils.translation import gettext as _
@@ -465,7 +466,6 @@ def send_queued(rows: list[Message]) -> int:
         return 0
     now = timezone.now()
     ids = [row.pk for row in rows]
-    _suppress_if_held(*ids)  # staff took over while the turn ran: none of it goes out
     earlier_pending = Message.objects.filter(
         conversation_id=OuterRef("conversation_id"),
         direction=Direction.OUT,
@@ -479,6 +479,7 @@ def send_queued(rows: list[Message]) -> int:
         .update(status=MessageStatus.SENDING, next_attempt_at=now + LEASE)
     )
     if claimed != len(rows):
+        _suppress_if_held(*ids)  # staff took over while the turn ran: none of it goes out
         # Behind an older pending row, or a worker took some: one at a time, by the rules.
         Message.objects.filter(id__in=ids, status=MessageStatus.SENDING).update(
             status=MessageStatus.QUEUED, next_attempt_at=now
@@ -518,13 +519,14 @@ def _send_claimed(message: Message) -> bool:
         "error": "",
     }
     try:
-        with transaction.atomic():
+        # One statement: outside a transaction it needs no savepoint to fail on its own.
+        with transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext():
             mine.update(wa_message_id=wamid, **sent)
     except IntegrityError:
         # The message did go out; a reused id only costs us its status updates.
         logger.error("outbound message %s: WhatsApp id %s is already taken", message_id, wamid)
         mine.update(**sent)
-    live.touch([message.conversation_id])
+    live.touch([message.conversation_id], clinic_id=message.clinic_id)
     logger.info(
         "outbound message %s sent to %s (attempt %d)",
         message_id,
@@ -539,7 +541,7 @@ def _record_failure(
 ) -> bool:
     code = (exc.code or "")[:16]
     recipient = mask(str(message.payload.get("to", "")))
-    live.touch([message.conversation_id])
+    live.touch([message.conversation_id], clinic_id=message.clinic_id)
     if exc.permanent or attempt >= MAX_ATTEMPTS:
         reason = "needs a template (outside the 24-hour window): " if exc.needs_template else ""
         mine.update(

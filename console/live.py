@@ -51,8 +51,18 @@ def stats_changed(clinic_id: int) -> None:
     transaction.on_commit(lambda: _submit("stats", clinic_id), robust=True)
 
 
-def publish(conversation_ids: Iterable[int] = (), wa_message_ids: Iterable[str] = ()) -> None:
-    """Render and send (soon, in order) every conversation given, once each."""
+def publish(
+    conversation_ids: Iterable[int] = (),
+    wa_message_ids: Iterable[str] = (),
+    *,
+    clinic_id: int | None = None,
+) -> None:
+    """Render and send (soon, in order) every conversation given, once each, to whoever
+    watches; `clinic_id` is the conversations' clinic when the caller knows it."""
+    conversation_ids = list(conversation_ids)
+    if clinic_id is not None:
+        for conversation_id in conversation_ids:
+            _remember_clinic(conversation_id, clinic_id)
     wamids = list(wa_message_ids)
     if wamids:
         live.publisher.submit(_publish_messages, wamids)
@@ -132,6 +142,12 @@ _CLINIC_OF_LIMIT = 20_000
 _clinic_of_cache: dict[int, int] = {}
 
 
+def _remember_clinic(conversation_id: int, clinic_id: int) -> None:
+    if len(_clinic_of_cache) >= _CLINIC_OF_LIMIT:
+        _clinic_of_cache.clear()
+    _clinic_of_cache[conversation_id] = clinic_id
+
+
 def _clinic_of(conversation_id: int) -> int | None:
     clinic_id = _clinic_of_cache.get(conversation_id)
     if clinic_id is None:
@@ -141,9 +157,7 @@ def _clinic_of(conversation_id: int) -> int | None:
             .first()
         )
         if clinic_id is not None:
-            if len(_clinic_of_cache) >= _CLINIC_OF_LIMIT:
-                _clinic_of_cache.clear()
-            _clinic_of_cache[conversation_id] = clinic_id
+            _remember_clinic(conversation_id, clinic_id)
     return clinic_id
 
 

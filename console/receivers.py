@@ -9,8 +9,10 @@ from sophia_web.live import conversation_activity
 
 
 @receiver(conversation_activity, dispatch_uid="console.publish_conversations")
-def publish_conversations(sender, conversation_ids, wa_message_ids, **kwargs) -> None:
-    live.publish(conversation_ids, wa_message_ids)
+def publish_conversations(
+    sender, conversation_ids, wa_message_ids, clinic_id=None, **kwargs
+) -> None:
+    live.publish(conversation_ids, wa_message_ids, clinic_id=clinic_id)
 
 
 @receiver(domain_event, dispatch_uid="console.stats_on_domain_event")

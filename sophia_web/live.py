@@ -121,11 +121,14 @@ class _Store:
         if not settings.REDIS_URL:
             return None
         if self._redis is None:
-            self._redis = redis.Redis.from_url(
-                settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
-            )
-            self._script = self._redis.register_script(_NUMBER_AND_KEEP)
-            self._watching_script = self._redis.register_script(_WATCHING)
+            with self._lock:  # several publisher threads may get here first at once
+                if self._redis is None:
+                    client = redis.Redis.from_url(
+                        settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
+                    )
+                    self._script = client.register_script(_NUMBER_AND_KEEP)
+                    self._watching_script = client.register_script(_WATCHING)
+                    self._redis = client  # last: its scripts are ready when it is seen
         return self._redis
 
     def watch(self, groups: Iterable[str], channel: str) -> None:
@@ -292,13 +295,20 @@ _publisher_thread = threading.local()
 publisher = Publisher()
 
 # Sent after commit when conversations change outside the console (a webhook stored messages or
-# statuses, a turn ran, the outbox sent): receivers get `conversation_ids` and `wa_message_ids`.
+# statuses, a turn ran, the outbox sent): receivers get `conversation_ids`, `wa_message_ids` and
+# `clinic_id` (the conversations' clinic when the sender knew it, else None).
 conversation_activity = Signal()
 
 
-def touch(conversation_ids: Iterable[int] = (), wa_message_ids: Iterable[str] = ()) -> None:
+def touch(
+    conversation_ids: Iterable[int] = (),
+    wa_message_ids: Iterable[str] = (),
+    *,
+    clinic_id: int | None = None,
+) -> None:
     """Tell the live views that these conversations (or messages, by WhatsApp id) changed.
 
+    `clinic_id`, when the caller knows the conversations' clinic, saves the receivers a read.
     Costs the caller nothing but an on-commit hook: rendering and fan-out run in the
     publisher's thread.
     """
@@ -308,7 +318,7 @@ def touch(conversation_ids: Iterable[int] = (), wa_message_ids: Iterable[str] = 
 
     def notify() -> None:
         for receiver, result in conversation_activity.send_robust(
-            sender=None, conversation_ids=ids, wa_message_ids=wamids
+            sender=None, conversation_ids=ids, wa_message_ids=wamids, clinic_id=clinic_id
         ):
             if isinstance(result, Exception):
                 logger.error("live receiver %r failed", receiver, exc_info=result)
@@ -316,22 +326,24 @@ def touch(conversation_ids: Iterable[int] = (), wa_message_ids: Iterable[str] = 
     transaction.on_commit(notify, robust=True)
 
 
-def send_ephemeral(group: str, event_type: str, data: dict[str, Any]) -> None:
-    """A passing event (typing, who is viewing): not numbered, not kept for resync, and sent
-    only when some page watches the group."""
+def send_ephemeral(groups: str | Iterable[str], event_type: str, data: dict[str, Any]) -> None:
+    """A passing event (typing, who is viewing) to one group or several: not numbered, not kept
+    for resync, and sent only to the groups some page watches (asked once for all of them)."""
+    groups = [groups] if isinstance(groups, str) else list(groups)
     if settings.SOPHIA_LIVE_RELAY_URL:
-        _relay(group, event_type, data, ephemeral=True)
+        for group in groups:
+            _relay(group, event_type, data, ephemeral=True)
         return
-    message = {"type": CONSUMER_MESSAGE_TYPE, "group": group, "event": event_type, "data": data}
-    publisher.submit(_send_ephemeral_now, group, message)
+    publisher.submit(_send_ephemeral_now, groups, event_type, data)
 
 
-def _send_ephemeral_now(group: str, message: dict) -> None:
+def _send_ephemeral_now(groups: list[str], event_type: str, data: dict[str, Any]) -> None:
     try:
-        if watching([group], gap=False):
-            publisher.group_send(group, message)
+        for group in watching(groups, gap=False):
+            message = {"type": CONSUMER_MESSAGE_TYPE, "group": group, "event": event_type}
+            publisher.group_send(group, {**message, "data": data})
     except Exception:
-        logger.debug("ephemeral %s to %s not sent", message["event"], group, exc_info=True)
+        logger.debug("ephemeral %s to %s not sent", event_type, groups, exc_info=True)
 
 
 def broadcast(group: str, event_type: str, payload: str | dict[str, Any]) -> None:

@@ -106,6 +106,8 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     # Last, as django-axes asks: turns a locked-out login into its lockout page.
     "axes.middleware.AxesMiddleware",
+    # Innermost and sync only, so the whole chain runs in one thread per request.
+    "sophia_web.middleware.sync_chain",
 ]
 
 ROOT_URLCONF = "sophia_web.urls"
@@ -247,6 +249,8 @@ SOPHIA_SLOT_DAYS_AHEAD = envint("SOPHIA_SLOT_DAYS_AHEAD", "21")
 SOPHIA_NETWORK_GUARD = os.getenv("SOPHIA_NETWORK_GUARD", "log")
 # Turns a worker process runs at once (threads); 0 sizes it to the machine.
 SOPHIA_WORKER_CONCURRENCY = envint("SOPHIA_WORKER_CONCURRENCY", "0")
+# Worker processes `run_worker` starts and supervises; 0 sizes it to the machine (one per CPU).
+SOPHIA_WORKER_PROCESSES = envint("SOPHIA_WORKER_PROCESSES", "0")
 # The approved WhatsApp template telling a patient an agenda change cancelled their appointment
 # (used outside the 24-hour window); body parameters: first name, date, time, doctor.
 SOPHIA_CANCEL_TEMPLATE = os.getenv("SOPHIA_CANCEL_TEMPLATE", "cita_cancelada_reagendar")

@@ -6,6 +6,11 @@ from bot import console_triage
 from sophia_web import health, live, monitoring
 
 urlpatterns = [
+    # First: Meta calls the webhook for every message and status, and Django tries the patterns
+    # in order (the benchmark's do-nothing baseline resolves just as fast; 404 unless DEBUG or
+    # SOPHIA_BENCH=1).
+    path("whatsapp/", include("bot.urls")),
+    path("bench/noop/", health.noop, name="bench-noop"),
     path("", include("console.urls")),
     path("", include("clinics.urls")),
     path(
@@ -28,9 +33,6 @@ urlpatterns = [
     path("api/v1/", include("integrations.api.urls")),
     path("integraciones/", include("integrations.urls")),
     path("metrics", monitoring.metrics_view, name="metrics"),
-    # The benchmark's do-nothing baseline (404 unless DEBUG or SOPHIA_BENCH=1).
-    path("bench/noop/", health.noop, name="bench-noop"),
-    path("whatsapp/", include("bot.urls")),
     # The demo's stand-in for WhatsApp; its views answer 404 unless DEBUG or SOPHIA_SIMULATOR.
     path("simulator/", include("bot.simulator")),
 ]

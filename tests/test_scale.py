@@ -96,7 +96,17 @@ class Cluster:
         return proc
 
     def start_worker(self, name: str) -> None:
-        self.spawn(name, "manage.py", "run_worker", "--interval", "0.05", "--worker-id", name)
+        self.spawn(
+            name,
+            "manage.py",
+            "run_worker",
+            "--interval",
+            "0.05",
+            "--processes",
+            "1",
+            "--worker-id",
+            name,
+        )
 
     def start(self) -> "Cluster":
         try:

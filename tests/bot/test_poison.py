@@ -217,7 +217,7 @@ class PoisonWorkers(Workers):
     def start(self, *args: str, **env: str) -> subprocess.Popen:
         log = self.tmp_path / f"worker-{len(self.procs)}.log"
         proc = subprocess.Popen(
-            [sys.executable, "-c", POISON_WORKER, "--interval", "0.05", *args],
+            [sys.executable, "-c", POISON_WORKER, "--interval", "0.05", "--processes", "1", *args],
             cwd=ROOT,
             env={**self.env(), **env},
             stdout=log.open("w"),

@@ -81,7 +81,7 @@ class Workers:
     def start(self, *args: str, **env: str) -> subprocess.Popen:
         log = self.tmp_path / f"worker-{len(self.procs)}.log"
         proc = subprocess.Popen(
-            [sys.executable, "-c", ECHO_WORKER, "--interval", "0.05", *args],
+            [sys.executable, "-c", ECHO_WORKER, "--interval", "0.05", "--processes", "1", *args],
             cwd=ROOT,
             env={**self.env(), **env},
             stdout=log.open("w"),
@@ -374,3 +374,42 @@ def test_it_backs_off_instead_of_crashing_when_the_database_is_away(workers):
     assert proc.poll() is None  # still alive, waiting for the database
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
+
+
+def child_pids(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def test_it_runs_and_supervises_one_worker_process_per_cpu(workers, clinic, fake_graph):
+    log = workers.tmp_path / "supervisor.log"
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "run_worker", "--processes", "2", "--interval", "0.05"],
+        cwd=ROOT,
+        env=workers.env(),
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        eventually(lambda: len(child_pids(proc.pid)) == 2, what="two worker processes")
+        receive(clinic, text_message("hola"))
+        fake_graph.wait_for_messages(1, timeout=30)  # a real engine's greeting
+
+        first = min(child_pids(proc.pid))
+        os.kill(first, signal.SIGKILL)  # a worker process dies: another takes its place
+        eventually(
+            lambda: first not in child_pids(proc.pid) and len(child_pids(proc.pid)) == 2,
+            what="the dead worker process replaced",
+        )
+        assert "exited with -9" in log.read_text()
+        survivors = child_pids(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0  # each finishes its task first (slow on a busy machine)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in survivors)
+        assert "worker processes stopped" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -123,7 +123,9 @@ class LiveApp:
     def start(self) -> LiveApp:
         self.start_web()
         if self.with_worker:
-            self._spawn("worker", "manage.py", "run_worker", "--interval", "0.05")
+            self._spawn(
+                "worker", "manage.py", "run_worker", "--interval", "0.05", "--processes", "1"
+            )
         return self
 
     @staticmethod

@@ -1,10 +1,15 @@
 """`manage.py run_worker`: django-tasks-db's worker loop plus Sophia's periodic jobs.
 
-One process runs queued tasks (turns, outbox…) with django_tasks_db's Worker (its claim with
-SKIP LOCKED and its task runner) on `--concurrency` threads (SOPHIA_WORKER_CONCURRENCY; by default
-two per CPU: a turn mostly waits on PostgreSQL, Redis and the Graph API, so threads overlap those
-waits), and between tasks the first thread claims and runs the periodic jobs of bot.periodic.
-Any number of these processes may run.
+A worker process runs queued tasks (turns, outbox…) with django_tasks_db's Worker (its claim
+with SKIP LOCKED and its task runner) on `--concurrency` threads (SOPHIA_WORKER_CONCURRENCY; by
+default two per CPU: a turn waits on PostgreSQL, Redis and the Graph API, so threads overlap those
+waits), and between tasks its first thread claims and runs the periodic jobs of bot.periodic.
+
+A turn's own work is Python (the ORM, the engine) and one process runs Python on one core at a
+time, so `run_worker` starts `--processes` worker processes (SOPHIA_WORKER_PROCESSES; by default
+one per CPU, at most MAX_DEFAULT_PROCESSES) and supervises them: a process that dies is started
+again, SIGTERM/SIGINT are passed on and waited for. Any number of `run_worker` commands may run
+(on one machine or several): claims and periodic jobs are shared through the database.
 
 SIGTERM/SIGINT set a flag: the current task or job finishes, then the process exits 0 (a second
 signal exits at once). Errors around the loop (database restarting…) back off exponentially
@@ -13,13 +18,16 @@ instead of crash-looping.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 from argparse import ArgumentParser
+from pathlib import Path
 from types import FrameType
 
 from django.conf import settings
@@ -36,11 +44,26 @@ logger = logging.getLogger("bot.worker")
 
 MAX_BACKOFF_SECONDS = 30.0
 MAX_CONCURRENCY = 64
+MAX_PROCESSES = 64
+MAX_DEFAULT_PROCESSES = 4
+# How long a stopping supervisor waits for its processes to finish their current task.
+STOP_TIMEOUT_SECONDS = 60.0
 
 
 def machine_concurrency() -> int:
     """Threads per worker process when not configured: two per CPU, at most 8."""
     return max(1, min(8, 2 * (os.cpu_count() or 1)))
+
+
+def machine_processes() -> int:
+    """Worker processes when not configured: one per CPU, at most MAX_DEFAULT_PROCESSES.
+
+    On SQLite (the embedded demo) one: it takes one writer at a time, so more processes only
+    wait for each other.
+    """
+    if connections["default"].vendor == "sqlite":
+        return 1
+    return max(1, min(MAX_DEFAULT_PROCESSES, os.cpu_count() or 1))
 
 
 class SophiaWorker(Worker):
@@ -144,6 +167,90 @@ class SophiaWorker(Worker):
             time.sleep(min(left, 0.1))
 
 
+def _terminate_with_parent() -> None:
+    """In a child before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+class Supervisor:
+    """Runs `count` worker processes (each `manage.py run_worker --processes 1 …`), starts again
+    one that dies, and on SIGTERM/SIGINT passes the signal on and waits for them to finish."""
+
+    def __init__(self, count: int, child_args: list[str], worker_id: str = "") -> None:
+        manage = Path(settings.BASE_DIR) / "manage.py"
+        self.command = [sys.executable, str(manage), "run_worker", "--processes", "1", *child_args]
+        self.worker_id = worker_id
+        self.count = count
+        self.running = True
+        self.children: dict[int, subprocess.Popen] = {}
+        self.restarts: dict[int, int] = {}
+
+    def stop(self, signum: int, frame: FrameType | None) -> None:
+        if not self.running:
+            logger.warning("received %s again: stopping the worker processes now", signum)
+            for child in self.children.values():
+                if child.poll() is None:
+                    child.kill()
+            return
+        logger.info(
+            "received %s: stopping %d worker processes", signal.strsignal(signum), self.count
+        )
+        self.running = False
+        for child in self.children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    def start(self, slot: int) -> None:
+        # Their own process group: a terminal's Ctrl-C reaches the supervisor only, which passes
+        # one SIGTERM on (a second signal would make them drop their task at once). If the
+        # supervisor itself is killed, Linux sends them SIGTERM (no orphaned workers).
+        command = self.command
+        if self.worker_id:  # each process needs its own id: the given one, numbered
+            command = [*command, f"--worker-id={self.worker_id}-{slot + 1}"]
+        self.children[slot] = subprocess.Popen(  # noqa: S603 - our interpreter and manage.py
+            command, process_group=0, preexec_fn=_terminate_with_parent
+        )
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+        logger.info("starting %d worker processes", self.count)
+        for slot in range(self.count):
+            self.start(slot)
+        restart_at: dict[int, float] = {}
+        while self.running:
+            for slot, child in self.children.items():
+                code = child.poll()
+                if code is None or slot in restart_at:
+                    continue
+                # Crash-looping (a database away at start-up…) backs off instead of spinning.
+                self.restarts[slot] = self.restarts.get(slot, 0) + 1
+                delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** (self.restarts[slot] - 1))
+                logger.error(
+                    "worker process %s exited with %s; starting it again in %.1f s",
+                    child.pid,
+                    code,
+                    delay,
+                )
+                restart_at[slot] = time.monotonic() + delay
+            for slot, when in list(restart_at.items()):
+                if time.monotonic() >= when and self.running:
+                    del restart_at[slot]
+                    self.start(slot)
+            time.sleep(0.2)
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        for child in self.children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("worker process %s did not stop in time: killed", child.pid)
+                child.kill()
+                child.wait()
+        logger.info("worker processes stopped")
+        return 0
+
+
 class Command(BaseCommand):
     help = "Run Sophia's background worker: queued tasks and periodic jobs."
 
@@ -172,6 +279,13 @@ class Command(BaseCommand):
             help="How often to look for due periodic jobs, in seconds (default: %(default)s).",
         )
         parser.add_argument(
+            "--processes",
+            type=int,
+            default=None,
+            help="Worker processes to run and supervise (default: SOPHIA_WORKER_PROCESSES, or "
+            "one per CPU up to 4).",
+        )
+        parser.add_argument(
             "--concurrency",
             type=int,
             default=None,
@@ -191,12 +305,28 @@ class Command(BaseCommand):
         worker_id: str,
         backend_name: str,
         concurrency: int | None,
+        processes: int | None,
         **options,
     ) -> None:
         if concurrency is None:
             concurrency = settings.SOPHIA_WORKER_CONCURRENCY or machine_concurrency()
         if not 1 <= concurrency <= MAX_CONCURRENCY:
             raise CommandError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
+        if processes is None:
+            processes = settings.SOPHIA_WORKER_PROCESSES or machine_processes()
+        if not 1 <= processes <= MAX_PROCESSES:
+            raise CommandError(f"--processes must be between 1 and {MAX_PROCESSES}")
+        if processes > 1:
+            child_args = [
+                f"--interval={interval}",
+                f"--queue-name={queue_name}",
+                f"--periodic-every={periodic_every}",
+                f"--concurrency={concurrency}",
+                f"--backend={backend_name}",
+            ]
+            if not periodic_jobs:
+                child_args.append("--no-periodic")
+            sys.exit(Supervisor(processes, child_args, worker_id).run())
         worker = SophiaWorker(
             queue_names=queue_name.split(","),
             interval=interval,
