@@ -1,8 +1,9 @@
 """Booking-core benchmark (issue 2): available-slot pages over 1,000,000 slots, and booking
 throughput under contention as a ratio to pgbench on the same database in the same run.
 
-Runs against its own database `sophia_bench` (dropped and recreated) on the PostgreSQL that
-DATABASE_URL points at (the Makefile's test server), so no other data is touched.
+Runs against its own database (`BENCH_DB`, default `sophia_bench_<pid>`; dropped and recreated)
+on the PostgreSQL that DATABASE_URL points at (the Makefile's test server), so no other data is
+touched and two runs can't collide.
 
 Figures → bench/results/booking.json (`--pages-only`: only the page latencies, to
 bench/results/booking_pages.json). Goals:
@@ -33,7 +34,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "booking.json"
-BENCH_DB = os.getenv("BENCH_DB", "sophia_bench")
+# Its own database, per run: BENCH_DB, else one named after this process, so two runs on the same
+# server can't drop each other's data. Set in the environment so the spawned booking processes
+# (which re-import this module under their own pid) agree on it.
+BENCH_DB = os.environ.setdefault("BENCH_DB", f"sophia_bench_{os.getpid()}")
 PAGES_RESULTS = ROOT / "bench" / "results" / "booking_pages.json"
 
 SLOTS_PER_DOCTOR = 10_000  # 24 slots a day (08:00–16:00 local, 20 min) over ~417 days

@@ -3,11 +3,17 @@
 A booking, cancellation, hold or status change re-renders that slot's cell and sends it to
 `agenda-<clinic>`; htmx swaps it in place on every open calendar (out-of-band, by id). A bulk
 change (schedule, absence, holiday) tells the calendars to reload their grid.
+
+Cells are rendered in the live publisher's thread, never in the booking's caller, and only when
+some calendar of the clinic is open. Slots that change while the clinic's previous cells still
+wait for the publisher join them: a burst of bookings costs one "who watches?" and one send,
+with each cell rendered from the state it has by then (the latest).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 
 from django.dispatch import receiver
 from django.utils import timezone
@@ -47,7 +53,29 @@ def update_calendars(sender, clinic_id: int, name: str, payload: dict, **kwargs)
     if slot_ids:
         # Rendering the cells costs queries and a template; the booking that emitted the event
         # must not wait for them, so the live publisher's thread does it (in order).
-        live.publisher.submit(send_cells, clinic_id, slot_ids)
+        _queue_cells(clinic_id, slot_ids)
+
+
+# clinic id → slot ids whose cells wait for the publisher (one task per clinic at a time).
+_pending_lock = threading.Lock()
+_pending: dict[int, dict[int, None]] = {}
+
+
+def _queue_cells(clinic_id: int, slot_ids: list[int]) -> None:
+    with _pending_lock:
+        waiting = _pending.get(clinic_id)
+        if waiting is not None:  # a task for this clinic is queued: it will send these too
+            waiting.update(dict.fromkeys(slot_ids))
+            return
+        _pending[clinic_id] = dict.fromkeys(slot_ids)
+    live.publisher.submit(_send_pending, clinic_id)
+
+
+def _send_pending(clinic_id: int) -> None:
+    with _pending_lock:
+        slot_ids = list(_pending.pop(clinic_id, {}))
+    if slot_ids:
+        send_cells(clinic_id, slot_ids)
 
 
 def send_cells(clinic_id: int, slot_ids: list[int]) -> None:

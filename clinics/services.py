@@ -17,7 +17,18 @@ from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, Count, Exists, Min, OuterRef, Q, Subquery, Value, When
+from django.db.models import (
+    Case,
+    Count,
+    Exists,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
 from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.text import slugify
@@ -208,6 +219,29 @@ def _blocked_period_over_slot() -> Exists:
     )
 
 
+@functools.cache
+def _lock_slots_base(with_specialty: bool) -> QuerySet[Slot]:
+    """What `_lock_slots` reads, locked, for any slots: built once per process (building these
+    annotations costs more Python than running the statement), then cloned and narrowed to the
+    slots of each call. Only the parts that hold per-call values are added per call."""
+    rows = (
+        Slot.objects.select_for_update(of=("self",))
+        .select_related("doctor")
+        .annotate(in_blocked_period=_blocked_period_over_slot())
+        .order_by("pk")
+    )
+    if with_specialty:
+        one_specialty = (
+            Doctor.specialties.through.objects.filter(doctor_id=OuterRef("doctor_id"))
+            .values("doctor_id")
+            .annotate(count=Count("pk"), first=Min("specialty_id"))
+            .filter(count=1)
+            .values("first")
+        )
+        rows = rows.annotate(only_specialty_id=Subquery(one_specialty))
+    return rows
+
+
 def _lock_slots(
     clinic: Clinic,
     slot_ids: list[int],
@@ -216,40 +250,29 @@ def _lock_slots(
     now: dt.datetime | None = None,
     holder: str | None = None,
     patient: Patient | None = None,
+    with_specialty: bool = False,
 ) -> dict[int, Slot]:
     """Lock `slot_ids` (which must be this clinic's) and `also` in one statement, in id order,
     so two services never deadlock. Booking is the write many people race for, and its cost is
     how long the slot stays locked: so the same statement reads all the booking rules need —
-    whether `holder` has a live hold on each slot (`holder_holds_it`), the doctor's specialty
-    when the doctor has exactly one (`only_specialty_id`), whether a blocked period covers it
-    (`in_blocked_period`) and, with `patient`, that the patient still exists (the foreign key is
-    only checked at COMMIT, too late for a clean error)."""
-    live_hold = SlotHold.objects.filter(
-        slot=OuterRef("pk"), holder=holder or "", released_at=None, expires_at__gt=now or Now()
-    )
-    one_specialty = (
-        Doctor.specialties.through.objects.filter(doctor_id=OuterRef("doctor_id"))
-        .values("doctor_id")
-        .annotate(count=Count("pk"), first=Min("specialty_id"))
-        .filter(count=1)
-        .values("first")
-    )
-    rows = (
-        Slot.objects.select_for_update(of=("self",))
-        .select_related("doctor")
-        .filter(pk__in={*slot_ids, *also})
-        .annotate(
-            holder_holds_it=Exists(live_hold) if holder else Value(False),
-            only_specialty_id=Subquery(one_specialty),
-            in_blocked_period=_blocked_period_over_slot(),
+    whether `holder` has a live hold on each slot (`holder_holds_it`), whether a blocked period
+    covers it (`in_blocked_period`), with `with_specialty` the doctor's specialty when the doctor
+    has exactly one (`only_specialty_id`) and, with `patient`, that the patient still exists (the
+    foreign key is only checked at COMMIT, too late for a clean error)."""
+    rows = _lock_slots_base(with_specialty).filter(pk__in={*slot_ids, *also})
+    if holder:
+        live_hold = SlotHold.objects.filter(
+            slot=OuterRef("pk"), holder=holder, released_at=None, expires_at__gt=now or Now()
         )
-        .order_by("pk")
-    )
+        rows = rows.annotate(holder_holds_it=Exists(live_hold))
     if patient is not None:
         rows = rows.annotate(
-            patient_exists=Exists(Patient.objects.filter(pk=patient.pk, clinic=clinic))
+            patient_exists=Exists(Patient.objects.filter(pk=patient.pk, clinic_id=clinic.pk))
         )
     locked = {s.pk: s for s in rows}
+    if not holder:
+        for slot in locked.values():
+            slot.holder_holds_it = False
     for slot_id in slot_ids:
         slot = locked.get(slot_id)
         if slot is None:
@@ -308,13 +331,15 @@ def _book_locked(
     slot: Slot,
     actor: Actor,
     source: str,
-    specialty: Specialty | None,
+    specialty_id: int | None,
     notes: str,
     holder: str | None,
     now: dt.datetime,
     rescheduled_from: Appointment | None = None,
 ) -> Appointment:
-    """Book a slot the caller has locked (`_lock_slots`), inside the caller's transaction."""
+    """Book a slot the caller has locked (`_lock_slots`), inside the caller's transaction.
+    Without `specialty_id`, the doctor's only specialty (if they have exactly one): the caller
+    locked the slot `with_specialty`."""
     _check_bookable(slot, now=now)
     # On PostgreSQL the exclusion constraint answers this at the INSERT (no extra query); the
     # embedded SQLite demo has no such constraint, so it asks first.
@@ -328,7 +353,8 @@ def _book_locked(
         ).exists()
     ):
         raise PatientOverlap("the patient already has an appointment at that time")
-    specialty_id = specialty.pk if specialty is not None else slot.only_specialty_id
+    if specialty_id is None:
+        specialty_id = getattr(slot, "only_specialty_id", None)
     appointment = Appointment(
         clinic=clinic,
         patient=patient,
@@ -604,14 +630,21 @@ def appointment_book(
     notes = notes.strip()[:MAX_NOTES]
     with transaction.atomic():
         now = timezone.now()
-        slot = _lock_slots(clinic, [slot_id], now=now, holder=holder, patient=patient)[slot_id]
+        slot = _lock_slots(
+            clinic,
+            [slot_id],
+            now=now,
+            holder=holder,
+            patient=patient,
+            with_specialty=specialty is None,
+        )[slot_id]
         appointment = _book_locked(
             clinic=clinic,
             patient=patient,
             slot=slot,
             actor=actor,
             source=source,
-            specialty=specialty,
+            specialty_id=specialty.pk if specialty is not None else None,
             notes=notes,
             holder=holder,
             now=now,
@@ -726,7 +759,13 @@ def appointment_reschedule(
         found = _load_appointment(clinic, appointment_id, patient)
         if found.slot_id == new_slot_id:
             raise InvalidInput("the new slot is the current one")
-        slots = _lock_slots(clinic, [found.slot_id, new_slot_id], now=now, holder=holder)
+        slots = _lock_slots(
+            clinic,
+            [found.slot_id, new_slot_id],
+            now=now,
+            holder=holder,
+            with_specialty=found.specialty_id is None,
+        )
         old = Appointment.objects.select_for_update().select_related("patient").get(pk=found.pk)
         new_slot = slots[new_slot_id]
         # Check the new slot before touching the old appointment, for the clearer error.
@@ -745,7 +784,7 @@ def appointment_reschedule(
             slot=new_slot,
             actor=actor,
             source=_source_for(actor),
-            specialty=old.specialty,
+            specialty_id=old.specialty_id,
             notes=old.patient_notes,
             holder=holder,
             now=now,

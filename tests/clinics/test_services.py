@@ -3,7 +3,8 @@
 import datetime as dt
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from clinics import services
@@ -462,6 +463,18 @@ def test_it_reschedules_atomically(
         AuditEvent.objects.values_list("action", flat=True)
     )
     assert "cita.reprogramada" in [n for _, n, _ in captured_events]
+
+
+def test_it_reschedules_keeping_the_specialty_without_reading_it_again(
+    clinic, patient, slots, staff_actor, specialty
+):
+    old = book(clinic, patient, slots[0], staff_actor, specialty=specialty)
+    with CaptureQueriesContext(connection) as queries:
+        new = services.appointment_reschedule(
+            clinic=clinic, appointment_id=old.pk, new_slot_id=slots[3].pk, actor=staff_actor
+        )
+    assert new.specialty_id == old.specialty_id == specialty.pk
+    assert not [q for q in queries if '"clinics_specialty"' in q["sql"]]
 
 
 def test_it_reschedules_to_an_overlapping_time_of_the_same_patient(
