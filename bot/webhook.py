@@ -430,11 +430,10 @@ def _store_messages(
 ) -> list[int]:
     """Store the payload's messages once each; the conversations that got new ones, in order.
 
-    Three statements whatever the payload's size: the conversations' upsert, the messages'
-    insert (ON CONFLICT DO NOTHING on the unique WhatsApp id, so a redelivery, even a
-    concurrent one, is a no-op without an exception or a savepoint), and a read-back of which
-    of them this event stored; then one touch per contact name for the conversations with new
-    messages.
+    Statements per payload, not per message: the conversations' upsert, the messages' insert
+    (ON CONFLICT DO NOTHING on the unique WhatsApp id, so a redelivery, even a concurrent one,
+    is a no-op without an exception or a savepoint), a read-back of which of them this event
+    stored, and one touch per contact name for the conversations with new messages.
     """
     if not inbound:
         return []
