@@ -1,15 +1,19 @@
 """Inbound WhatsApp webhook (DESIGN §7): the one way patient messages enter Sophia.
 
 The request only verifies, stores and acknowledges. The raw body is kept as a `WebhookEvent`
-before anything else; each message is stored once (unique WhatsApp id, so Meta's redeliveries
-are no-ops); conversations with new messages get a turn queued in the same transaction. The bot
-itself never runs inside this request.
+in the same transaction as its messages; each message is stored once (unique WhatsApp id, so
+Meta's redeliveries are no-ops); conversations with new messages get a turn queued in that
+transaction too. The bot itself never runs inside this request.
+
+Everything goes through the ORM, one bulk statement per table for the whole payload: the
+conversations' upsert (`bulk_create(update_conflicts=...)`) and the messages' insert
+(`bulk_create(ignore_conflicts=True)`, then one read-back of the rows this event stored).
+Both run on PostgreSQL and on SQLite ≥ 3.35 (the embedded demo).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import hmac
 import json
@@ -18,10 +22,10 @@ import math
 import re
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
-import psycopg
 from django.conf import settings
-from django.db import connection, models, transaction
+from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
@@ -141,11 +145,10 @@ def _receive(request: HttpRequest) -> HttpResponse:
 
     def record(clinic_id: int | None, now: dt.datetime) -> int:
         # The raw event is written in the same transaction as its messages (one commit).
-        return _insert(
-            WebhookEvent,
-            {"body": raw, "signature_valid": True, "clinic_id": clinic_id, "processed_at": now},
-            now,
+        event = WebhookEvent.objects.create(
+            body=raw, signature_valid=True, clinic_id=clinic_id, processed_at=now
         )
+        return event.pk
 
     try:
         _process(payload, record)
@@ -179,7 +182,7 @@ def process_event(event: WebhookEvent, payload: dict) -> list[int]:
         )
         return event.pk
 
-    return _process(payload, mark_processed)
+    return _process(payload, mark_processed, replay=True)
 
 
 def _process(
@@ -187,15 +190,18 @@ def _process(
     record_event: Callable[[int | None, dt.datetime], int],
     *,
     schedule: bool = True,
+    replay: bool = False,
 ) -> list[int]:
     """One transaction: the event row, every message and status of the payload, the turns.
 
     The turns' task rows (django-tasks-db keeps its queue in this same database) commit
     atomically with the messages: the worker sees both or neither, and the request pays for one
     commit (one fsync). With `schedule=False` the messages wait for the stranded-turn sweeper.
+    `replay` says the event row existed before (process_event): messages it stored then are
+    not new now.
     """
     now = timezone.now()
-    new_conversations: list[int] = []
+    inbound: list[_Inbound] = []
     status_ids: list[str] = []
     with transaction.atomic():
         values = list(_values(payload))
@@ -213,12 +219,13 @@ def _process(
                 continue
             names = _contact_names(value)
             for raw in _list(value.get("messages")):
-                conversation_id = _store_message(event_id, clinic_id, raw, names, now)
-                if conversation_id is not None and conversation_id not in new_conversations:
-                    new_conversations.append(conversation_id)
+                message = _inbound(event_id, clinic_id, raw, names, now)
+                if message is not None:
+                    inbound.append(message)
             for status in _list(value.get("statuses")):
                 _apply_status(clinic_id, status)
                 status_ids.append(str(status.get("id") or ""))
+        new_conversations = _store_messages(event_id, inbound, now, replay=replay)
         if schedule and new_conversations:
             schedule_turns(new_conversations)
         live.touch(new_conversations, status_ids)
@@ -383,15 +390,18 @@ def _wa_timestamp(raw: dict) -> dt.datetime | None:
         return None
 
 
-def _store_message(
-    event_id: int, clinic_id: int, raw: dict, names: dict[str, str], now: dt.datetime
-) -> int | None:
-    """Insert one inbound message; its conversation id if it is new, None for a duplicate.
+class _Inbound(NamedTuple):
+    """An inbound message ready to store, with what its conversation needs."""
 
-    Two statements: the conversation upsert, then the message insert (ON CONFLICT DO NOTHING on
-    the unique WhatsApp id, so a redelivery, even a concurrent one, is a no-op without an
-    exception or a savepoint) with the conversation's touch when it was new.
-    """
+    message: Message  # conversation_id is set once the conversations are upserted
+    wa_id: str
+    contact_name: str  # "" when WhatsApp sent no name
+
+
+def _inbound(
+    event_id: int, clinic_id: int, raw: dict, names: dict[str, str], now: dt.datetime
+) -> _Inbound | None:
+    """The unsaved message of a WhatsApp message object; None when it has no sender."""
     wa_id = str(raw.get("from") or "")[:20]
     if not wa_id:
         logger.warning("webhook event %s: message without a sender, ignored", event_id)
@@ -399,27 +409,112 @@ def _store_message(
     wa_message_id = str(raw.get("id") or "")[:128] or None
     if wa_message_id is None:
         logger.warning("webhook event %s: message without an id, stored without dedup", event_id)
-    name = names.get(wa_id, "")
-    conversation_id = _upsert_conversation(clinic_id, wa_id, name, now)
     kind, text = parse_message(raw)
-    fields = {
-        "clinic_id": clinic_id,
-        "conversation_id": conversation_id,
-        "direction": Direction.IN.value,
-        "wa_message_id": wa_message_id,
-        "kind": kind,
-        "text": text,
-        "payload": raw,
-        "status": MessageStatus.RECEIVED.value,
-        "wa_timestamp": _wa_timestamp(raw),
-        "created_at": now,
-        "webhook_event_id": event_id,
-    }
-    if not _insert_message(fields, conversation_id, name, now):
-        logger.info("webhook event %s: duplicate message ignored", event_id)
-        metrics.WEBHOOK_DUPLICATES.inc()
-        return None
-    return conversation_id
+    message = Message(
+        clinic_id=clinic_id,
+        direction=Direction.IN,
+        wa_message_id=wa_message_id,
+        kind=kind,
+        text=text,
+        payload=raw,
+        status=MessageStatus.RECEIVED,
+        wa_timestamp=_wa_timestamp(raw),
+        created_at=now,
+        webhook_event_id=event_id,
+    )
+    return _Inbound(message, wa_id, names.get(wa_id, ""))
+
+
+def _store_messages(
+    event_id: int, inbound: list[_Inbound], now: dt.datetime, *, replay: bool = False
+) -> list[int]:
+    """Store the payload's messages once each; the conversations that got new ones, in order.
+
+    Statements per payload, not per message: the conversations' upsert, the messages' insert
+    (ON CONFLICT DO NOTHING on the unique WhatsApp id, so a redelivery, even a concurrent one,
+    is a no-op without an exception or a savepoint), a read-back of which of them this event
+    stored, and one touch per contact name for the conversations with new messages.
+    """
+    if not inbound:
+        return []
+    conversation_ids = _upsert_conversations(inbound, now)
+    unique: list[_Inbound] = []
+    wa_message_ids: set[str] = set()
+    for item in inbound:
+        item.message.conversation_id = conversation_ids[item.message.clinic_id, item.wa_id]
+        wa_message_id = item.message.wa_message_id
+        # The same WhatsApp id twice in one payload is one message. Messages without an id
+        # never conflict (NULLs are distinct in a unique index): each is stored.
+        if wa_message_id in wa_message_ids:
+            continue
+        if wa_message_id is not None:
+            wa_message_ids.add(wa_message_id)
+        unique.append(item)
+
+    # ignore_conflicts returns no ids: the rows carrying this event's id are the ones it stored
+    # (a row stored earlier keeps the event that brought it; a replayed event's earlier rows
+    # are left out by reading them first).
+    stored_before = _stored_by(event_id) if replay else set()
+    Message.objects.bulk_create([item.message for item in unique], ignore_conflicts=True)
+    stored = _stored_by(event_id) - stored_before
+    new = [
+        item
+        for item in unique
+        if item.message.wa_message_id in stored or item.message.wa_message_id is None
+    ]
+
+    duplicates = len(inbound) - len(new)
+    if duplicates:
+        logger.info("webhook event %s: %d duplicate message(s) ignored", event_id, duplicates)
+        metrics.WEBHOOK_DUPLICATES.inc(duplicates)
+    _touch_conversations(new, now)
+    return list(dict.fromkeys(item.message.conversation_id for item in new))
+
+
+def _stored_by(event_id: int) -> set[str | None]:
+    """The WhatsApp ids of the messages stored with this event."""
+    rows = Message.objects.filter(webhook_event_id=event_id).order_by()
+    return set(rows.values_list("wa_message_id", flat=True))
+
+
+def _upsert_conversations(inbound: list[_Inbound], now: dt.datetime) -> dict[tuple[int, str], int]:
+    """(clinic id, wa_id) → conversation id for every sender, creating the missing ones.
+
+    The conflict "updates" wa_id to itself: a no-op that leaves an existing conversation as it
+    is (its touch comes with a new message) yet makes RETURNING give its id, even when another
+    request inserted it concurrently (DO NOTHING would return nothing for that row).
+    """
+    names: dict[tuple[int, str], str] = {}
+    for item in inbound:
+        key = (item.message.clinic_id, item.wa_id)
+        names[key] = item.contact_name or names.get(key, "")
+    # One row per sender (a statement may not upsert a row twice), in a fixed order so two
+    # requests lock the conversations they share in the same order: no deadlock.
+    rows = [
+        Conversation(clinic_id=clinic_id, wa_id=wa_id, contact_name=name, last_activity_at=now)
+        for (clinic_id, wa_id), name in sorted(names.items())
+    ]
+    Conversation.objects.bulk_create(
+        rows, update_conflicts=True, unique_fields=["clinic", "wa_id"], update_fields=["wa_id"]
+    )
+    return {(row.clinic_id, row.wa_id): row.pk for row in rows}
+
+
+def _touch_conversations(new: list[_Inbound], now: dt.datetime) -> None:
+    """The conversations with new messages: last inbound and activity now; the name WhatsApp
+    sent, if any (the payload's last non-empty one)."""
+    names: dict[int, str] = {}
+    for item in new:
+        conversation_id = item.message.conversation_id
+        names[conversation_id] = item.contact_name or names.get(conversation_id, "")
+    by_name: dict[str, list[int]] = {}
+    for conversation_id, name in names.items():
+        by_name.setdefault(name, []).append(conversation_id)
+    for name, ids in by_name.items():
+        changes = {"last_inbound_at": now, "last_activity_at": now}
+        if name:
+            changes["contact_name"] = name
+        Conversation.objects.filter(pk__in=ids).update(**changes)
 
 
 def _apply_status(clinic_id: int, status: dict) -> None:
@@ -450,157 +545,3 @@ def _apply_status(clinic_id: int, status: dict) -> None:
         )
     else:
         logger.debug("status %r for an outbound message ignored", new)
-
-
-# --- hand-written statements for the hot path -------------------------------------------------
-# Building these through the ORM cost more CPU than the database spent running them (the ack
-# benchmark, bench/bench_bot.py). Column lists come from the models, so a field added later
-# with a default needs no change here. The SQL (ON CONFLICT … RETURNING) runs on PostgreSQL and
-# on SQLite ≥ 3.35 (the embedded demo).
-
-
-@functools.cache
-def _insert_fields(model: type[models.Model]) -> tuple[models.Field, ...]:
-    """The columns an INSERT of `model` writes: all but database-generated ones."""
-    return tuple(
-        f
-        for f in model._meta.concrete_fields
-        if not f.db_returning and not f.generated and not f.has_db_default()
-    )
-
-
-@functools.cache
-def _insert_sql(model: type[models.Model], vendor: str) -> str:
-    quote = connection.ops.quote_name
-    fields = _insert_fields(model)
-    # Identifiers come from the models, values are parameters: nothing from the request.
-    columns = ", ".join(quote(f.column) for f in fields)
-    placeholders = ", ".join(["%s"] * len(fields))
-    table = quote(model._meta.db_table)
-    return f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"  # noqa: S608
-
-
-_PER_ROW = object()
-
-
-@functools.cache
-def _constant_params(model: type[models.Model], vendor: str) -> tuple:
-    """Per column: its adapted default when that is a constant, else _PER_ROW."""
-    constants = []
-    for field in _insert_fields(model):
-        per_row = (
-            getattr(field, "auto_now", False)
-            or getattr(field, "auto_now_add", False)
-            or callable(field.default)
-        )
-        constants.append(
-            _PER_ROW if per_row else field.get_db_prep_save(field.get_default(), connection)
-        )
-    return tuple(constants)
-
-
-def _params(model: type[models.Model], values: dict, now: dt.datetime) -> list:
-    """`values` by attname, the model's defaults for the rest, adapted for the database."""
-    params = []
-    constants = _constant_params(model, connection.vendor)
-    for field, constant in zip(_insert_fields(model), constants, strict=True):
-        if field.attname in values:
-            value = values[field.attname]
-        elif constant is not _PER_ROW:
-            params.append(constant)
-            continue
-        elif getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
-            value = now
-        else:
-            value = field.get_default()
-        params.append(field.get_db_prep_save(value, connection))
-    return params
-
-
-def _cursor():
-    """A cursor for the hot path's statements.
-
-    On PostgreSQL a plain psycopg cursor on Django's connection (same transaction): parameters
-    are bound by the server and psycopg prepares statements it sees repeatedly, where Django's
-    client-side binding cursor formats every parameter into the SQL text in Python.
-    """
-    if connection.vendor != "postgresql":
-        return connection.cursor()
-    connection.ensure_connection()
-    return psycopg.Cursor(connection.connection)
-
-
-def _insert(model: type[models.Model], values: dict, now: dt.datetime) -> int:
-    """INSERT one row of `model`; its id."""
-    pk = connection.ops.quote_name(model._meta.pk.column)
-    sql = f"{_insert_sql(model, connection.vendor)} RETURNING {pk}"
-    with _cursor() as cursor:
-        cursor.execute(sql, _params(model, values, now))
-        return cursor.fetchone()[0]
-
-
-@functools.cache
-def _conversation_upsert_sql(vendor: str) -> str:
-    quote = connection.ops.quote_name
-    table = quote(Conversation._meta.db_table)
-    wa_id = quote("wa_id")
-    # DO UPDATE (a no-op one), not DO NOTHING: the id comes back even when another request
-    # inserted the row concurrently. The touch (with the new name) comes with the message.
-    return (
-        f"{_insert_sql(Conversation, vendor)} ON CONFLICT ({quote('clinic_id')}, {wa_id})"
-        f" DO UPDATE SET {wa_id} = excluded.{wa_id} RETURNING {table}.{quote('id')}"
-    )
-
-
-def _upsert_conversation(clinic_id: int, wa_id: str, name: str, now: dt.datetime) -> int:
-    values = {"clinic_id": clinic_id, "wa_id": wa_id, "contact_name": name}
-    values["last_activity_at"] = now
-    with _cursor() as cursor:
-        cursor.execute(
-            _conversation_upsert_sql(connection.vendor), _params(Conversation, values, now)
-        )
-        return cursor.fetchone()[0]
-
-
-@functools.cache
-def _message_insert_sql(vendor: str) -> tuple[str, str]:
-    """(insert, touch): on PostgreSQL one statement, the touch riding on the insert's result."""
-    quote = connection.ops.quote_name
-    insert = (
-        f"{_insert_sql(Message, vendor)} ON CONFLICT ({quote('wa_message_id')}) DO NOTHING"
-        f" RETURNING {quote('id')}"
-    )
-    table = quote(Conversation._meta.db_table)
-    name = quote("contact_name")
-    # The name only changes when WhatsApp sent one, and only for a new message.
-    touch = (
-        f"UPDATE {table} SET {quote('last_inbound_at')} = %s, {quote('last_activity_at')} = %s,"  # noqa: S608
-        f" {name} = CASE WHEN %s = '' THEN {name} ELSE %s END WHERE {quote('id')} = %s"
-    )
-    if vendor == "postgresql":
-        return f"WITH m AS ({insert}) {touch} AND EXISTS (SELECT 1 FROM m) RETURNING 1", ""  # noqa: S608
-    return insert, touch
-
-
-TOUCHED = ("last_inbound_at", "last_activity_at")
-
-
-def _insert_message(fields: dict, conversation_id: int, name: str, now: dt.datetime) -> bool:
-    """Insert the message unless its WhatsApp id is already stored; touch the conversation."""
-    insert, touch = _message_insert_sql(connection.vendor)
-    params = _params(Message, fields, now)
-    touch_params = [
-        *(Conversation._meta.get_field(f).get_db_prep_save(now, connection) for f in TOUCHED),
-        name,
-        name,
-        conversation_id,
-    ]
-    with _cursor() as cursor:
-        if not touch:
-            cursor.execute(insert, [*params, *touch_params])
-            return cursor.fetchone() is not None
-        cursor.execute(insert, params)
-        if cursor.fetchone() is None:
-            return False
-        cursor.execute(touch, touch_params)
-        return True

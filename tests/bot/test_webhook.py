@@ -641,24 +641,3 @@ def test_it_does_not_use_an_expired_clinic_cache_entry(client, clinic):
     post(client, payload(change(clinic.phone_number_id, [text_message("wamid.1")])))
 
     assert Message.objects.get().clinic_id == clinic.pk
-
-
-def test_it_stores_a_message_in_a_handful_of_statements(client, clinic):
-    import psycopg
-
-    post(client, payload(change(clinic.phone_number_id, [text_message("wamid.0")])))  # warm
-    executed = []
-    real_execute = psycopg.Cursor.execute
-
-    def counting(cursor, query, *args, **kwargs):
-        executed.append(str(query).split(None, 1)[0])
-        return real_execute(cursor, query, *args, **kwargs)
-
-    # Every statement, through Django's cursors or the hot path's own.
-    with mock.patch.object(psycopg.Cursor, "execute", counting):
-        post(client, payload(change(clinic.phone_number_id, [text_message("wamid.1")])))
-
-    # Event, conversation upsert, message (+ conversation touch), turn task; the clinic comes
-    # from the cache. Around them the test's savepoint (a transaction in production).
-    assert executed == ["SAVEPOINT", "INSERT", "INSERT", "WITH", "INSERT", "RELEASE"]
-    assert Message.objects.count() == 2

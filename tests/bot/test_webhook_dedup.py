@@ -1,0 +1,258 @@
+"""The webhook's store on the ORM: each message once, only new messages touch their conversation.
+
+These tests (and tests/bot/test_webhook.py) run on PostgreSQL, and once more on SQLite, the
+embedded demo's database, by `test_it_passes_the_webhook_tests_on_sqlite`.
+"""
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from django.db import connection, connections
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django_tasks_db.models import DBTaskResult
+
+from bot import webhook
+from bot.models import Conversation, Message, WebhookEvent
+from sophia_web import metrics
+from tests.bot.test_webhook import WA_ID, change, payload, post, text_message
+
+ROOT = Path(__file__).resolve().parents[2]
+
+on_postgresql = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="needs PostgreSQL's concurrent writers"
+)
+
+
+@pytest.fixture(autouse=True)
+def _whatsapp_settings(settings):
+    settings.WHATSAPP_APP_SECRET = "test-app-secret"
+
+
+def duplicates() -> float:
+    return metrics.WEBHOOK_DUPLICATES._value.get()
+
+
+def without_id() -> dict:
+    """A text message WhatsApp sent without its id."""
+    raw = text_message("unused")
+    del raw["id"]
+    return raw
+
+
+def test_it_stores_a_message_repeated_in_one_payload_once(client, clinic):
+    before = duplicates()
+    body = payload(
+        change(clinic.phone_number_id, [text_message("wamid.A", "uno"), text_message("wamid.B")]),
+        change(clinic.phone_number_id, [text_message("wamid.A", "uno")]),
+    )
+    with mock.patch("bot.processing.schedule_turns") as schedule:
+        assert post(client, body).status_code == 200
+
+    assert list(Message.objects.values_list("wa_message_id", flat=True)) == ["wamid.A", "wamid.B"]
+    assert set(Message.objects.values_list("webhook_event", flat=True)) == {
+        WebhookEvent.objects.get().pk
+    }
+    schedule.assert_called_once_with(Conversation.objects.get().pk)
+    assert duplicates() == before + 1
+
+
+def test_it_stores_only_the_new_messages_of_a_redelivery(client, clinic, caplog):
+    post(client, payload(change(clinic.phone_number_id, [text_message("wamid.A")])))
+    before = duplicates()
+    conversation = Conversation.objects.get()
+    earlier = conversation.last_inbound_at.replace(year=2020)
+    Conversation.objects.update(last_inbound_at=earlier, last_activity_at=earlier)
+
+    body = payload(
+        change(clinic.phone_number_id, [text_message("wamid.A"), text_message("wamid.B", "dos")])
+    )
+    with mock.patch("bot.processing.schedule_turns") as schedule:
+        assert post(client, body).status_code == 200
+
+    second = WebhookEvent.objects.latest("pk")
+    stored = dict(Message.objects.values_list("wa_message_id", "webhook_event"))
+    assert stored["wamid.A"] != second.pk and stored["wamid.B"] == second.pk
+    schedule.assert_called_once_with(conversation.pk)
+    conversation.refresh_from_db()
+    assert conversation.last_inbound_at > earlier and conversation.last_activity_at > earlier
+    assert duplicates() == before + 1
+    assert f"webhook event {second.pk}: 1 duplicate message(s) ignored" in caplog.text
+
+
+def test_it_queues_nothing_when_every_message_is_a_redelivery(client, clinic):
+    body = payload(change(clinic.phone_number_id, [text_message("wamid.A"), text_message("B")]))
+    post(client, body)
+    before = duplicates()
+
+    with mock.patch("bot.processing.schedule_turns") as schedule:
+        assert post(client, body).status_code == 200
+
+    schedule.assert_not_called()
+    assert Message.objects.count() == 2 and WebhookEvent.objects.count() == 2
+    assert duplicates() == before + 2
+
+
+def test_it_changes_the_name_only_with_a_new_message(client, clinic):
+    post(client, payload(change(clinic.phone_number_id, [text_message("wamid.1")])))
+    renamed = [{"profile": {"name": "Ana M. Gómez"}, "wa_id": WA_ID}]
+
+    redelivery = [text_message("wamid.1")]
+    post(client, payload(change(clinic.phone_number_id, redelivery, contacts=renamed)))
+    assert Conversation.objects.get().contact_name == "Ana María"
+
+    post(client, payload(change(clinic.phone_number_id, [text_message("2")], contacts=renamed)))
+    assert Conversation.objects.get().contact_name == "Ana M. Gómez"
+
+
+def test_it_keeps_an_existing_conversations_data(client, clinic):
+    post(client, payload(change(clinic.phone_number_id, [text_message("wamid.1")])))
+    Conversation.objects.update(
+        state="ASK_DOCUMENT", context={"specialty": "odontologia"}, mode="human", urgent=True
+    )
+    kept = Conversation.objects.values("created_at", "state", "context", "mode", "urgent").get()
+
+    post(client, payload(change(clinic.phone_number_id, [text_message("wamid.2")])))
+
+    fields = Conversation.objects.values("created_at", "state", "context", "mode", "urgent")
+    assert fields.get() == kept
+    assert Message.objects.filter(conversation=Conversation.objects.get()).count() == 2
+
+
+def test_it_stores_every_message_without_an_id(client, clinic, caplog):
+    body = payload(change(clinic.phone_number_id, [without_id(), without_id()]))
+    with mock.patch("bot.processing.schedule_turns") as schedule:
+        assert post(client, body).status_code == 200
+        assert post(client, body).status_code == 200
+
+    # Nothing to deduplicate on: each is stored, and each payload queues a turn.
+    assert Message.objects.filter(wa_message_id=None).count() == 4
+    assert schedule.call_count == 2
+    assert Conversation.objects.get().last_inbound_at is not None
+    assert "message without an id, stored without dedup" in caplog.text
+
+
+def test_it_stores_messages_with_and_without_ids_together(client, clinic):
+    post(client, payload(change(clinic.phone_number_id, [text_message("wamid.A")])))
+    body = payload(change(clinic.phone_number_id, [text_message("wamid.A"), without_id()]))
+    with mock.patch("bot.processing.schedule_turns") as schedule:
+        post(client, body)
+
+    assert Message.objects.count() == 2
+    schedule.assert_called_once_with(Conversation.objects.get().pk)
+
+
+def test_it_upserts_many_senders_in_one_statement(client, clinic, other_clinic):
+    post(client, payload(change(clinic.phone_number_id, [text_message("wamid.0", sender="57301")])))
+    senders = ["57305", "57301", "57302", "57305"]
+    messages = [text_message(f"m{i}", sender=s) for i, s in enumerate(senders)]
+    body = payload(
+        change(clinic.phone_number_id, messages),
+        change(other_clinic.phone_number_id, [text_message("o1", sender="57301")]),
+    )
+
+    with CaptureQueriesContext(connection) as queries:
+        assert post(client, body).status_code == 200
+
+    upsert = f'INSERT INTO "{Conversation._meta.db_table}"'
+    assert sum(q["sql"].startswith(upsert) for q in queries) == 1
+    assert Conversation.objects.filter(clinic=clinic).count() == 3
+    assert Conversation.objects.filter(clinic=other_clinic).count() == 1
+    for message in Message.objects.select_related("conversation"):
+        assert message.conversation.wa_id == message.payload["from"]
+        assert message.conversation.clinic_id == message.clinic_id
+
+
+def test_it_replays_an_event_idempotently(client, clinic):
+    body = payload(
+        change(clinic.phone_number_id, [text_message("wamid.A"), text_message("wamid.B")])
+    )
+    with mock.patch("bot.webhook.parse_message", side_effect=RuntimeError("boom")):
+        post(client, body)
+    event = WebhookEvent.objects.get()
+
+    with mock.patch("bot.processing.schedule_turns") as schedule:
+        first = webhook.process_event(event, body)
+        conversation_id = Conversation.objects.get().pk
+        assert first == [conversation_id]
+        assert webhook.process_event(event, body) == []
+
+    schedule.assert_called_once_with(conversation_id)
+    assert Message.objects.filter(webhook_event=event).count() == 2
+
+
+def test_it_stores_a_message_in_a_handful_of_statements(client, clinic):
+    post(client, payload(change(clinic.phone_number_id, [text_message("wamid.0")])))  # warm
+
+    with CaptureQueriesContext(connection) as queries:
+        post(client, payload(change(clinic.phone_number_id, [text_message("wamid.1")])))
+
+    # Event, conversation upsert, message insert, its read-back, conversation touch, turn task;
+    # the clinic comes from the cache. Around them the test's savepoint (production: BEGIN).
+    words = [q["sql"].split(None, 1)[0].upper() for q in queries]
+    expected = "SAVEPOINT INSERT INSERT INSERT SELECT UPDATE INSERT RELEASE"
+    assert words == expected.split()
+    assert Message.objects.count() == 2
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_it_stores_a_message_delivered_twice_at_once_once(clinic, caplog):
+    """Two requests with the same message, both inside their transaction at the same time.
+
+    The second's conversation upsert and message insert wait for the first's commit, then the
+    insert does nothing: no error, no savepoint, no second turn.
+    """
+    body = payload(change(clinic.phone_number_id, [text_message("wamid.RACE")]))
+    before = duplicates()
+    both_inside = threading.Barrier(2, timeout=10)
+    real_store = webhook._store_messages
+
+    def store_together(*args, **kwargs):
+        both_inside.wait()  # each has written its event row and holds its transaction open
+        return real_store(*args, **kwargs)
+
+    statuses: list[int] = []
+
+    def deliver() -> None:
+        try:
+            statuses.append(post(Client(), body).status_code)
+        finally:
+            connections.close_all()
+
+    with mock.patch("bot.webhook._store_messages", store_together):
+        threads = [threading.Thread(target=deliver) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+
+    assert statuses == [200, 200]
+    assert "retrying without queueing turns" not in caplog.text
+    message = Message.objects.get()
+    assert WebhookEvent.objects.filter(error="").count() == 2
+    assert DBTaskResult.objects.get().args_kwargs["args"][0] == message.conversation_id
+    assert duplicates() == before + 1
+
+
+def test_it_passes_the_webhook_tests_on_sqlite(tmp_path):
+    """The demo runs without DATABASE_URL or REDIS_URL: SQLite and in-process layers."""
+    if connection.vendor == "sqlite":
+        pytest.skip("already on SQLite")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env["SQLITE_PATH"] = str(tmp_path / "sophia.sqlite3")
+    tests = ["tests/bot/test_webhook.py", "tests/bot/test_webhook_dedup.py"]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
