@@ -228,7 +228,10 @@ def _process(
         new_conversations = _store_messages(event_id, inbound, now, replay=replay)
         if schedule and new_conversations:
             schedule_turns(new_conversations)
-        live.touch(new_conversations, status_ids)
+        # A payload is one clinic's (one phone number) in practice: then the live views need
+        # not look the conversations' clinic up.
+        only = set(known)
+        live.touch(new_conversations, status_ids, clinic_id=only.pop() if len(only) == 1 else None)
     return new_conversations
 
 
