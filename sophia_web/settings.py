@@ -284,6 +284,10 @@ LOGGING = {
         "django.server": {"handlers": [], "level": "INFO", "propagate": True},
         "django.db.backends": {"level": "WARNING"},
         "django_tasks_db": {"level": os.getenv("TASKS_LOG_LEVEL", "WARNING")},
+        # One INFO line per outbound HTTP request (two per turn) says less than bot.whatsapp's
+        # own lines; failures still come through as warnings.
+        "httpx": {"level": os.getenv("HTTPX_LOG_LEVEL", "WARNING")},
+        "httpcore": {"level": "WARNING"},
     },
 }
 
