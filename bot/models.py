@@ -87,7 +87,7 @@ class Conversation(models.Model):
         choices=HandoffReason.choices,
         blank=True,
         default="",
-        # Rows inserted by hand-written SQL (hot paths, tests) get the same empty reason.
+        # Rows inserted outside the ORM (tests, a shell, a restore) get the same empty reason.
         db_default="",
     )
     urgent = models.BooleanField(_("urgent"), default=False)

@@ -70,6 +70,9 @@ return encoded
 # (a web process that died does not keep its pages "watching" for ever).
 WATCH_REFRESH_SECONDS = 30.0
 WATCH_TTL_SECONDS = 90.0
+# A closed socket's watch lasts this long: a page whose connection dropped reconnects with a new
+# socket and catches up from the backlog, which needs the events rendered meanwhile.
+RECONNECT_GRACE_SECONDS = 60.0
 
 # KEYS: per group its watchers key, then its sequence key. ARGV[1]: now, ARGV[2]: the sequence
 # key's TTL, ARGV[3]: "1" to advance an unwatched group's sequence (a gap its pages will see).
@@ -131,8 +134,8 @@ class _Store:
                     self._redis = client  # last: its scripts are ready when it is seen
         return self._redis
 
-    def watch(self, groups: Iterable[str], channel: str) -> None:
-        expiry = time.time() + WATCH_TTL_SECONDS
+    def watch(self, groups: Iterable[str], channel: str, seconds: float) -> None:
+        expiry = time.time() + seconds
         client = self._client()
         if client is not None:
             with client.pipeline(transaction=False) as pipe:
@@ -144,18 +147,6 @@ class _Store:
         with self._lock:
             for group in groups:
                 self._watchers.setdefault(group, {})[channel] = expiry
-
-    def unwatch(self, groups: Iterable[str], channel: str) -> None:
-        client = self._client()
-        if client is not None:
-            with client.pipeline(transaction=False) as pipe:
-                for group in groups:
-                    pipe.zrem(_watchers_key(group), channel)
-                pipe.execute()
-            return
-        with self._lock:
-            for group in groups:
-                self._watchers.get(group, {}).pop(channel, None)
 
     def watching(self, groups: list[str], *, gap: bool) -> set[str]:
         now = time.time()
@@ -395,14 +386,10 @@ def watching(groups: Iterable[str], *, gap: bool = True) -> set[str]:
         return set(groups)
 
 
-def watch(groups: Iterable[str], channel: str) -> None:
-    """Register a socket (`channel`) as watching `groups` for the next WATCH_TTL_SECONDS."""
-    _store.watch(groups, channel)
-
-
-def unwatch(groups: Iterable[str], channel: str) -> None:
-    """The socket closed: it watches nothing any more."""
-    _store.unwatch(groups, channel)
+def watch(groups: Iterable[str], channel: str, seconds: float = WATCH_TTL_SECONDS) -> None:
+    """Register a socket (`channel`) as watching `groups` for the next `seconds` (an open socket
+    refreshes it; a closed one leaves RECONNECT_GRACE_SECONDS for its page to come back)."""
+    _store.watch(groups, channel, seconds)
 
 
 # --- the embedded demo's relay ----------------------------------------------------------------
@@ -489,6 +476,8 @@ class LiveConsumerMixin:
                 logger.warning("live: refreshing the watch of %s failed", self.joined)
 
     async def stop_watching(self) -> None:
+        """The socket closed: its watch lapses after RECONNECT_GRACE_SECONDS, so a page whose
+        connection dropped finds what it missed in the backlog when it reconnects."""
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -496,9 +485,11 @@ class LiveConsumerMixin:
             self._watch_task = None
         if getattr(self, "joined", None):
             try:
-                await asyncio.to_thread(unwatch, self.joined, self.channel_name)
+                await asyncio.to_thread(
+                    watch, self.joined, self.channel_name, RECONNECT_GRACE_SECONDS
+                )
             except Exception:  # it expires on its own
-                logger.warning("live: unwatching %s failed", self.joined)
+                logger.warning("live: shortening the watch of %s failed", self.joined)
 
     async def resync(self, since: object) -> None:
         since = since if isinstance(since, dict) else {}

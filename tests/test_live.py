@@ -97,7 +97,7 @@ def test_it_tells_watched_groups_from_unwatched_ones():
         "clinic-4",
         "conversation-8",
     }
-    live.unwatch(["clinic-4"], "channel-a")
+    live.watch(["clinic-4"], "channel-a", 0)  # its time is up
     assert live.watching(["clinic-4"]) == set()
     assert live.watching(["conversation-8"]) == {"conversation-8"}
 
@@ -112,7 +112,7 @@ def test_it_counts_an_unwatched_event_as_missed_so_a_page_reloads():
     assert live.events_after("clinic-6", 1) is None
     assert [e["seq"] for e in live.events_after("clinic-6", 2)] == [3]
     # Passing events (typing) leave no gap.
-    live.unwatch(["clinic-6"], "channel-b")
+    live.watch(["clinic-6"], "channel-b", 0)
     live.watching(["clinic-6"], gap=False)
     assert live.last_sequence("clinic-6") == 3
 

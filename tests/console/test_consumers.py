@@ -1,6 +1,7 @@
 """The console's websocket on the real ASGI app (sophia_web.asgi) and the real Redis layer."""
 
 import asyncio
+import datetime as dt
 
 import pytest
 from channels.db import database_sync_to_async
@@ -147,7 +148,7 @@ async def test_it_shows_other_staff_who_is_typing_and_viewing(
 
 
 async def test_it_renders_only_for_the_pages_someone_has_open(
-    cookies, clinic, conversation, monkeypatch
+    cookies, clinic, conversation, monkeypatch, time_machine
 ):
     rendered = []
     for name in ("render_row", "render_conversation_update"):
@@ -178,5 +179,11 @@ async def test_it_renders_only_for_the_pages_someone_has_open(
         assert rendered == ["render_row"]  # the conversation itself is open nowhere
     finally:
         await inbox.disconnect()
+    # Closed: a page whose connection dropped has a grace period to come back and catch up...
     await database_sync_to_async(publish)()
-    assert rendered == ["render_row"]  # the inbox closed: watched by no one again
+    assert rendered == ["render_row", "render_row"]
+    # ...after which nobody watches any more.
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=live.RECONNECT_GRACE_SECONDS + 1)
+    time_machine.move_to(later)
+    await database_sync_to_async(publish)()
+    assert rendered == ["render_row", "render_row"]
