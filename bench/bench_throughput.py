@@ -267,7 +267,7 @@ def run_variant(workers: int, server: str, redis_url: str, graph, logs: Path) ->
         print(f"  {e2e}", flush=True)
         return {
             "worker_processes": workers,
-            "worker_concurrency": _concurrency(),
+            "worker_concurrency": _concurrency(workers),
             "burst": burst_result,
             "e2e_after_burst": e2e,
         }
@@ -281,11 +281,12 @@ def run_variant(workers: int, server: str, redis_url: str, graph, logs: Path) ->
             conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
 
 
-def _concurrency() -> str:
+def _concurrency(processes: int) -> str:
     """Threads per worker process, for the record: SOPHIA_WORKER_CONCURRENCY, else run_worker's
     default for this machine (its INFO start-up line is below the bench's log level)."""
     configured = os.getenv("SOPHIA_WORKER_CONCURRENCY")
-    return configured or f"default: {max(1, min(8, 2 * (os.cpu_count() or 1)))} threads"
+    default = max(1, min(8, 2 * (os.cpu_count() or 1) // processes))
+    return configured or f"default: {default} threads per process"
 
 
 SERVER = ""

@@ -2,8 +2,9 @@
 
 A worker process runs queued tasks (turns, outbox…) with django_tasks_db's Worker (its claim
 with SKIP LOCKED and its task runner) on `--concurrency` threads (SOPHIA_WORKER_CONCURRENCY; by
-default two per CPU: a turn waits on PostgreSQL, Redis and the Graph API, so threads overlap those
-waits), and between tasks its first thread claims and runs the periodic jobs of bot.periodic.
+default two per CPU shared among the processes: a turn waits on PostgreSQL, Redis and the Graph
+API, so threads overlap those waits), and between tasks its first thread claims and runs the
+periodic jobs of bot.periodic.
 
 A turn's own work is Python (the ORM, the engine) and one process runs Python on one core at a
 time, so `run_worker` starts `--processes` worker processes (SOPHIA_WORKER_PROCESSES; by default
@@ -48,11 +49,13 @@ MAX_PROCESSES = 64
 MAX_DEFAULT_PROCESSES = 4
 # How long a stopping supervisor waits for its processes to finish their current task.
 STOP_TIMEOUT_SECONDS = 60.0
+RESTART_COUNT_RESET_SECONDS = 60.0
 
 
-def machine_concurrency() -> int:
-    """Threads per worker process when not configured: two per CPU, at most 8."""
-    return max(1, min(8, 2 * (os.cpu_count() or 1)))
+def machine_concurrency(processes: int = 1) -> int:
+    """Threads per worker process when not configured: two per CPU shared by the processes, at
+    most 8 (more threads than that only wait for each other's share of the CPU)."""
+    return max(1, min(8, 2 * (os.cpu_count() or 1) // processes))
 
 
 def machine_processes() -> int:
@@ -184,6 +187,7 @@ class Supervisor:
         self.count = count
         self.running = True
         self.children: dict[int, subprocess.Popen] = {}
+        self.started_at: dict[int, float] = {}
         self.restarts: dict[int, int] = {}
 
     def stop(self, signum: int, frame: FrameType | None) -> None:
@@ -211,6 +215,7 @@ class Supervisor:
         self.children[slot] = subprocess.Popen(  # noqa: S603 - our interpreter and manage.py
             command, process_group=0, preexec_fn=_terminate_with_parent
         )
+        self.started_at[slot] = time.monotonic()
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self.stop)
@@ -224,7 +229,10 @@ class Supervisor:
                 code = child.poll()
                 if code is None or slot in restart_at:
                     continue
-                # Crash-looping (a database away at start-up…) backs off instead of spinning.
+                # Crash-looping (a database away at start-up…) backs off instead of spinning; a
+                # process that had run a while starts a fresh count.
+                if time.monotonic() - self.started_at[slot] > RESTART_COUNT_RESET_SECONDS:
+                    self.restarts[slot] = 0
                 self.restarts[slot] = self.restarts.get(slot, 0) + 1
                 delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** (self.restarts[slot] - 1))
                 logger.error(
@@ -308,14 +316,14 @@ class Command(BaseCommand):
         processes: int | None,
         **options,
     ) -> None:
-        if concurrency is None:
-            concurrency = settings.SOPHIA_WORKER_CONCURRENCY or machine_concurrency()
-        if not 1 <= concurrency <= MAX_CONCURRENCY:
-            raise CommandError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
         if processes is None:
             processes = settings.SOPHIA_WORKER_PROCESSES or machine_processes()
         if not 1 <= processes <= MAX_PROCESSES:
             raise CommandError(f"--processes must be between 1 and {MAX_PROCESSES}")
+        if concurrency is None:
+            concurrency = settings.SOPHIA_WORKER_CONCURRENCY or machine_concurrency(processes)
+        if not 1 <= concurrency <= MAX_CONCURRENCY:
+            raise CommandError(f"--concurrency must be between 1 and {MAX_CONCURRENCY}")
         if processes > 1:
             child_args = [
                 f"--interval={interval}",
