@@ -86,7 +86,9 @@ class App:
             "web", "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
             "sophia_web.asgi:application",
         )  # fmt: skip
-        self.worker = self._spawn("worker", "manage.py", "run_worker", "--interval", "0.05")
+        self.worker = self._spawn(
+            "worker", "manage.py", "run_worker", "--interval", "0.05", "--processes", "1"
+        )
 
         def up() -> bool:
             try:
