@@ -5,15 +5,17 @@ in the same transaction as its messages; each message is stored once (unique Wha
 Meta's redeliveries are no-ops); conversations with new messages get a turn queued in that
 transaction too. The bot itself never runs inside this request.
 
-Everything goes through the ORM, one bulk statement per table for the whole payload: the
-conversations' upsert (`bulk_create(update_conflicts=...)`) and the messages' insert
-(`bulk_create(ignore_conflicts=True)`, then one read-back of the rows this event stored).
-Both run on PostgreSQL and on SQLite ≥ 3.35 (the embedded demo).
+One statement per table for the whole payload, through one cursor: the event row, the
+conversations' upsert, the messages' insert (ON CONFLICT DO NOTHING … RETURNING says which are
+new), the new messages' conversations touched, the turn's task row. The first three are
+hand-written (bot.inserts: the ORM cost more than the database here, see its docstring); all
+run on PostgreSQL and on SQLite ≥ 3.35 (the embedded demo).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
@@ -25,7 +27,8 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.backends.utils import CursorWrapper
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
@@ -42,7 +45,7 @@ from bot.models import (
     WebhookEvent,
 )
 from clinics.models import Clinic
-from sophia_web import live, metrics
+from sophia_web import inserts, live, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -143,12 +146,11 @@ def _receive(request: HttpRequest) -> HttpResponse:
         logger.warning("webhook event %s refused: %s", event.pk, reason)
         return JsonResponse({"status": "error", "reason": reason}, status=400)
 
-    def record(clinic_id: int | None, now: dt.datetime) -> int:
+    def record(cursor: CursorWrapper, clinic_id: int | None, now: dt.datetime) -> int:
         # The raw event is written in the same transaction as its messages (one commit).
-        event = WebhookEvent.objects.create(
-            body=raw, signature_valid=True, clinic_id=clinic_id, processed_at=now
-        )
-        return event.pk
+        values = {"body": raw, "signature_valid": True, "clinic_id": clinic_id}
+        values["processed_at"] = now
+        return inserts.insert(cursor, WebhookEvent, [values], now)[0][0]
 
     try:
         _process(payload, record)
@@ -176,38 +178,35 @@ def process_event(event: WebhookEvent, payload: dict) -> list[int]:
     Idempotent: replaying an event stores nothing twice.
     """
 
-    def mark_processed(clinic_id: int | None, now: dt.datetime) -> int:
+    def mark_processed(cursor: CursorWrapper, clinic_id: int | None, now: dt.datetime) -> int:
         WebhookEvent.objects.filter(pk=event.pk).update(
             clinic_id=clinic_id, processed_at=now, error=""
         )
         return event.pk
 
-    return _process(payload, mark_processed, replay=True)
+    return _process(payload, mark_processed)
 
 
 def _process(
     payload: dict,
-    record_event: Callable[[int | None, dt.datetime], int],
+    record_event: Callable[[CursorWrapper, int | None, dt.datetime], int],
     *,
     schedule: bool = True,
-    replay: bool = False,
 ) -> list[int]:
     """One transaction: the event row, every message and status of the payload, the turns.
 
     The turns' task rows (django-tasks-db keeps its queue in this same database) commit
     atomically with the messages: the worker sees both or neither, and the request pays for one
     commit (one fsync). With `schedule=False` the messages wait for the stranded-turn sweeper.
-    `replay` says the event row existed before (process_event): messages it stored then are
-    not new now.
     """
     now = timezone.now()
     inbound: list[_Inbound] = []
     status_ids: list[str] = []
-    with transaction.atomic():
+    with transaction.atomic(), connection.cursor() as cursor:
         values = list(_values(payload))
         clinics = _clinics_by_number({_phone_number_id(v) for v in values})
         known = [clinics[_phone_number_id(v)] for v in values if _phone_number_id(v) in clinics]
-        event_id = record_event(known[0] if known else None, now)
+        event_id = record_event(cursor, known[0] if known else None, now)
         for value in values:
             clinic_id = clinics.get(_phone_number_id(value))
             if clinic_id is None:
@@ -225,7 +224,7 @@ def _process(
             for status in _list(value.get("statuses")):
                 _apply_status(clinic_id, status)
                 status_ids.append(str(status.get("id") or ""))
-        new_conversations = _store_messages(event_id, inbound, now, replay=replay)
+        new_conversations = _store_messages(cursor, event_id, inbound, now)
         if schedule and new_conversations:
             schedule_turns(new_conversations)
         # A payload is one clinic's (one phone number) in practice: then the live views need
@@ -396,7 +395,7 @@ def _wa_timestamp(raw: dict) -> dt.datetime | None:
 class _Inbound(NamedTuple):
     """An inbound message ready to store, with what its conversation needs."""
 
-    message: Message  # conversation_id is set once the conversations are upserted
+    values: dict  # Message fields by attname; conversation_id is set after the upsert
     wa_id: str
     contact_name: str  # "" when WhatsApp sent no name
 
@@ -404,7 +403,7 @@ class _Inbound(NamedTuple):
 def _inbound(
     event_id: int, clinic_id: int, raw: dict, names: dict[str, str], now: dt.datetime
 ) -> _Inbound | None:
-    """The unsaved message of a WhatsApp message object; None when it has no sender."""
+    """The message row of a WhatsApp message object; None when it has no sender."""
     wa_id = str(raw.get("from") or "")[:20]
     if not wa_id:
         logger.warning("webhook event %s: message without a sender, ignored", event_id)
@@ -413,39 +412,39 @@ def _inbound(
     if wa_message_id is None:
         logger.warning("webhook event %s: message without an id, stored without dedup", event_id)
     kind, text = parse_message(raw)
-    message = Message(
-        clinic_id=clinic_id,
-        direction=Direction.IN,
-        wa_message_id=wa_message_id,
-        kind=kind,
-        text=text,
-        payload=raw,
-        status=MessageStatus.RECEIVED,
-        wa_timestamp=_wa_timestamp(raw),
-        created_at=now,
-        webhook_event_id=event_id,
-    )
-    return _Inbound(message, wa_id, names.get(wa_id, ""))
+    values = {
+        "clinic_id": clinic_id,
+        "direction": Direction.IN.value,
+        "wa_message_id": wa_message_id,
+        "kind": kind,
+        "text": text,
+        "payload": raw,
+        "status": MessageStatus.RECEIVED.value,
+        "wa_timestamp": _wa_timestamp(raw),
+        "created_at": now,
+        "webhook_event_id": event_id,
+    }
+    return _Inbound(values, wa_id, names.get(wa_id, ""))
 
 
 def _store_messages(
-    event_id: int, inbound: list[_Inbound], now: dt.datetime, *, replay: bool = False
+    cursor: CursorWrapper, event_id: int, inbound: list[_Inbound], now: dt.datetime
 ) -> list[int]:
     """Store the payload's messages once each; the conversations that got new ones, in order.
 
     Statements per payload, not per message: the conversations' upsert, the messages' insert
-    (ON CONFLICT DO NOTHING on the unique WhatsApp id, so a redelivery, even a concurrent one,
-    is a no-op without an exception or a savepoint), a read-back of which of them this event
-    stored, and one touch per contact name for the conversations with new messages.
+    (ON CONFLICT DO NOTHING on the unique WhatsApp id, so a redelivery, even a concurrent one
+    or a replayed event, is a no-op without an exception or a savepoint; RETURNING gives the
+    rows it wrote) and one touch per conversation with new messages.
     """
     if not inbound:
         return []
-    conversation_ids = _upsert_conversations(inbound, now)
+    conversation_ids = _upsert_conversations(cursor, inbound, now)
     unique: list[_Inbound] = []
     wa_message_ids: set[str] = set()
     for item in inbound:
-        item.message.conversation_id = conversation_ids[item.message.clinic_id, item.wa_id]
-        wa_message_id = item.message.wa_message_id
+        item.values["conversation_id"] = conversation_ids[item.values["clinic_id"], item.wa_id]
+        wa_message_id = item.values["wa_message_id"]
         # The same WhatsApp id twice in one payload is one message. Messages without an id
         # never conflict (NULLs are distinct in a unique index): each is stored.
         if wa_message_id in wa_message_ids:
@@ -454,33 +453,32 @@ def _store_messages(
             wa_message_ids.add(wa_message_id)
         unique.append(item)
 
-    # ignore_conflicts returns no ids: the rows carrying this event's id are the ones it stored
-    # (a row stored earlier keeps the event that brought it; a replayed event's earlier rows
-    # are left out by reading them first).
-    stored_before = _stored_by(event_id) if replay else set()
-    Message.objects.bulk_create([item.message for item in unique], ignore_conflicts=True)
-    stored = _stored_by(event_id) - stored_before
+    written = inserts.insert(
+        cursor,
+        Message,
+        [item.values for item in unique],
+        now,
+        on_conflict=f"ON CONFLICT ({connection.ops.quote_name('wa_message_id')}) DO NOTHING",
+        returning=("wa_message_id",),
+    )
+    stored = {wa_message_id for (wa_message_id,) in written}
     new = [
         item
         for item in unique
-        if item.message.wa_message_id in stored or item.message.wa_message_id is None
+        if item.values["wa_message_id"] is None or item.values["wa_message_id"] in stored
     ]
 
     duplicates = len(inbound) - len(new)
     if duplicates:
         logger.info("webhook event %s: %d duplicate message(s) ignored", event_id, duplicates)
         metrics.WEBHOOK_DUPLICATES.inc(duplicates)
-    _touch_conversations(new, now)
-    return list(dict.fromkeys(item.message.conversation_id for item in new))
+    _touch_conversations(cursor, new, now)
+    return list(dict.fromkeys(item.values["conversation_id"] for item in new))
 
 
-def _stored_by(event_id: int) -> set[str | None]:
-    """The WhatsApp ids of the messages stored with this event."""
-    rows = Message.objects.filter(webhook_event_id=event_id).order_by()
-    return set(rows.values_list("wa_message_id", flat=True))
-
-
-def _upsert_conversations(inbound: list[_Inbound], now: dt.datetime) -> dict[tuple[int, str], int]:
+def _upsert_conversations(
+    cursor: CursorWrapper, inbound: list[_Inbound], now: dt.datetime
+) -> dict[tuple[int, str], int]:
     """(clinic id, wa_id) → conversation id for every sender, creating the missing ones.
 
     The conflict "updates" wa_id to itself: a no-op that leaves an existing conversation as it
@@ -489,35 +487,54 @@ def _upsert_conversations(inbound: list[_Inbound], now: dt.datetime) -> dict[tup
     """
     names: dict[tuple[int, str], str] = {}
     for item in inbound:
-        key = (item.message.clinic_id, item.wa_id)
+        key = (item.values["clinic_id"], item.wa_id)
         names[key] = item.contact_name or names.get(key, "")
     # One row per sender (a statement may not upsert a row twice), in a fixed order so two
     # requests lock the conversations they share in the same order: no deadlock.
     rows = [
-        Conversation(clinic_id=clinic_id, wa_id=wa_id, contact_name=name, last_activity_at=now)
+        {"clinic_id": clinic_id, "wa_id": wa_id, "contact_name": name, "last_activity_at": now}
         for (clinic_id, wa_id), name in sorted(names.items())
     ]
-    Conversation.objects.bulk_create(
-        rows, update_conflicts=True, unique_fields=["clinic", "wa_id"], update_fields=["wa_id"]
+    quote = connection.ops.quote_name
+    wa_id = quote("wa_id")
+    returned = inserts.insert(
+        cursor,
+        Conversation,
+        rows,
+        now,
+        on_conflict=(
+            f"ON CONFLICT ({quote('clinic_id')}, {wa_id}) DO UPDATE SET {wa_id} = excluded.{wa_id}"
+        ),
+        returning=("id", "clinic_id", "wa_id"),
     )
-    return {(row.clinic_id, row.wa_id): row.pk for row in rows}
+    return {(clinic_id, wa_id): pk for pk, clinic_id, wa_id in returned}
 
 
-def _touch_conversations(new: list[_Inbound], now: dt.datetime) -> None:
+def _touch_conversations(cursor: CursorWrapper, new: list[_Inbound], now: dt.datetime) -> None:
     """The conversations with new messages: last inbound and activity now; the name WhatsApp
-    sent, if any (the payload's last non-empty one)."""
+    sent, if any (the payload's last non-empty one). One UPDATE per conversation (a payload
+    is one sender's message in practice)."""
     names: dict[int, str] = {}
     for item in new:
-        conversation_id = item.message.conversation_id
+        conversation_id = item.values["conversation_id"]
         names[conversation_id] = item.contact_name or names.get(conversation_id, "")
-    by_name: dict[str, list[int]] = {}
+    if not names:
+        return
+    at = Conversation._meta.get_field("last_activity_at").get_db_prep_save(now, connection)
     for conversation_id, name in names.items():
-        by_name.setdefault(name, []).append(conversation_id)
-    for name, ids in by_name.items():
-        changes = {"last_inbound_at": now, "last_activity_at": now}
-        if name:
-            changes["contact_name"] = name
-        Conversation.objects.filter(pk__in=ids).update(**changes)
+        cursor.execute(_touch_sql(), [at, at, name, name, conversation_id])
+
+
+@functools.cache
+def _touch_sql() -> str:
+    quote = connection.ops.quote_name
+    name = quote("contact_name")
+    # The name only changes when WhatsApp sent one.
+    return (
+        f"UPDATE {quote(Conversation._meta.db_table)} SET {quote('last_inbound_at')} = %s, "  # noqa: S608
+        f"{quote('last_activity_at')} = %s, {name} = CASE WHEN %s = '' THEN {name} ELSE %s END "
+        f"WHERE {quote('id')} = %s"
+    )
 
 
 def _apply_status(clinic_id: int, status: dict) -> None:

@@ -21,6 +21,7 @@ from django.db.models import (
     Case,
     Count,
     Exists,
+    F,
     Min,
     OuterRef,
     Q,
@@ -70,7 +71,7 @@ from clinics.models import (
     SlotStatus,
     Specialty,
 )
-from sophia_web import metrics
+from sophia_web import inserts, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -133,18 +134,21 @@ def _audit(
     after: dict | None,
     at: dt.datetime,
 ) -> None:
-    AuditEvent.objects.create(
-        clinic=clinic,
-        actor_type=actor.type,
-        actor_id=str(actor.id)[:64],
-        actor_label=str(actor.label)[:200],
-        action=action,
-        object_type=object_type,
-        object_id=str(object_id),
-        before=before,
-        after=after,
-        at=at,
-    )
+    values = {
+        "clinic_id": clinic.pk,
+        "actor_type": actor.type,
+        "actor_id": str(actor.id)[:64],
+        "actor_label": str(actor.label)[:200],
+        "action": action,
+        "object_type": object_type,
+        "object_id": str(object_id),
+        "before": before,
+        "after": after,
+        "at": at,
+    }
+    # Every service writes one; the booking path counts its statements' cost (see LockedSlot).
+    with connection.cursor() as cursor:
+        inserts.insert(cursor, AuditEvent, [values], at)
 
 
 def _appointment_state(appointment: Appointment) -> dict:
@@ -226,8 +230,7 @@ def _lock_slots_base(with_specialty: bool) -> QuerySet[Slot]:
     slots of each call. Only the parts that hold per-call values are added per call."""
     rows = (
         Slot.objects.select_for_update(of=("self",))
-        .select_related("doctor")
-        .annotate(in_blocked_period=_blocked_period_over_slot())
+        .annotate(in_blocked_period=_blocked_period_over_slot(), doctor_active=F("doctor__active"))
         .order_by("pk")
     )
     if with_specialty:
@@ -284,11 +287,12 @@ def _lock_slots(
     return locked
 
 
-def _check_bookable(slot: Slot, *, now: dt.datetime) -> None:
-    """Raise unless the holder `_lock_slots` was given may take this locked slot now."""
+def _check_bookable(slot: Slot | LockedSlot, *, now: dt.datetime) -> None:
+    """Raise unless the holder the lock was taken for (`_lock_slots`, `_lock_slot_to_book`) may
+    take this locked slot now. The one home of the booking rules."""
     if slot.start_at <= now:
         raise SlotUnavailable("the slot has already started", code="slot_in_past")
-    if slot.status == SlotStatus.BLOCKED or not slot.doctor.active or slot.in_blocked_period:
+    if slot.status == SlotStatus.BLOCKED or not slot.doctor_active or slot.in_blocked_period:
         raise SlotUnavailable("the slot is blocked", code="slot_blocked")
     if slot.status == SlotStatus.BOOKED:
         raise SlotTaken("the slot is already booked")
@@ -324,22 +328,123 @@ def _source_for(actor: Actor) -> str:
     }.get(actor.type, AppointmentSource.STAFF)
 
 
+@dataclass(frozen=True, slots=True)
+class LockedSlot:
+    """A slot row locked for a booking (`_lock_slot_to_book`), with what the rules read."""
+
+    pk: int
+    clinic_id: int
+    doctor_id: int
+    start_at: dt.datetime
+    end_at: dt.datetime
+    status: str
+    held_until: dt.datetime | None
+    doctor_active: bool
+    in_blocked_period: bool
+    holder_holds_it: bool
+    patient_exists: bool
+    only_specialty_id: int | None
+
+
+# Booking is the write many patients race for, and its cost is how long the slot row stays
+# locked and how much CPU each attempt takes: through the ORM a booking cost ~5× the same
+# statements in plain SQL (`make bench BENCH_ARGS=booking`, bench/README.md). So its statements
+# are written here, in SQL that PostgreSQL and SQLite (the embedded demo) both run: the
+# lock-and-read below, the appointment and audit INSERTs (sophia_web.inserts), the slot UPDATE.
+# The read mirrors `_lock_slots` (`_blocked_period_over_slot`, the live hold, the doctor's only
+# specialty); tests/clinics/test_booking_read.py holds the two to the same answers.
+@functools.cache
+def _lock_slot_to_book_sql(vendor: str) -> str:
+    q = connection.ops.quote_name
+    slot, doctor = q(Slot._meta.db_table), q(Doctor._meta.db_table)
+    period, hold = q(BlockedPeriod._meta.db_table), q(SlotHold._meta.db_table)
+    patient = q(Patient._meta.db_table)
+    specialties = q(Doctor.specialties.through._meta.db_table)
+    lock = " FOR UPDATE OF s" if connection.features.has_select_for_update_of else ""
+    return (
+        # Identifiers come from the models; every value is a parameter.
+        "SELECT s.id, s.clinic_id, s.doctor_id, s.start_at, s.end_at, s.status, s.held_until,"  # noqa: S608
+        " d.active,"
+        f" EXISTS (SELECT 1 FROM {period} b WHERE b.clinic_id = s.clinic_id"
+        "   AND (b.doctor_id IS NULL OR b.doctor_id = s.doctor_id)"
+        "   AND b.starts_at < s.end_at AND b.ends_at > s.start_at),"
+        f" EXISTS (SELECT 1 FROM {hold} h WHERE h.slot_id = s.id AND h.holder = %s"
+        "   AND h.released_at IS NULL AND h.expires_at > %s),"
+        f" EXISTS (SELECT 1 FROM {patient} p WHERE p.id = %s AND p.clinic_id = %s),"
+        " (SELECT CASE WHEN COUNT(*) = 1 THEN MIN(ds.specialty_id) END"
+        f"   FROM {specialties} ds WHERE ds.doctor_id = s.doctor_id)"
+        f" FROM {slot} s INNER JOIN {doctor} d ON d.id = s.doctor_id"
+        f" WHERE s.id = %s{lock}"
+    )
+
+
+def _aware(value: dt.datetime | str | None) -> dt.datetime | None:
+    """A datetime column read by a raw cursor: SQLite gives text or naive UTC."""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value is not None and timezone.is_naive(value):
+        value = value.replace(tzinfo=dt.UTC)
+    return value
+
+
+def _lock_slot_to_book(
+    cursor, clinic: Clinic, slot_id: int, patient: Patient, holder: str | None, now: dt.datetime
+) -> LockedSlot:
+    """Lock one slot to book it and read what the booking rules need, in one statement."""
+    at = connection.ops.adapt_datetimefield_value(now)
+    cursor.execute(
+        _lock_slot_to_book_sql(connection.vendor),
+        [holder, at, patient.pk, clinic.pk, slot_id],
+    )
+    row = cursor.fetchone()
+    if row is None:
+        raise SlotUnavailable(f"slot {slot_id} does not exist", code="slot_not_found")
+    slot = LockedSlot(
+        pk=row[0],
+        clinic_id=row[1],
+        doctor_id=row[2],
+        start_at=_aware(row[3]),
+        end_at=_aware(row[4]),
+        status=row[5],
+        held_until=_aware(row[6]),
+        doctor_active=bool(row[7]),
+        in_blocked_period=bool(row[8]),
+        holder_holds_it=bool(row[9]),
+        patient_exists=bool(row[10]),
+        only_specialty_id=row[11],
+    )
+    if slot.clinic_id != clinic.pk:
+        raise WrongClinic(f"slot {slot_id} belongs to another clinic")
+    if not slot.patient_exists:
+        raise PatientNotFound("the patient does not exist")
+    return slot
+
+
+@functools.cache
+def _mark_booked_sql(vendor: str) -> str:
+    q = connection.ops.quote_name
+    return (
+        f"UPDATE {q(Slot._meta.db_table)} SET status = %s, held_until = NULL, updated_at = %s"  # noqa: S608
+        " WHERE id = %s"
+    )
+
+
 def _book_locked(
+    cursor,
     *,
     clinic: Clinic,
     patient: Patient,
-    slot: Slot,
+    slot: Slot | LockedSlot,
     actor: Actor,
     source: str,
     specialty_id: int | None,
     notes: str,
-    holder: str | None,
     now: dt.datetime,
     rescheduled_from: Appointment | None = None,
 ) -> Appointment:
-    """Book a slot the caller has locked (`_lock_slots`), inside the caller's transaction.
+    """Book a slot the caller has locked, inside the caller's transaction, and audit it.
     Without `specialty_id`, the doctor's only specialty (if they have exactly one): the caller
-    locked the slot `with_specialty`."""
+    read it with the lock."""
     _check_bookable(slot, now=now)
     # On PostgreSQL the exclusion constraint answers this at the INSERT (no extra query); the
     # embedded SQLite demo has no such constraint, so it asks first.
@@ -358,7 +463,7 @@ def _book_locked(
     appointment = Appointment(
         clinic=clinic,
         patient=patient,
-        slot=slot,
+        slot_id=slot.pk,
         doctor_id=slot.doctor_id,
         specialty_id=specialty_id,
         start_at=slot.start_at,
@@ -367,19 +472,25 @@ def _book_locked(
         patient_notes=notes,
         source=source,
         rescheduled_from=rescheduled_from,
+        created_at=now,
+        updated_at=now,
     )
+    values = {f.attname: getattr(appointment, f.attname) for f in Appointment._meta.concrete_fields}
+    del values["id"]
     # No inner savepoint needed: the caller's atomic block (itself a savepoint when nested in an
     # outer transaction) is left by the BookingError raised here and rolls everything back.
     try:
-        appointment.save(force_insert=True)
+        appointment.pk = inserts.insert(cursor, Appointment, [values], now)[0][0]
     except IntegrityError as exc:
         raise _integrity_to_booking_error(exc) from exc
-    was_held = slot.status == SlotStatus.HELD
-    Slot.objects.filter(pk=slot.pk).update(
-        status=SlotStatus.BOOKED, held_until=None, updated_at=now
+    appointment._state.adding = False
+    appointment._state.db = connection.alias
+    cursor.execute(
+        _mark_booked_sql(connection.vendor),
+        [SlotStatus.BOOKED.value, connection.ops.adapt_datetimefield_value(now), slot.pk],
     )
-    if was_held:
-        SlotHold.objects.filter(slot=slot, released_at=None).update(released_at=now)
+    if slot.status == SlotStatus.HELD:
+        SlotHold.objects.filter(slot_id=slot.pk, released_at=None).update(released_at=now)
     return appointment
 
 
@@ -628,17 +739,11 @@ def appointment_book(
         raise InvalidInput("notes must be text")
     _check_patient(clinic, patient, query=False)
     notes = notes.strip()[:MAX_NOTES]
-    with transaction.atomic():
+    with transaction.atomic(), connection.cursor() as cursor:
         now = timezone.now()
-        slot = _lock_slots(
-            clinic,
-            [slot_id],
-            now=now,
-            holder=holder,
-            patient=patient,
-            with_specialty=specialty is None,
-        )[slot_id]
+        slot = _lock_slot_to_book(cursor, clinic, slot_id, patient, holder, now)
         appointment = _book_locked(
+            cursor,
             clinic=clinic,
             patient=patient,
             slot=slot,
@@ -646,7 +751,6 @@ def appointment_book(
             source=source,
             specialty_id=specialty.pk if specialty is not None else None,
             notes=notes,
-            holder=holder,
             now=now,
         )
         _audit(
@@ -778,18 +882,19 @@ def appointment_reschedule(
             actor=actor,
             now=now,
         )
-        new = _book_locked(
-            clinic=clinic,
-            patient=old.patient,
-            slot=new_slot,
-            actor=actor,
-            source=_source_for(actor),
-            specialty_id=old.specialty_id,
-            notes=old.patient_notes,
-            holder=holder,
-            now=now,
-            rescheduled_from=old,
-        )
+        with connection.cursor() as cursor:
+            new = _book_locked(
+                cursor,
+                clinic=clinic,
+                patient=old.patient,
+                slot=new_slot,
+                actor=actor,
+                source=_source_for(actor),
+                specialty_id=old.specialty_id,
+                notes=old.patient_notes,
+                now=now,
+                rescheduled_from=old,
+            )
         _audit(
             clinic=clinic,
             actor=actor,

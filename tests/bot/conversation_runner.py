@@ -381,7 +381,9 @@ class Booked(Check):
                 .values_list("start_at", flat=True)
                 .first()
             )
-            if first is not None and appt.start_at != first:
+            # No free slot starts before the booked one. (Not "equals the first": the lead
+            # time moved on while the conversation ran, and the first may now be too close.)
+            if first is not None and appt.start_at > first:
                 problems.append(f"{start:%Y-%m-%d %H:%M} is not the earliest")
         if self.patient and normalize(self.patient) not in normalize(appt.patient.full_name):
             problems.append(f"patient {appt.patient.full_name}")

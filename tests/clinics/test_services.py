@@ -1,6 +1,10 @@
 """The booking core: book, hold, cancel, reschedule, statuses, patients — and refusals."""
 
 import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from django.db import IntegrityError, connection, transaction
@@ -22,6 +26,11 @@ from clinics.selectors import available_slots
 from clinics.services import Actor, BookingError
 from tests.clinics.conftest import row_counts
 from tests.conftest import make_slots
+
+# PostgreSQL's exclusion constraints (migration 0002): the embedded SQLite demo has none.
+on_postgresql = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="needs PostgreSQL's exclusion constraints"
+)
 
 
 @pytest.fixture
@@ -143,6 +152,7 @@ def services_doctor_slot(clinic, start):
     return make_slots(other, start, 1)[0]
 
 
+@on_postgresql
 def test_it_turns_a_database_overlap_into_a_clean_error(
     clinic, patient, other_patient, doctor, slots, staff_actor
 ):
@@ -161,6 +171,7 @@ def test_it_turns_a_database_overlap_into_a_clean_error(
     assert Slot.objects.get(pk=overlapping.pk).status == SlotStatus.FREE
 
 
+@on_postgresql
 def test_it_refuses_overlapping_doctor_appointments_in_the_database(
     clinic, patient, other_patient, doctor, slots
 ):
@@ -177,6 +188,7 @@ def test_it_refuses_overlapping_doctor_appointments_in_the_database(
         )  # fmt: skip
 
 
+@on_postgresql
 def test_it_refuses_overlapping_patient_appointments_in_the_database(clinic, patient, slots):
     other = services_doctor_slot(clinic, slots[0].start_at)
     Appointment.objects.create(
@@ -201,6 +213,9 @@ class _GenericDatabase:
     (the one the embedded SQLite demo runs) while the data stays on PostgreSQL."""
 
     vendor = "sqlite"
+
+    def __getattr__(self, name: str):
+        return getattr(connection, name)
 
 
 @pytest.fixture(params=["postgresql", "generic"])
@@ -665,3 +680,20 @@ def test_it_leaves_the_callers_transaction_usable_after_a_database_refusal(
         assert Slot.objects.get(pk=other.pk).status == SlotStatus.FREE
         book(clinic, patient, slots[1], staff_actor)
     assert Appointment.objects.filter(patient=patient).count() == 2
+
+
+def test_it_passes_the_service_tests_on_sqlite(tmp_path):
+    """The booking path's hand-written statements run on the embedded demo's database too."""
+    if connection.vendor == "sqlite":
+        pytest.skip("already on SQLite")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env["SQLITE_PATH"] = str(tmp_path / "sophia.sqlite3")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

@@ -1,0 +1,77 @@
+"""Multi-row INSERT statements built from the models, for the hot paths (webhook, booking).
+
+The webhook stores every WhatsApp message before it answers, so what it costs per request
+bounds how many messages a web process accepts. Through the ORM its five statements cost more
+Python (queryset, compiler, model instances, one cursor each) than PostgreSQL spent running
+them: the ack benchmark (`make bench BENCH_ARGS=bot`, bench/README.md) measured the webhook at
+0.41 of a do-nothing endpoint, the goal being 0.6. These statements are the same SQL on
+PostgreSQL and on SQLite ≥ 3.35 (the embedded demo): `INSERT … ON CONFLICT … RETURNING`.
+
+Column lists and defaults come from the model's fields, so a field added later with a default
+needs no change here; identifiers come from the models and every value is a parameter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Sequence
+
+from django.db import connection, models
+from django.db.backends.utils import CursorWrapper
+
+
+@functools.cache
+def _fields(model: type[models.Model]) -> tuple[models.Field, ...]:
+    """The columns an INSERT of `model` writes: all but those the database fills itself."""
+    return tuple(
+        f
+        for f in model._meta.concrete_fields
+        if not f.db_returning and not f.generated and not f.has_db_default()
+    )
+
+
+def _default(field: models.Field, now: dt.datetime) -> object:
+    if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+        return now
+    return field.get_default()
+
+
+# Keyed by row count too: a payload carries a handful of messages at most.
+@functools.lru_cache(maxsize=256)
+def _sql(model: type[models.Model], rows: int, tail: str) -> str:
+    quote = connection.ops.quote_name
+    fields = _fields(model)
+    columns = ", ".join(quote(f.column) for f in fields)
+    one_row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    table = quote(model._meta.db_table)
+    return f"INSERT INTO {table} ({columns}) VALUES {', '.join([one_row] * rows)} {tail}"  # noqa: S608
+
+
+def insert(
+    cursor: CursorWrapper,
+    model: type[models.Model],
+    rows: Sequence[dict],
+    now: dt.datetime,
+    *,
+    on_conflict: str = "",
+    returning: Sequence[str] = ("id",),
+) -> list[tuple]:
+    """INSERT `rows` (values by attname; the model's defaults for the rest) in one statement.
+
+    `on_conflict` is the statement's ON CONFLICT clause, written by the caller from its own
+    constants; the result is RETURNING `returning` (columns) for the rows written, in no
+    guaranteed order.
+    """
+    if not rows:
+        return []
+    fields = _fields(model)
+    params: list = []
+    for values in rows:
+        for field in fields:
+            value = values[field.attname] if field.attname in values else _default(field, now)
+            params.append(field.get_db_prep_save(value, connection))
+    quote = connection.ops.quote_name
+    tail = f"{on_conflict} RETURNING {', '.join(quote(c) for c in returning)}"
+    cursor.execute(_sql(model, len(rows), tail), params)
+    return cursor.fetchall()
