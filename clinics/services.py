@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
+from django.db.backends.utils import CursorWrapper
 from django.db.models import (
     Case,
     Count,
@@ -133,7 +134,9 @@ def _audit(
     before: dict | None,
     after: dict | None,
     at: dt.datetime,
+    cursor: CursorWrapper | None = None,
 ) -> None:
+    """One audit row, through the caller's `cursor` when it has one open."""
     values = {
         "clinic_id": clinic.pk,
         "actor_type": actor.type,
@@ -147,8 +150,11 @@ def _audit(
         "at": at,
     }
     # Every service writes one; the booking path counts its statements' cost (see LockedSlot).
-    with connection.cursor() as cursor:
+    if cursor is not None:
         inserts.insert(cursor, AuditEvent, [values], at)
+        return
+    with connection.cursor() as own:
+        inserts.insert(own, AuditEvent, [values], at)
 
 
 def _appointment_state(appointment: Appointment) -> dict:
@@ -388,7 +394,12 @@ def _aware(value: dt.datetime | str | None) -> dt.datetime | None:
 
 
 def _lock_slot_to_book(
-    cursor, clinic: Clinic, slot_id: int, patient: Patient, holder: str | None, now: dt.datetime
+    cursor: CursorWrapper,
+    clinic: Clinic,
+    slot_id: int,
+    patient: Patient,
+    holder: str | None,
+    now: dt.datetime,
 ) -> LockedSlot:
     """Lock one slot to book it and read what the booking rules need, in one statement."""
     at = connection.ops.adapt_datetimefield_value(now)
@@ -430,7 +441,7 @@ def _mark_booked_sql(vendor: str) -> str:
 
 
 def _book_locked(
-    cursor,
+    cursor: CursorWrapper,
     *,
     clinic: Clinic,
     patient: Patient,
@@ -762,6 +773,7 @@ def appointment_book(
             before=None,
             after=_appointment_state(appointment),
             at=now,
+            cursor=cursor,
         )
         events.emit(clinic_id=clinic.pk, name="cita.creada", payload=_event_payload(appointment))
     logger.info(
