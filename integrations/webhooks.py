@@ -20,12 +20,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import random
 import secrets
+import socket
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
@@ -90,6 +93,55 @@ def _check_url(url: str) -> None:
         raise WebhookError("the URL must start with https:// (or http://) and be ≤ 500 characters")
     if url.startswith("http://") and not settings.SOPHIA_WEBHOOKS_ALLOW_HTTP:
         raise WebhookError("the URL must use https://")
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        host = ""
+    if not host:
+        raise WebhookError("the URL has no host")
+    # No DNS here (callers may hold a transaction): names are checked again at each delivery.
+    if not settings.SOPHIA_WEBHOOKS_ALLOW_PRIVATE and (_local_name(host) or _private_ip(host)):
+        raise WebhookError("the URL must point to a public address")
+
+
+# Outgoing webhooks must not become a way into the clinic's own network (SSRF): in production
+# an endpoint may not be, nor resolve to, a loopback, private, link-local (cloud metadata),
+# shared or reserved address. Tests and the demo allow them (SOPHIA_WEBHOOKS_ALLOW_PRIVATE).
+LOCAL_SUFFIXES = (".localhost", ".local", ".internal", ".localdomain", ".home.arpa")
+
+
+def _local_name(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    return host == "localhost" or host.endswith(LOCAL_SUFFIXES)
+
+
+def _not_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    mapped = getattr(address, "ipv4_mapped", None)
+    if mapped is not None:
+        address = mapped
+    return not address.is_global or address.is_multicast
+
+
+def _private_ip(host: str) -> bool:
+    try:
+        return _not_public(ipaddress.ip_address(host))
+    except ValueError:
+        return False  # a name, not an address
+
+
+def _refuse_private_destination(url: str) -> None:
+    """Raise httpx.ConnectError unless every address the URL's host resolves to is public."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if _local_name(host):
+        raise httpx.ConnectError(f"refused: {host} is a local name")
+    try:
+        infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise httpx.ConnectError(f"could not resolve {host}: {exc}") from exc
+    for *_, sockaddr in infos:
+        if _not_public(ipaddress.ip_address(sockaddr[0].split("%", 1)[0])):
+            raise httpx.ConnectError(f"refused: {host} resolves to a non-public address")
 
 
 def _check_events(events: list[str]) -> list[str]:
@@ -246,7 +298,15 @@ def _claim(delivery_id: int, attempt: int, now: dt.datetime) -> bool:
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
-    """The one outbound choke point for webhooks (tests point it at a local receiver)."""
+    """The one outbound choke point for webhooks (tests point it at a local receiver).
+
+    Without SOPHIA_WEBHOOKS_ALLOW_PRIVATE the host is resolved first and refused when any of its
+    addresses is not public (a name that changed since the endpoint was saved, say). httpx
+    resolves it again to connect: a name that answers differently within that instant (DNS
+    rebinding) is the one case this check leaves to the network's own egress rules.
+    """
+    if not settings.SOPHIA_WEBHOOKS_ALLOW_PRIVATE:
+        _refuse_private_destination(url)
     with httpx.Client(
         timeout=settings.SOPHIA_WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False
     ) as client:

@@ -336,6 +336,9 @@ METRICS_TOKEN = envsecret("METRICS_TOKEN")
 
 # Outgoing webhooks: plain http:// endpoints only when allowed (tests, a private network).
 SOPHIA_WEBHOOKS_ALLOW_HTTP = envbool("SOPHIA_WEBHOOKS_ALLOW_HTTP", str(DEBUG))
+# ... and endpoints on loopback/private/link-local addresses (SSRF) only when allowed: the demo
+# and tests post to receivers on this machine.
+SOPHIA_WEBHOOKS_ALLOW_PRIVATE = envbool("SOPHIA_WEBHOOKS_ALLOW_PRIVATE", str(DEBUG))
 SOPHIA_WEBHOOK_TIMEOUT_SECONDS = float(os.getenv("SOPHIA_WEBHOOK_TIMEOUT_SECONDS", "10"))
 # A worker killed mid-request leaves its attempt leased this long; then another worker redoes it.
 SOPHIA_WEBHOOK_LEASE_SECONDS = float(os.getenv("SOPHIA_WEBHOOK_LEASE_SECONDS", "60"))

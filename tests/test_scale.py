@@ -80,6 +80,7 @@ class Cluster:
             "OPENAI_API_KEY": "",
             "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
             "SOPHIA_WEBHOOKS_ALLOW_HTTP": "1",
+            "SOPHIA_WEBHOOKS_ALLOW_PRIVATE": "1",
             "SOPHIA_WEBHOOK_TIMEOUT_SECONDS": "1",
             "SOPHIA_WEBHOOK_LEASE_SECONDS": "3",
             "PYTHONUNBUFFERED": "1",
@@ -158,6 +159,7 @@ class Cluster:
 @pytest.fixture(autouse=True)
 def _allow_http(settings):
     settings.SOPHIA_WEBHOOKS_ALLOW_HTTP = True
+    settings.SOPHIA_WEBHOOKS_ALLOW_PRIVATE = True
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def _allow_http(settings):
     settings.SOPHIA_WEBHOOKS_ALLOW_HTTP = True
+    settings.SOPHIA_WEBHOOKS_ALLOW_PRIVATE = True
 
 
 @pytest.fixture(autouse=True)

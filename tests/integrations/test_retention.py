@@ -19,6 +19,7 @@ def test_it_purges_only_what_is_past_its_retention(clinic, settings):
     settings.SOPHIA_WEBHOOK_DELIVERIES_KEEP_DAYS = 30
     settings.SOPHIA_IDEMPOTENCY_KEEP_HOURS = 24
     settings.SOPHIA_WEBHOOKS_ALLOW_HTTP = True
+    settings.SOPHIA_WEBHOOKS_ALLOW_PRIVATE = True
     now = timezone.now()
     old, recent = now - dt.timedelta(days=31), now - dt.timedelta(days=29)
     WebhookEvent.objects.create(body="{}", received_at=old)

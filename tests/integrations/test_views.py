@@ -33,6 +33,7 @@ def other_admin(other_clinic) -> Client:
 @pytest.fixture
 def delivery(clinic, settings) -> WebhookDelivery:
     settings.SOPHIA_WEBHOOKS_ALLOW_HTTP = True
+    settings.SOPHIA_WEBHOOKS_ALLOW_PRIVATE = True
     endpoint = webhooks.endpoint_create(
         clinic=clinic, url="http://127.0.0.1:9/hook", events=["cita.creada"]
     )

@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import socket
 import threading
 
 import pytest
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def _allow_http(settings):
     settings.SOPHIA_WEBHOOKS_ALLOW_HTTP = True
+    settings.SOPHIA_WEBHOOKS_ALLOW_PRIVATE = True
 
 
 @pytest.fixture
@@ -241,6 +243,54 @@ def test_it_requires_https_unless_allowed(clinic, settings):
     with pytest.raises(webhooks.WebhookError):
         webhooks.endpoint_create(clinic=clinic, url="http://example.org/x", events=["cita.creada"])
     webhooks.endpoint_create(clinic=clinic, url="https://example.org/x", events=["cita.creada"])
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1/hook",
+        "https://10.1.2.3/hook",
+        "https://192.168.0.9:8443/hook",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[::1]/hook",
+        "https://[::ffff:10.0.0.1]/hook",
+        "https://0.0.0.0/hook",
+        "https://localhost/hook",
+        "https://redis.internal/hook",
+        "https:///no-host",
+    ],
+)
+def test_it_refuses_endpoints_inside_the_network_unless_allowed(clinic, settings, url):
+    settings.SOPHIA_WEBHOOKS_ALLOW_PRIVATE = False
+    with pytest.raises(webhooks.WebhookError):
+        webhooks.endpoint_create(clinic=clinic, url=url, events=["cita.creada"])
+    assert not WebhookEndpoint.objects.exists()
+
+
+def test_it_does_not_post_to_a_name_that_resolves_inside_the_network(
+    clinic, patient, slots, endpoint, receiver, settings, monkeypatch,
+    django_capture_on_commit_callbacks,
+):  # fmt: skip
+    """A public-looking name saved earlier that now resolves to a private address (or the
+    receiver itself, on loopback): the attempt fails before any connection, and is retried."""
+    settings.SOPHIA_WEBHOOKS_ALLOW_PRIVATE = False
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(url="https://hooks.example.org/x")
+    resolved = []
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        resolved.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", port))]
+
+    monkeypatch.setattr(webhooks.socket, "getaddrinfo", getaddrinfo)
+    book(clinic, patient, slots[0], django_capture_on_commit_callbacks)
+    delivery = WebhookDelivery.objects.get()
+
+    assert webhooks.delivery_attempt(delivery.pk, 0) is False
+
+    assert resolved == ["hooks.example.org"] and receiver.requests == []
+    delivery.refresh_from_db()
+    assert delivery.status == WebhookDelivery.Status.PENDING
+    assert "non-public address" in delivery.last_error
 
 
 def test_receivers_can_reject_replays_and_forgeries():
