@@ -184,7 +184,7 @@ def process_event(event: WebhookEvent, payload: dict) -> list[int]:
         )
         return event.pk
 
-    return _process(payload, mark_processed)
+    return _process(payload, mark_processed, replay=True)
 
 
 def _process(
@@ -192,12 +192,14 @@ def _process(
     record_event: Callable[[CursorWrapper, int | None, dt.datetime], int],
     *,
     schedule: bool = True,
+    replay: bool = False,
 ) -> list[int]:
     """One transaction: the event row, every message and status of the payload, the turns.
 
     The turns' task rows (django-tasks-db keeps its queue in this same database) commit
     atomically with the messages: the worker sees both or neither, and the request pays for one
     commit (one fsync). With `schedule=False` the messages wait for the stranded-turn sweeper.
+    `replay`: the event row existed before (process_event), and what it stored then is not new.
     """
     now = timezone.now()
     inbound: list[_Inbound] = []
@@ -224,6 +226,8 @@ def _process(
             for status in _list(value.get("statuses")):
                 _apply_status(clinic_id, status)
                 status_ids.append(str(status.get("id") or ""))
+        if replay:
+            inbound = _not_stored_before(event_id, inbound)
         new_conversations = _store_messages(cursor, event_id, inbound, now)
         if schedule and new_conversations:
             schedule_turns(new_conversations)
@@ -425,6 +429,21 @@ def _inbound(
         "webhook_event_id": event_id,
     }
     return _Inbound(values, wa_id, names.get(wa_id, ""))
+
+
+def _not_stored_before(event_id: int, inbound: list[_Inbound]) -> list[_Inbound]:
+    """A replayed event's messages less the id-less ones it stored the first time.
+
+    Messages with a WhatsApp id are deduplicated by the insert itself; those without one (rare,
+    a broken client) can only be told apart by the event that brought them: if it stored any,
+    it stored them all (one transaction).
+    """
+    if (
+        any(item.values["wa_message_id"] is None for item in inbound)
+        and Message.objects.filter(webhook_event_id=event_id, wa_message_id=None).exists()
+    ):
+        return [item for item in inbound if item.values["wa_message_id"] is not None]
+    return inbound
 
 
 def _store_messages(

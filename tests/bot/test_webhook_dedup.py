@@ -186,6 +186,22 @@ def test_it_replays_an_event_idempotently(client, clinic):
     assert Message.objects.filter(webhook_event=event).count() == 2
 
 
+def test_it_replays_an_event_with_messages_without_ids_once(client, clinic):
+    no_id = text_message("ignored")
+    del no_id["id"]
+    body = payload(change(clinic.phone_number_id, [no_id, text_message("wamid.C")]))
+    with mock.patch("bot.webhook.parse_message", side_effect=RuntimeError("boom")):
+        post(client, body)
+    event = WebhookEvent.objects.get()
+
+    with mock.patch("bot.processing.schedule_turns"):
+        assert webhook.process_event(event, body) == [Conversation.objects.get().pk]
+        assert webhook.process_event(event, body) == []
+
+    assert Message.objects.filter(webhook_event=event).count() == 2
+    assert Message.objects.filter(webhook_event=event, wa_message_id=None).count() == 1
+
+
 def test_it_stores_a_message_in_a_handful_of_statements(client, clinic):
     post(client, payload(change(clinic.phone_number_id, [text_message("wamid.0")])))  # warm
 
