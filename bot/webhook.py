@@ -8,7 +8,7 @@ transaction too. The bot itself never runs inside this request.
 One statement per table for the whole payload, through one cursor: the event row, the
 conversations' upsert, the messages' insert (ON CONFLICT DO NOTHING … RETURNING says which are
 new), the new messages' conversations touched, the turn's task row. The first three are
-hand-written (bot.inserts: the ORM cost more than the database here, see its docstring); all
+hand-written (sophia_web.inserts: the ORM cost more than the database here, see there); all
 run on PostgreSQL and on SQLite ≥ 3.35 (the embedded demo).
 """
 

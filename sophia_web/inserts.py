@@ -1,11 +1,13 @@
 """Multi-row INSERT statements built from the models, for the hot paths (webhook, booking).
 
 The webhook stores every WhatsApp message before it answers, so what it costs per request
-bounds how many messages a web process accepts. Through the ORM its five statements cost more
-Python (queryset, compiler, model instances, one cursor each) than PostgreSQL spent running
-them: the ack benchmark (`make bench BENCH_ARGS=bot`, bench/README.md) measured the webhook at
-0.41 of a do-nothing endpoint, the goal being 0.6. These statements are the same SQL on
-PostgreSQL and on SQLite ≥ 3.35 (the embedded demo): `INSERT … ON CONFLICT … RETURNING`.
+bounds how many messages a web process accepts; a booking holds its slot's row lock while it
+writes. Through the ORM both cost more Python (querysets, compilers, model instances, one
+cursor per statement) than PostgreSQL spent running their statements: the ack benchmark
+(`make bench BENCH_ARGS=bot`) measured the webhook at 0.41 of a do-nothing endpoint (goal 0.6)
+and the booking benchmark the service at a quarter of the same statements in plain SQL
+(bench/README.md). These statements are the same SQL on PostgreSQL and on SQLite ≥ 3.35 (the
+embedded demo): `INSERT … ON CONFLICT … RETURNING`.
 
 Column lists and defaults come from the model's fields, so a field added later with a default
 needs no change here; identifiers come from the models and every value is a parameter.
