@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from django.db import connection, models
 from django.db.backends.utils import CursorWrapper
 
+MAX_PARAMS = 10_000
+
 
 @functools.cache
 def _fields(model: type[models.Model]) -> tuple[models.Field, ...]:
@@ -68,12 +70,20 @@ def insert(
     if not rows:
         return []
     fields = _fields(model)
-    params: list = []
-    for values in rows:
-        for field in fields:
-            value = values[field.attname] if field.attname in values else _default(field, now)
-            params.append(field.get_db_prep_save(value, connection))
     quote = connection.ops.quote_name
     tail = f"{on_conflict} RETURNING {', '.join(quote(c) for c in returning)}"
-    cursor.execute(_sql(model, len(rows), tail), params)
-    return cursor.fetchall()
+    # A statement takes only so many parameters (PostgreSQL 65,535; SQLite its build's limit),
+    # so a payload of many messages is written a chunk of rows at a time.
+    limit = min(connection.features.max_query_params or MAX_PARAMS, MAX_PARAMS)
+    per_statement = max(1, limit // len(fields))
+    written: list[tuple] = []
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        params: list = []
+        for values in chunk:
+            for field in fields:
+                value = values[field.attname] if field.attname in values else _default(field, now)
+                params.append(field.get_db_prep_save(value, connection))
+        cursor.execute(_sql(model, len(chunk), tail), params)
+        written += cursor.fetchall()
+    return written

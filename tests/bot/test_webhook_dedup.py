@@ -19,7 +19,7 @@ from django_tasks_db.models import DBTaskResult
 
 from bot import webhook
 from bot.models import Conversation, Message, WebhookEvent
-from sophia_web import metrics
+from sophia_web import inserts, metrics
 from tests.bot.test_webhook import WA_ID, change, payload, post, text_message
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,6 +166,28 @@ def test_it_upserts_many_senders_in_one_statement(client, clinic, other_clinic):
     for message in Message.objects.select_related("conversation"):
         assert message.conversation.wa_id == message.payload["from"]
         assert message.conversation.clinic_id == message.clinic_id
+
+
+def test_it_stores_a_payload_too_large_for_one_statement_in_chunks(client, clinic, monkeypatch):
+    """A statement takes only so many parameters: many messages are written a chunk at a time,
+    and every one is stored and gets its turn."""
+    monkeypatch.setattr(inserts, "MAX_PARAMS", 40)  # two rows per statement
+    senders = [f"57300{i:07d}" for i in range(12)]
+    messages = [text_message(f"wamid.CH{i}", sender=wa_id) for i, wa_id in enumerate(senders)]
+    messages.append(text_message("wamid.CH0", sender=senders[0]))  # and a duplicate
+
+    with (
+        mock.patch("bot.processing.schedule_turns") as schedule,
+        CaptureQueriesContext(connection) as queries,
+    ):
+        assert post(client, payload(change(clinic.phone_number_id, messages))).status_code == 200
+
+    insert = f'INSERT INTO "{Message._meta.db_table}"'
+    # 12 rows (the duplicate is dropped before the insert), 2 per statement.
+    assert sum(q["sql"].startswith(insert) for q in queries) == 6
+    assert Message.objects.count() == 12
+    assert Conversation.objects.count() == 12
+    assert schedule.call_count == 12
 
 
 def test_it_replays_an_event_idempotently(client, clinic):
