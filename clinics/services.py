@@ -353,7 +353,7 @@ class LockedSlot:
 
 
 # Booking is the write many patients race for, and its cost is how long the slot row stays
-# locked and how much CPU each attempt takes: through the ORM a booking cost ~5× the same
+# locked and how much CPU each attempt takes: through the ORM a booking cost 3–5× the same
 # statements in plain SQL (`make bench BENCH_ARGS=booking`, bench/README.md). So its statements
 # are written here, in SQL that PostgreSQL and SQLite (the embedded demo) both run: the
 # lock-and-read below, the appointment and audit INSERTs (sophia_web.inserts), the slot UPDATE.

@@ -249,7 +249,9 @@ def test_a_receptionist_books_from_the_calendar_but_cannot_edit_schedules(
     page.goto(f"{live_app.url}/agenda/?fecha={monday.isoformat()}&especialidad={specialty.pk}")
     page.locator(f"#slot-{slot.pk}").click()
     panel = page.locator("#panel")
-    panel.get_by_label("Buscar por documento o nombre").fill("1020")
+    # Typed key by key, as a person does: a fill() landing in the instant between the panel's
+    # swap and htmx wiring its input would fire no search at all.
+    panel.get_by_label("Buscar por documento o nombre").press_sequentially("1020", delay=60)
     panel.get_by_role("button", name="Ana María Gómez").click()
     expect(panel).to_contain_text("Cita reservada para Ana María Gómez")
     expect(page.locator(f"#slot-{slot.pk}")).to_have_attribute("data-state", "booked")
