@@ -453,7 +453,7 @@ def _book_locked(
     now: dt.datetime,
     rescheduled_from: Appointment | None = None,
 ) -> Appointment:
-    """Book a slot the caller has locked, inside the caller's transaction, and audit it.
+    """Book a slot the caller has locked, inside the caller's transaction (the caller audits).
     Without `specialty_id`, the doctor's only specialty (if they have exactly one): the caller
     read it with the lock."""
     _check_bookable(slot, now=now)

@@ -10,7 +10,9 @@ and the booking benchmark the service at a quarter of the same statements in pla
 embedded demo): `INSERT … ON CONFLICT … RETURNING`.
 
 Column lists and defaults come from the model's fields, so a field added later with a default
-needs no change here; identifiers come from the models and every value is a parameter.
+needs no change here; identifiers come from the models and every value is a parameter. Like
+`bulk_create`, no `pre_save`/`post_save` signal is sent: nothing listens to the models written
+here (tests/test_inserts.py fails the day something does).
 """
 
 from __future__ import annotations
