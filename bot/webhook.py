@@ -148,9 +148,8 @@ def _receive(request: HttpRequest) -> HttpResponse:
 
     def record(cursor: CursorWrapper, clinic_id: int | None, now: dt.datetime) -> int:
         # The raw event is written in the same transaction as its messages (one commit).
-        values = {"body": raw, "signature_valid": True, "clinic_id": clinic_id}
-        values["processed_at"] = now
-        return inserts.insert(cursor, WebhookEvent, [values], now)[0][0]
+        event = {"body": raw, "signature_valid": True, "clinic_id": clinic_id, "processed_at": now}
+        return inserts.insert(cursor, WebhookEvent, [event], now)[0][0]
 
     try:
         _process(payload, record)
@@ -539,7 +538,7 @@ def _touch_conversations(cursor: CursorWrapper, new: list[_Inbound], now: dt.dat
         names[conversation_id] = item.contact_name or names.get(conversation_id, "")
     if not names:
         return
-    at = Conversation._meta.get_field("last_activity_at").get_db_prep_save(now, connection)
+    at = connection.ops.adapt_datetimefield_value(now)
     for conversation_id, name in names.items():
         cursor.execute(_touch_sql(), [at, at, name, name, conversation_id])
 

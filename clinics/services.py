@@ -360,7 +360,7 @@ class LockedSlot:
 # The read mirrors `_lock_slots` (`_blocked_period_over_slot`, the live hold, the doctor's only
 # specialty); tests/clinics/test_booking_read.py holds the two to the same answers.
 @functools.cache
-def _lock_slot_to_book_sql(vendor: str) -> str:
+def _lock_slot_to_book_sql() -> str:
     q = connection.ops.quote_name
     slot, doctor = q(Slot._meta.db_table), q(Doctor._meta.db_table)
     period, hold = q(BlockedPeriod._meta.db_table), q(SlotHold._meta.db_table)
@@ -385,12 +385,10 @@ def _lock_slot_to_book_sql(vendor: str) -> str:
 
 
 def _aware(value: dt.datetime | str | None) -> dt.datetime | None:
-    """A datetime column read by a raw cursor: SQLite gives text or naive UTC."""
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value is not None and timezone.is_naive(value):
-        value = value.replace(tzinfo=dt.UTC)
-    return value
+    """A datetime column read by a raw cursor, as the ORM would give it: Django's own converter
+    on backends that store text or naive UTC (SQLite); psycopg already returns it aware."""
+    convert = getattr(connection.ops, "convert_datetimefield_value", None)
+    return convert(value, None, connection) if convert is not None else value
 
 
 def _lock_slot_to_book(
@@ -404,7 +402,7 @@ def _lock_slot_to_book(
     """Lock one slot to book it and read what the booking rules need, in one statement."""
     at = connection.ops.adapt_datetimefield_value(now)
     cursor.execute(
-        _lock_slot_to_book_sql(connection.vendor),
+        _lock_slot_to_book_sql(),
         [holder, at, patient.pk, clinic.pk, slot_id],
     )
     row = cursor.fetchone()
@@ -432,7 +430,7 @@ def _lock_slot_to_book(
 
 
 @functools.cache
-def _mark_booked_sql(vendor: str) -> str:
+def _mark_booked_sql() -> str:
     q = connection.ops.quote_name
     return (
         f"UPDATE {q(Slot._meta.db_table)} SET status = %s, held_until = NULL, updated_at = %s"  # noqa: S608
@@ -497,7 +495,7 @@ def _book_locked(
     appointment._state.adding = False
     appointment._state.db = connection.alias
     cursor.execute(
-        _mark_booked_sql(connection.vendor),
+        _mark_booked_sql(),
         [SlotStatus.BOOKED.value, connection.ops.adapt_datetimefield_value(now), slot.pk],
     )
     if slot.status == SlotStatus.HELD:

@@ -63,7 +63,8 @@ def insert(
     on_conflict: str = "",
     returning: Sequence[str] = ("id",),
 ) -> list[tuple]:
-    """INSERT `rows` (values by attname; the model's defaults for the rest) in one statement.
+    """INSERT `rows` (values by attname; the model's defaults for the rest): one statement, or
+    one per chunk of rows when they would pass the database's parameter limit.
 
     `on_conflict` is the statement's ON CONFLICT clause, written by the caller from its own
     constants; the result is RETURNING `returning` (columns) for the rows written, in no
