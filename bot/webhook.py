@@ -7,8 +7,8 @@ transaction too. The bot itself never runs inside this request.
 
 One statement per table for the whole payload, through one cursor: the event row, the
 conversations' upsert, the messages' insert (ON CONFLICT DO NOTHING … RETURNING says which are
-new), the new messages' conversations touched, the turn's task row. The first three are
-hand-written (sophia_web.inserts: the ORM cost more than the database here, see there); all
+new), the new messages' conversations touched, the turns' task rows. All but the touch are
+written with sophia_web.inserts (the ORM cost more than the database here, see there); all
 run on PostgreSQL and on SQLite ≥ 3.35 (the embedded demo).
 """
 
@@ -45,7 +45,7 @@ from bot.models import (
     WebhookEvent,
 )
 from clinics.models import Clinic
-from sophia_web import inserts, live, metrics
+from sophia_web import inserts, live, metrics, task_rows
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def _process(
             inbound = _not_stored_before(event_id, inbound)
         new_conversations = _store_messages(cursor, event_id, inbound, now)
         if schedule and new_conversations:
-            schedule_turns(new_conversations)
+            schedule_turns(cursor, new_conversations, now)
         # A payload is one clinic's (one phone number) in practice: then the live views need
         # not look the conversations' clinic up.
         only = set(known)
@@ -275,13 +275,13 @@ def _clinics_by_number(numbers: set[str]) -> dict[str, int]:
     return found
 
 
-def schedule_turns(conversation_ids: list[int]) -> None:
-    """Queue a turn for each conversation, inside the webhook's transaction.
+def schedule_turns(cursor: CursorWrapper, conversation_ids: list[int], now: dt.datetime) -> None:
+    """Queue a turn for each conversation, inside the webhook's transaction: one INSERT of the
+    task rows (sophia_web.task_rows: the library's ORM enqueue was the request's largest cost).
 
     No savepoint: if an enqueue fails the transaction is retried without turns (see _receive).
     """
-    for conversation_id in conversation_ids:
-        processing.schedule_turns(conversation_id)
+    task_rows.enqueue_many(cursor, processing.run_turns, [(pk, 0) for pk in conversation_ids], now)
 
 
 # WhatsApp's payloads nest about ten levels; anything far deeper is not a message.

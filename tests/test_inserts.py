@@ -2,6 +2,8 @@
 
 import pytest
 from django.db.models.signals import post_save, pre_save
+from django_tasks_db.models import DBTaskResult
+from django_tasks_db.signal_handlers import set_run_after
 
 from bot.models import Conversation, Message, WebhookEvent
 from clinics.models import Appointment, AuditEvent
@@ -14,3 +16,11 @@ def test_it_writes_only_models_nobody_listens_to(model):
     # A receiver added for one of these would never hear the webhook's or the booking's rows.
     assert not pre_save.has_listeners(model)
     assert not post_save.has_listeners(model)
+
+
+def test_it_knows_every_listener_of_the_task_rows_it_writes():
+    # sophia_web.task_rows does by hand what django-tasks-db's one pre_save receiver does (a
+    # missing run_after stored as "any time"); a second receiver would be missed.
+    receivers = pre_save._live_receivers(DBTaskResult)[0]
+    assert receivers == [set_run_after]
+    assert not post_save.has_listeners(DBTaskResult)

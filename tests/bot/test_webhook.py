@@ -7,9 +7,10 @@ from unittest import mock
 import pytest
 from asgiref.sync import sync_to_async
 from django.db import connections
+from django_tasks_db.models import DBTaskResult
 
 from bot.models import Conversation, Message, MessageStatus, WebhookEvent
-from bot.processing import to_inbound
+from bot.processing import run_turns, to_inbound
 from bot.webhook import process_event, signature_for
 
 URL = "/whatsapp/webhook/"
@@ -53,6 +54,12 @@ def payload(*changes: dict) -> dict:
         "object": "whatsapp_business_account",
         "entry": [{"id": "WABA1", "changes": list(changes)}],
     }
+
+
+def queued_turns() -> list[int]:
+    """The conversations with a `run_turns` task queued, in the order queued."""
+    rows = DBTaskResult.objects.filter(task_path=run_turns.module_path).order_by("enqueued_at")
+    return [row.args_kwargs["args"][0] for row in rows]
 
 
 def post(client, body, *, signature: str | None = "sign"):
@@ -222,15 +229,14 @@ def test_it_drops_nul_characters_postgres_cannot_store(client, clinic):
 
 def test_it_stores_a_redelivered_message_once(client, clinic, django_capture_on_commit_callbacks):
     body = payload(change(clinic.phone_number_id, [text_message("wamid.A")]))
-    with mock.patch("bot.processing.schedule_turns") as schedule:
-        with django_capture_on_commit_callbacks(execute=True):
-            assert post(client, body).status_code == 200
-        with django_capture_on_commit_callbacks(execute=True):
-            assert post(client, body).status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post(client, body).status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        assert post(client, body).status_code == 200
 
     assert Message.objects.count() == 1
     assert WebhookEvent.objects.count() == 2
-    schedule.assert_called_once_with(Message.objects.get().conversation_id)
+    assert queued_turns() == [Message.objects.get().conversation_id]
 
 
 def test_it_processes_every_entry_change_and_message(
@@ -255,10 +261,7 @@ def test_it_processes_every_entry_change_and_message(
             },
         ],
     }
-    with (
-        mock.patch("bot.processing.schedule_turns") as schedule,
-        django_capture_on_commit_callbacks(execute=True),
-    ):
+    with django_capture_on_commit_callbacks(execute=True):
         assert post(client, body).status_code == 200
 
     assert list(Message.objects.order_by("id").values_list("wa_message_id", flat=True)) == [
@@ -270,10 +273,7 @@ def test_it_processes_every_entry_change_and_message(
     assert Conversation.objects.filter(clinic=clinic).count() == 2
     assert Conversation.objects.filter(clinic=other_clinic, wa_id=WA_ID).exists()
     # One turn per conversation with new messages, not one per message.
-    assert schedule.call_count == 3
-    assert {c.args[0] for c in schedule.call_args_list} == set(
-        Conversation.objects.values_list("id", flat=True)
-    )
+    assert sorted(queued_turns()) == sorted(Conversation.objects.values_list("id", flat=True))
 
 
 def message_of(kind: str, content: dict, wamid: str) -> dict:
@@ -558,7 +558,7 @@ def test_it_keeps_the_messages_when_the_turn_cannot_be_queued(client, clinic, ca
     from bot import periodic
 
     body = payload(change(clinic.phone_number_id, [text_message("wamid.A")]))
-    with mock.patch("bot.processing.schedule_turns", side_effect=RuntimeError("queue down")):
+    with mock.patch("bot.webhook.task_rows.enqueue_many", side_effect=RuntimeError("queue down")):
         response = post(client, body)
 
     assert response.status_code == 200

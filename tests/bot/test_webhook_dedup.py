@@ -20,7 +20,7 @@ from django_tasks_db.models import DBTaskResult
 from bot import webhook
 from bot.models import Conversation, Message, WebhookEvent
 from sophia_web import inserts, metrics
-from tests.bot.test_webhook import WA_ID, change, payload, post, text_message
+from tests.bot.test_webhook import WA_ID, change, payload, post, queued_turns, text_message
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,14 +51,13 @@ def test_it_stores_a_message_repeated_in_one_payload_once(client, clinic):
         change(clinic.phone_number_id, [text_message("wamid.A", "uno"), text_message("wamid.B")]),
         change(clinic.phone_number_id, [text_message("wamid.A", "uno")]),
     )
-    with mock.patch("bot.processing.schedule_turns") as schedule:
-        assert post(client, body).status_code == 200
+    assert post(client, body).status_code == 200
 
     assert list(Message.objects.values_list("wa_message_id", flat=True)) == ["wamid.A", "wamid.B"]
     assert set(Message.objects.values_list("webhook_event", flat=True)) == {
         WebhookEvent.objects.get().pk
     }
-    schedule.assert_called_once_with(Conversation.objects.get().pk)
+    assert queued_turns() == [Conversation.objects.get().pk]
     assert duplicates() == before + 1
 
 
@@ -72,13 +71,13 @@ def test_it_stores_only_the_new_messages_of_a_redelivery(client, clinic, caplog)
     body = payload(
         change(clinic.phone_number_id, [text_message("wamid.A"), text_message("wamid.B", "dos")])
     )
-    with mock.patch("bot.processing.schedule_turns") as schedule:
-        assert post(client, body).status_code == 200
+    DBTaskResult.objects.all().delete()  # the first message's turn
+    assert post(client, body).status_code == 200
 
     second = WebhookEvent.objects.latest("pk")
     stored = dict(Message.objects.values_list("wa_message_id", "webhook_event"))
     assert stored["wamid.A"] != second.pk and stored["wamid.B"] == second.pk
-    schedule.assert_called_once_with(conversation.pk)
+    assert queued_turns() == [conversation.pk]
     conversation.refresh_from_db()
     assert conversation.last_inbound_at > earlier and conversation.last_activity_at > earlier
     assert duplicates() == before + 1
@@ -90,10 +89,10 @@ def test_it_queues_nothing_when_every_message_is_a_redelivery(client, clinic):
     post(client, body)
     before = duplicates()
 
-    with mock.patch("bot.processing.schedule_turns") as schedule:
-        assert post(client, body).status_code == 200
+    DBTaskResult.objects.all().delete()  # the first delivery's turn
+    assert post(client, body).status_code == 200
 
-    schedule.assert_not_called()
+    assert queued_turns() == []
     assert Message.objects.count() == 2 and WebhookEvent.objects.count() == 2
     assert duplicates() == before + 2
 
@@ -126,13 +125,12 @@ def test_it_keeps_an_existing_conversations_data(client, clinic):
 
 def test_it_stores_every_message_without_an_id(client, clinic, caplog):
     body = payload(change(clinic.phone_number_id, [without_id(), without_id()]))
-    with mock.patch("bot.processing.schedule_turns") as schedule:
-        assert post(client, body).status_code == 200
-        assert post(client, body).status_code == 200
+    assert post(client, body).status_code == 200
+    assert post(client, body).status_code == 200
 
     # Nothing to deduplicate on: each is stored, and each payload queues a turn.
     assert Message.objects.filter(wa_message_id=None).count() == 4
-    assert schedule.call_count == 2
+    assert len(queued_turns()) == 2
     assert Conversation.objects.get().last_inbound_at is not None
     assert "message without an id, stored without dedup" in caplog.text
 
@@ -140,11 +138,11 @@ def test_it_stores_every_message_without_an_id(client, clinic, caplog):
 def test_it_stores_messages_with_and_without_ids_together(client, clinic):
     post(client, payload(change(clinic.phone_number_id, [text_message("wamid.A")])))
     body = payload(change(clinic.phone_number_id, [text_message("wamid.A"), without_id()]))
-    with mock.patch("bot.processing.schedule_turns") as schedule:
-        post(client, body)
+    DBTaskResult.objects.all().delete()  # the first message's turn
+    post(client, body)
 
     assert Message.objects.count() == 2
-    schedule.assert_called_once_with(Conversation.objects.get().pk)
+    assert queued_turns() == [Conversation.objects.get().pk]
 
 
 def test_it_upserts_many_senders_in_one_statement(client, clinic, other_clinic):
@@ -176,10 +174,7 @@ def test_it_stores_a_payload_too_large_for_one_statement_in_chunks(client, clini
     messages = [text_message(f"wamid.CH{i}", sender=wa_id) for i, wa_id in enumerate(senders)]
     messages.append(text_message("wamid.CH0", sender=senders[0]))  # and a duplicate
 
-    with (
-        mock.patch("bot.processing.schedule_turns") as schedule,
-        CaptureQueriesContext(connection) as queries,
-    ):
+    with CaptureQueriesContext(connection) as queries:
         assert post(client, payload(change(clinic.phone_number_id, messages))).status_code == 200
 
     insert = f'INSERT INTO "{Message._meta.db_table}"'
@@ -187,7 +182,7 @@ def test_it_stores_a_payload_too_large_for_one_statement_in_chunks(client, clini
     assert sum(q["sql"].startswith(insert) for q in queries) == 6
     assert Message.objects.count() == 12
     assert Conversation.objects.count() == 12
-    assert schedule.call_count == 12
+    assert len(queued_turns()) == 12
 
 
 def test_it_replays_an_event_idempotently(client, clinic):
@@ -198,13 +193,12 @@ def test_it_replays_an_event_idempotently(client, clinic):
         post(client, body)
     event = WebhookEvent.objects.get()
 
-    with mock.patch("bot.processing.schedule_turns") as schedule:
-        first = webhook.process_event(event, body)
-        conversation_id = Conversation.objects.get().pk
-        assert first == [conversation_id]
-        assert webhook.process_event(event, body) == []
+    first = webhook.process_event(event, body)
+    conversation_id = Conversation.objects.get().pk
+    assert first == [conversation_id]
+    assert webhook.process_event(event, body) == []
 
-    schedule.assert_called_once_with(conversation_id)
+    assert queued_turns() == [conversation_id]
     assert Message.objects.filter(webhook_event=event).count() == 2
 
 
@@ -216,9 +210,8 @@ def test_it_replays_an_event_with_messages_without_ids_once(client, clinic):
         post(client, body)
     event = WebhookEvent.objects.get()
 
-    with mock.patch("bot.processing.schedule_turns"):
-        assert webhook.process_event(event, body) == [Conversation.objects.get().pk]
-        assert webhook.process_event(event, body) == []
+    assert webhook.process_event(event, body) == [Conversation.objects.get().pk]
+    assert webhook.process_event(event, body) == []
 
     assert Message.objects.filter(webhook_event=event).count() == 2
     assert Message.objects.filter(webhook_event=event, wa_message_id=None).count() == 1

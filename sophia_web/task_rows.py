@@ -1,0 +1,59 @@
+"""Queue a task for many arguments in one INSERT, inside the caller's transaction.
+
+django-tasks-db's `DatabaseBackend.enqueue` writes one `DBTaskResult` per call through the
+ORM's `create()`. On the webhook's path that was the largest single cost left: 11.5 % of
+daphne's Python time under the ack benchmark's load, about 0.6 ms of the 5.6 ms a webhook
+request cost the web process (py-spy, bench/README.md "Fourth session"). `enqueue_many` writes
+the same rows with `sophia_web.inserts` (one statement for every call, the SQL cached).
+
+The row is the library's: the fields its backend sets (args_kwargs normalized by Django's own
+`normalize_json`, priority, task_path, queue_name, run_after, backend_name) and the model's
+defaults for the rest (id, status READY, worker_ids, …). Two things the library does through
+the ORM are done here by hand, and tests/test_task_rows.py compares a row written here with
+one the library writes, so an upgrade that changes either fails there:
+- its `pre_save` handler stores a missing run_after as `get_date_max()` ("run any time");
+- its `task_enqueued` signal is not sent: its only receiver is Django's DEBUG log line.
+A task on another backend, or a backend with its own `id_function`, goes through the
+library's `enqueue` unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+
+from django.db.backends.utils import CursorWrapper
+from django.tasks import Task
+from django.utils.json import normalize_json
+from django_tasks_db.backend import DatabaseBackend
+from django_tasks_db.models import DBTaskResult, get_date_max
+
+from sophia_web import inserts
+
+
+def enqueue_many(
+    cursor: CursorWrapper, task: Task, calls: Sequence[tuple], now: dt.datetime
+) -> list[uuid.UUID]:
+    """Queue `task(*args)` for each `args` in `calls`; the task ids, in no guaranteed order.
+
+    Written through `cursor`, so the rows commit (or roll back) with the caller's transaction.
+    """
+    if not calls:
+        return []
+    backend = task.get_backend()
+    if not isinstance(backend, DatabaseBackend) or backend.options.get("id_function"):
+        return [task.enqueue(*args).id for args in calls]
+    backend.validate_task(task)
+    run_after = task.run_after if task.run_after is not None else get_date_max()
+    fixed = {
+        "priority": task.priority,
+        "task_path": task.module_path,
+        "queue_name": task.queue_name,
+        "run_after": run_after,
+        "backend_name": backend.alias,
+    }
+    rows = [
+        {"args_kwargs": normalize_json({"args": args, "kwargs": {}}), **fixed} for args in calls
+    ]
+    return [pk for (pk,) in inserts.insert(cursor, DBTaskResult, rows, now)]
