@@ -40,6 +40,18 @@ def envsecret(name: str, default: str = "") -> str:
     return os.getenv(name, default)
 
 
+def prepare_threshold() -> int | None:
+    value = os.getenv("DB_PREPARE_THRESHOLD", "5").strip().lower()
+    if value in ("", "none", "off"):
+        return None
+    try:
+        return max(0, int(value))
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"DB_PREPARE_THRESHOLD must be a whole number or 'none', not {value!r}"
+        ) from None
+
+
 def database_from_url(url: str) -> dict:
     parts = urlsplit(url)
     if parts.scheme in {"postgres", "postgresql"}:
@@ -52,9 +64,18 @@ def database_from_url(url: str) -> dict:
             "PASSWORD": unquote(parts.password or ""),
             "HOST": parts.hostname or "",
             "PORT": str(parts.port or ""),
-            # Server-side binding: psycopg sends parameters apart from the SQL and prepares the
-            # statements it sees repeatedly, so PostgreSQL plans each hot query once.
-            "OPTIONS": {"server_side_binding": True, **options, "pool": pool},
+            # Server-side binding: psycopg sends parameters apart from the SQL. Prepared
+            # statements: psycopg prepares a statement the 5th time a connection runs it (its
+            # own default; Django turns it off for transaction-mode poolers, and Sophia connects
+            # straight to PostgreSQL through its own pool), so the webhook's, the turn's and
+            # the booking's statements are parsed and planned once per connection, not every
+            # time (bench/README.md, "Fourth session"). DB_PREPARE_THRESHOLD=none turns it off.
+            "OPTIONS": {
+                "server_side_binding": True,
+                "prepare_threshold": prepare_threshold(),
+                **options,
+                "pool": pool,
+            },
             "TEST": {"NAME": os.getenv("TEST_DATABASE_NAME") or None},
         }
     if parts.scheme == "sqlite":
