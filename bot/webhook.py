@@ -318,6 +318,9 @@ def parse_payload(raw: str, *, escapes: bool = True) -> tuple[dict | None, str]:
         return None, f"malformed JSON: {exc}"
     if not isinstance(payload, dict):
         return None, "malformed payload: expected a JSON object"
+    if not escapes and raw.count("{") + raw.count("[") <= MAX_JSON_DEPTH:
+        # Nothing to clean and too few brackets to nest too deep: no need to walk it.
+        return payload, ""
     try:
         return _clean_json(payload, 1, escapes), ""
     except _TooDeep:

@@ -72,12 +72,16 @@ def insert(
     """
     if not rows:
         return []
+    # The cursor's own connection, not django.db.connection: that proxy looks the connection
+    # up (asgiref's context-local storage) on every use, and the loop below uses it per value
+    # (8 % of the webhook's Python time when it did).
+    db = cursor.db
     fields = _fields(model)
-    quote = connection.ops.quote_name
+    quote = db.ops.quote_name
     tail = f"{on_conflict} RETURNING {', '.join(quote(c) for c in returning)}"
     # A statement takes only so many parameters (PostgreSQL 65,535; SQLite its build's limit),
     # so a payload of many messages is written a chunk of rows at a time.
-    limit = min(connection.features.max_query_params or MAX_PARAMS, MAX_PARAMS)
+    limit = min(db.features.max_query_params or MAX_PARAMS, MAX_PARAMS)
     per_statement = max(1, limit // len(fields))
     written: list[tuple] = []
     for start in range(0, len(rows), per_statement):
@@ -86,7 +90,7 @@ def insert(
         for values in chunk:
             for field in fields:
                 value = values[field.attname] if field.attname in values else _default(field, now)
-                params.append(field.get_db_prep_save(value, connection))
+                params.append(field.get_db_prep_save(value, db))
         cursor.execute(_sql(model, len(chunk), tail), params)
         written += cursor.fetchall()
     return written

@@ -36,10 +36,11 @@ def test_it_answers_400_to_2000_levels_of_nesting_and_keeps_the_body(client, cli
     assert f"webhook event {event.pk} refused" in caplog.text
 
 
+@pytest.mark.parametrize("escapes", [True, False], ids=["escapes", "no_escapes"])
 @pytest.mark.parametrize("depth", [2000, 900, MAX_JSON_DEPTH + 1])
-def test_it_refuses_deep_arrays_and_objects_without_a_recursion_error(depth):
+def test_it_refuses_deep_arrays_and_objects_without_a_recursion_error(depth, escapes):
     for raw in ('{"a":' + "[" * depth + "]" * depth + "}", '{"a":' * depth + "1" + "}" * depth):
-        parsed, reason = parse_payload(raw)
+        parsed, reason = parse_payload(raw, escapes=escapes)
         assert parsed is None and "nested deeper" in reason
 
 
