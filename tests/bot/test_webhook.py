@@ -554,6 +554,25 @@ async def test_it_refuses_a_3_mb_body_under_asgi(clinic, asgi_thread_connections
 # The hot path's guarantees (bench/bench_bot.py measures its speed) ------------------------------
 
 
+@pytest.mark.django_db(transaction=True)  # a real COMMIT, where a pipelined error surfaces
+def test_it_stores_the_messages_again_when_the_database_refuses_a_statement(client, clinic, caplog):
+    body = payload(change(clinic.phone_number_id, [text_message("wamid.A")]))
+
+    def refused(cursor, task, calls, now):
+        # Nobody reads its result: on PostgreSQL (pipeline mode) the error comes at COMMIT.
+        cursor.execute(f'UPDATE "{Message._meta.db_table}" SET "text" = NULL')
+        return []
+
+    with mock.patch("bot.webhook.task_rows.enqueue_many", side_effect=refused):
+        response = post(client, body)
+
+    assert response.status_code == 200
+    assert "retrying without queueing turns" in caplog.text
+    assert Message.objects.get().text == "Hola"  # the first attempt left nothing behind
+    assert WebhookEvent.objects.get().error == ""
+    assert queued_turns() == []  # the stranded-turn sweeper queues it
+
+
 def test_it_keeps_the_messages_when_the_turn_cannot_be_queued(client, clinic, caplog):
     from bot import periodic
 
