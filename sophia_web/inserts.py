@@ -68,7 +68,8 @@ def insert(
 
     `on_conflict` is the statement's ON CONFLICT clause, written by the caller from its own
     constants; the result is RETURNING `returning` (columns) for the rows written, in no
-    guaranteed order.
+    guaranteed order. With `returning` empty nothing is read back (in psycopg's pipeline mode
+    the statement then needs no wait of its own) and the result is [].
     """
     if not rows:
         return []
@@ -78,7 +79,9 @@ def insert(
     db = cursor.db
     fields = _fields(model)
     quote = db.ops.quote_name
-    tail = f"{on_conflict} RETURNING {', '.join(quote(c) for c in returning)}"
+    tail = on_conflict
+    if returning:
+        tail += f" RETURNING {', '.join(quote(c) for c in returning)}"
     # A statement takes only so many parameters (PostgreSQL 65,535; SQLite its build's limit),
     # so a payload of many messages is written a chunk of rows at a time.
     limit = min(db.features.max_query_params or MAX_PARAMS, MAX_PARAMS)
@@ -92,5 +95,6 @@ def insert(
                 value = values[field.attname] if field.attname in values else _default(field, now)
                 params.append(field.get_db_prep_save(value, db))
         cursor.execute(_sql(model, len(chunk), tail), params)
-        written += cursor.fetchall()
+        if returning:
+            written += cursor.fetchall()
     return written

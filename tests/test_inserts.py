@@ -1,12 +1,15 @@
 """sophia_web.inserts writes rows without the ORM's save(): no model signal is sent for them."""
 
 import pytest
+from django.db import connection, transaction
 from django.db.models.signals import post_save, pre_save
+from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 from django_tasks_db.signal_handlers import set_run_after
 
 from bot.models import Conversation, Message, WebhookEvent
 from clinics.models import Appointment, AuditEvent
+from sophia_web import inserts
 
 WRITTEN_BY_HAND = [WebhookEvent, Conversation, Message, Appointment, AuditEvent]
 
@@ -24,3 +27,14 @@ def test_it_knows_every_listener_of_the_task_rows_it_writes():
     receivers = pre_save._live_receivers(DBTaskResult)[0]
     assert receivers == [set_run_after]
     assert not post_save.has_listeners(DBTaskResult)
+
+
+@pytest.mark.django_db
+def test_it_writes_without_reading_back_when_asked_for_no_columns():
+    now = timezone.now()
+    rows = [{"body": "{}", "signature_valid": True}, {"body": "[]", "signature_valid": False}]
+    with transaction.atomic(), connection.cursor() as cursor:
+        assert inserts.insert(cursor, WebhookEvent, rows, now, returning=()) == []
+
+    stored = WebhookEvent.objects.order_by("body").values_list("body", "received_at")
+    assert list(stored) == [("[]", now), ("{}", now)]
