@@ -63,6 +63,23 @@ MAX_TURN_ATTEMPTS = 3
 # The longest a turn waits for its conversation's row lock (see _bound_lock_waits).
 LOCK_WAIT_LIMIT = "5s"
 
+# The columns a turn may change, saved by name: fewer to build and send than the whole row, and
+# the others (the webhook's contact name, staff's mode…) are not written back as they were read.
+_TURN_FIELDS = (
+    "state",
+    "context",
+    "patient",
+    "needs_staff",
+    "urgent",
+    "llm_prompt_tokens",
+    "llm_completion_tokens",
+    "closed_at",
+    "last_inbound_at",
+    "last_activity_at",
+    "updated_at",
+)
+_COALESCED_FIELDS = ("last_activity_at", "updated_at")
+
 # Engine states under the seed's names, for the session hash (`estado_flujo`).
 SEED_STATE_NAMES = {
     engine.State.START: "INICIAL",
@@ -296,7 +313,7 @@ def _run_one_turn_once(
         # "hola" "hola" "hola": the answer to the last message greets once for all.
         replies = [] if coalesced else _turn(conversation, message, now, llm)
         conversation.last_activity_at = now
-        conversation.save()
+        conversation.save(update_fields=_COALESCED_FIELDS if coalesced else _TURN_FIELDS)
         rows = whatsapp.queue_replies(conversation, replies) if replies else []
     elapsed = time.perf_counter() - started
     metrics.BOT_TURN_LATENCY.observe(elapsed)
@@ -437,13 +454,17 @@ def _idle_before(conversation: Conversation, message: Message) -> bool:
     Measured from the conversation's previous message, in or out: the webhook already moved
     `last_activity_at` to this message's arrival.
     """
+    idle_limit = dt.timedelta(minutes=settings.SOPHIA_SESSION_IDLE_MINUTES)
+    # No message of a conversation is older than the conversation: one younger than the limit
+    # (every conversation of a burst of new patients) cannot have gone idle. No query then.
+    if message.created_at - conversation.created_at <= idle_limit:
+        return False
     previous = (
         Message.objects.filter(conversation=conversation, created_at__lt=message.created_at)
         .order_by("-created_at")
         .values_list("created_at", flat=True)
         .first()
     )
-    idle_limit = dt.timedelta(minutes=settings.SOPHIA_SESSION_IDLE_MINUTES)
     return previous is not None and message.created_at - previous > idle_limit
 
 

@@ -521,6 +521,7 @@ def test_it_closes_an_idle_session_and_starts_fresh(clinic, slots, echo, fake_gr
     )
     long_ago = timezone.now() - dt.timedelta(minutes=31)
     Message.objects.filter(conversation=conversation).update(created_at=long_ago)
+    Conversation.objects.filter(pk=conversation.pk).update(created_at=long_ago)  # as old
 
     receive(clinic, text_message("buenas"))
     processing.process_conversation(conversation.pk)

@@ -20,6 +20,8 @@ instead of crash-looping.
 from __future__ import annotations
 
 import ctypes
+import functools
+import json
 import logging
 import os
 import signal
@@ -34,9 +36,11 @@ from types import FrameType
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import OperationalError, close_old_connections, connections
+from django.tasks import TaskResultStatus
+from django.utils import timezone
 from django.utils.crypto import get_random_string
 from django_tasks_db.management.commands.db_worker import Worker, valid_interval
-from django_tasks_db.models import DBTaskResult
+from django_tasks_db.models import DBTaskResult, get_date_max
 from django_tasks_db.utils import exclusive_transaction, is_locked_database_exception
 
 from bot import periodic, processing
@@ -149,6 +153,12 @@ class SophiaWorker(Worker):
 
     def claim_one(self) -> DBTaskResult | None:
         """Claim one ready task (SKIP LOCKED, so any number of workers may claim)."""
+        if connections[DBTaskResult.objects.db].vendor == "postgresql":
+            return claim_ready_task(
+                backend_name=self.backend_name,
+                queue_names=None if self.process_all_queues else self.queue_names,
+                worker_id=self.worker_id,
+            )
         tasks = DBTaskResult.objects.ready().filter(backend_name=self.backend_name)
         if not self.process_all_queues:
             tasks = tasks.filter(queue_name__in=self.queue_names)
@@ -168,6 +178,57 @@ class SophiaWorker(Worker):
         deadline = time.monotonic() + seconds
         while self.running and (left := deadline - time.monotonic()) > 0:
             time.sleep(min(left, 0.1))
+
+
+@functools.cache
+def _claim_sql(queues: int) -> str:
+    """One statement that claims the first ready task as django-tasks-db's Worker does (its
+    order, SKIP LOCKED, RUNNING with a start time and this worker's id) and returns its row.
+
+    The Worker's own claim is four round trips (BEGIN, the locking SELECT, the UPDATE, COMMIT)
+    per task; a burst's turns are one task each, so that was a fifth of a turn's statements.
+    """
+    meta = DBTaskResult._meta
+    quote = connections[DBTaskResult.objects.db].ops.quote_name
+
+    def column(name: str) -> str:
+        return quote(meta.get_field(name).column)
+
+    table, pk = quote(meta.db_table), column("id")
+    status, run_after = column("status"), column("run_after")
+    worker_ids = column("worker_ids")
+    in_queues = f"AND {column('queue_name')} IN ({', '.join(['%s'] * queues)})" if queues else ""
+    returning = ", ".join(quote(f.column) for f in meta.concrete_fields)
+    return (
+        f"UPDATE {table} SET {status} = %s, {column('started_at')} = %s, "  # noqa: S608
+        f"{worker_ids} = {worker_ids} || %s::jsonb "
+        f"WHERE {pk} = (SELECT {pk} FROM {table} "
+        f"WHERE {status} = %s AND {column('backend_name')} = %s {in_queues} "
+        f"AND ({run_after} = %s OR {run_after} <= %s) "
+        f"ORDER BY {column('priority')} DESC, {run_after} ASC, {column('enqueued_at')} ASC "
+        f"LIMIT 1 FOR UPDATE SKIP LOCKED) "
+        f"RETURNING {returning}"
+    )
+
+
+def claim_ready_task(
+    *, backend_name: str, queue_names: list[str] | None, worker_id: str
+) -> DBTaskResult | None:
+    """Claim the first ready task of these queues (None: all) in one statement (PostgreSQL)."""
+    now = timezone.now()
+    queues = list(queue_names or [])
+    params = [
+        TaskResultStatus.RUNNING,
+        now,
+        json.dumps([worker_id]),
+        TaskResultStatus.READY,
+        backend_name,
+        *queues,
+        get_date_max(),
+        now,
+    ]
+    claimed = list(DBTaskResult.objects.raw(_claim_sql(len(queues)), params))
+    return claimed[0] if claimed else None
 
 
 def _terminate_with_parent() -> None:
