@@ -149,12 +149,12 @@ def warm_up() -> None:
 
 def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
     """Run every pending turn of the conversation; return how many messages were processed."""
-    # The oldest pending message and its conversation in one read. Nothing pending is common:
-    # a patient's second message of a burst is usually answered by the first message's task.
-    first = _pending(conversation_id).select_related("conversation__clinic").first()
-    if first is None:
+    # Nothing pending is common: a patient's second message of a burst is usually answered by
+    # the first message's task.
+    pending = _next_pending(conversation_id)
+    if not pending:
         return 0
-    conversation = first.conversation
+    conversation = pending[0].conversation
     session_id = conversation.session_id
     lock = state.acquire_lock(session_id)
     if lock.status is state.LockStatus.BUSY:
@@ -166,52 +166,82 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
 
     processed = 0
     retry_after = 0.0
+    released: state.Released | None = None
     # Every log line of these turns carries the clinic and the masked session id.
     log_context = sophia_logging.bind(
         clinic=conversation.clinic_id,
         session=sophia_logging.mask_session(session_id),
         action="bot.turn",
     )
-    next_message: Message | None = first  # read before the lock: its claim below re-checks it
     try:
-        while (message := next_message or _pending(conversation_id).first()) is not None:
-            next_message = None
+        while pending:  # read before the lock or the last turn: each claim below re-checks it
+            message, more_behind = pending[0], len(pending) > 1
             if message.attempts >= MAX_TURN_ATTEMPTS:
                 give_up_on(message.pk)  # its earlier runs never finished
+                pending = _next_pending(conversation_id)
                 continue
             if processed:
                 state.extend_lock(session_id, lock.token)
             Message.objects.filter(pk=message.pk).update(attempts=F("attempts") + 1)
+            # "hola" "hola" "hola": the answer to the last message greets once for all. Such a
+            # greeting gets no typing indicator either (reading the next message marks it read).
+            coalesce = more_behind and conversation.mode == ConversationMode.BOT
+            coalesce = coalesce and _is_greeting(message)
             typing = None
-            if conversation.mode == ConversationMode.BOT:
+            if conversation.mode == ConversationMode.BOT and not coalesce:
                 # The indicator's HTTP call overlaps the turn instead of delaying it.
                 typing = _side_calls.submit(_typing_started, conversation, message.wa_message_id)
             try:
-                outcome = _run_one_turn(conversation_id, message)
-            finally:
+                outcome = _run_one_turn(conversation_id, message, coalesce)
+            except BaseException:
                 if typing is not None:
-                    _finish(typing)  # so "typing…" never lands after the reply
-                    _typing_stopped(conversation)
-            if outcome is None:
-                continue  # another worker (Redis down) took that message first
+                    _typing_stopped(conversation, _finish(typing))
+                raise
+            # So "typing…" never lands after the reply.
+            watched = _finish(typing) if typing is not None else []
+            if outcome is None:  # another worker (Redis down) took that message first
+                if typing is not None:
+                    _typing_stopped(conversation, watched)
+                pending = _next_pending(conversation_id)
+                continue
             conversation = outcome.conversation
+            _end_turn(
+                conversation,
+                typing=typing is not None,
+                watched=watched,
+                # A coalesced greeting's session is mirrored by the next message's turn.
+                mirror=not outcome.retry_after and not outcome.coalesced,
+            )
             _deliver(outcome.outbound)
             live.touch([conversation_id], clinic_id=conversation.clinic_id)
             if outcome.retry_after:
                 retry_after = outcome.retry_after
                 break  # over the rate limit: the rest waits for the window, in order
             processed += 1
-            _mirror_session(conversation)
+            pending = _next_pending(conversation_id)
     finally:
         if lock.status is state.LockStatus.ACQUIRED:
-            state.release_lock(session_id, lock.token)
+            released = state.release_lock_checked(session_id, lock.token)
         sophia_logging.reset(log_context)
     if retry_after:
         schedule_turns(conversation_id, delay=retry_after)
-    elif has_pending(conversation_id):
-        # A message stored while we were finishing found the lock still held: run it now.
+    elif released is not state.Released.FREE and has_pending(conversation_id):
+        # A message stored while we were finishing found the lock still held (the release
+        # says so; without Redis nothing tells): run it now.
         schedule_turns(conversation_id)
     return processed
+
+
+def _next_pending(conversation_id: int) -> list[Message]:
+    """The two oldest pending messages, the first with its conversation and clinic: one read
+    tells both what to run next and whether another message waits behind it."""
+    return list(_pending(conversation_id).select_related("conversation__clinic")[:2])
+
+
+def _is_greeting(message: Message) -> bool:
+    if message.kind != "text" or len(message.text) > 100:
+        return False
+    return nlu.detect_intent(message.text) == nlu.Intent.GREETING
 
 
 @dataclasses.dataclass
@@ -219,6 +249,7 @@ class _Outcome:
     conversation: Conversation
     outbound: list[Message]
     retry_after: float = 0.0  # seconds: the message waits for the rate-limit window
+    coalesced: bool = False  # a greeting answered by the next message's turn
 
 
 class _LLMNeeded(BaseException):
@@ -260,15 +291,18 @@ class _ReplayLLM:
 MAX_LLM_CALLS_PER_TURN = 3
 
 
-def _run_one_turn(conversation_id: int, message: Message) -> _Outcome | None:
-    """Run the turn of `message`, the conversation's oldest pending one when it was read."""
+def _run_one_turn(
+    conversation_id: int, message: Message, coalesce: bool = False
+) -> _Outcome | None:
+    """Run the turn of `message`, the conversation's oldest pending one when it was read;
+    `coalesce`: a greeting with another message behind it, answered by that message's turn."""
     helper = _llm_helper()
     answers: dict[tuple, object] = {}
     counted: dict[int, float] = {}  # message id → seconds to wait (counted once per message)
     while True:
         llm = _ReplayLLM(helper, answers) if helper is not None else None
         try:
-            return _run_one_turn_once(conversation_id, message, llm, counted)
+            return _run_one_turn_once(conversation_id, message, llm, counted, coalesce)
         except _LLMNeeded as needed:  # rolled back: no transaction is open here
             answers[needed.key] = _ask(needed) if len(answers) < MAX_LLM_CALLS_PER_TURN else None
 
@@ -282,7 +316,11 @@ def _ask(needed: _LLMNeeded) -> object:
 
 
 def _run_one_turn_once(
-    conversation_id: int, message: Message, llm: _ReplayLLM | None, counted: dict[int, float]
+    conversation_id: int,
+    message: Message,
+    llm: _ReplayLLM | None,
+    counted: dict[int, float],
+    coalesce: bool = False,
 ) -> _Outcome | None:
     now = timezone.now()
     started = time.perf_counter()
@@ -294,9 +332,7 @@ def _run_one_turn_once(
             .select_related("clinic", "patient")
             .get(pk=conversation_id)
         )
-        coalesced = conversation.mode == ConversationMode.BOT and _greeting_with_more_behind(
-            message
-        )
+        coalesced = coalesce and conversation.mode == ConversationMode.BOT
         if conversation.mode == ConversationMode.BOT and not coalesced:
             if message.pk not in counted:  # a turn run again after an LLM question counts once
                 counted[message.pk] = _rate_limit_wait(conversation, now)
@@ -310,7 +346,6 @@ def _run_one_turn_once(
         )
         if not claimed:
             return None
-        # "hola" "hola" "hola": the answer to the last message greets once for all.
         replies = [] if coalesced else _turn(conversation, message, now, llm)
         conversation.last_activity_at = now
         conversation.save(update_fields=_COALESCED_FIELDS if coalesced else _TURN_FIELDS)
@@ -324,7 +359,7 @@ def _run_one_turn_once(
         len(rows),
         extra={"duration_ms": round(elapsed * 1000, 1)},
     )
-    return _Outcome(conversation, rows)
+    return _Outcome(conversation, rows, coalesced=coalesced)
 
 
 def _turn(
@@ -340,14 +375,6 @@ def _turn(
         close_conversation(conversation, now)
 
     return _run_engine(conversation, message, now, llm)
-
-
-def _greeting_with_more_behind(message: Message) -> bool:
-    if message.kind != "text" or len(message.text) > 100:
-        return False
-    if nlu.detect_intent(message.text) != nlu.Intent.GREETING:
-        return False
-    return _pending(message.conversation_id).exclude(pk=message.pk).exists()
 
 
 def _rate_limit_wait(conversation: Conversation, now: dt.datetime) -> float:
@@ -670,11 +697,13 @@ def close_conversation(conversation: Conversation, now: dt.datetime) -> None:
 _side_calls = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sophia-typing")
 
 
-def _finish(future: Future) -> None:
+def _finish(future: Future) -> list[str]:
+    """Wait for the typing indicator's side call; the console groups it was shown to."""
     try:
-        future.result(timeout=TYPING_WAIT_SECONDS)
+        return future.result(timeout=TYPING_WAIT_SECONDS)
     except Exception:
         logger.warning("typing indicator still pending after %s s", TYPING_WAIT_SECONDS)
+        return []
 
 
 def _deliver(rows: list[Message]) -> None:
@@ -685,31 +714,65 @@ def _deliver(rows: list[Message]) -> None:
         logger.exception("delivering %d message(s) failed; the outbox will retry", len(rows))
 
 
-def _typing_started(conversation: Conversation, wa_message_id: str | None) -> None:
+def _typing_started(conversation: Conversation, wa_message_id: str | None) -> list[str]:
+    """Mark read and show "typing…" on WhatsApp, set the typing key, tell the console; returns
+    the console groups told (those some page watches)."""
     if wa_message_id:
         try:
             whatsapp.send_typing(conversation.clinic, wa_message_id)
         except Exception:
             logger.warning("typing indicator failed for conversation %s", conversation.pk)
-    _broadcast_typing(conversation, state.set_typing(conversation.session_id, True))
+    event = state.set_typing(conversation.session_id, True)
+    watched = _watching_groups(conversation)
+    _broadcast_typing(conversation, event, watched)
+    return watched
 
 
-def _typing_stopped(conversation: Conversation) -> None:
-    _broadcast_typing(conversation, state.set_typing(conversation.session_id, False))
+def _typing_stopped(conversation: Conversation, watched: list[str]) -> None:
+    _broadcast_typing(conversation, state.set_typing(conversation.session_id, False), watched)
 
 
-def _broadcast_typing(conversation: Conversation, event: dict) -> None:
-    """The same typing event to the console (best effort; sophia_web.live sends it from its
-    publisher thread: the turn goes on while it is sent)."""
+def _end_turn(
+    conversation: Conversation, *, typing: bool, watched: list[str], mirror: bool
+) -> None:
+    """After a turn: typing stopped (if it was shown) and the session mirrored (seed fields),
+    in one Redis round trip."""
+    if not typing and not mirror:
+        return
+    session = page = None
+    if mirror:
+        session, page = _session_fields(conversation), page_mapping(conversation)
+    if not typing:
+        # No typing to stop: the session alone (no "stopped" event for a turn that showed none).
+        state.save_session(conversation.session_id, session)
+        if page is not None:
+            state.save_page(conversation.session_id, page["page"], page)
+        return
+    event = state.end_turn(conversation.session_id, session, page)
+    _broadcast_typing(conversation, event, watched)
+
+
+def _watching_groups(conversation: Conversation) -> list[str]:
+    """The console groups a typing event is for that some page watches: asked once per turn
+    (from the typing thread), so an unwatched conversation (most of them) costs one question
+    instead of one per event, and its "stopped" event none."""
     if settings.REDIS_URL and not state.is_available():
-        return  # Redis is known to be down: don't wait on it
-    data = {"who": "bot", "conversation": conversation.pk, **event}
+        return []  # Redis is known to be down: don't wait on it
     groups = [f"conversation-{conversation.pk}", f"clinic-{conversation.clinic_id}"]  # + inbox row
-    live.send_ephemeral(groups, "typing", data)
+    return sorted(live.watching(groups, gap=False))
 
 
-def _mirror_session(conversation: Conversation) -> None:
-    """Mirror the conversation into `sophia:session:{id}` and its shown page (seed fields)."""
+def _broadcast_typing(conversation: Conversation, event: dict, watched: list[str]) -> None:
+    """The same typing event to the console groups that watch (best effort; sophia_web.live
+    sends it from its publisher thread: the turn goes on while it is sent)."""
+    if not watched:
+        return
+    data = {"who": "bot", "conversation": conversation.pk, **event}
+    live.send_ephemeral(watched, "typing", data)
+
+
+def _session_fields(conversation: Conversation) -> dict:
+    """The conversation as `sophia:session:{id}` mirrors it (the seed's fields)."""
     data = conversation.context or {}
     patient = conversation.patient if conversation.patient_id else None
     fields = {
@@ -726,10 +789,7 @@ def _mirror_session(conversation: Conversation) -> None:
         fields["categoria_identificada"] = specialty
     if data.get("confidence") is not None:
         fields["confianza_ia"] = data["confidence"]
-    state.save_session(conversation.session_id, fields)
-    page = page_mapping(conversation)
-    if page is not None:
-        state.save_page(conversation.session_id, page["page"], page)
+    return fields
 
 
 def page_mapping(conversation: Conversation) -> dict | None:
