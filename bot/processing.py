@@ -32,6 +32,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
@@ -47,6 +48,9 @@ from bot.models import Conversation, ConversationMode, Direction, Message, Messa
 from bot.text import MAX_TEXT
 from sophia_web import live, metrics
 from sophia_web import logging as sophia_logging
+
+if TYPE_CHECKING:
+    from clinics.models import Clinic
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +182,7 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
             message, more_behind = pending[0], len(pending) > 1
             if message.attempts >= MAX_TURN_ATTEMPTS:
                 give_up_on(message.pk)  # its earlier runs never finished
-                pending = _next_pending(conversation_id)
+                pending = _pending_after(conversation)
                 continue
             if processed:
                 state.extend_lock(session_id, lock.token)
@@ -202,7 +206,7 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
             if outcome is None:  # another worker (Redis down) took that message first
                 if typing is not None:
                     _typing_stopped(conversation, watched)
-                pending = _next_pending(conversation_id)
+                pending = _pending_after(conversation)
                 continue
             conversation = outcome.conversation
             _end_turn(
@@ -218,7 +222,7 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
                 retry_after = outcome.retry_after
                 break  # over the rate limit: the rest waits for the window, in order
             processed += 1
-            pending = _next_pending(conversation_id)
+            pending = _pending_after(conversation)
     finally:
         if lock.status is state.LockStatus.ACQUIRED:
             released = state.release_lock_checked(session_id, lock.token)
@@ -236,6 +240,31 @@ def _next_pending(conversation_id: int) -> list[Message]:
     """The two oldest pending messages, the first with its conversation and clinic: one read
     tells both what to run next and whether another message waits behind it."""
     return list(_pending(conversation_id).select_related("conversation__clinic")[:2])
+
+
+def _pending_after(conversation: Conversation) -> list[Message]:
+    """`_next_pending` once a turn has read the conversation (and its clinic) under its lock:
+    the messages alone, by a statement built once per process (hand-written, like the
+    claim below: the ORM spent more Python building it than PostgreSQL spent running it)."""
+    rows = list(Message.objects.raw(_pending_sql(), [conversation.pk]))
+    for message in rows:
+        message.conversation = conversation
+    return rows
+
+
+@functools.cache
+def _pending_sql() -> str:
+    quote = connection.ops.quote_name
+    c = {f.attname: quote(f.column) for f in Message._meta.concrete_fields}
+    # The constants are in the text, so the partial index of pending messages serves it.
+    direction, status = Direction.IN.value, MessageStatus.RECEIVED.value
+    assert direction.isalpha() and status.isalpha()  # our own constants, never input
+    return (
+        f"SELECT {', '.join(c.values())} FROM {quote(Message._meta.db_table)} "  # noqa: S608
+        f"WHERE {c['conversation_id']} = %s AND {c['direction']} = '{direction}' "
+        f"AND {c['status']} = '{status}' "
+        f"ORDER BY {c['wa_timestamp']} ASC NULLS LAST, {c['id']} ASC LIMIT 2"
+    )
 
 
 # Every turn counts its run and claims its message: two UPDATEs written by hand (the ORM spent
@@ -361,12 +390,7 @@ def _run_one_turn_once(
     started = time.perf_counter()
     with transaction.atomic():
         _bound_lock_waits()
-        # NO KEY: staff can still commit a takeover (a row pointing at this one) mid-turn.
-        conversation = (
-            Conversation.objects.select_for_update(of=("self",), no_key=True)
-            .select_related("clinic", "patient")
-            .get(pk=conversation_id)
-        )
+        conversation = _lock_conversation(conversation_id, message.conversation.clinic)
         coalesced = coalesce and conversation.mode == ConversationMode.BOT
         if conversation.mode == ConversationMode.BOT and not coalesced:
             if message.pk not in counted:  # a turn run again after an LLM question counts once
@@ -390,6 +414,20 @@ def _run_one_turn_once(
         extra={"duration_ms": round(elapsed * 1000, 1)},
     )
     return _Outcome(conversation, rows, coalesced=coalesced)
+
+
+def _lock_conversation(conversation_id: int, clinic: Clinic) -> Conversation:
+    """The conversation row, locked for the turn, with its patient. Its clinic is the one read
+    with the message this task started from (a few milliseconds ago): not read again."""
+    # NO KEY: staff can still commit a takeover (a row pointing at this one) mid-turn.
+    conversation = (
+        Conversation.objects.select_for_update(of=("self",), no_key=True)
+        .select_related("patient")
+        .get(pk=conversation_id)
+    )
+    if conversation.clinic_id == clinic.pk:
+        conversation.clinic = clinic
+    return conversation
 
 
 def _turn(
