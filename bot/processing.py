@@ -32,6 +32,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
@@ -48,6 +49,9 @@ from bot.text import MAX_TEXT
 from sophia_web import live, metrics
 from sophia_web import logging as sophia_logging
 
+if TYPE_CHECKING:
+    from clinics.models import Clinic
+
 logger = logging.getLogger(__name__)
 
 # Lock busy: try again this much later, up to a bound (past the lock's TTL the sweeper takes over).
@@ -62,6 +66,23 @@ TYPING_WAIT_SECONDS = 5.0
 MAX_TURN_ATTEMPTS = 3
 # The longest a turn waits for its conversation's row lock (see _bound_lock_waits).
 LOCK_WAIT_LIMIT = "5s"
+
+# The columns a turn may change, saved by name: fewer to build and send than the whole row, and
+# the others (the webhook's contact name, staff's mode…) are not written back as they were read.
+_TURN_FIELDS = (
+    "state",
+    "context",
+    "patient",
+    "needs_staff",
+    "urgent",
+    "llm_prompt_tokens",
+    "llm_completion_tokens",
+    "closed_at",
+    "last_inbound_at",
+    "last_activity_at",
+    "updated_at",
+)
+_COALESCED_FIELDS = ("last_activity_at", "updated_at")
 
 # Engine states under the seed's names, for the session hash (`estado_flujo`).
 SEED_STATE_NAMES = {
@@ -132,12 +153,12 @@ def warm_up() -> None:
 
 def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
     """Run every pending turn of the conversation; return how many messages were processed."""
-    # The oldest pending message and its conversation in one read. Nothing pending is common:
-    # a patient's second message of a burst is usually answered by the first message's task.
-    first = _pending(conversation_id).select_related("conversation__clinic").first()
-    if first is None:
+    # Nothing pending is common: a patient's second message of a burst is usually answered by
+    # the first message's task.
+    pending = _next_pending(conversation_id)
+    if not pending:
         return 0
-    conversation = first.conversation
+    conversation = pending[0].conversation
     session_id = conversation.session_id
     lock = state.acquire_lock(session_id)
     if lock.status is state.LockStatus.BUSY:
@@ -149,52 +170,142 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
 
     processed = 0
     retry_after = 0.0
+    released: state.Released | None = None
     # Every log line of these turns carries the clinic and the masked session id.
     log_context = sophia_logging.bind(
         clinic=conversation.clinic_id,
         session=sophia_logging.mask_session(session_id),
         action="bot.turn",
     )
-    next_message: Message | None = first  # read before the lock: its claim below re-checks it
     try:
-        while (message := next_message or _pending(conversation_id).first()) is not None:
-            next_message = None
+        while pending:  # read before the lock or the last turn: each claim below re-checks it
+            message, more_behind = pending[0], len(pending) > 1
             if message.attempts >= MAX_TURN_ATTEMPTS:
                 give_up_on(message.pk)  # its earlier runs never finished
+                pending = _pending_after(conversation)
                 continue
             if processed:
                 state.extend_lock(session_id, lock.token)
-            Message.objects.filter(pk=message.pk).update(attempts=F("attempts") + 1)
+            _count_attempt(message.pk)
+            # "hola" "hola" "hola": the answer to the last message greets once for all. Such a
+            # greeting gets no typing indicator either (reading the next message marks it read).
+            coalesce = more_behind and conversation.mode == ConversationMode.BOT
+            coalesce = coalesce and _is_greeting(message)
             typing = None
-            if conversation.mode == ConversationMode.BOT:
+            if conversation.mode == ConversationMode.BOT and not coalesce:
                 # The indicator's HTTP call overlaps the turn instead of delaying it.
                 typing = _side_calls.submit(_typing_started, conversation, message.wa_message_id)
             try:
-                outcome = _run_one_turn(conversation_id, message)
-            finally:
+                outcome = _run_one_turn(conversation_id, message, coalesce)
+            except BaseException:
                 if typing is not None:
-                    _finish(typing)  # so "typing…" never lands after the reply
-                    _typing_stopped(conversation)
-            if outcome is None:
-                continue  # another worker (Redis down) took that message first
+                    _typing_stopped(conversation, _finish(typing))
+                raise
+            # So "typing…" never lands after the reply.
+            watched = _finish(typing) if typing is not None else []
+            if outcome is None:  # another worker (Redis down) took that message first
+                if typing is not None:
+                    _typing_stopped(conversation, watched)
+                pending = _pending_after(conversation)
+                continue
             conversation = outcome.conversation
+            _end_turn(
+                conversation,
+                typing=typing is not None,
+                watched=watched,
+                # A coalesced greeting's session is mirrored by the next message's turn.
+                mirror=not outcome.retry_after and not outcome.coalesced,
+            )
             _deliver(outcome.outbound)
             live.touch([conversation_id], clinic_id=conversation.clinic_id)
             if outcome.retry_after:
                 retry_after = outcome.retry_after
                 break  # over the rate limit: the rest waits for the window, in order
             processed += 1
-            _mirror_session(conversation)
+            pending = _pending_after(conversation)
     finally:
         if lock.status is state.LockStatus.ACQUIRED:
-            state.release_lock(session_id, lock.token)
+            released = state.release_lock_checked(session_id, lock.token)
         sophia_logging.reset(log_context)
     if retry_after:
         schedule_turns(conversation_id, delay=retry_after)
-    elif has_pending(conversation_id):
-        # A message stored while we were finishing found the lock still held: run it now.
+    elif released is not state.Released.FREE and has_pending(conversation_id):
+        # A message stored while we were finishing found the lock still held (the release
+        # says so; without Redis nothing tells): run it now.
         schedule_turns(conversation_id)
     return processed
+
+
+def _next_pending(conversation_id: int) -> list[Message]:
+    """The two oldest pending messages, the first with its conversation and clinic: one read
+    tells both what to run next and whether another message waits behind it."""
+    return list(_pending(conversation_id).select_related("conversation__clinic")[:2])
+
+
+def _pending_after(conversation: Conversation) -> list[Message]:
+    """`_next_pending` once a turn has read the conversation (and its clinic) under its lock:
+    the messages alone, by a statement built once per process (hand-written, like the
+    claim below: the ORM spent more Python building it than PostgreSQL spent running it)."""
+    rows = list(Message.objects.raw(_pending_sql(), [conversation.pk]))
+    for message in rows:
+        message.conversation = conversation
+    return rows
+
+
+@functools.cache
+def _pending_sql() -> str:
+    quote = connection.ops.quote_name
+    c = {f.attname: quote(f.column) for f in Message._meta.concrete_fields}
+    # The constants are in the text, so the partial index of pending messages serves it.
+    direction, status = Direction.IN.value, MessageStatus.RECEIVED.value
+    assert direction.isalpha() and status.isalpha()  # our own constants, never input
+    return (
+        f"SELECT {', '.join(c.values())} FROM {quote(Message._meta.db_table)} "  # noqa: S608
+        f"WHERE {c['conversation_id']} = %s AND {c['direction']} = '{direction}' "
+        f"AND {c['status']} = '{status}' "
+        f"ORDER BY {c['wa_timestamp']} ASC NULLS LAST, {c['id']} ASC LIMIT 2"
+    )
+
+
+# Every turn counts its run and claims its message: two UPDATEs written by hand (the ORM spent
+# more Python building them than PostgreSQL spent running them; bench/README.md), the same SQL
+# on PostgreSQL and SQLite, from the model's names.
+
+
+@functools.cache
+def _message_sql(kind: str) -> str:
+    quote = connection.ops.quote_name
+    table = quote(Message._meta.db_table)
+    c = {f.attname: quote(f.column) for f in Message._meta.concrete_fields}
+    if kind == "attempt":
+        return f"UPDATE {table} SET {c['attempts']} = {c['attempts']} + 1 WHERE {c['id']} = %s"  # noqa: S608
+    return (
+        f"UPDATE {table} SET {c['status']} = %s, {c['processed_at']} = %s, {c['error']} = %s "  # noqa: S608
+        f"WHERE {c['id']} = %s AND {c['status']} = %s"
+    )
+
+
+def _count_attempt(message_id: int) -> None:
+    """One more run of the message's turn, in its own commit (autocommit) before it starts."""
+    with connection.cursor() as cursor:
+        cursor.execute(_message_sql("attempt"), [message_id])
+
+
+def _claim(message_id: int, now: dt.datetime, error: str) -> bool:
+    """received → processed; False when another worker (Redis down) ran it first."""
+    at = connection.ops.adapt_datetimefield_value(now)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _message_sql("claim"),
+            [MessageStatus.PROCESSED, at, error, message_id, MessageStatus.RECEIVED],
+        )
+        return cursor.rowcount == 1
+
+
+def _is_greeting(message: Message) -> bool:
+    if message.kind != "text" or len(message.text) > 100:
+        return False
+    return nlu.detect_intent(message.text) == nlu.Intent.GREETING
 
 
 @dataclasses.dataclass
@@ -202,6 +313,7 @@ class _Outcome:
     conversation: Conversation
     outbound: list[Message]
     retry_after: float = 0.0  # seconds: the message waits for the rate-limit window
+    coalesced: bool = False  # a greeting answered by the next message's turn
 
 
 class _LLMNeeded(BaseException):
@@ -243,15 +355,18 @@ class _ReplayLLM:
 MAX_LLM_CALLS_PER_TURN = 3
 
 
-def _run_one_turn(conversation_id: int, message: Message) -> _Outcome | None:
-    """Run the turn of `message`, the conversation's oldest pending one when it was read."""
+def _run_one_turn(
+    conversation_id: int, message: Message, coalesce: bool = False
+) -> _Outcome | None:
+    """Run the turn of `message`, the conversation's oldest pending one when it was read;
+    `coalesce`: a greeting with another message behind it, answered by that message's turn."""
     helper = _llm_helper()
     answers: dict[tuple, object] = {}
     counted: dict[int, float] = {}  # message id → seconds to wait (counted once per message)
     while True:
         llm = _ReplayLLM(helper, answers) if helper is not None else None
         try:
-            return _run_one_turn_once(conversation_id, message, llm, counted)
+            return _run_one_turn_once(conversation_id, message, llm, counted, coalesce)
         except _LLMNeeded as needed:  # rolled back: no transaction is open here
             answers[needed.key] = _ask(needed) if len(answers) < MAX_LLM_CALLS_PER_TURN else None
 
@@ -265,38 +380,29 @@ def _ask(needed: _LLMNeeded) -> object:
 
 
 def _run_one_turn_once(
-    conversation_id: int, message: Message, llm: _ReplayLLM | None, counted: dict[int, float]
+    conversation_id: int,
+    message: Message,
+    llm: _ReplayLLM | None,
+    counted: dict[int, float],
+    coalesce: bool = False,
 ) -> _Outcome | None:
     now = timezone.now()
     started = time.perf_counter()
     with transaction.atomic():
         _bound_lock_waits()
-        # NO KEY: staff can still commit a takeover (a row pointing at this one) mid-turn.
-        conversation = (
-            Conversation.objects.select_for_update(of=("self",), no_key=True)
-            .select_related("clinic", "patient")
-            .get(pk=conversation_id)
-        )
-        coalesced = conversation.mode == ConversationMode.BOT and _greeting_with_more_behind(
-            message
-        )
+        conversation = _lock_conversation(conversation_id, message.conversation.clinic)
+        coalesced = coalesce and conversation.mode == ConversationMode.BOT
         if conversation.mode == ConversationMode.BOT and not coalesced:
             if message.pk not in counted:  # a turn run again after an LLM question counts once
                 counted[message.pk] = _rate_limit_wait(conversation, now)
             if counted[message.pk]:
                 return _defer(conversation, message, now, counted[message.pk])
         # Under the row lock, claim the message: 0 rows when another worker (Redis down) ran it.
-        claimed = Message.objects.filter(pk=message.pk, status=MessageStatus.RECEIVED).update(
-            status=MessageStatus.PROCESSED,
-            processed_at=now,
-            error="coalesced with the next message" if coalesced else "",
-        )
-        if not claimed:
+        if not _claim(message.pk, now, "coalesced with the next message" if coalesced else ""):
             return None
-        # "hola" "hola" "hola": the answer to the last message greets once for all.
         replies = [] if coalesced else _turn(conversation, message, now, llm)
         conversation.last_activity_at = now
-        conversation.save()
+        conversation.save(update_fields=_COALESCED_FIELDS if coalesced else _TURN_FIELDS)
         rows = whatsapp.queue_replies(conversation, replies) if replies else []
     elapsed = time.perf_counter() - started
     metrics.BOT_TURN_LATENCY.observe(elapsed)
@@ -307,7 +413,21 @@ def _run_one_turn_once(
         len(rows),
         extra={"duration_ms": round(elapsed * 1000, 1)},
     )
-    return _Outcome(conversation, rows)
+    return _Outcome(conversation, rows, coalesced=coalesced)
+
+
+def _lock_conversation(conversation_id: int, clinic: Clinic) -> Conversation:
+    """The conversation row, locked for the turn, with its patient. Its clinic is the one read
+    with the message this task started from (a few milliseconds ago): not read again."""
+    # NO KEY: staff can still commit a takeover (a row pointing at this one) mid-turn.
+    conversation = (
+        Conversation.objects.select_for_update(of=("self",), no_key=True)
+        .select_related("patient")
+        .get(pk=conversation_id)
+    )
+    if conversation.clinic_id == clinic.pk:
+        conversation.clinic = clinic
+    return conversation
 
 
 def _turn(
@@ -323,14 +443,6 @@ def _turn(
         close_conversation(conversation, now)
 
     return _run_engine(conversation, message, now, llm)
-
-
-def _greeting_with_more_behind(message: Message) -> bool:
-    if message.kind != "text" or len(message.text) > 100:
-        return False
-    if nlu.detect_intent(message.text) != nlu.Intent.GREETING:
-        return False
-    return _pending(message.conversation_id).exclude(pk=message.pk).exists()
 
 
 def _rate_limit_wait(conversation: Conversation, now: dt.datetime) -> float:
@@ -437,13 +549,17 @@ def _idle_before(conversation: Conversation, message: Message) -> bool:
     Measured from the conversation's previous message, in or out: the webhook already moved
     `last_activity_at` to this message's arrival.
     """
+    idle_limit = dt.timedelta(minutes=settings.SOPHIA_SESSION_IDLE_MINUTES)
+    # No message of a conversation is older than the conversation: one younger than the limit
+    # (every conversation of a burst of new patients) cannot have gone idle. No query then.
+    if message.created_at - conversation.created_at <= idle_limit:
+        return False
     previous = (
         Message.objects.filter(conversation=conversation, created_at__lt=message.created_at)
         .order_by("-created_at")
         .values_list("created_at", flat=True)
         .first()
     )
-    idle_limit = dt.timedelta(minutes=settings.SOPHIA_SESSION_IDLE_MINUTES)
     return previous is not None and message.created_at - previous > idle_limit
 
 
@@ -649,11 +765,13 @@ def close_conversation(conversation: Conversation, now: dt.datetime) -> None:
 _side_calls = ThreadPoolExecutor(max_workers=4, thread_name_prefix="sophia-typing")
 
 
-def _finish(future: Future) -> None:
+def _finish(future: Future) -> list[str]:
+    """Wait for the typing indicator's side call; the console groups it was shown to."""
     try:
-        future.result(timeout=TYPING_WAIT_SECONDS)
+        return future.result(timeout=TYPING_WAIT_SECONDS)
     except Exception:
         logger.warning("typing indicator still pending after %s s", TYPING_WAIT_SECONDS)
+        return []
 
 
 def _deliver(rows: list[Message]) -> None:
@@ -664,31 +782,65 @@ def _deliver(rows: list[Message]) -> None:
         logger.exception("delivering %d message(s) failed; the outbox will retry", len(rows))
 
 
-def _typing_started(conversation: Conversation, wa_message_id: str | None) -> None:
+def _typing_started(conversation: Conversation, wa_message_id: str | None) -> list[str]:
+    """Mark read and show "typing…" on WhatsApp, set the typing key, tell the console; returns
+    the console groups told (those some page watches)."""
     if wa_message_id:
         try:
             whatsapp.send_typing(conversation.clinic, wa_message_id)
         except Exception:
             logger.warning("typing indicator failed for conversation %s", conversation.pk)
-    _broadcast_typing(conversation, state.set_typing(conversation.session_id, True))
+    event = state.set_typing(conversation.session_id, True)
+    watched = _watching_groups(conversation)
+    _broadcast_typing(conversation, event, watched)
+    return watched
 
 
-def _typing_stopped(conversation: Conversation) -> None:
-    _broadcast_typing(conversation, state.set_typing(conversation.session_id, False))
+def _typing_stopped(conversation: Conversation, watched: list[str]) -> None:
+    _broadcast_typing(conversation, state.set_typing(conversation.session_id, False), watched)
 
 
-def _broadcast_typing(conversation: Conversation, event: dict) -> None:
-    """The same typing event to the console (best effort; sophia_web.live sends it from its
-    publisher thread: the turn goes on while it is sent)."""
+def _end_turn(
+    conversation: Conversation, *, typing: bool, watched: list[str], mirror: bool
+) -> None:
+    """After a turn: typing stopped (if it was shown) and the session mirrored (seed fields),
+    in one Redis round trip."""
+    if not typing and not mirror:
+        return
+    session = page = None
+    if mirror:
+        session, page = _session_fields(conversation), page_mapping(conversation)
+    if not typing:
+        # No typing to stop: the session alone (no "stopped" event for a turn that showed none).
+        state.save_session(conversation.session_id, session)
+        if page is not None:
+            state.save_page(conversation.session_id, page["page"], page)
+        return
+    event = state.end_turn(conversation.session_id, session, page)
+    _broadcast_typing(conversation, event, watched)
+
+
+def _watching_groups(conversation: Conversation) -> list[str]:
+    """The console groups a typing event is for that some page watches: asked once per turn
+    (from the typing thread), so an unwatched conversation (most of them) costs one question
+    instead of one per event, and its "stopped" event none."""
     if settings.REDIS_URL and not state.is_available():
-        return  # Redis is known to be down: don't wait on it
-    data = {"who": "bot", "conversation": conversation.pk, **event}
+        return []  # Redis is known to be down: don't wait on it
     groups = [f"conversation-{conversation.pk}", f"clinic-{conversation.clinic_id}"]  # + inbox row
-    live.send_ephemeral(groups, "typing", data)
+    return sorted(live.watching(groups, gap=False))
 
 
-def _mirror_session(conversation: Conversation) -> None:
-    """Mirror the conversation into `sophia:session:{id}` and its shown page (seed fields)."""
+def _broadcast_typing(conversation: Conversation, event: dict, watched: list[str]) -> None:
+    """The same typing event to the console groups that watch (best effort; sophia_web.live
+    sends it from its publisher thread: the turn goes on while it is sent)."""
+    if not watched:
+        return
+    data = {"who": "bot", "conversation": conversation.pk, **event}
+    live.send_ephemeral(watched, "typing", data)
+
+
+def _session_fields(conversation: Conversation) -> dict:
+    """The conversation as `sophia:session:{id}` mirrors it (the seed's fields)."""
     data = conversation.context or {}
     patient = conversation.patient if conversation.patient_id else None
     fields = {
@@ -705,10 +857,7 @@ def _mirror_session(conversation: Conversation) -> None:
         fields["categoria_identificada"] = specialty
     if data.get("confidence") is not None:
         fields["confianza_ia"] = data["confidence"]
-    state.save_session(conversation.session_id, fields)
-    page = page_mapping(conversation)
-    if page is not None:
-        state.save_page(conversation.session_id, page["page"], page)
+    return fields
 
 
 def page_mapping(conversation: Conversation) -> dict | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -20,8 +21,7 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.utils import timezone
-from redis.exceptions import LockNotOwnedError
-from redis.lock import Lock as RedisLock
+from redis.commands.core import Script
 
 logger = logging.getLogger(__name__)
 
@@ -149,48 +149,85 @@ class Lock:
     token: str = ""
 
 
-def _redis_lock(r: redis.Redis, session_id: str, ttl: int, token: str = "") -> RedisLock:
-    """redis-py's Lock (SET NX PX with a token; owner-only release and extend by script)."""
-    lock = r.lock(lock_key(session_id), timeout=ttl, blocking=False, thread_local=False)
-    if token:
-        lock.local.token = token
-    return lock
+# The lock's value is its owner's token; a turn that finds it held leaves a "someone waited"
+# mark (as long-lived as the lock), so the owner knows on release whether a message may have
+# been stored after its last look at the queue (bot.processing looks again only then).
+# KEYS: the lock, its waiting mark. ARGV: token, TTL in ms. 1 acquired, 0 held by someone else.
+_ACQUIRE_SCRIPT = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+redis.call('set', KEYS[2], '1', 'PX', ARGV[2])
+return 0
+"""
+# KEYS: the lock, its waiting mark. ARGV: token. 0 not ours, 1 released, 2 released and someone
+# waited meanwhile. Owner-only: a lock that expired and moved on is left to its new owner.
+_RELEASE_SCRIPT = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('del', KEYS[1])
+if redis.call('del', KEYS[2]) == 1 then return 2 end
+return 1
+"""
+# KEYS: the lock. ARGV: token, TTL in ms. 1 extended, 0 not ours.
+_EXTEND_SCRIPT = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+return redis.call('pexpire', KEYS[1], ARGV[2])
+"""
+
+
+def waiting_key(session_id: str) -> str:
+    return f"sophia:lock:{session_id}:waiting"
+
+
+class Released(enum.Enum):
+    NOT_OWNER = 0  # expired and moved on (or never ours)
+    FREE = 1
+    WAITED = 2  # someone found it held meanwhile
+
+
+_scripts: dict[str, Script] = {}
+
+
+def _script(r: redis.Redis, source: str) -> Script:
+    """A Lua script run by EVALSHA (its text is sent once per server, not on every call)."""
+    script = _scripts.get(source)
+    if script is None:
+        script = _scripts[source] = r.register_script(source)
+    return script
 
 
 def acquire_lock(session_id: str, ttl: int = LOCK_TTL_SECONDS) -> Lock:
-    def take(r: redis.Redis) -> str:
-        lock = _redis_lock(r, session_id, ttl)
-        return lock.local.token.decode() if lock.acquire() else ""
-
-    token = _call(take, default=FAILED)
-    if token is FAILED:
+    token = secrets.token_hex(16)
+    keys = [lock_key(session_id), waiting_key(session_id)]
+    taken = _call(
+        lambda r: _script(r, _ACQUIRE_SCRIPT)(keys, [token, ttl * 1000], client=r),
+        default=FAILED,
+    )
+    if taken is FAILED:
         return Lock(LockStatus.UNAVAILABLE)
-    if token:
+    if taken:
         return Lock(LockStatus.ACQUIRED, token)
     return Lock(LockStatus.BUSY)
 
 
 def extend_lock(session_id: str, token: str, ttl: int = LOCK_TTL_SECONDS) -> bool:
-    def extend(r: redis.Redis) -> bool:
-        try:
-            return _redis_lock(r, session_id, ttl, token).extend(ttl, replace_ttl=True)
-        except LockNotOwnedError:
-            return False
+    keys = [lock_key(session_id)]
+    return bool(token) and bool(
+        _call(lambda r: _script(r, _EXTEND_SCRIPT)(keys, [token, ttl * 1000], client=r))
+    )
 
-    return bool(token) and bool(_call(extend))
+
+def release_lock_checked(session_id: str, token: str) -> Released | None:
+    """Delete the lock only if it still holds our token, and say whether someone found it held
+    meanwhile; None when Redis can't tell."""
+    if not token:
+        return Released.NOT_OWNER
+    keys = [lock_key(session_id), waiting_key(session_id)]
+    answer = _call(lambda r: _script(r, _RELEASE_SCRIPT)(keys, [token], client=r))
+    return None if answer is None else Released(int(answer))
 
 
 def release_lock(session_id: str, token: str) -> bool:
     """Delete the lock only if it still holds our token (it may have expired and moved on)."""
-
-    def release(r: redis.Redis) -> bool:
-        try:
-            _redis_lock(r, session_id, LOCK_TTL_SECONDS, token).release()
-        except LockNotOwnedError:
-            return False
-        return True
-
-    return bool(token) and bool(_call(release))
+    return release_lock_checked(session_id, token) in (Released.FREE, Released.WAITED)
 
 
 def is_locked(session_id: str) -> bool | None:
@@ -240,7 +277,8 @@ def take_turn(session_id: str, limit: int) -> float | None:
     is counted); None when Redis is unusable (the caller counts from PostgreSQL).
     """
     window_ms = RATE_WINDOW_SECONDS * 1000
-    left = _call(lambda r: r.eval(_TAKE_TURN_SCRIPT, 1, rate_key(session_id), limit, window_ms))
+    keys = [rate_key(session_id)]
+    left = _call(lambda r: _script(r, _TAKE_TURN_SCRIPT)(keys, [limit, window_ms], client=r))
     return None if left is None else int(left) / 1000
 
 
@@ -272,18 +310,44 @@ def set_typing(session_id: str, typing: bool) -> dict:
     return event
 
 
+def _save_session_commands(pipe, session_id: str, fields: dict[str, Any]) -> None:
+    mapping = {k: "" if v is None else str(v) for k, v in fields.items()}
+    if mapping:
+        pipe.hset(session_key(session_id), mapping=mapping)
+    pipe.expire(session_key(session_id), SESSION_TTL_SECONDS)
+
+
+def end_turn(
+    session_id: str, session: dict[str, Any] | None = None, page: dict | None = None
+) -> dict:
+    """Typing stopped (`set_typing(…, False)`) and, when given, the session hash and the page it
+    shows saved (`save_session`, `save_page`): one round trip at the end of a turn instead of
+    three. Returns the typing event."""
+    event = typing_event(session_id, False)
+
+    def send(r: redis.Redis) -> None:
+        pipe = r.pipeline(transaction=False)
+        pipe.delete(typing_key(session_id))
+        pipe.publish(TYPING_CHANNEL, json.dumps(event))
+        if session is not None:
+            _save_session_commands(pipe, session_id, session)
+        if page is not None:
+            pipe.set(page_key(session_id, page["page"]), json.dumps(page), ex=PAGE_TTL_SECONDS)
+        pipe.execute()
+
+    _call(send)
+    return event
+
+
 # --- session cache and page mappings --------------------------------------------------------
 
 
 def save_session(session_id: str, fields: dict[str, Any]) -> bool:
     """HSET the session hash (None values become "") and refresh its 30-minute TTL."""
-    mapping = {k: "" if v is None else str(v) for k, v in fields.items()}
 
     def save(r: redis.Redis) -> bool:
         pipe = r.pipeline()
-        if mapping:
-            pipe.hset(session_key(session_id), mapping=mapping)
-        pipe.expire(session_key(session_id), SESSION_TTL_SECONDS)
+        _save_session_commands(pipe, session_id, fields)
         pipe.execute()
         return True
 

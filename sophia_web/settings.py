@@ -305,6 +305,9 @@ LOGGING = {
         "django.server": {"handlers": [], "level": "INFO", "propagate": True},
         "django.db.backends": {"level": "WARNING"},
         "django_tasks_db": {"level": os.getenv("TASKS_LOG_LEVEL", "WARNING")},
+        # Django's own task signals: two INFO lines per task (RUNNING, SUCCESSFUL), i.e. per
+        # turn, each formatted and masked in the worker; a failed task still logs an ERROR.
+        "django.tasks": {"level": os.getenv("TASKS_LOG_LEVEL", "WARNING")},
         # One INFO line per outbound HTTP request (two per turn) says less than bot.whatsapp's
         # own lines; failures still come through as warnings.
         "httpx": {"level": os.getenv("HTTPX_LOG_LEVEL", "WARNING")},

@@ -15,6 +15,7 @@ import pytest
 from django.db import connection
 from django.db.models import F
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
@@ -521,6 +522,7 @@ def test_it_closes_an_idle_session_and_starts_fresh(clinic, slots, echo, fake_gr
     )
     long_ago = timezone.now() - dt.timedelta(minutes=31)
     Message.objects.filter(conversation=conversation).update(created_at=long_ago)
+    Conversation.objects.filter(pk=conversation.pk).update(created_at=long_ago)  # as old
 
     receive(clinic, text_message("buenas"))
     processing.process_conversation(conversation.pk)
@@ -531,3 +533,54 @@ def test_it_closes_an_idle_session_and_starts_fresh(clinic, slots, echo, fake_gr
     assert not SlotHold.objects.filter(released_at=None).exists()
     conversation.refresh_from_db()
     assert conversation.closed_at is None  # reopened by the new message
+
+
+# --- what a turn costs -----------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_runs_a_turn_in_at_most_sixteen_statements(clinic, echo, fake_graph):
+    # The worker's claim (1), the first pending read (1), the attempt (1); the turn's
+    # transaction: BEGIN, lock_timeout, the locking read, the claim, the engine's savepoint and
+    # its release, the conversation, the reply, COMMIT (9); the reply's claim and sent mark (2);
+    # the next pending read (1), the task's success (1). The echo engine reads nothing itself.
+    receive(clinic, text_message("hola"))
+    with CaptureQueriesContext(connection) as first:
+        assert run_ready_tasks() == 1
+    conversation = receive(clinic, text_message("1020304050"))
+    with CaptureQueriesContext(connection) as second:
+        assert run_ready_tasks() == 1
+    fake_graph.wait_for_messages(2)
+    assert echo.seen == ["hola", "1020304050"]
+    # On SQLite the claim is django-tasks-db's own (BEGIN, SELECT, UPDATE, COMMIT); and
+    # run_ready_tasks' last look for a task finds none: one statement more (three on SQLite).
+    limit = 16 + 1 if connection.vendor == "postgresql" else 19 + 3
+    assert len(first) <= limit, [q["sql"][:80] for q in first]
+    assert len(second) <= limit, [q["sql"][:80] for q in second]
+    assert [m.status for m in inbound(conversation)] == [MessageStatus.PROCESSED] * 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_runs_at_once_a_message_that_found_the_lock_held_while_it_finished(
+    clinic, echo, fake_graph, monkeypatch
+):
+    conversation = receive(clinic, text_message("hola"))
+    DBTaskResult.objects.all().delete()
+    real_release = state.release_lock_checked
+
+    def a_message_arrives_first(session_id, token):
+        # After the turn's last look at the queue, before the lock is let go.
+        receive(clinic, text_message("otra cosa"))
+        (task,) = DBTaskResult.objects.ready()
+        DBTaskResult.objects.filter(pk=task.pk).delete()
+        assert processing.process_conversation(conversation.pk) == 0  # busy: retried later
+        return real_release(session_id, token)
+
+    monkeypatch.setattr(state, "release_lock_checked", a_message_arrives_first)
+    assert processing.process_conversation(conversation.pk) == 1
+    monkeypatch.setattr(state, "release_lock_checked", real_release)
+    # Without the release's word, "otra cosa" would wait for its retry half a second later.
+    (now,) = DBTaskResult.objects.ready()
+    assert now.args_kwargs["args"] == [conversation.pk, 0]
+    run_ready_tasks()
+    assert echo.seen == ["hola", "otra cosa"]

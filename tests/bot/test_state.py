@@ -56,6 +56,30 @@ def test_it_extends_only_its_own_lock(r):
     assert r.ttl("sophia:lock:573001234567") > 5
 
 
+def test_it_tells_the_owner_on_release_whether_someone_found_the_lock_held(r):
+    lock = state.acquire_lock("573001234567")
+    assert state.release_lock_checked("573001234567", lock.token) is state.Released.FREE
+    lock = state.acquire_lock("573001234567")
+    assert state.acquire_lock("573001234567").status is state.LockStatus.BUSY
+    assert 0 < r.pttl("sophia:lock:573001234567:waiting") <= 60_000  # gone with the lock
+    assert state.release_lock_checked("573001234567", lock.token) is state.Released.WAITED
+    assert r.keys("sophia:lock:*") == []
+    assert state.release_lock_checked("573001234567", lock.token) is state.Released.NOT_OWNER
+
+
+def test_it_ends_a_turn_with_typing_stopped_and_the_session_mirrored(r):
+    state.set_typing("573001234567", True)
+    page = {"page": 2, "citas_mostradas": [{"posicion": 1, "slot_id": 7}]}
+    event = state.end_turn("573001234567", {"estado_flujo": "CITAS_MOSTRADAS", "x": None}, page)
+    assert event["status"] == "stopped"
+    assert r.exists("sophia:typing:573001234567") == 0
+    assert r.hgetall("sophia:session:573001234567") == {"estado_flujo": "CITAS_MOSTRADAS", "x": ""}
+    assert 1700 < r.ttl("sophia:session:573001234567") <= 1800
+    assert state.load_page("573001234567", 2) == page
+    state.end_turn("573001234568")  # typing only
+    assert r.exists("sophia:session:573001234568") == 0
+
+
 def test_it_counts_turns_in_a_one_minute_window_and_says_how_long_to_wait(r):
     waits = [state.take_turn("573001234567", limit=3) for _ in range(5)]
     assert waits[:3] == [0.0, 0.0, 0.0]

@@ -16,10 +16,12 @@ import psycopg
 import pytest
 from django.conf import settings
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from bot import engine, periodic, processing, state, whatsapp
+from bot.management.commands.run_worker import SophiaWorker
 from bot.messages import Reply
 from bot.models import Conversation, Direction, Message, MessageStatus, PeriodicJob
 from clinics import services
@@ -413,3 +415,45 @@ def test_it_runs_and_supervises_one_worker_process_per_cpu(workers, clinic, fake
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def make_worker(queue_names: list[str]) -> SophiaWorker:
+    return SophiaWorker(
+        queue_names=queue_names,
+        interval=0,
+        batch=False,
+        backend_name="default",
+        startup_delay=False,
+        max_tasks=None,
+        worker_id="claimer",
+        excluded_queue_names=[],
+        periodic_jobs=False,
+        periodic_every=1,
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_claims_ready_tasks_in_their_order_and_records_their_success():
+    later = processing.run_turns.using(run_after=timezone.now() + dt.timedelta(minutes=5))
+    later.enqueue(1, 0)  # not ready yet
+    low = processing.run_turns.using(priority=-10).enqueue(2, 0)
+    high = processing.run_turns.using(priority=10).enqueue(3, 0)
+    assert make_worker(["other-queue"]).claim_one() is None
+
+    worker = make_worker(["*"])
+    with CaptureQueriesContext(connection) as claim:
+        claimed = worker.claim_one()
+    assert str(claimed.pk) == high.id
+    if connection.vendor == "postgresql":
+        assert len(claim) == 1  # one UPDATE … RETURNING, not BEGIN/SELECT/UPDATE/COMMIT
+    stored = DBTaskResult.objects.get(pk=claimed.pk)
+    assert (stored.status, stored.worker_ids) == ("RUNNING", ["claimer"])
+    assert stored.started_at is not None
+    assert claimed.args_kwargs["args"] == [3, 0]
+
+    worker.run_task(claimed)
+    stored.refresh_from_db()
+    assert (stored.status, stored.return_value, stored.traceback) == ("SUCCESSFUL", 0, "")
+    assert stored.finished_at >= stored.started_at
+    assert str(make_worker(["turns"]).claim_one().pk) == low.id
+    assert worker.claim_one() is None
