@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
@@ -384,6 +385,28 @@ def _lock_slot_to_book_sql() -> str:
     )
 
 
+@contextmanager
+def _prepared() -> Iterator[None]:
+    """Statements run inside are prepared by psycopg on PostgreSQL: parsed and planned once per
+    connection, then only bound and executed. Django turns psycopg's automatic preparation off
+    (`prepare_threshold` None, for transaction-mode poolers: Sophia connects straight to
+    PostgreSQL through Django's own pool); planning the booking's statements cost PostgreSQL
+    ~0.4 ms of its ~1.2 ms of CPU per booking (bench/README.md). Only the statements of the
+    block are prepared — the same few texts every time, so psycopg's per-connection cache of
+    prepared statements never churns; any other query of the connection runs as before. SQLite
+    (its own statement cache) and other backends: nothing changes."""
+    raw = connection.connection
+    if connection.vendor != "postgresql" or raw is None:
+        yield
+        return
+    previous = raw.prepare_threshold
+    raw.prepare_threshold = 0
+    try:
+        yield
+    finally:
+        raw.prepare_threshold = previous
+
+
 def _aware(value: dt.datetime | str | None) -> dt.datetime | None:
     """A datetime column read by a raw cursor, as the ORM would give it: Django's own converter
     on backends that store text or naive UTC (SQLite); psycopg already returns it aware."""
@@ -748,7 +771,7 @@ def appointment_book(
         raise InvalidInput("notes must be text")
     _check_patient(clinic, patient, query=False)
     notes = notes.strip()[:MAX_NOTES]
-    with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor, _prepared():
         now = timezone.now()
         slot = _lock_slot_to_book(cursor, clinic, slot_id, patient, holder, now)
         appointment = _book_locked(
