@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
@@ -78,6 +79,9 @@ logger = logging.getLogger(__name__)
 
 MAX_HOLD_MINUTES = 60
 MAX_NOTES = 2000
+# The choices' `.values` build a new list on every read (~4 % of a booking's Python).
+ACTOR_TYPES = frozenset(AuditEvent.ActorType.values)
+APPOINTMENT_SOURCES = frozenset(AppointmentSource.values)
 
 
 @dataclass(frozen=True)
@@ -188,7 +192,7 @@ def _event_payload(appointment: Appointment) -> dict:
 
 
 def _check_actor(actor: Actor) -> None:
-    if not isinstance(actor, Actor) or actor.type not in AuditEvent.ActorType.values:
+    if not isinstance(actor, Actor) or actor.type not in ACTOR_TYPES:
         raise InvalidInput("actor must be an Actor with a known type")
 
 
@@ -382,6 +386,29 @@ def _lock_slot_to_book_sql() -> str:
         f" FROM {slot} s INNER JOIN {doctor} d ON d.id = s.doctor_id"
         f" WHERE s.id = %s{lock}"
     )
+
+
+@contextmanager
+def _prepared() -> Iterator[None]:
+    """Statements run inside are prepared by psycopg on PostgreSQL: parsed and planned once per
+    connection, then only bound and executed. Django turns psycopg's automatic preparation off
+    (`prepare_threshold` None, for transaction-mode poolers: Sophia connects straight to
+    PostgreSQL through Django's own pool); planning the booking's statements cost PostgreSQL
+    ~0.5 ms of its ~1.2 ms of CPU per booking (its backend's CPU over 2,000 bookings). Only the
+    statements of the block are prepared (a booking's or a reschedule's: the same few texts
+    every time, so psycopg's per-connection cache of prepared statements never churns); any
+    other query of the connection, the after-commit receivers' included, runs as before.
+    SQLite (its own statement cache) and other backends: nothing changes."""
+    raw = connection.connection
+    if connection.vendor != "postgresql" or raw is None:
+        yield
+        return
+    previous = raw.prepare_threshold
+    raw.prepare_threshold = 0
+    try:
+        yield
+    finally:
+        raw.prepare_threshold = previous
 
 
 def _aware(value: dt.datetime | str | None) -> dt.datetime | None:
@@ -740,7 +767,7 @@ def appointment_book(
     """Book a slot for a patient: one transaction, the slot row locked, audited, cita.creada."""
     _check_actor(actor)
     slot_id = _check_id(slot_id, "slot_id")
-    if source not in AppointmentSource.values:
+    if source not in APPOINTMENT_SOURCES:
         raise InvalidInput(f"unknown source {source!r}")
     if specialty is not None and specialty.clinic_id != clinic.pk:
         raise WrongClinic("the specialty belongs to another clinic")
@@ -748,7 +775,7 @@ def appointment_book(
         raise InvalidInput("notes must be text")
     _check_patient(clinic, patient, query=False)
     notes = notes.strip()[:MAX_NOTES]
-    with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor, _prepared():
         now = timezone.now()
         slot = _lock_slot_to_book(cursor, clinic, slot_id, patient, holder, now)
         appointment = _book_locked(
@@ -868,7 +895,7 @@ def appointment_reschedule(
     new_slot_id = _check_id(new_slot_id, "new_slot_id")
     if patient is not None:
         _check_patient(clinic, patient)
-    with transaction.atomic():
+    with transaction.atomic(), _prepared():
         now = timezone.now()
         found = _load_appointment(clinic, appointment_id, patient)
         if found.slot_id == new_slot_id:

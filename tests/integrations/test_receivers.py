@@ -1,12 +1,15 @@
 """The domain-event receiver of outgoing webhooks: which events a clinic subscribes to is cached,
 and saving or deleting an endpoint makes the next event read them again."""
 
+from types import SimpleNamespace
+
 import pytest
+from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from integrations import receivers, webhooks
-from integrations.models import WebhookDelivery
+from integrations.models import WebhookDelivery, WebhookEndpoint
 
 pytestmark = pytest.mark.django_db
 
@@ -21,6 +24,17 @@ def _allow_http(settings):
 def _shared_cache(settings):
     if not settings.REDIS_URL:
         pytest.skip("the subscriptions cache needs Redis (TEST_REDIS_URL)")
+    receivers.forget_local()
+    yield
+    receivers.forget_local()
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The receivers' monotonic clock, moved by hand."""
+    now = [1000.0]
+    monkeypatch.setattr(receivers, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    return now
 
 
 def event(clinic, name="cita.creada") -> None:
@@ -37,6 +51,39 @@ def test_it_asks_the_database_once_for_a_clinic_that_subscribes_to_nothing(clini
         event(clinic, "slot.liberado")
     assert len(first) == 1 and len(then) == 0
     assert not WebhookDelivery.objects.exists()
+
+
+def test_it_asks_redis_at_most_once_a_second_per_clinic(clinic, clock, monkeypatch):
+    reads = []
+    real_get = cache.get
+    monkeypatch.setattr(cache, "get", lambda *a, **k: reads.append(a[0]) or real_get(*a, **k))
+    for _ in range(5):
+        event(clinic)
+    clock[0] += receivers.LOCAL_CACHE_SECONDS / 2
+    event(clinic)
+    assert len(reads) == 1
+    clock[0] += receivers.LOCAL_CACHE_SECONDS
+    event(clinic)
+    assert len(reads) == 2
+
+
+def test_it_sees_an_endpoint_another_process_saved_within_a_second(clinic, clock):
+    event(clinic)  # this process keeps "nothing subscribed"
+    # Another process saves an endpoint: its commit forgets the Redis entry, and this process's
+    # copy is left as it was (no on-commit callback of the save runs here).
+    endpoint = WebhookEndpoint.objects.create(
+        clinic=clinic, url="http://127.0.0.1:9/hook", events=["cita.creada"], secret="s"
+    )
+    cache.delete(receivers._cache_key(clinic.pk))
+    clock[0] += receivers.LOCAL_CACHE_SECONDS
+    event(clinic)
+    assert list(WebhookDelivery.objects.values_list("endpoint_id", flat=True)) == [endpoint.pk]
+    # Switched off in another process: until this process notices, the stale copy still says
+    # "subscribed", and the delivery reads the active endpoints itself — nothing is queued.
+    WebhookEndpoint.objects.filter(pk=endpoint.pk).update(active=False)
+    cache.delete(receivers._cache_key(clinic.pk))
+    event(clinic)
+    assert WebhookDelivery.objects.count() == 1
 
 
 def test_it_queues_for_an_endpoint_added_after_the_subscriptions_were_cached(
