@@ -390,15 +390,17 @@ def _lock_slot_to_book_sql() -> str:
 
 @contextmanager
 def _prepared() -> Iterator[None]:
-    """Statements run inside are prepared by psycopg on PostgreSQL: parsed and planned once per
-    connection, then only bound and executed. Django turns psycopg's automatic preparation off
-    (`prepare_threshold` None, for transaction-mode poolers: Sophia connects straight to
-    PostgreSQL through Django's own pool); planning the booking's statements cost PostgreSQL
-    ~0.5 ms of its ~1.2 ms of CPU per booking (its backend's CPU over 2,000 bookings). Only the
-    statements of the block are prepared (a booking's or a reschedule's: the same few texts
-    every time, so psycopg's per-connection cache of prepared statements never churns); any
-    other query of the connection, the after-commit receivers' included, runs as before.
-    SQLite (its own statement cache) and other backends: nothing changes."""
+    """Statements run inside are prepared by psycopg on PostgreSQL at their first run: parsed
+    and planned once per connection, then only bound and executed. The connection prepares a
+    statement the 5th time it runs it (settings, DB_PREPARE_THRESHOLD), but psycopg forgets
+    every prepared statement at each ROLLBACK, and a refused booking (slot taken, patient
+    overlap: a third of the booking benchmark's attempts) is one: with the connection's
+    threshold the booking's statements would rarely be prepared under contention. Planning them
+    cost PostgreSQL ~0.5 ms of its ~1.2 ms of CPU per booking (its backend's CPU over 2,000
+    bookings). Only the statements of the block are prepared at once (a booking's or a
+    reschedule's: the same few texts every time); any other query of the connection keeps the
+    connection's threshold. SQLite (its own statement cache) and other backends: nothing
+    changes."""
     raw = connection.connection
     if connection.vendor != "postgresql" or raw is None:
         yield
