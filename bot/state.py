@@ -12,7 +12,6 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ import redis
 from django.conf import settings
 from django.utils import timezone
 from redis.commands.core import Script
+from redis.exceptions import LockNotOwnedError
+from redis.lock import Lock as RedisLock
 
 logger = logging.getLogger(__name__)
 
@@ -149,28 +150,9 @@ class Lock:
     token: str = ""
 
 
-# The lock's value is its owner's token; a turn that finds it held leaves a "someone waited"
-# mark (as long-lived as the lock), so the owner knows on release whether a message may have
-# been stored after its last look at the queue (bot.processing looks again only then).
-# KEYS: the lock, its waiting mark. ARGV: token, TTL in ms. 1 acquired, 0 held by someone else.
-_ACQUIRE_SCRIPT = """
-if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-redis.call('set', KEYS[2], '1', 'PX', ARGV[2])
-return 0
-"""
-# KEYS: the lock, its waiting mark. ARGV: token. 0 not ours, 1 released, 2 released and someone
-# waited meanwhile. Owner-only: a lock that expired and moved on is left to its new owner.
-_RELEASE_SCRIPT = """
-if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('del', KEYS[1])
-if redis.call('del', KEYS[2]) == 1 then return 2 end
-return 1
-"""
-# KEYS: the lock. ARGV: token, TTL in ms. 1 extended, 0 not ours.
-_EXTEND_SCRIPT = """
-if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
-return redis.call('pexpire', KEYS[1], ARGV[2])
-"""
+# A turn that finds the lock held leaves a "someone waited" mark (as long-lived as the lock),
+# so the owner learns on release whether a message may have been stored after its last look at
+# the queue (bot.processing looks again only then, instead of after every task).
 
 
 def waiting_key(session_id: str) -> str:
@@ -194,25 +176,38 @@ def _script(r: redis.Redis, source: str) -> Script:
     return script
 
 
+def _redis_lock(r: redis.Redis, session_id: str, ttl: int, token: str = "") -> RedisLock:
+    """redis-py's Lock (SET NX PX with a token; owner-only release and extend by script)."""
+    lock = r.lock(lock_key(session_id), timeout=ttl, blocking=False, thread_local=False)
+    if token:
+        lock.local.token = token
+    return lock
+
+
 def acquire_lock(session_id: str, ttl: int = LOCK_TTL_SECONDS) -> Lock:
-    token = secrets.token_hex(16)
-    keys = [lock_key(session_id), waiting_key(session_id)]
-    taken = _call(
-        lambda r: _script(r, _ACQUIRE_SCRIPT)(keys, [token, ttl * 1000], client=r),
-        default=FAILED,
-    )
-    if taken is FAILED:
+    def take(r: redis.Redis) -> str:
+        lock = _redis_lock(r, session_id, ttl)
+        if lock.acquire():
+            return lock.local.token.decode()
+        r.set(waiting_key(session_id), "1", px=ttl * 1000)  # only when busy: rare
+        return ""
+
+    token = _call(take, default=FAILED)
+    if token is FAILED:
         return Lock(LockStatus.UNAVAILABLE)
-    if taken:
+    if token:
         return Lock(LockStatus.ACQUIRED, token)
     return Lock(LockStatus.BUSY)
 
 
 def extend_lock(session_id: str, token: str, ttl: int = LOCK_TTL_SECONDS) -> bool:
-    keys = [lock_key(session_id)]
-    return bool(token) and bool(
-        _call(lambda r: _script(r, _EXTEND_SCRIPT)(keys, [token, ttl * 1000], client=r))
-    )
+    def extend(r: redis.Redis) -> bool:
+        try:
+            return _redis_lock(r, session_id, ttl, token).extend(ttl, replace_ttl=True)
+        except LockNotOwnedError:
+            return False
+
+    return bool(token) and bool(_call(extend))
 
 
 def release_lock_checked(session_id: str, token: str) -> Released | None:
@@ -220,9 +215,15 @@ def release_lock_checked(session_id: str, token: str) -> Released | None:
     meanwhile; None when Redis can't tell."""
     if not token:
         return Released.NOT_OWNER
-    keys = [lock_key(session_id), waiting_key(session_id)]
-    answer = _call(lambda r: _script(r, _RELEASE_SCRIPT)(keys, [token], client=r))
-    return None if answer is None else Released(int(answer))
+
+    def release(r: redis.Redis) -> Released:
+        try:
+            _redis_lock(r, session_id, LOCK_TTL_SECONDS, token).release()
+        except LockNotOwnedError:
+            return Released.NOT_OWNER
+        return Released.WAITED if r.delete(waiting_key(session_id)) else Released.FREE
+
+    return _call(release)
 
 
 def release_lock(session_id: str, token: str) -> bool:
