@@ -14,7 +14,6 @@ run on PostgreSQL and on SQLite ≥ 3.35 (the embedded demo).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -27,7 +26,6 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-import psycopg
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.backends.utils import CursorWrapper
@@ -205,7 +203,7 @@ def _process(
     now = timezone.now()
     inbound: list[_Inbound] = []
     status_ids: list[str] = []
-    with _pipelined(), transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
         values = list(_values(payload))
         clinics = _clinics_by_number({_phone_number_id(v) for v in values})
         known = [clinics[_phone_number_id(v)] for v in values if _phone_number_id(v) in clinics]
@@ -237,20 +235,6 @@ def _process(
         only = set(known)
         live.touch(new_conversations, status_ids, clinic_id=only.pop() if len(only) == 1 else None)
     return new_conversations
-
-
-def _pipelined() -> contextlib.AbstractContextManager:
-    """On PostgreSQL, psycopg's pipeline mode around the transaction: a statement whose result
-    nobody reads (BEGIN, the touch, the task rows) goes out with the next one instead of
-    waiting for its answer, so the request waits 4 times for PostgreSQL instead of 7 (BEGIN and
-    the event, the conversations, the messages, then touch + task rows + COMMIT). Each wait
-    also costs the web process a thread switch under load. Statements and results are the same;
-    an error surfaces at the next read or at COMMIT, and rolls the transaction back as before.
-    """
-    if connection.vendor != "postgresql" or not psycopg.Pipeline.is_supported():
-        return contextlib.nullcontext()
-    connection.ensure_connection()
-    return connection.connection.pipeline()
 
 
 def _phone_number_id(value: dict) -> str:

@@ -68,8 +68,7 @@ def insert(
 
     `on_conflict` is the statement's ON CONFLICT clause, written by the caller from its own
     constants; the result is RETURNING `returning` (columns) for the rows written, in no
-    guaranteed order. With `returning` empty nothing is read back (in psycopg's pipeline mode
-    the statement then needs no wait of its own) and the result is [].
+    guaranteed order. With `returning` empty nothing is read back and the result is [].
     """
     if not rows:
         return []

@@ -53,8 +53,7 @@ def enqueue_many(
         "run_after": run_after,
         "backend_name": backend.alias,
     }
-    # The ids are made here (the model's own default), so nothing is read back: in the
-    # webhook's pipeline the INSERT goes out with the COMMIT.
+    # The ids are made here (the model's own default): nothing needs reading back.
     rows = [
         {
             "id": DBTaskResult._meta.pk.get_default(),

@@ -554,12 +554,11 @@ async def test_it_refuses_a_3_mb_body_under_asgi(clinic, asgi_thread_connections
 # The hot path's guarantees (bench/bench_bot.py measures its speed) ------------------------------
 
 
-@pytest.mark.django_db(transaction=True)  # a real COMMIT, where a pipelined error surfaces
+@pytest.mark.django_db(transaction=True)  # a real transaction, rolled back for real
 def test_it_stores_the_messages_again_when_the_database_refuses_a_statement(client, clinic, caplog):
     body = payload(change(clinic.phone_number_id, [text_message("wamid.A")]))
 
     def refused(cursor, task, calls, now):
-        # Nobody reads its result: on PostgreSQL (pipeline mode) the error comes at COMMIT.
         cursor.execute(f'UPDATE "{Message._meta.db_table}" SET "text" = NULL')
         return []
 
