@@ -777,32 +777,46 @@ def appointment_book(
         raise InvalidInput("notes must be text")
     _check_patient(clinic, patient, query=False)
     notes = notes.strip()[:MAX_NOTES]
+    refused: BookingError | None = None
     with transaction.atomic(), connection.cursor() as cursor, _prepared():
         now = timezone.now()
         slot = _lock_slot_to_book(cursor, clinic, slot_id, patient, holder, now)
-        appointment = _book_locked(
-            cursor,
-            clinic=clinic,
-            patient=patient,
-            slot=slot,
-            actor=actor,
-            source=source,
-            specialty_id=specialty.pk if specialty is not None else None,
-            notes=notes,
-            now=now,
-        )
-        _audit(
-            clinic=clinic,
-            actor=actor,
-            action="appointment.book",
-            object_type="appointment",
-            object_id=appointment.pk,
-            before=None,
-            after=_appointment_state(appointment),
-            at=now,
-            cursor=cursor,
-        )
-        events.emit(clinic_id=clinic.pk, name="cita.creada", payload=_event_payload(appointment))
+        try:
+            _check_bookable(slot, now=now)
+        except BookingError as exc:
+            # Nothing is written yet: the transaction ends by COMMIT, not ROLLBACK. psycopg
+            # forgets every prepared statement at a ROLLBACK (DEALLOCATE ALL, one more round
+            # trip), so each refusal (a third of the booking benchmark's attempts) cost the next
+            # booking its preparation again.
+            refused = exc
+        else:
+            appointment = _book_locked(
+                cursor,
+                clinic=clinic,
+                patient=patient,
+                slot=slot,
+                actor=actor,
+                source=source,
+                specialty_id=specialty.pk if specialty is not None else None,
+                notes=notes,
+                now=now,
+            )
+            _audit(
+                clinic=clinic,
+                actor=actor,
+                action="appointment.book",
+                object_type="appointment",
+                object_id=appointment.pk,
+                before=None,
+                after=_appointment_state(appointment),
+                at=now,
+                cursor=cursor,
+            )
+            events.emit(
+                clinic_id=clinic.pk, name="cita.creada", payload=_event_payload(appointment)
+            )
+    if refused is not None:
+        raise refused
     logger.info(
         "appointment %s booked slot=%s patient=%s source=%s actor=%s",
         appointment.pk,
