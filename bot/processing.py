@@ -46,7 +46,7 @@ from bot.gateway import OrmGateway
 from bot.messages import Inbound, Reply
 from bot.models import Conversation, ConversationMode, Direction, Message, MessageStatus
 from bot.text import MAX_TEXT
-from sophia_web import live, metrics
+from sophia_web import inserts, live, metrics
 from sophia_web import logging as sophia_logging
 
 if TYPE_CHECKING:
@@ -255,7 +255,7 @@ def _pending_after(conversation: Conversation) -> list[Message]:
 @functools.cache
 def _pending_sql() -> str:
     quote = connection.ops.quote_name
-    c = {f.attname: quote(f.column) for f in Message._meta.concrete_fields}
+    c = inserts.columns(Message)
     # The constants are in the text, so the partial index of pending messages serves it.
     direction, status = Direction.IN.value, MessageStatus.RECEIVED.value
     assert direction.isalpha() and status.isalpha()  # our own constants, never input
@@ -276,7 +276,7 @@ def _pending_sql() -> str:
 def _message_sql(kind: str) -> str:
     quote = connection.ops.quote_name
     table = quote(Message._meta.db_table)
-    c = {f.attname: quote(f.column) for f in Message._meta.concrete_fields}
+    c = inserts.columns(Message)
     if kind == "attempt":
         return f"UPDATE {table} SET {c['attempts']} = {c['attempts']} + 1 WHERE {c['id']} = %s"  # noqa: S608
     return (

@@ -41,7 +41,7 @@ from bot.messages import (
 )
 from bot.models import Conversation, Direction, Message, MessageStatus, Takeover
 from clinics.identifiers import mask
-from sophia_web import live
+from sophia_web import inserts, live
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -506,18 +506,13 @@ def send_queued(rows: list[Message]) -> int:
 # running them; bench/README.md) — the same SQL on PostgreSQL and SQLite, from the models' names.
 
 
-def _columns(model: type) -> dict[str, str]:
-    quote = connection.ops.quote_name
-    return {f.attname: quote(f.column) for f in model._meta.concrete_fields}
-
-
 @functools.cache
 def _claim_rows_sql(rows: int) -> str:
     """`send_queued`'s claim: these queued rows → sending with a lease, unless an earlier row of
     their conversation (not one of them) is still pending or staff hold it (`_held_by_staff`)."""
     quote = connection.ops.quote_name
     table, takeovers = quote(Message._meta.db_table), quote(Takeover._meta.db_table)
-    c, t = _columns(Message), _columns(Takeover)
+    c, t = inserts.columns(Message), inserts.columns(Takeover)
     ids = ", ".join(["%s"] * rows)
     conversation = f"{table}.{c['conversation_id']}"
     return (
@@ -537,7 +532,7 @@ def _claim_rows_sql(rows: int) -> str:
 def _sent_sql(with_wamid: bool) -> str:
     """A claimed row went out: sent, one attempt more, no error (and WhatsApp's id)."""
     quote = connection.ops.quote_name
-    c = _columns(Message)
+    c = inserts.columns(Message)
     wamid = f"{c['wa_message_id']} = %s, " if with_wamid else ""
     return (
         f"UPDATE {quote(Message._meta.db_table)} SET {wamid}{c['status']} = %s, "  # noqa: S608

@@ -43,6 +43,13 @@ def _default(field: models.Field, now: dt.datetime) -> object:
     return field.get_default()
 
 
+def columns(model: type[models.Model]) -> dict[str, str]:
+    """The model's quoted column names by attname: the hot paths' hand-written statements
+    (here, bot.processing, bot.whatsapp) take their names from the models, never by hand."""
+    quote = connection.ops.quote_name
+    return {f.attname: quote(f.column) for f in model._meta.concrete_fields}
+
+
 # Keyed by row count too: a payload carries a handful of messages at most.
 @functools.lru_cache(maxsize=256)
 def _sql(model: type[models.Model], rows: int, tail: str) -> str:
