@@ -189,7 +189,9 @@ def acquire_lock(session_id: str, ttl: int = LOCK_TTL_SECONDS) -> Lock:
         lock = _redis_lock(r, session_id, ttl)
         if lock.acquire():
             return lock.local.token.decode()
-        r.set(waiting_key(session_id), "1", px=ttl * 1000)  # only when busy: rare
+        # Only when busy (rare). A mark set just after the owner released costs the next owner
+        # a needless pending check; this task is re-queued anyway (BUSY), so nothing waits.
+        r.set(waiting_key(session_id), "1", px=ttl * 1000)
         return ""
 
     token = _call(take, default=FAILED)
