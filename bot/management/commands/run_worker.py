@@ -44,6 +44,7 @@ from django_tasks_db.models import DBTaskResult, get_date_max
 from django_tasks_db.utils import exclusive_transaction, is_locked_database_exception, retry
 
 from bot import periodic, processing
+from sophia_web import inserts
 
 logger = logging.getLogger("bot.worker")
 
@@ -196,24 +197,18 @@ def _claim_sql(queues: int) -> str:
     The Worker's own claim is four round trips (BEGIN, the locking SELECT, the UPDATE, COMMIT)
     per task; a burst's turns are one task each, so that was a fifth of a turn's statements.
     """
-    meta = DBTaskResult._meta
-    quote = connections[DBTaskResult.objects.db].ops.quote_name
-
-    def column(name: str) -> str:
-        return quote(meta.get_field(name).column)
-
-    table, pk = quote(meta.db_table), column("id")
-    status, run_after = column("status"), column("run_after")
-    worker_ids = column("worker_ids")
-    in_queues = f"AND {column('queue_name')} IN ({', '.join(['%s'] * queues)})" if queues else ""
-    returning = ", ".join(quote(f.column) for f in meta.concrete_fields)
+    c = inserts.columns(DBTaskResult)
+    table = connections[DBTaskResult.objects.db].ops.quote_name(DBTaskResult._meta.db_table)
+    pk, status, run_after, worker_ids = c["id"], c["status"], c["run_after"], c["worker_ids"]
+    in_queues = f"AND {c['queue_name']} IN ({', '.join(['%s'] * queues)})" if queues else ""
+    returning = ", ".join(c.values())
     return (
-        f"UPDATE {table} SET {status} = %s, {column('started_at')} = %s, "  # noqa: S608
+        f"UPDATE {table} SET {status} = %s, {c['started_at']} = %s, "  # noqa: S608
         f"{worker_ids} = {worker_ids} || %s::jsonb "
         f"WHERE {pk} = (SELECT {pk} FROM {table} "
-        f"WHERE {status} = %s AND {column('backend_name')} = %s {in_queues} "
+        f"WHERE {status} = %s AND {c['backend_name']} = %s {in_queues} "
         f"AND ({run_after} = %s OR {run_after} <= %s) "
-        f"ORDER BY {column('priority')} DESC, {run_after} ASC, {column('enqueued_at')} ASC "
+        f"ORDER BY {c['priority']} DESC, {run_after} ASC, {c['enqueued_at']} ASC "
         f"LIMIT 1 FOR UPDATE SKIP LOCKED) "
         f"RETURNING {returning}"
     )
@@ -241,11 +236,10 @@ def claim_ready_task(
 
 @functools.cache
 def _success_sql() -> str:
-    meta = DBTaskResult._meta
-    quote = connections[DBTaskResult.objects.db].ops.quote_name
-    columns = {name: quote(meta.get_field(name).column) for name in _SUCCESS_FIELDS}
-    assignments = ", ".join(f"{column} = %s" for column in columns.values())
-    return f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"  # noqa: S608
+    c = inserts.columns(DBTaskResult)
+    table = connections[DBTaskResult.objects.db].ops.quote_name(DBTaskResult._meta.db_table)
+    assignments = ", ".join(f"{c[name]} = %s" for name in _SUCCESS_FIELDS)
+    return f"UPDATE {table} SET {assignments} WHERE {c['id']} = %s"  # noqa: S608
 
 
 _SUCCESS_FIELDS = ("status", "finished_at", "return_value", "exception_class_path", "traceback")
