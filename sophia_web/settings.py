@@ -12,6 +12,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+from sophia_web import static_files
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -113,10 +115,13 @@ INSTALLED_APPS = [
     "console",
 ]
 
+# sophia_web.handler runs this chain in one thread per request from the view up to servestatic's
+# middleware, the only async-only one: first, so every other runs in that thread (a middleware
+# above it would cost two thread hand-offs per request). Its files get SecurityMiddleware's
+# headers from sophia_web.static_files.security_headers instead.
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
-    # Static files from the app itself (async, so the webhook's path pays only a prefix check).
     "servestatic.middleware.ServeStaticMiddleware",
+    "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -127,8 +132,6 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     # Last, as django-axes asks: turns a locked-out login into its lockout page.
     "axes.middleware.AxesMiddleware",
-    # Innermost and sync only, so the whole chain runs in one thread per request.
-    "sophia_web.middleware.sync_chain",
 ]
 
 ROOT_URLCONF = "sophia_web.urls"
@@ -240,6 +243,7 @@ STATIC_ROOT = BASE_DIR / "var" / "static"
 # source folders too, so a checkout serves its CSS/JS without collectstatic.
 SERVESTATIC_USE_FINDERS = True
 SERVESTATIC_AUTOREFRESH = DEBUG
+SERVESTATIC_ADD_HEADERS_FUNCTION = static_files.security_headers
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
