@@ -1,23 +1,43 @@
-"""Django's ASGI handler with the middleware chain and the view in one thread per request."""
+"""Django's ASGI handler, cheaper per request: the middleware chain and the view run in one
+thread, taken from a small pool of threads that serve request after request."""
 
 from __future__ import annotations
 
-from asgiref.sync import AsyncToSync, sync_to_async
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from asgiref.sync import AsyncToSync, ThreadSensitiveContext, sync_to_async
+from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 
 
 class SyncChainASGIHandler(ASGIHandler):
-    """`ASGIHandler` whose middleware chain is built as under WSGI: synchronous from the view up
-    to the first async-only middleware (servestatic's), then asynchronous to the top.
+    """`ASGIHandler` with three changes, all about threads (figures: bench/README.md, fifth
+    session).
 
-    Every view and nearly every middleware of Sophia is synchronous. Django's own ASGI handler
-    builds the chain on its async `_get_response_async`, so a request hopped into a worker thread
-    for the synchronous middleware, back to the event loop to resolve the URL, into the thread
-    again for each `process_view` and once more for the view: five thread hand-offs where one
-    does. Built like this, a request enters a thread once (below servestatic) and runs the
-    remaining middleware, the URL resolution, `process_view` and the view there: 15 % less CPU
-    per request in daphne (bench/README.md, fifth session).
+    - The middleware chain is built as under WSGI: synchronous from the view up to the first
+      async-only middleware (servestatic's, first in MIDDLEWARE), then asynchronous to the top.
+      Every view and nearly every middleware of Sophia is synchronous; Django's own handler
+      builds the chain on its async `_get_response_async`, so a request hopped into a thread
+      for the synchronous middleware, back to the event loop to resolve the URL, into the
+      thread again for each `process_view` and once more for the view. Here it enters a thread
+      once and runs all of that there.
+    - Django starts a thread per request (a `ThreadSensitiveContext` of its own). Here the
+      request's context runs on a thread kept from an earlier request (asgiref's
+      executor-owning context), as a WSGI server's threads do, and the thread's database
+      wrapper is reused (its connection still goes back to the pool when the request ends).
+    - At most SOPHIA_WEB_THREADS requests run their synchronous part at once; the others wait
+      on the event loop, which costs nothing. Sixteen concurrent webhooks in sixteen threads
+      spent more CPU handing Python's GIL around between their database round trips than
+      running Python. Websockets are not counted: channels runs them outside this handler.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads = settings.SOPHIA_WEB_THREADS
+        self._idle_threads: list[ThreadPoolExecutor] = []
+        self._free: asyncio.Semaphore | None = None
+        self._free_loop: asyncio.AbstractEventLoop | None = None
 
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
@@ -28,3 +48,27 @@ class SyncChainASGIHandler(ASGIHandler):
             self._middleware_chain = chain.awaitable
         else:
             self._middleware_chain = sync_to_async(chain, thread_sensitive=True)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        async with self._free_threads():
+            # The event loop is the only caller: taking and giving back need no lock.
+            thread = (
+                self._idle_threads.pop()
+                if self._idle_threads
+                else ThreadPoolExecutor(max_workers=1, thread_name_prefix="sophia-request")
+            )
+            try:
+                # Everything the request started has finished when handle() returns.
+                async with ThreadSensitiveContext(executor=thread):
+                    await self.handle(scope, receive, send)
+            finally:
+                self._idle_threads.append(thread)
+
+    def _free_threads(self) -> asyncio.Semaphore:
+        # asyncio primitives belong to one event loop: daphne runs one, a test suite many.
+        loop = asyncio.get_running_loop()
+        if self._free is None or self._free_loop is not loop:
+            self._free, self._free_loop = asyncio.Semaphore(self.threads), loop
+        return self._free

@@ -134,6 +134,13 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
 ]
 
+# Requests running their synchronous part (middleware and view) at once, in daphne; more wait
+# for a free thread on the event loop (sophia_web.handler). Two per CPU: enough to overlap the
+# database round trips, few enough not to spend the CPU handing the GIL around.
+SOPHIA_WEB_THREADS = envint("SOPHIA_WEB_THREADS", str(2 * (os.cpu_count() or 1)))
+if SOPHIA_WEB_THREADS < 1:
+    raise ImproperlyConfigured("SOPHIA_WEB_THREADS must be at least 1")
+
 ROOT_URLCONF = "sophia_web.urls"
 ASGI_APPLICATION = "sophia_web.asgi.application"
 WSGI_APPLICATION = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from asgiref.sync import AsyncToSync
@@ -45,7 +46,21 @@ def recording_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(b"ok")
 
 
-urlpatterns = [path("here/", recording_view)]
+in_view = {"now": 0, "most": 0}
+lock = threading.Lock()
+
+
+def slow_view(request: HttpRequest) -> HttpResponse:
+    with lock:
+        in_view["now"] += 1
+        in_view["most"] = max(in_view["most"], in_view["now"])
+    time.sleep(0.05)
+    with lock:
+        in_view["now"] -= 1
+    return HttpResponse(b"ok")
+
+
+urlpatterns = [path("here/", recording_view), path("slow/", slow_view)]
 
 
 def headers_of(response: dict) -> dict[bytes, bytes]:
@@ -136,3 +151,32 @@ async def test_it_serves_static_files_before_the_chain_with_security_headers():
     assert headers[b"referrer-policy"] == b"same-origin"
     assert headers[b"cross-origin-opener-policy"] == b"same-origin"
     assert b"body" in body
+
+
+async def served(handler: SyncChainASGIHandler, url: str) -> dict:
+    """The response, once the handler has finished with the request (not only sent it)."""
+    communicator = HttpCommunicator(handler, "GET", url)
+    response = await communicator.get_response(timeout=5)
+    await communicator.wait(timeout=5)
+    return response
+
+
+@override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=[])
+async def test_it_serves_one_request_after_another_on_the_same_thread():
+    handler = SyncChainASGIHandler()
+    threads = set()
+    for _ in range(3):
+        seen.clear()
+        assert (await served(handler, "/here/"))["status"] == 200
+        threads.add(seen["view"])
+    assert len(threads) == 1
+
+
+@override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=[], SOPHIA_WEB_THREADS=2)
+async def test_it_runs_at_most_sophia_web_threads_requests_at_once_and_queues_the_rest():
+    in_view.update(now=0, most=0)
+    handler = SyncChainASGIHandler()
+    responses = await asyncio.gather(*(served(handler, "/slow/") for _ in range(6)))
+    assert [r["status"] for r in responses] == [200] * 6
+    assert in_view["most"] == 2
+    assert len(handler._idle_threads) == 2
