@@ -18,8 +18,6 @@ live events.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 
 from django.dispatch import receiver
 from django.utils import timezone
@@ -58,40 +56,11 @@ def update_calendars(sender, clinic_id: int, name: str, payload: dict, **kwargs)
     slot_ids = [i for i in slot_ids if isinstance(i, int)]
     if slot_ids:
         # Rendering the cells costs queries and a template; the booking that emitted the event
-        # must not wait for them, so the live publisher's thread does it (in order).
-        _queue_cells(clinic_id, slot_ids)
+        # must not wait for them, so the agenda's publisher thread does it (in order).
+        cells.add(clinic_id, slot_ids)
 
 
 CELLS_EVERY = 0.1  # seconds; a calendar shows a booking this much later at most
-publisher = live.Publisher("sophia-live-agenda")
-
-# clinic id → slot ids whose cells wait for the publisher (one task per clinic at a time).
-_pending_lock = threading.Lock()
-_pending: dict[int, dict[int, None]] = {}
-# clinic id → when its cells last went (time.monotonic()).
-_last_sent: dict[int, float] = {}
-
-
-def _queue_cells(clinic_id: int, slot_ids: list[int]) -> None:
-    with _pending_lock:
-        waiting = _pending.get(clinic_id)
-        if waiting is not None:  # a task for this clinic is queued: it will send these too
-            waiting.update(dict.fromkeys(slot_ids))
-            return
-        _pending[clinic_id] = dict.fromkeys(slot_ids)
-    publisher.submit(_send_pending, clinic_id)
-
-
-def _send_pending(clinic_id: int) -> None:
-    if publisher.in_background():  # inline (the in-process layer), the caller must not wait
-        wait = _last_sent.get(clinic_id, float("-inf")) + CELLS_EVERY - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)  # the agenda's thread: changes meanwhile join this send
-    _last_sent[clinic_id] = time.monotonic()
-    with _pending_lock:
-        slot_ids = list(_pending.pop(clinic_id, {}))
-    if slot_ids:
-        send_cells(clinic_id, slot_ids)
 
 
 def send_cells(clinic_id: int, slot_ids: list[int]) -> None:
@@ -104,3 +73,7 @@ def send_cells(clinic_id: int, slot_ids: list[int]) -> None:
     html = cells_html(clinic, slot_ids)
     if html:
         live.send_now(agenda_group(clinic_id), "agenda-cell", html)
+
+
+# clinic id → slot ids whose cells wait for the agenda's own publisher thread.
+cells = live.Coalescer(send_cells, every=CELLS_EVERY, name="sophia-live-agenda")

@@ -18,8 +18,6 @@ process's Python time).
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Iterable
 
 from django.db import transaction
@@ -37,13 +35,6 @@ logger = logging.getLogger(__name__)
 # Stats are slower to compute than a conversation's fragments: their own thread, at most one
 # render per clinic every STATS_EVERY seconds, so they never hold a conversation update up.
 STATS_EVERY = 1.0
-_stats_publisher = live.Publisher("sophia-live-stats")
-_stats_last: dict[int, float] = {}
-_pending_lock = threading.Lock()
-_pending: set[tuple[str, int]] = set()
-# Conversations waiting for the publisher, in the order they changed; a batch is queued when
-# the first one arrives and takes every one that arrived before it runs.
-_pending_conversations: dict[int, None] = {}
 # Per conversation, the urgent / needs-a-person flags last published (attention on a rise only).
 _flags: dict[int, tuple[bool, bool]] = {}
 
@@ -54,7 +45,7 @@ def conversation_changed(conversation_id: int, note_ids: Iterable[int] = ()) -> 
 
 
 def stats_changed(clinic_id: int) -> None:
-    transaction.on_commit(lambda: _submit("stats", clinic_id), robust=True)
+    transaction.on_commit(lambda: _stats.add(clinic_id), robust=True)
 
 
 def publish(
@@ -72,47 +63,24 @@ def publish(
     wamids = list(wa_message_ids)
     if wamids:
         live.publisher.submit(_publish_messages, wamids)
-    for conversation_id in conversation_ids:
-        _submit("conversation", conversation_id)
+    if conversation_ids:
+        _conversations.add(None, conversation_ids)
 
 
-def _submit(kind: str, pk: int) -> None:
-    if kind == "conversation":
-        with _pending_lock:
-            if pk in _pending_conversations:
-                return  # already waiting: it will render the latest state
-            first = not _pending_conversations
-            _pending_conversations[pk] = None
-        if first:
-            live.publisher.submit(_run_conversations)
-        return
-    key = (kind, pk)
-    with _pending_lock:
-        if key in _pending:
-            return  # already waiting: it will render the latest state
-        _pending.add(key)
-    _stats_publisher.submit(_run_stats, key)
+def _send_conversations(_key: None, conversation_ids: list[int]) -> None:
+    with translation.override("es"):
+        _publish_conversations(conversation_ids)
 
 
-def _run_stats(key: tuple[str, int]) -> None:
-    _, clinic_id = key
-    wait = _stats_last.get(clinic_id, 0.0) + STATS_EVERY - time.monotonic()
-    if wait > 0:
-        time.sleep(wait)  # in the stats thread: changes meanwhile fold into this render
-    _stats_last[clinic_id] = time.monotonic()
-    with _pending_lock:
-        _pending.discard(key)
+def _send_stats(clinic_id: int, _items: list) -> None:
     with translation.override("es"):
         _publish_stats(clinic_id)
 
 
-def _run_conversations() -> None:
-    # Taken before rendering: a change made meanwhile queues the next batch.
-    with _pending_lock:
-        conversation_ids = list(_pending_conversations)
-        _pending_conversations.clear()
-    with translation.override("es"):
-        _publish_conversations(conversation_ids)
+# Conversations that change while earlier ones wait for the live publisher join them: one "who
+# watches?" for all. Stats have their own thread, at most one render per clinic per interval.
+_conversations = live.Coalescer(_send_conversations, publisher=live.publisher)
+_stats = live.Coalescer(_send_stats, every=STATS_EVERY, name="sophia-live-stats")
 
 
 def _publish_messages(wa_message_ids: list[str]) -> None:
@@ -121,8 +89,8 @@ def _publish_messages(wa_message_ids: list[str]) -> None:
             "conversation_id", flat=True
         )
     )
-    for conversation_id in ids:
-        _submit("conversation", conversation_id)
+    if ids:
+        _conversations.add(None, ids)
 
 
 def render_row(row: Conversation) -> str:
@@ -225,7 +193,7 @@ def _publish_conversation(
                 "needs_staff": flags[1],
             },
         )
-    _submit("stats", row.clinic_id)
+    _stats.add(row.clinic_id)
 
 
 def _publish_stats(clinic_id: int) -> None:

@@ -26,10 +26,11 @@ class SyncChainASGIHandler(ASGIHandler):
       request's context runs on a thread kept from an earlier request (asgiref's
       executor-owning context), as a WSGI server's threads do, and the thread's database
       wrapper is reused (its connection still goes back to the pool when the request ends).
-    - At most SOPHIA_WEB_THREADS requests run their synchronous part at once; the others wait
-      on the event loop, which costs nothing. Sixteen concurrent webhooks in sixteen threads
-      spent more CPU handing Python's GIL around between their database round trips than
-      running Python. Websockets are not counted: channels runs them outside this handler.
+    - At most SOPHIA_WEB_THREADS requests run their middleware and view at once; the others
+      wait on the event loop (their bodies already read), which costs nothing. Sixteen
+      concurrent webhooks in sixteen threads spent more CPU handing Python's GIL around
+      between their database round trips than running Python. Websockets are not counted:
+      channels runs them outside this handler.
     """
 
     def __init__(self) -> None:
@@ -52,19 +53,27 @@ class SyncChainASGIHandler(ASGIHandler):
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        async with self._free_threads():
-            # The event loop is the only caller: taking and giving back need no lock.
-            thread = (
-                self._idle_threads.pop()
-                if self._idle_threads
-                else ThreadPoolExecutor(max_workers=1, thread_name_prefix="sophia-request")
-            )
-            try:
-                # Everything the request started has finished when handle() returns.
-                async with ThreadSensitiveContext(executor=thread):
-                    await self.handle(scope, receive, send)
-            finally:
+        # The event loop is the only caller: taking and giving back need no lock.
+        thread = (
+            self._idle_threads.pop()
+            if self._idle_threads
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="sophia-request")
+        )
+        try:
+            # Everything the request started has finished when handle() returns.
+            async with ThreadSensitiveContext(executor=thread):
+                await self.handle(scope, receive, send)
+        finally:
+            if len(self._idle_threads) < self.threads:
                 self._idle_threads.append(thread)
+            else:  # more requests than threads were reading their bodies at once
+                thread.shutdown(wait=False)
+
+    async def get_response_async(self, request):
+        # Bounded here, after the body has been read: a client sending its body slowly holds
+        # no thread that others wait for.
+        async with self._free_threads():
+            return await super().get_response_async(request)
 
     def _free_threads(self) -> asyncio.Semaphore:
         # asyncio primitives belong to one event loop: daphne runs one, a test suite many.

@@ -285,6 +285,54 @@ class Publisher:
 _publisher_thread = threading.local()
 publisher = Publisher()
 
+
+class Coalescer:
+    """Changes per key, sent together on a publisher thread, at most every `every` s per key.
+
+    `add(key, items)` queues the items of a key (a clinic, say). While a send of that key waits
+    for the publisher, later items join it, each once, in arrival order: a burst of changes
+    costs one "who watches?" and one render of the latest state. With `every`, a busy key's
+    sends are spaced: the first change after a quiet spell goes at once, the changes of a busy
+    spell wait for the rest of the interval, in the publisher's thread, never in the caller's
+    (with the in-process channel layer the publisher runs in the caller, so it never waits).
+    """
+
+    def __init__(
+        self,
+        send: Callable[[Any, list], None],
+        *,
+        every: float = 0.0,
+        publisher: Publisher | None = None,
+        name: str = "sophia-live",
+    ) -> None:
+        self.send = send
+        self.every = every
+        self.publisher = publisher or Publisher(name)
+        self._lock = threading.Lock()
+        self._pending: dict[Any, dict[Any, None]] = {}
+        self._last_sent: dict[Any, float] = {}
+
+    def add(self, key: Any, items: Iterable[Any] = ()) -> None:
+        with self._lock:
+            waiting = self._pending.get(key)
+            if waiting is not None:  # a send of this key is queued: it takes these too
+                waiting.update(dict.fromkeys(items))
+                return
+            self._pending[key] = dict.fromkeys(items)
+        self.publisher.submit(self._send_pending, key)
+
+    def _send_pending(self, key: Any) -> None:
+        if self.every and self.publisher.in_background():
+            wait = self._last_sent.get(key, float("-inf")) + self.every - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)  # the publisher's thread: changes meanwhile join this send
+            self._last_sent[key] = time.monotonic()
+        # Taken before sending: a change made meanwhile queues the next send.
+        with self._lock:
+            items = list(self._pending.pop(key, {}))
+        self.send(key, items)
+
+
 # Sent after commit when conversations change outside the console (a webhook stored messages or
 # statuses, a turn ran, the outbox sent): receivers get `conversation_ids`, `wa_message_ids` and
 # `clinic_id` (the conversations' clinic when the sender knew it, else None).

@@ -180,3 +180,26 @@ async def test_it_runs_at_most_sophia_web_threads_requests_at_once_and_queues_th
     assert [r["status"] for r in responses] == [200] * 6
     assert in_view["most"] == 2
     assert len(handler._idle_threads) == 2
+
+
+@override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=[], SOPHIA_WEB_THREADS=1)
+async def test_it_lets_a_client_still_sending_its_body_hold_no_thread():
+    handler = SyncChainASGIHandler()
+    slow = ApplicationCommunicator(
+        handler,
+        {
+            "type": "http",
+            "http_version": "1.1",
+            "method": "POST",
+            "path": "/here/",
+            "raw_path": b"/here/",
+            "query_string": b"",
+            "headers": [(b"host", b"127.0.0.1")],
+        },
+    )
+    await slow.send_input({"type": "http.request", "body": b"a" * 10, "more_body": True})
+    # The only thread is free for another request while the first body is still coming.
+    assert (await served(handler, "/here/"))["status"] == 200
+    await slow.send_input({"type": "http.request", "body": b"b" * 10})
+    assert (await slow.receive_output(5))["status"] == 200
+    await slow.wait(5)
