@@ -480,10 +480,9 @@ def _book_locked(
     now: dt.datetime,
     rescheduled_from: Appointment | None = None,
 ) -> Appointment:
-    """Book a slot the caller has locked, inside the caller's transaction (the caller audits).
-    Without `specialty_id`, the doctor's only specialty (if they have exactly one): the caller
-    read it with the lock."""
-    _check_bookable(slot, now=now)
+    """Book a slot the caller has locked and found bookable (`_check_bookable`), inside the
+    caller's transaction (the caller audits). Without `specialty_id`, the doctor's only
+    specialty (if they have exactly one): the caller read it with the lock."""
     # On PostgreSQL the exclusion constraint answers this at the INSERT (no extra query); the
     # embedded SQLite demo has no such constraint, so it asks first.
     if (
