@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 from asgiref.sync import AsyncToSync
@@ -48,13 +47,15 @@ def recording_view(request: HttpRequest) -> HttpResponse:
 
 in_view = {"now": 0, "most": 0}
 lock = threading.Lock()
+# Two views wait for each other inside: proof that two run at once, with no timing involved.
+pair = threading.Barrier(2, timeout=5)
 
 
 def slow_view(request: HttpRequest) -> HttpResponse:
     with lock:
         in_view["now"] += 1
         in_view["most"] = max(in_view["most"], in_view["now"])
-    time.sleep(0.05)
+    pair.wait()
     with lock:
         in_view["now"] -= 1
     return HttpResponse(b"ok")
@@ -175,6 +176,7 @@ async def test_it_serves_one_request_after_another_on_the_same_thread():
 @override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=[], SOPHIA_WEB_THREADS=2)
 async def test_it_runs_at_most_sophia_web_threads_requests_at_once_and_queues_the_rest():
     in_view.update(now=0, most=0)
+    pair.reset()
     handler = SyncChainASGIHandler()
     responses = await asyncio.gather(*(served(handler, "/slow/") for _ in range(6)))
     assert [r["status"] for r in responses] == [200] * 6
