@@ -32,7 +32,6 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
@@ -46,11 +45,9 @@ from bot.gateway import OrmGateway
 from bot.messages import Inbound, Reply
 from bot.models import Conversation, ConversationMode, Direction, Message, MessageStatus
 from bot.text import MAX_TEXT
-from sophia_web import inserts, live, metrics
+from clinics.models import Clinic, Patient
+from sophia_web import inserts, live, metrics, model_rows
 from sophia_web import logging as sophia_logging
-
-if TYPE_CHECKING:
-    from clinics.models import Clinic
 
 logger = logging.getLogger(__name__)
 
@@ -237,9 +234,47 @@ def process_conversation(conversation_id: int, *, attempt: int = 0) -> int:
 
 
 def _next_pending(conversation_id: int) -> list[Message]:
-    """The two oldest pending messages, the first with its conversation and clinic: one read
-    tells both what to run next and whether another message waits behind it."""
-    return list(_pending(conversation_id).select_related("conversation__clinic")[:2])
+    """The two oldest pending messages, with their conversation and its clinic: one read tells
+    both what to run next and whether another message waits behind it.
+
+    The ORM's `select_related` for this read was a turn's largest Python cost (bench/README.md,
+    sixth session): it is written once per process instead, loaded by sophia_web.model_rows
+    exactly as the ORM loads it."""
+    with connection.cursor() as cursor:
+        cursor.execute(_next_pending_sql(), [conversation_id])
+        rows = cursor.fetchall()
+        db = cursor.db  # the thread's connection itself: `connection` looks it up per use
+    if not rows:
+        return []
+    m, c = model_rows.width(Message), model_rows.width(Conversation)
+    conversation = model_rows.load(Conversation, rows[0][m : m + c], db)
+    conversation.clinic = model_rows.load(Clinic, rows[0][m + c :], db)
+    messages = []
+    for row in rows:
+        message = model_rows.load(Message, row[:m], db)
+        message.conversation = conversation
+        messages.append(message)
+    return messages
+
+
+@functools.cache
+def _next_pending_sql() -> str:
+    quote = connection.ops.quote_name
+    columns = ", ".join(
+        model_rows.select_list(model, alias, connection)
+        for model, alias in ((Message, "m"), (Conversation, "c"), (Clinic, "k"))
+    )
+    m = {name: f"m.{column}" for name, column in inserts.columns(Message).items()}
+    direction, status = Direction.IN.value, MessageStatus.RECEIVED.value
+    assert direction.isalpha() and status.isalpha()  # our own constants, never input
+    return (
+        f"SELECT {columns} FROM {quote(Message._meta.db_table)} m "  # noqa: S608
+        f"JOIN {quote(Conversation._meta.db_table)} c ON c.{quote('id')} = {m['conversation_id']} "
+        f"JOIN {quote(Clinic._meta.db_table)} k ON k.{quote('id')} = c.{quote('clinic_id')} "
+        f"WHERE {m['conversation_id']} = %s AND {m['direction']} = '{direction}' "
+        f"AND {m['status']} = '{status}' "
+        f"ORDER BY {m['wa_timestamp']} ASC NULLS LAST, {m['id']} ASC LIMIT 2"
+    )
 
 
 def _pending_after(conversation: Conversation) -> list[Message]:
@@ -419,15 +454,43 @@ def _run_one_turn_once(
 def _lock_conversation(conversation_id: int, clinic: Clinic) -> Conversation:
     """The conversation row, locked for the turn, with its patient. Its clinic is the one read
     with the message this task started from (a few milliseconds ago): not read again."""
-    # NO KEY: staff can still commit a takeover (a row pointing at this one) mid-turn.
-    conversation = (
-        Conversation.objects.select_for_update(of=("self",), no_key=True)
-        .select_related("patient")
-        .get(pk=conversation_id)
+    with connection.cursor() as cursor:
+        cursor.execute(_lock_conversation_sql(), [conversation_id])
+        row = cursor.fetchone()
+        db = cursor.db
+    if row is None:
+        raise Conversation.DoesNotExist(f"conversation {conversation_id} does not exist")
+    c = model_rows.width(Conversation)
+    conversation = model_rows.load(Conversation, row[:c], db)
+    conversation.patient = (
+        model_rows.load(Patient, row[c:], db) if conversation.patient_id is not None else None
     )
     if conversation.clinic_id == clinic.pk:
         conversation.clinic = clinic
     return conversation
+
+
+@functools.cache
+def _lock_conversation_sql() -> str:
+    """`select_for_update(of=("self",), no_key=True).select_related("patient")`, written once
+    per process (like `_next_pending_sql`); no lock clause where the database has none
+    (SQLite: one writer at a time, as the ORM does there)."""
+    quote = connection.ops.quote_name
+    columns = ", ".join(
+        model_rows.select_list(model, alias, connection)
+        for model, alias in ((Conversation, "c"), (Patient, "p"))
+    )
+    # NO KEY: staff can still commit a takeover (a row pointing at this one) mid-turn.
+    features = connection.features
+    lock = ""
+    if features.has_select_for_update:
+        strength = "NO KEY UPDATE" if features.has_select_for_no_key_update else "UPDATE"
+        lock = f" FOR {strength}" + (" OF c" if features.has_select_for_update_of else "")
+    return (
+        f"SELECT {columns} FROM {quote(Conversation._meta.db_table)} c "  # noqa: S608
+        f"LEFT JOIN {quote(Patient._meta.db_table)} p ON p.{quote('id')} = c.{quote('patient_id')} "
+        f"WHERE c.{quote('id')} = %s{lock}"
+    )
 
 
 def _turn(
