@@ -258,19 +258,24 @@ def _next_pending(conversation_id: int) -> list[Message]:
 
 
 @functools.cache
-def _next_pending_sql() -> str:
+def _next_pending_sql(*, joined: bool = True) -> str:
+    """The conversation's two oldest pending messages; `joined`: with its conversation and
+    clinic (columns in sophia_web.model_rows' order)."""
     quote = connection.ops.quote_name
-    columns = ", ".join(
-        model_rows.select_list(model, alias, connection)
-        for model, alias in ((Message, "m"), (Conversation, "c"), (Clinic, "k"))
-    )
+    tables = ((Message, "m"), (Conversation, "c"), (Clinic, "k")) if joined else ((Message, "m"),)
+    columns = ", ".join(model_rows.select_list(model, a, connection) for model, a in tables)
     m = {name: f"m.{column}" for name, column in inserts.columns(Message).items()}
+    joins = (
+        f"JOIN {quote(Conversation._meta.db_table)} c ON c.{quote('id')} = {m['conversation_id']} "
+        f"JOIN {quote(Clinic._meta.db_table)} k ON k.{quote('id')} = c.{quote('clinic_id')} "
+        if joined
+        else ""
+    )
+    # The constants are in the text, so the partial index of pending messages serves it.
     direction, status = Direction.IN.value, MessageStatus.RECEIVED.value
     assert direction.isalpha() and status.isalpha()  # our own constants, never input
     return (
-        f"SELECT {columns} FROM {quote(Message._meta.db_table)} m "  # noqa: S608
-        f"JOIN {quote(Conversation._meta.db_table)} c ON c.{quote('id')} = {m['conversation_id']} "
-        f"JOIN {quote(Clinic._meta.db_table)} k ON k.{quote('id')} = c.{quote('clinic_id')} "
+        f"SELECT {columns} FROM {quote(Message._meta.db_table)} m {joins}"  # noqa: S608
         f"WHERE {m['conversation_id']} = %s AND {m['direction']} = '{direction}' "
         f"AND {m['status']} = '{status}' "
         f"ORDER BY {m['wa_timestamp']} ASC NULLS LAST, {m['id']} ASC LIMIT 2"
@@ -279,27 +284,15 @@ def _next_pending_sql() -> str:
 
 def _pending_after(conversation: Conversation) -> list[Message]:
     """`_next_pending` once a turn has read the conversation (and its clinic) under its lock:
-    the messages alone, by a statement built once per process (hand-written, like the
-    claim below: the ORM spent more Python building it than PostgreSQL spent running it)."""
-    rows = list(Message.objects.raw(_pending_sql(), [conversation.pk]))
-    for message in rows:
+    the messages alone."""
+    with connection.cursor() as cursor:
+        cursor.execute(_next_pending_sql(joined=False), [conversation.pk])
+        rows = cursor.fetchall()
+        db = cursor.db
+    messages = [model_rows.load(Message, row, db) for row in rows]
+    for message in messages:
         message.conversation = conversation
-    return rows
-
-
-@functools.cache
-def _pending_sql() -> str:
-    quote = connection.ops.quote_name
-    c = inserts.columns(Message)
-    # The constants are in the text, so the partial index of pending messages serves it.
-    direction, status = Direction.IN.value, MessageStatus.RECEIVED.value
-    assert direction.isalpha() and status.isalpha()  # our own constants, never input
-    return (
-        f"SELECT {', '.join(c.values())} FROM {quote(Message._meta.db_table)} "  # noqa: S608
-        f"WHERE {c['conversation_id']} = %s AND {c['direction']} = '{direction}' "
-        f"AND {c['status']} = '{status}' "
-        f"ORDER BY {c['wa_timestamp']} ASC NULLS LAST, {c['id']} ASC LIMIT 2"
-    )
+    return messages
 
 
 # Every turn counts its run and claims its message: two UPDATEs written by hand (the ORM spent
