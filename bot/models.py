@@ -1,5 +1,7 @@
 """Conversations and every WhatsApp message in and out (DESIGN §3, §6, §7)."""
 
+from collections.abc import Iterable
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -125,18 +127,29 @@ class Conversation(models.Model):
         return f"conversation {self.pk} ({self.clinic.slug})"
 
     def save(self, *args, **kwargs) -> None:
-        # The engine writes why it handed the chat over into its context (bot.engine
-        # StepResult.handoff_reason, Snapshot.data["handoff_reason"]); the column mirrors it so
-        # staff can list and filter by it, and clears when staff hand the chat back.
+        fields = kwargs.get("update_fields")
+        mirrored = self.mirror_handoff_reason(fields if fields is not None else ())
+        if fields is not None:
+            kwargs["update_fields"] = mirrored
+        super().save(*args, **kwargs)
+
+    def mirror_handoff_reason(self, update_fields: Iterable[str]) -> tuple[str, ...]:
+        """Before a save: the handoff column mirrors the context; the fields to save with it.
+
+        The engine writes why it handed the chat over into its context (bot.engine
+        StepResult.handoff_reason, Snapshot.data["handoff_reason"]); the column mirrors it so
+        staff can list and filter by it, and clears when staff hand the chat back. The turn
+        saves with sophia_web.model_rows, so this is called by `save` and by the turn.
+        """
+        fields = tuple(update_fields)
         context = self.context if isinstance(self.context, dict) else {}
         reason = context.get("handoff_reason", "")
         known = reason in HandoffReason.values or reason == ""
         if known and reason != self.handoff_reason and (reason or not self.needs_staff):
             self.handoff_reason = reason
-            fields = kwargs.get("update_fields")
-            if fields is not None and "context" in fields:
-                kwargs["update_fields"] = {*fields, "handoff_reason"}
-        super().save(*args, **kwargs)
+            if "context" in fields and "handoff_reason" not in fields:
+                fields += ("handoff_reason",)
+        return fields
 
     @property
     def session_id(self) -> str:

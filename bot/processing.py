@@ -430,7 +430,9 @@ def _run_one_turn_once(
             return None
         replies = [] if coalesced else _turn(conversation, message, now, llm)
         conversation.last_activity_at = now
-        conversation.save(update_fields=_COALESCED_FIELDS if coalesced else _TURN_FIELDS)
+        fields = _COALESCED_FIELDS if coalesced else _TURN_FIELDS
+        # Conversation.save's rule, then its UPDATE without the ORM's compiler (model_rows).
+        model_rows.save_fields(conversation, conversation.mirror_handoff_reason(fields))
         rows = whatsapp.queue_replies(conversation, replies) if replies else []
     elapsed = time.perf_counter() - started
     metrics.BOT_TURN_LATENCY.observe(elapsed)

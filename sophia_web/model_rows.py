@@ -1,18 +1,23 @@
-"""Model instances from hand-written SELECTs, for the worker's per-turn reads.
+"""Model instances from hand-written SELECTs, and saved by hand-written UPDATEs, for the
+worker's per-turn reads and writes.
 
-Every turn reads its message with the conversation and the clinic, then locks the conversation
-with its patient. Through the ORM (`select_related`) those two reads cost more Python than
-anything else in a turn: the compiler rebuilds the same joined SELECT, column by column, every
-time (bench/README.md, sixth session). Written once per process from the models' own fields,
-they are loaded here exactly as the ORM loads them: the database's and the fields' converters,
-then `Model.from_db`, so a field added to a model needs no change here.
+Every turn reads its message with the conversation and the clinic, locks the conversation with
+its patient, and saves it. Through the ORM (`select_related`, `save(update_fields=…)`) these
+cost more Python than anything else in a turn: the compiler rebuilds the same statement, column
+by column, every time (bench/README.md, sixth session). Written once per process from the
+models' own fields, rows are loaded here exactly as the ORM loads them (the database's and the
+fields' converters, then `Model.from_db`) and saved as `Model.save` saves them (each field's
+`pre_save` and `get_db_prep_save`), so a field added to a model needs no change here. Like
+`bulk_create` and `QuerySet.update`, no pre_save/post_save signal is sent: nothing listens to
+the models handled here (tests/bot/test_turn_reads.py fails the day something does).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
-from django.db import models
+from django.db import DatabaseError, connection, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 Converter = Callable[[object, object, BaseDatabaseWrapper], object]
@@ -60,3 +65,28 @@ def load(
             value = converter(value, col, db)
         row[index] = value
     return model.from_db(db.alias, None, row)
+
+
+@functools.cache
+def _update_sql(model: type[models.Model], fields: tuple[str, ...], vendor: str) -> str:
+    # `vendor` keys the cache: the quoting is the backend's.
+    meta = model._meta
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(meta.get_field(name).column)} = %s" for name in fields)
+    return f"UPDATE {quote(meta.db_table)} SET {assignments} WHERE {quote(meta.pk.column)} = %s"  # noqa: S608
+
+
+def save_fields(instance: models.Model, fields: Sequence[str]) -> None:
+    """`instance.save(update_fields=fields)` as one UPDATE built once per process; like
+    `Model.save`, a DatabaseError when the row is gone."""
+    meta = type(instance)._meta
+    with connection.cursor() as cursor:
+        db = cursor.db
+        params = [
+            field.get_db_prep_save(field.pre_save(instance, False), db)
+            for field in (meta.get_field(name) for name in fields)
+        ]
+        params.append(meta.pk.get_db_prep_value(instance.pk, db))
+        cursor.execute(_update_sql(type(instance), tuple(fields), db.vendor), params)
+        if cursor.rowcount != 1:
+            raise DatabaseError("Save with update_fields did not affect any rows.")

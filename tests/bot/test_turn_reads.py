@@ -1,24 +1,35 @@
-"""The turn's two hand-written reads (bot.processing, sophia_web.model_rows) load exactly what
-the ORM's `select_related` reads would: every field, converted the same way, with the related
-instances attached and no further query.
+"""The turn's hand-written reads and save (bot.processing, sophia_web.model_rows) do exactly
+what the ORM's `select_related` reads and `save(update_fields=…)` would: every field, converted
+the same way, with the related instances attached and no further query.
 
 They run on PostgreSQL, and once more on SQLite (the embedded demo's database) by
 `test_it_passes_the_turn_read_tests_on_sqlite`.
 """
 
 import datetime as dt
+import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from django.db import connection
+from django.conf import settings
+from django.db import DatabaseError, connection
+from django.db.models.signals import post_save, pre_save
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from bot import processing
-from bot.models import Conversation, ConversationMode, Direction, Message, MessageStatus
+from bot.models import (
+    Conversation,
+    ConversationMode,
+    Direction,
+    HandoffReason,
+    Message,
+    MessageStatus,
+)
+from clinics.models import Clinic
 from sophia_web import model_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,9 +83,7 @@ def test_it_reads_the_next_pending_messages_with_their_conversation_and_clinic(c
         assert pending[1].conversation is pending[0].conversation
     assert len(queries) == 1
 
-    expected = list(
-        processing._pending(conversation.pk).select_related("conversation__clinic")[:2]
-    )
+    expected = list(processing._pending(conversation.pk).select_related("conversation__clinic")[:2])
     assert [m.pk for m in pending] == [first.pk, later.pk]
     for got, want in zip(pending, expected, strict=True):
         assert fields(got) == fields(want)
@@ -128,6 +137,58 @@ def test_it_saves_what_it_loaded_like_an_orm_instance(clinic):
     locked.save(update_fields=["context", "updated_at"])
     conversation.refresh_from_db()
     assert conversation.context["page"] == 2 and conversation.context["ñ"] == "sí"
+
+
+def test_it_saves_the_named_fields_as_model_save_does(clinic, patient):
+    conversation = make_conversation(clinic)
+    before = Conversation.objects.get(pk=conversation.pk)
+    conversation.context = {"step": "ñandú", "shown": [3]}
+    conversation.patient = patient
+    conversation.llm_prompt_tokens = 12
+    conversation.contact_name = "not saved"  # not among the fields
+
+    with CaptureQueriesContext(connection) as queries:
+        model_rows.save_fields(
+            conversation, ["context", "patient", "llm_prompt_tokens", "updated_at"]
+        )
+    assert len(queries) == 1 and queries[0]["sql"].startswith("UPDATE")
+
+    saved = Conversation.objects.get(pk=conversation.pk)
+    assert saved.context == {"step": "ñandú", "shown": [3]}
+    assert saved.patient_id == patient.pk and saved.llm_prompt_tokens == 12
+    assert saved.contact_name == "Ana"
+    assert saved.updated_at > before.updated_at  # auto_now, as Model.save sets it
+    assert conversation.updated_at == saved.updated_at
+
+
+def test_it_refuses_to_save_a_row_that_is_gone(clinic):
+    conversation = make_conversation(clinic)
+    Conversation.objects.filter(pk=conversation.pk).delete()
+    with pytest.raises(DatabaseError):
+        model_rows.save_fields(conversation, ["state"])
+
+
+def test_it_mirrors_the_handoff_reason_on_both_ways_to_save(clinic):
+    conversation = make_conversation(clinic)
+    conversation.context = {"handoff_reason": HandoffReason.values[0]}
+    fields = conversation.mirror_handoff_reason(("context", "updated_at"))
+    assert fields == ("context", "updated_at", "handoff_reason")
+    model_rows.save_fields(conversation, fields)
+    assert Conversation.objects.get(pk=conversation.pk).handoff_reason == HandoffReason.values[0]
+
+    conversation.context = {}
+    conversation.save(update_fields=["context"])  # staff handed it back: the column clears
+    assert Conversation.objects.get(pk=conversation.pk).handoff_reason == ""
+
+
+def test_it_saves_only_a_model_no_signal_listens_to():
+    # Loads send the same signals as the ORM's (Model.__init__); the save sends none, so a
+    # receiver added for conversations would never hear the turn's saves. Every app's module
+    # with receivers is loaded first (the URLconf imports them all).
+    importlib.import_module(settings.ROOT_URLCONF)
+    assert not pre_save.has_listeners(Conversation)
+    assert not post_save.has_listeners(Conversation)
+    assert post_save.has_listeners(Clinic)  # the check can see a receiver (bot.webhook's)
 
 
 def test_it_names_every_column_of_the_model_in_field_order(clinic):
