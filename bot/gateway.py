@@ -35,7 +35,6 @@ from clinics.models import (
     AuditEvent,
     Clinic,
     Doctor,
-    FaqEntry,
     Patient,
     PatientPhone,
     Slot,
@@ -271,7 +270,7 @@ class OrmGateway:
         return self._remember(patient) if patient else None
 
     def patient_by_whatsapp(self, wa_id: str) -> PatientInfo | None:
-        patient = Patient.objects.filter(clinic=self._clinic, whatsapp_id=wa_id).first()
+        patient = selectors.patient_by_whatsapp(clinic=self._clinic, wa_id=wa_id)
         return self._remember(patient) if patient else None
 
     def patient_register(
@@ -408,7 +407,7 @@ class OrmGateway:
     def faq_entries(self) -> list[FaqInfo]:
         return [
             FaqInfo(e.pk, e.question, tuple(e.keyword_list()), e.answer)
-            for e in FaqEntry.objects.filter(clinic=self._clinic, active=True)
+            for e in selectors.active_faq_entries(clinic=self._clinic)
         ]
 
     def slot(self, slot_id: int) -> SlotInfo | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import json
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from clinics.models import (
     BlockedPeriod,
     Clinic,
     Doctor,
+    FaqEntry,
     Patient,
     PatientPhone,
     Slot,
@@ -31,6 +33,7 @@ from clinics.models import (
     StaffMembership,
 )
 from clinics.services import InvalidInput, clean_document
+from sophia_web import inserts, model_rows
 
 MAX_PAGE_SIZE = 100
 # A window by weekday or time of day looks this many days ahead when it has no end of its own:
@@ -367,9 +370,52 @@ def patient_upcoming_appointments(
     )
 
 
+# The bot's identity reads run in nearly every turn: each is a statement written once per
+# process and loaded by sophia_web.model_rows as the ORM would load it (through the ORM these
+# three reads and the FAQ's were a fifth of a turn's Python; bench/README.md, sixth session).
+
+
+@functools.cache
+def _first_patient_sql(column: str) -> str:
+    """This clinic's first patient (the model's order: by name) with `column` = a value."""
+    quote = connection.ops.quote_name
+    c = inserts.columns(Patient)
+    return (
+        f"SELECT {model_rows.select_list(Patient, 'p', connection)} "  # noqa: S608
+        f"FROM {quote(Patient._meta.db_table)} p WHERE p.{c['clinic_id']} = %s "
+        f"AND p.{c[column]} = %s ORDER BY p.{c['full_name']} ASC LIMIT 1"
+    )
+
+
 def patient_by_document(*, clinic: Clinic, document: str) -> Patient | None:
     """This clinic's patient with that document; InvalidInput("invalid_document") if malformed."""
-    return Patient.objects.filter(clinic=clinic, document=clean_document(document)).first()
+    found = model_rows.fetch(
+        Patient, _first_patient_sql("document"), [clinic.pk, clean_document(document)]
+    )
+    return found[0] if found else None
+
+
+def patient_by_whatsapp(*, clinic: Clinic, wa_id: str) -> Patient | None:
+    """This clinic's patient whose number on file is `wa_id` (the first by name, if several)."""
+    found = model_rows.fetch(Patient, _first_patient_sql("whatsapp_id"), [clinic.pk, wa_id])
+    return found[0] if found else None
+
+
+@functools.cache
+def _faq_sql() -> str:
+    quote = connection.ops.quote_name
+    c = inserts.columns(FaqEntry)
+    return (
+        f"SELECT {model_rows.select_list(FaqEntry, 'f', connection)} "  # noqa: S608
+        f"FROM {quote(FaqEntry._meta.db_table)} f "
+        f"WHERE f.{c['clinic_id']} = %s AND f.{c['active']} = %s "
+        f"ORDER BY f.{c['position']} ASC, f.{c['id']} ASC"
+    )
+
+
+def active_faq_entries(*, clinic: Clinic) -> list[FaqEntry]:
+    """The clinic's FAQ entries the bot answers from, in the admins' order."""
+    return model_rows.fetch(FaqEntry, _faq_sql(), [clinic.pk, True])
 
 
 def patients_on_number(*, clinic: Clinic, wa_id: str) -> list[Patient]:
@@ -389,10 +435,21 @@ def patient_verified_on(*, clinic: Clinic, patient_id: int, wa_id: str) -> bool:
     """Does `wa_id` still speak for this patient (staff may have removed the number)?"""
     if not wa_id or not patient_id:
         return False
+    with connection.cursor() as cursor:
+        cursor.execute(_verified_on_sql(), [int(patient_id), clinic.pk, wa_id, wa_id])
+        return cursor.fetchone() is not None
+
+
+@functools.cache
+def _verified_on_sql() -> str:
+    """The number on file, or one verified for the patient (PatientPhone)."""
+    quote = connection.ops.quote_name
+    p, ph = inserts.columns(Patient), inserts.columns(PatientPhone)
     return (
-        Patient.objects.filter(clinic=clinic, pk=patient_id)
-        .filter(Q(whatsapp_id=wa_id) | Q(phones__wa_id=wa_id))
-        .exists()
+        f"SELECT 1 FROM {quote(Patient._meta.db_table)} p "  # noqa: S608
+        f"WHERE p.{p['id']} = %s AND p.{p['clinic_id']} = %s AND (p.{p['whatsapp_id']} = %s "
+        f"OR EXISTS (SELECT 1 FROM {quote(PatientPhone._meta.db_table)} ph "
+        f"WHERE ph.{ph['patient_id']} = p.{p['id']} AND ph.{ph['wa_id']} = %s))"
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
-from django.db import DatabaseError, connection, models
+from django.db import DatabaseError, connection, connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
 
 Converter = Callable[[object, object, BaseDatabaseWrapper], object]
@@ -65,6 +65,17 @@ def load(
             value = converter(value, col, db)
         row[index] = value
     return model.from_db(db.alias, None, row)
+
+
+def fetch(
+    model: type[models.Model], sql: str, params: Sequence[object], *, using: str = "default"
+) -> list[models.Model]:
+    """Run `sql`, whose columns are `select_list(model, …)`, and load every row."""
+    with connections[using].cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+        db = cursor.db
+    return [load(model, row, db) for row in rows]
 
 
 @functools.cache

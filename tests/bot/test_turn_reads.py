@@ -29,7 +29,8 @@ from bot.models import (
     Message,
     MessageStatus,
 )
-from clinics.models import Clinic
+from clinics import selectors
+from clinics.models import Clinic, FaqEntry, Patient, PatientPhone
 from sophia_web import model_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -189,6 +190,74 @@ def test_it_saves_only_a_model_no_signal_listens_to():
     assert not pre_save.has_listeners(Conversation)
     assert not post_save.has_listeners(Conversation)
     assert post_save.has_listeners(Clinic)  # the check can see a receiver (bot.webhook's)
+
+
+def make_patient(clinic, document: str, name: str, wa_id: str) -> Patient:
+    return Patient.objects.create(
+        clinic=clinic,
+        document=document,
+        full_name=name,
+        birth_date=dt.date(1990, 5, 17),
+        whatsapp_id=wa_id,
+    )
+
+
+def test_it_finds_a_patient_by_document_or_number_in_one_clinic(clinic, other_clinic):
+    mother = make_patient(clinic, "52000111", "Marta Ruiz", "573001110000")
+    child = make_patient(clinic, "1100222333", "Ana Ruiz", "573001110000")  # same phone
+    make_patient(other_clinic, "52000111", "Otra Persona", "573009990000")
+
+    with CaptureQueriesContext(connection) as queries:
+        by_document = selectors.patient_by_document(clinic=clinic, document=" 52000111 ")
+    assert len(queries) == 1
+    assert fields(by_document) == fields(Patient.objects.get(pk=mother.pk))
+    # Several patients on one number: the first by name, as the ORM's .first() gave.
+    by_number = selectors.patient_by_whatsapp(clinic=clinic, wa_id="573001110000")
+    assert by_number.pk == child.pk
+    assert by_number.birth_date == dt.date(1990, 5, 17)
+    assert selectors.patient_by_whatsapp(clinic=other_clinic, wa_id="573001110000") is None
+    assert selectors.patient_by_document(clinic=clinic, document="99999999") is None
+
+
+def test_it_tells_whether_a_number_still_speaks_for_a_patient(clinic, other_clinic):
+    patient = make_patient(clinic, "52000111", "Marta Ruiz", "573001110000")
+    PatientPhone.objects.create(
+        clinic=clinic, patient=patient, wa_id="573002220000", how=PatientPhone.How.STAFF
+    )
+    stranger = make_patient(other_clinic, "52000112", "Otra Persona", "573003330000")
+
+    def verified(wa_id, who=patient, where=clinic) -> bool:
+        return selectors.patient_verified_on(clinic=where, patient_id=who.pk, wa_id=wa_id)
+
+    assert verified("573001110000")  # the number on file
+    assert verified("573002220000")  # a verified one
+    assert not verified("573003330000")
+    assert not verified("573001110000", where=other_clinic)
+    assert not verified("573003330000", who=stranger)  # another clinic's patient
+    PatientPhone.objects.filter(patient=patient).delete()  # staff removed it
+    assert not verified("573002220000")
+
+
+def test_it_lists_the_active_faq_entries_in_the_admins_order(clinic, other_clinic):
+    def entry(where, question: str, position: int, active: bool = True) -> FaqEntry:
+        return FaqEntry.objects.create(
+            clinic=where,
+            question=question,
+            keywords="parqueadero, parqueo\ndónde parqueo",
+            answer="Sí, gratis.",
+            position=position,
+            active=active,
+        )
+
+    second = entry(clinic, "¿Horario?", 2)
+    first = entry(clinic, "¿Parqueadero?", 1)
+    entry(clinic, "¿Retirada?", 0, active=False)
+    entry(other_clinic, "¿Otra clínica?", 0)
+
+    found = selectors.active_faq_entries(clinic=clinic)
+    assert [e.pk for e in found] == [first.pk, second.pk]
+    assert fields(found[0]) == fields(FaqEntry.objects.get(pk=first.pk))
+    assert found[0].keyword_list() == ["parqueadero", "parqueo", "dónde parqueo"]
 
 
 def test_it_names_every_column_of_the_model_in_field_order(clinic):

@@ -44,7 +44,7 @@ from django_tasks_db.models import DBTaskResult, get_date_max
 from django_tasks_db.utils import exclusive_transaction, is_locked_database_exception, retry
 
 from bot import periodic, processing
-from sophia_web import inserts
+from sophia_web import inserts, model_rows
 
 logger = logging.getLogger("bot.worker")
 
@@ -230,7 +230,10 @@ def claim_ready_task(
         get_date_max(),
         now,
     ]
-    claimed = list(DBTaskResult.objects.raw(_claim_sql(len(queues)), params))
+    # Loaded by model_rows: a RawQuerySet resolved its columns again for every claim.
+    claimed = model_rows.fetch(
+        DBTaskResult, _claim_sql(len(queues)), params, using=DBTaskResult.objects.db
+    )
     return claimed[0] if claimed else None
 
 
