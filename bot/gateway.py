@@ -257,6 +257,11 @@ class OrmGateway:
             self._patients[patient_id] = found
         return self._patients[patient_id]
 
+    def loaded_patient(self, patient_id: int) -> Patient | None:
+        """The patient row this gateway read during the turn, if it read that one: the turn
+        keeps it on the conversation instead of reading it again."""
+        return self._patients.get(patient_id)
+
     def _remember(self, patient: Patient) -> PatientInfo:
         self._patients[patient.pk] = patient
         return patient_info(patient)

@@ -25,6 +25,8 @@ import ctypes
 import dataclasses
 import datetime as dt
 import functools
+import heapq
+import itertools
 import logging
 import signal
 import threading
@@ -629,8 +631,9 @@ def _run_engine(
         data=dict(conversation.context or {}),
         patient_id=conversation.patient_id,
     )
+    gateway = OrmGateway(conversation.clinic, conversation.pk)
     ctx = engine.Context(
-        gateway=OrmGateway(conversation.clinic, conversation.pk),
+        gateway=gateway,
         conversation_id=conversation.pk,
         wa_id=conversation.wa_id,
         now=now,
@@ -670,7 +673,14 @@ def _run_engine(
     snap = result.snapshot
     conversation.state = str(snap.state)
     conversation.context = snap.data
-    conversation.patient_id = snap.patient_id
+    if snap.patient_id != conversation.patient_id:
+        # The patient the engine just identified was read by the gateway: kept, not read again
+        # (the session mirror wants the name).
+        known = gateway.loaded_patient(snap.patient_id) if snap.patient_id else None
+        if known is not None:
+            conversation.patient = known
+        else:
+            conversation.patient_id = snap.patient_id
     conversation.needs_staff = conversation.needs_staff or result.needs_staff
     conversation.urgent = conversation.urgent or result.urgent
     conversation.llm_prompt_tokens += result.llm_prompt_tokens
@@ -710,9 +720,9 @@ def time_budget(seconds: float):
 
     On the main thread (where run_worker's first task thread runs) by SIGALRM, which stops even
     a regular expression: Python's `re` checks for signals as it matches. On other threads by an
-    asynchronous exception from a timer, which stops Python code between bytecodes but not a
-    C call that never returns; what escapes both is left to MAX_TURN_ATTEMPTS and the
-    stranded-turn sweeper of another worker.
+    asynchronous exception from the process's watchdog thread, which stops Python code between
+    bytecodes but not a C call that never returns; what escapes both is left to
+    MAX_TURN_ATTEMPTS and the stranded-turn sweeper of another worker.
     """
     if seconds <= 0:
         yield
@@ -730,25 +740,65 @@ def time_budget(seconds: float):
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
         return
-    thread_id = threading.get_ident()
-    guard = threading.Lock()
-    over = threading.Event()  # the block is over: the timer must not fire any more
-
-    def expire() -> None:
-        with guard:
-            if not over.is_set():
-                _async_raise(thread_id, TurnTimeout)
-
-    timer = threading.Timer(seconds, expire)
-    timer.daemon = True
-    timer.start()
+    token = _watchdog.arm(seconds)
     try:
         yield
     finally:
-        with guard:
-            over.set()
-            timer.cancel()
-            _async_raise(thread_id, None)  # withdraw one fired but not yet delivered
+        _watchdog.disarm(token)
+
+
+class _Watchdog:
+    """Raises TurnTimeout in the task threads whose turn ran past its budget: one daemon
+    thread for every turn of the process (a `threading.Timer` per turn started and ended a
+    thread for each turn, to fire almost never)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._deadlines: list[tuple[float, int]] = []  # (monotonic deadline, token): a heap
+        self._armed: dict[int, int] = {}  # token → the thread it stops
+        self._tokens = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float) -> int:
+        """Stop the calling thread `seconds` from now, unless `disarm`ed first."""
+        with self._lock:
+            token = next(self._tokens)
+            deadline = time.monotonic() + seconds
+            earliest = not self._deadlines or deadline < self._deadlines[0][0]
+            heapq.heappush(self._deadlines, (deadline, token))
+            self._armed[token] = threading.get_ident()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="sophia-turn-watchdog", daemon=True
+                )
+                self._thread.start()
+            elif earliest:
+                self._changed.notify()
+        return token
+
+    def disarm(self, token: int) -> None:
+        """The block is over: it is never stopped after this returns."""
+        with self._lock:  # the watchdog fires under this lock: not once this is done
+            if self._armed.pop(token, None) is None:  # it fired: withdraw it if not delivered
+                _async_raise(threading.get_ident(), None)
+
+    def _run(self) -> None:
+        with self._lock:
+            while True:
+                now = time.monotonic()
+                while self._deadlines and (
+                    self._deadlines[0][1] not in self._armed or self._deadlines[0][0] <= now
+                ):
+                    _, token = heapq.heappop(self._deadlines)
+                    thread_id = self._armed.pop(token, None)
+                    if thread_id is not None:  # still armed and past its deadline
+                        _async_raise(thread_id, TurnTimeout)
+                wait = self._deadlines[0][0] - now if self._deadlines else None
+                self._changed.wait(wait)
+
+
+_watchdog = _Watchdog()
 
 
 def _async_raise(thread_id: int, exc: type[BaseException] | None) -> None:

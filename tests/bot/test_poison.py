@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 
 import psycopg
 import pytest
@@ -296,3 +297,47 @@ def test_it_stops_a_python_loop_past_its_budget_on_a_worker_thread(
     assert not worker.is_alive()
     (message,) = inbound(conversation)
     assert message.status == MessageStatus.PROCESSED and "ran past 0.5 s" in message.error
+
+
+def _in_thread(target) -> list:
+    """Run `target` on a new (non-main) thread; what it returned or raised."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.append(target())
+        except BaseException as exc:  # the test looks at it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    return outcome
+
+
+def test_it_stops_only_the_turn_past_its_budget_with_one_watchdog_thread():
+    def spins() -> str:
+        with processing.time_budget(0.2):
+            while True:
+                pass
+
+    def quick_turns() -> str:
+        for _ in range(50):
+            with processing.time_budget(0.05):
+                pass
+        # Long after those budgets would have run out: none of them fires any more.
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            pass
+        return "done"
+
+    results: dict[str, list] = {}
+    spinner = threading.Thread(target=lambda: results.update(spin=_in_thread(spins)))
+    spinner.start()
+    results["quick"] = _in_thread(quick_turns)
+    spinner.join(timeout=30)
+    assert results["quick"] == ["done"]
+    assert isinstance(results["spin"][0], processing.TurnTimeout)
+    watchdogs = [t for t in threading.enumerate() if t.name == "sophia-turn-watchdog"]
+    assert len(watchdogs) == 1  # one thread for every turn, not a timer thread per turn
