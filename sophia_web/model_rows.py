@@ -1,26 +1,26 @@
 """Model instances from hand-written SELECTs, and saved by hand-written UPDATEs, for the
-worker's per-turn reads and writes.
+statements every bot turn runs.
 
-Every turn reads its message with the conversation and the clinic, locks the conversation with
-its patient, and saves it. Through the ORM (`select_related`, `save(update_fields=…)`) these
+A turn claims its task, reads its message with the conversation and the clinic, locks the
+conversation with its patient, looks the patient up, reads the clinic's FAQ and saves the
+conversation. Through the ORM (`select_related`, `.first()`, `save(update_fields=…)`) these
 cost more Python than anything else in a turn: the compiler rebuilds the same statement, column
 by column, every time (bench/README.md, sixth session). Written once per process from the
 models' own fields, rows are loaded here exactly as the ORM loads them (the database's and the
 fields' converters, then `Model.from_db`) and saved as `Model.save` saves them (each field's
-`pre_save` and `get_db_prep_save`), so a field added to a model needs no change here. Like
-`bulk_create` and `QuerySet.update`, no pre_save/post_save signal is sent: nothing listens to
-the models handled here (tests/bot/test_turn_reads.py fails the day something does).
+`pre_save` and `get_db_prep_save`), so a field added to a model needs no change here. Loading
+sends the signals the ORM's loading sends (`Model.__init__`'s); saving, like `bulk_create` and
+`QuerySet.update`, sends no pre_save/post_save: nothing listens to the conversation, the one
+model saved here (tests/bot/test_turn_reads.py fails the day something does).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from django.db import DatabaseError, connection, connections, models
 from django.db.backends.base.base import BaseDatabaseWrapper
-
-Converter = Callable[[object, object, BaseDatabaseWrapper], object]
 
 
 def select_list(model: type[models.Model], alias: str, db: BaseDatabaseWrapper) -> str:
