@@ -514,21 +514,53 @@ def _book_locked(
     )
     values = {f.attname: getattr(appointment, f.attname) for f in Appointment._meta.concrete_fields}
     del values["id"]
+    at = connection.ops.adapt_datetimefield_value(now)
+    mark_booked = [SlotStatus.BOOKED.value, at, slot.pk]
+    held = slot.status == SlotStatus.HELD
     # No inner savepoint needed: the caller's atomic block (itself a savepoint when nested in an
     # outer transaction) is left by the BookingError raised here and rolls everything back.
     try:
-        appointment.pk = inserts.insert(cursor, Appointment, [values], now)[0][0]
+        if connection.vendor == "postgresql":
+            # The appointment, the slot marked booked and its hold released: one statement,
+            # one round trip instead of two or three (booking benchmark, P3). SQLite has no
+            # data-modifying WITH: the same three writes one by one below.
+            params = inserts.row_params(Appointment, values, now, cursor.db) + mark_booked
+            cursor.execute(_book_sql(held), [*params, at, slot.pk] if held else params)
+            appointment.pk = cursor.fetchone()[0]
+        else:
+            appointment.pk = inserts.insert(cursor, Appointment, [values], now)[0][0]
     except IntegrityError as exc:
         raise _integrity_to_booking_error(exc) from exc
     appointment._state.adding = False
     appointment._state.db = connection.alias
-    cursor.execute(
-        _mark_booked_sql(),
-        [SlotStatus.BOOKED.value, connection.ops.adapt_datetimefield_value(now), slot.pk],
-    )
-    if slot.status == SlotStatus.HELD:
-        SlotHold.objects.filter(slot_id=slot.pk, released_at=None).update(released_at=now)
+    if connection.vendor != "postgresql":
+        cursor.execute(_mark_booked_sql(), mark_booked)
+        if held:
+            cursor.execute(_release_hold_sql(), [at, slot.pk])
     return appointment
+
+
+@functools.cache
+def _release_hold_sql() -> str:
+    q = connection.ops.quote_name
+    h = inserts.columns(SlotHold)
+    return (
+        f"UPDATE {q(SlotHold._meta.db_table)} SET {h['released_at']} = %s "  # noqa: S608
+        f"WHERE {h['slot_id']} = %s AND {h['released_at']} IS NULL"
+    )
+
+
+@functools.cache
+def _book_sql(release_hold: bool) -> str:
+    """PostgreSQL: INSERT the appointment, mark the slot booked (`_mark_booked_sql`) and, for a
+    held slot, release its hold (`_release_hold_sql`), in one statement; it returns the
+    appointment's id. Every sub-statement runs once, read or not (data-modifying WITH)."""
+    q = connection.ops.quote_name
+    release = f", h AS ({_release_hold_sql()})" if release_hold else ""
+    return (
+        f"WITH a AS ({inserts.one_row_sql(Appointment)} RETURNING {q('id')}), "  # noqa: S608
+        f"s AS ({_mark_booked_sql()}){release} SELECT {q('id')} FROM a"
+    )
 
 
 def _load_appointment(

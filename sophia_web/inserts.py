@@ -22,6 +22,7 @@ import functools
 from collections.abc import Sequence
 
 from django.db import connection, models
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 
 MAX_PARAMS = 10_000
@@ -97,10 +98,26 @@ def insert(
         chunk = rows[start : start + per_statement]
         params: list = []
         for values in chunk:
-            for field in fields:
-                value = values[field.attname] if field.attname in values else _default(field, now)
-                params.append(field.get_db_prep_save(value, db))
+            params += row_params(model, values, now, db)
         cursor.execute(_sql(model, len(chunk), tail), params)
         if returning:
             written += cursor.fetchall()
     return written
+
+
+def one_row_sql(model: type[models.Model]) -> str:
+    """The INSERT of one row of `model` (its parameters: `row_params`), for a caller that
+    makes it part of a larger statement (clinics.services' booking on PostgreSQL)."""
+    return _sql(model, 1, "").rstrip()
+
+
+def row_params(
+    model: type[models.Model], values: dict, now: dt.datetime, db: BaseDatabaseWrapper
+) -> list:
+    """One row's parameters, in `one_row_sql`'s column order, prepared for `db`."""
+    return [
+        field.get_db_prep_save(
+            values[field.attname] if field.attname in values else _default(field, now), db
+        )
+        for field in _fields(model)
+    ]

@@ -260,6 +260,27 @@ def test_it_books_the_same_rows_on_both_booking_paths(
     assert cancelled.status == "cancelled"
 
 
+@on_postgresql
+def test_it_books_a_held_slot_in_three_statements(clinic, patient, slots, patient_actor):
+    """The slot's lock and rules, then the appointment with the slot marked booked and its
+    hold released (one data-modifying WITH), then the audit row."""
+    hold = services.slot_hold(
+        clinic=clinic, slot_id=slots[0].pk, holder="conversation:1", patient=patient
+    )
+    with CaptureQueriesContext(connection) as queries:
+        appointment = book(clinic, patient, slots[0], patient_actor, holder="conversation:1")
+    # (The test's own transaction makes the booking's a savepoint.)
+    statements = [q["sql"] for q in queries if "SAVEPOINT" not in q["sql"]]
+    assert len(statements) == 3, statements
+    assert "FOR UPDATE" in statements[0]
+    assert statements[1].startswith("WITH a AS (INSERT INTO")
+    assert '"clinics_slothold"' in statements[1] and '"clinics_slot"' in statements[1]
+    assert '"clinics_auditevent"' in statements[2]
+    assert Appointment.objects.get(pk=appointment.pk).slot_id == slots[0].pk
+    assert Slot.objects.get(pk=slots[0].pk).status == SlotStatus.BOOKED
+    assert SlotHold.objects.get(pk=hold.pk).released_at is not None
+
+
 def test_it_refuses_the_same_way_on_both_booking_paths(
     booking_path, clinic, patient, other_patient, doctor, slots, staff_actor
 ):
