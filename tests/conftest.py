@@ -5,11 +5,16 @@ both with scripts/ensure-services).
 """
 
 import datetime as dt
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.utils import timezone
 
 from clinics.models import (
@@ -23,6 +28,26 @@ from clinics.models import (
 )
 
 PASSWORD = "test-password-123"
+
+
+def run_on_sqlite(tmp_path: Path, *test_files: str) -> None:
+    """Run test files again on SQLite, the embedded demo's database (no DATABASE_URL or
+    REDIS_URL: SQLite and in-process layers), in a pytest of their own; fail with its output.
+    Skips when this run is on SQLite already."""
+    if connection.vendor == "sqlite":
+        pytest.skip("already on SQLite")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env["SQLITE_PATH"] = str(tmp_path / "sophia.sqlite3")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *test_files],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "passed" in run.stdout
 
 
 def eventually(predicate, timeout: float = 30.0, what: str = "condition") -> None:

@@ -8,10 +8,6 @@ They run on PostgreSQL, and once more on SQLite (the embedded demo's database) b
 
 import datetime as dt
 import importlib
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -32,8 +28,7 @@ from bot.models import (
 from clinics import selectors
 from clinics.models import Clinic, FaqEntry, Patient, PatientPhone
 from sophia_web import model_rows
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import run_on_sqlite
 
 pytestmark = pytest.mark.django_db
 
@@ -268,18 +263,4 @@ def test_it_names_every_column_of_the_model_in_field_order(clinic):
 
 
 def test_it_passes_the_turn_read_tests_on_sqlite(tmp_path):
-    """The demo runs without DATABASE_URL or REDIS_URL: SQLite and in-process layers."""
-    if connection.vendor == "sqlite":
-        pytest.skip("already on SQLite")
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env["SQLITE_PATH"] = str(tmp_path / "sophia.sqlite3")
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    assert "passed" in run.stdout and "failed" not in run.stdout
+    run_on_sqlite(tmp_path, __file__)

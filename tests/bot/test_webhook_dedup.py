@@ -4,11 +4,7 @@ These tests (and tests/bot/test_webhook.py) run on PostgreSQL, and once more on 
 embedded demo's database, by `test_it_passes_the_webhook_tests_on_sqlite`.
 """
 
-import os
-import subprocess
-import sys
 import threading
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -21,8 +17,7 @@ from bot import webhook
 from bot.models import Conversation, Message, WebhookEvent
 from sophia_web import inserts, metrics
 from tests.bot.test_webhook import WA_ID, change, payload, post, queued_turns, text_message
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.conftest import run_on_sqlite
 
 on_postgresql = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="needs PostgreSQL's concurrent writers"
@@ -273,18 +268,4 @@ def test_it_stores_a_message_delivered_twice_at_once_once(clinic, caplog):
 
 
 def test_it_passes_the_webhook_tests_on_sqlite(tmp_path):
-    """The demo runs without DATABASE_URL or REDIS_URL: SQLite and in-process layers."""
-    if connection.vendor == "sqlite":
-        pytest.skip("already on SQLite")
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env["SQLITE_PATH"] = str(tmp_path / "sophia.sqlite3")
-    tests = ["tests/bot/test_webhook.py", "tests/bot/test_webhook_dedup.py"]
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    run_on_sqlite(tmp_path, "tests/bot/test_webhook.py", "tests/bot/test_webhook_dedup.py")

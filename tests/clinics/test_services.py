@@ -1,10 +1,6 @@
 """The booking core: book, hold, cancel, reschedule, statuses, patients — and refusals."""
 
 import datetime as dt
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from django.db import IntegrityError, connection, transaction
@@ -25,7 +21,7 @@ from clinics.models import (
 from clinics.selectors import available_slots
 from clinics.services import Actor, BookingError
 from tests.clinics.conftest import row_counts
-from tests.conftest import make_slots
+from tests.conftest import make_slots, run_on_sqlite
 
 # PostgreSQL's exclusion constraints (migration 0002): the embedded SQLite demo has none.
 on_postgresql = pytest.mark.skipif(
@@ -705,16 +701,4 @@ def test_it_leaves_the_callers_transaction_usable_after_a_database_refusal(
 
 def test_it_passes_the_service_tests_on_sqlite(tmp_path):
     """The booking path's hand-written statements run on the embedded demo's database too."""
-    if connection.vendor == "sqlite":
-        pytest.skip("already on SQLite")
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env["SQLITE_PATH"] = str(tmp_path / "sophia.sqlite3")
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-        cwd=Path(__file__).resolve().parents[2],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    run_on_sqlite(tmp_path, __file__)
