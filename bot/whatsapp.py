@@ -355,11 +355,8 @@ def queue_payloads(
     rows = [_outbox_row(conversation, payload, now, sent_by) for payload in payloads]
     if not rows:
         return rows
-    fields = [f.attname for f in Message._meta.concrete_fields if f.attname != "id"]
     with connection.cursor() as cursor:
-        ids = inserts.insert(
-            cursor, Message, [{name: getattr(row, name) for name in fields} for row in rows], now
-        )
+        ids = inserts.insert(cursor, Message, [inserts.values_of(row) for row in rows], now)
         alias = cursor.db.alias
     for row, (pk,) in zip(rows, ids, strict=True):
         row.pk = pk

@@ -512,8 +512,7 @@ def _book_locked(
         created_at=now,
         updated_at=now,
     )
-    values = {f.attname: getattr(appointment, f.attname) for f in Appointment._meta.concrete_fields}
-    del values["id"]
+    values = inserts.values_of(appointment)
     at = connection.ops.adapt_datetimefield_value(now)
     mark_booked = [SlotStatus.BOOKED.value, at, slot.pk]
     held = slot.status == SlotStatus.HELD

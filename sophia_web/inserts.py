@@ -105,6 +105,12 @@ def insert(
     return written
 
 
+def values_of(instance: models.Model) -> dict:
+    """An unsaved instance's values for `insert`/`row_params`, by attname (the columns an
+    INSERT writes: not its id)."""
+    return {f.attname: getattr(instance, f.attname) for f in _fields(type(instance))}
+
+
 def one_row_sql(model: type[models.Model]) -> str:
     """The INSERT of one row of `model` (its parameters: `row_params`), for a caller that
     makes it part of a larger statement (clinics.services' booking on PostgreSQL)."""
