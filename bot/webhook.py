@@ -9,11 +9,15 @@ One statement per table for the whole payload, through one cursor: the event row
 conversations' upsert, the messages' insert (ON CONFLICT DO NOTHING … RETURNING says which are
 new), the new messages' conversations touched, the turns' task rows. All but the touch are
 written with sophia_web.inserts (the ORM cost more than the database here, see there); all
-run on PostgreSQL and on SQLite ≥ 3.35 (the embedded demo).
+run on PostgreSQL and on SQLite ≥ 3.35 (the embedded demo). On PostgreSQL the usual payload
+(a new event, messages only) writes the same rows in one statement, a data-modifying WITH
+(`_store_at_once`): its round trips were most of what a webhook request cost. SQLite has no
+such statement; tests/bot/test_webhook_dedup.py holds the two ways to the same rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -23,11 +27,11 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
 from typing import NamedTuple
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
@@ -146,13 +150,8 @@ def _receive(request: HttpRequest) -> HttpResponse:
         logger.warning("webhook event %s refused: %s", event.pk, reason)
         return JsonResponse({"status": "error", "reason": reason}, status=400)
 
-    def record(cursor: CursorWrapper, clinic_id: int | None, now: dt.datetime) -> int:
-        # The raw event is written in the same transaction as its messages (one commit).
-        event = {"body": raw, "signature_valid": True, "clinic_id": clinic_id, "processed_at": now}
-        return inserts.insert(cursor, WebhookEvent, [event], now)[0][0]
-
     try:
-        _process(payload, record)
+        _process(payload, body=raw)
     except Exception:
         # Most likely the turn's enqueue (or a clinic deleted under the cache): store the
         # messages again without it. Nothing is lost: the stranded-turn sweeper of
@@ -160,7 +159,7 @@ def _receive(request: HttpRequest) -> HttpResponse:
         logger.exception("webhook: storing the event failed, retrying without queueing turns")
         _clinic_cache.clear()
         try:
-            _process(payload, record, schedule=False)
+            _process(payload, body=raw, schedule=False)
         except Exception as exc:
             # Meta retries anything but 2xx for days: the raw event is kept for a replay instead.
             # (If even this insert fails nothing was kept, and the 500 makes Meta try again.)
@@ -176,65 +175,123 @@ def process_event(event: WebhookEvent, payload: dict) -> list[int]:
 
     Idempotent: replaying an event stores nothing twice.
     """
+    return _process(payload, replay=event)
 
-    def mark_processed(cursor: CursorWrapper, clinic_id: int | None, now: dt.datetime) -> int:
-        WebhookEvent.objects.filter(pk=event.pk).update(
-            clinic_id=clinic_id, processed_at=now, error=""
-        )
-        return event.pk
 
-    return _process(payload, mark_processed, replay=True)
+class _Parsed(NamedTuple):
+    """What a payload asks to store, read before anything is written."""
+
+    clinic_id: int | None  # the event's clinic: that of its first known phone number
+    inbound: list[_Inbound]
+    statuses: list[tuple[int, dict]]  # (clinic id, WhatsApp status object)
+    problems: list[str]  # logged with the event's id once it has one
 
 
 def _process(
     payload: dict,
-    record_event: Callable[[CursorWrapper, int | None, dt.datetime], int],
     *,
+    body: str | None = None,
+    replay: WebhookEvent | None = None,
     schedule: bool = True,
-    replay: bool = False,
 ) -> list[int]:
-    """One transaction: the event row, every message and status of the payload, the turns.
+    """Store the event, every message and status of the payload, and the turns, atomically;
+    the conversations that got new messages, in payload order.
 
-    The turns' task rows (django-tasks-db keeps its queue in this same database) commit
-    atomically with the messages: the worker sees both or neither, and the request pays for one
-    commit (one fsync). With `schedule=False` the messages wait for the stranded-turn sweeper.
-    `replay`: the event row existed before (process_event), and what it stored then is not new.
+    `body`: a new event's raw body; `replay`: an event stored before (process_event), so what
+    it stored then is not new. The turns' task rows (django-tasks-db keeps its queue in this
+    same database) commit with the messages: the worker sees both or neither. With
+    `schedule=False` the messages wait for the stranded-turn sweeper.
+
+    On PostgreSQL a new event with messages only (the usual payload) is one statement
+    (`_store_at_once`): one round trip instead of seven, which is most of what the webhook
+    costs (bench/README.md, "Seventh session"). Everything else, and every payload on SQLite,
+    goes through one transaction of a statement per table (`_store_in_steps`).
     """
     now = timezone.now()
-    inbound: list[_Inbound] = []
-    status_ids: list[str] = []
-    with transaction.atomic(), connection.cursor() as cursor:
-        values = list(_values(payload))
-        clinics = _clinics_by_number({_phone_number_id(v) for v in values})
-        known = [clinics[_phone_number_id(v)] for v in values if _phone_number_id(v) in clinics]
-        event_id = record_event(cursor, known[0] if known else None, now)
-        for value in values:
-            clinic_id = clinics.get(_phone_number_id(value))
-            if clinic_id is None:
-                logger.warning(
-                    "webhook event %s: unknown phone_number_id %r, ignored",
-                    event_id,
-                    _phone_number_id(value)[:40],
-                )
-                continue
-            names = _contact_names(value)
-            for raw in _list(value.get("messages")):
-                message = _inbound(event_id, clinic_id, raw, names, now)
-                if message is not None:
-                    inbound.append(message)
-            for status in _list(value.get("statuses")):
-                _apply_status(clinic_id, status)
-                status_ids.append(str(status.get("id") or ""))
-        if replay:
-            inbound = _not_stored_before(event_id, inbound)
-        new_conversations = _store_messages(cursor, event_id, inbound, now)
-        if schedule and new_conversations:
-            schedule_turns(cursor, new_conversations, now)
-        # A payload is one clinic's (one phone number) in practice: then the live views need
-        # not look the conversations' clinic up.
-        only = set(known)
-        live.touch(new_conversations, status_ids, clinic_id=only.pop() if len(only) == 1 else None)
+    parsed = _parse(payload, now)
+    unique = _unique(parsed.inbound)
+    if replay is None and _can_store_at_once(parsed, unique):
+        # One statement is atomic by itself. Inside a caller's transaction (a test, a shell)
+        # a savepoint keeps a failure from aborting that transaction.
+        inside = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
+        with inside, connection.cursor() as cursor:
+            event_id, new = _store_at_once(
+                cursor, body or "", parsed.clinic_id, unique, now, schedule
+            )
+    else:
+        with transaction.atomic(), connection.cursor() as cursor:
+            event_id, new = _store_in_steps(cursor, body, replay, parsed, unique, now, schedule)
+    for problem in parsed.problems:
+        logger.warning("webhook event %s: %s", event_id, problem)
+    duplicates = len(parsed.inbound) - len(new)
+    if duplicates:
+        logger.info("webhook event %s: %d duplicate message(s) ignored", event_id, duplicates)
+        metrics.WEBHOOK_DUPLICATES.inc(duplicates)
+    new_conversations = list(dict.fromkeys(item.values["conversation_id"] for item in new))
+    # A payload is one clinic's (one phone number) in practice: then the live views need not
+    # look the conversations' clinic up. (After the commit: on_commit runs it at once.)
+    only = {item.values["clinic_id"] for item in parsed.inbound}
+    only.update(clinic_id for clinic_id, _ in parsed.statuses)
+    live.touch(
+        new_conversations,
+        [str(status.get("id") or "") for _, status in parsed.statuses],
+        clinic_id=only.pop() if len(only) == 1 else None,
+    )
     return new_conversations
+
+
+def _parse(payload: dict, now: dt.datetime) -> _Parsed:
+    values = list(_values(payload))
+    clinics = _clinics_by_number({_phone_number_id(v) for v in values})
+    known = [clinics[_phone_number_id(v)] for v in values if _phone_number_id(v) in clinics]
+    parsed = _Parsed(known[0] if known else None, [], [], [])
+    for value in values:
+        clinic_id = clinics.get(_phone_number_id(value))
+        if clinic_id is None:
+            number = _phone_number_id(value)[:40]
+            parsed.problems.append(f"unknown phone_number_id {number!r}, ignored")
+            continue
+        names = _contact_names(value)
+        for raw in _list(value.get("messages")):
+            message = _inbound(clinic_id, raw, names, now, parsed.problems)
+            if message is not None:
+                parsed.inbound.append(message)
+        parsed.statuses.extend((clinic_id, status) for status in _list(value.get("statuses")))
+    return parsed
+
+
+def _store_in_steps(
+    cursor: CursorWrapper,
+    body: str | None,
+    replay: WebhookEvent | None,
+    parsed: _Parsed,
+    unique: list[_Inbound],
+    now: dt.datetime,
+    schedule: bool,
+) -> tuple[int, list[_Inbound]]:
+    """Inside the caller's transaction, a statement per table: the event row (or the replayed
+    one marked processed), each status, the conversations' upsert, the messages' insert, the
+    touch and the turns' task rows. The event's id and the new messages."""
+    if replay is None:
+        event = {"body": body, "signature_valid": True, "clinic_id": parsed.clinic_id}
+        event["processed_at"] = now
+        event_id = inserts.insert(cursor, WebhookEvent, [event], now)[0][0]
+    else:
+        WebhookEvent.objects.filter(pk=replay.pk).update(
+            clinic_id=parsed.clinic_id, processed_at=now, error=""
+        )
+        event_id = replay.pk
+    for clinic_id, status in parsed.statuses:
+        _apply_status(clinic_id, status)
+    for item in unique:
+        item.values["webhook_event_id"] = event_id
+    if replay is not None:
+        unique = _not_stored_before(event_id, unique)
+    new = _store_messages(cursor, parsed.inbound, unique, now)
+    conversations = list(dict.fromkeys(item.values["conversation_id"] for item in new))
+    if schedule and conversations:
+        schedule_turns(cursor, conversations, now)
+    return event_id, new
 
 
 def _phone_number_id(value: dict) -> str:
@@ -281,7 +338,12 @@ def schedule_turns(cursor: CursorWrapper, conversation_ids: list[int], now: dt.d
 
     No savepoint: if an enqueue fails the transaction is retried without turns (see _receive).
     """
-    task_rows.enqueue_many(cursor, processing.run_turns, [(pk, 0) for pk in conversation_ids], now)
+    calls = [(pk, *_TURN_REST) for pk in conversation_ids]
+    task_rows.enqueue_many(cursor, processing.run_turns, calls, now)
+
+
+# run_turns(conversation_id, attempt): a first attempt.
+_TURN_REST = (0,)
 
 
 # WhatsApp's payloads nest about ten levels; anything far deeper is not a message.
@@ -407,16 +469,17 @@ class _Inbound(NamedTuple):
 
 
 def _inbound(
-    event_id: int, clinic_id: int, raw: dict, names: dict[str, str], now: dt.datetime
+    clinic_id: int, raw: dict, names: dict[str, str], now: dt.datetime, problems: list[str]
 ) -> _Inbound | None:
-    """The message row of a WhatsApp message object; None when it has no sender."""
+    """The message row of a WhatsApp message object; None when it has no sender. Its event's
+    id (webhook_event_id) is set when the event has one."""
     wa_id = str(raw.get("from") or "")[:20]
     if not wa_id:
-        logger.warning("webhook event %s: message without a sender, ignored", event_id)
+        problems.append("message without a sender, ignored")
         return None
     wa_message_id = str(raw.get("id") or "")[:128] or None
     if wa_message_id is None:
-        logger.warning("webhook event %s: message without an id, stored without dedup", event_id)
+        problems.append("message without an id, stored without dedup")
     kind, text = parse_message(raw)
     values = {
         "clinic_id": clinic_id,
@@ -428,9 +491,23 @@ def _inbound(
         "status": MessageStatus.RECEIVED.value,
         "wa_timestamp": _wa_timestamp(raw),
         "created_at": now,
-        "webhook_event_id": event_id,
     }
     return _Inbound(values, wa_id, names.get(wa_id, ""))
+
+
+def _unique(inbound: list[_Inbound]) -> list[_Inbound]:
+    """The same WhatsApp id twice in one payload is one message. Messages without an id never
+    conflict (NULLs are distinct in a unique index): each is stored."""
+    unique: list[_Inbound] = []
+    wa_message_ids: set[str] = set()
+    for item in inbound:
+        wa_message_id = item.values["wa_message_id"]
+        if wa_message_id in wa_message_ids:
+            continue
+        if wa_message_id is not None:
+            wa_message_ids.add(wa_message_id)
+        unique.append(item)
+    return unique
 
 
 def _not_stored_before(event_id: int, inbound: list[_Inbound]) -> list[_Inbound]:
@@ -448,32 +525,30 @@ def _not_stored_before(event_id: int, inbound: list[_Inbound]) -> list[_Inbound]
     return inbound
 
 
+def _stored(unique: list[_Inbound], written: set[str]) -> list[_Inbound]:
+    """The messages an insert stored: those it returned (by WhatsApp id), and every id-less one."""
+    return [
+        item
+        for item in unique
+        if item.values["wa_message_id"] is None or item.values["wa_message_id"] in written
+    ]
+
+
 def _store_messages(
-    cursor: CursorWrapper, event_id: int, inbound: list[_Inbound], now: dt.datetime
-) -> list[int]:
-    """Store the payload's messages once each; the conversations that got new ones, in order.
+    cursor: CursorWrapper, inbound: list[_Inbound], unique: list[_Inbound], now: dt.datetime
+) -> list[_Inbound]:
+    """Store the payload's messages (`unique`, of `inbound`) once each; the new ones.
 
     Statements per payload, not per message: the conversations' upsert, the messages' insert
     (ON CONFLICT DO NOTHING on the unique WhatsApp id, so a redelivery, even a concurrent one
     or a replayed event, is a no-op without an exception or a savepoint; RETURNING gives the
     rows it wrote) and one touch per conversation with new messages.
     """
-    if not inbound:
+    if not unique:
         return []
     conversation_ids = _upsert_conversations(cursor, inbound, now)
-    unique: list[_Inbound] = []
-    wa_message_ids: set[str] = set()
-    for item in inbound:
+    for item in unique:
         item.values["conversation_id"] = conversation_ids[item.values["clinic_id"], item.wa_id]
-        wa_message_id = item.values["wa_message_id"]
-        # The same WhatsApp id twice in one payload is one message. Messages without an id
-        # never conflict (NULLs are distinct in a unique index): each is stored.
-        if wa_message_id in wa_message_ids:
-            continue
-        if wa_message_id is not None:
-            wa_message_ids.add(wa_message_id)
-        unique.append(item)
-
     written = inserts.insert(
         cursor,
         Message,
@@ -482,19 +557,9 @@ def _store_messages(
         on_conflict=f"ON CONFLICT ({connection.ops.quote_name('wa_message_id')}) DO NOTHING",
         returning=("wa_message_id",),
     )
-    stored = {wa_message_id for (wa_message_id,) in written}
-    new = [
-        item
-        for item in unique
-        if item.values["wa_message_id"] is None or item.values["wa_message_id"] in stored
-    ]
-
-    duplicates = len(inbound) - len(new)
-    if duplicates:
-        logger.info("webhook event %s: %d duplicate message(s) ignored", event_id, duplicates)
-        metrics.WEBHOOK_DUPLICATES.inc(duplicates)
+    new = _stored(unique, {wa_message_id for (wa_message_id,) in written})
     _touch_conversations(cursor, new, now)
-    return list(dict.fromkeys(item.values["conversation_id"] for item in new))
+    return new
 
 
 def _upsert_conversations(
@@ -506,15 +571,9 @@ def _upsert_conversations(
     is (its touch comes with a new message) yet makes RETURNING give its id, even when another
     request inserted it concurrently (DO NOTHING would return nothing for that row).
     """
-    names: dict[tuple[int, str], str] = {}
-    for item in inbound:
-        key = (item.values["clinic_id"], item.wa_id)
-        names[key] = item.contact_name or names.get(key, "")
-    # One row per sender (a statement may not upsert a row twice), in a fixed order so two
-    # requests lock the conversations they share in the same order: no deadlock.
     rows = [
         {"clinic_id": clinic_id, "wa_id": wa_id, "contact_name": name, "last_activity_at": now}
-        for (clinic_id, wa_id), name in sorted(names.items())
+        for (clinic_id, wa_id), name in _senders(inbound).items()
     ]
     quote = connection.ops.quote_name
     wa_id = quote("wa_id")
@@ -529,6 +588,17 @@ def _upsert_conversations(
         returning=("id", "clinic_id", "wa_id"),
     )
     return {(clinic_id, wa_id): pk for pk, clinic_id, wa_id in returned}
+
+
+def _senders(inbound: list[_Inbound]) -> dict[tuple[int, str], str]:
+    """(clinic id, wa_id) → the name WhatsApp last sent for them ("" if none), one entry per
+    sender (a statement may not upsert a row twice), sorted so that two requests lock the
+    conversations they share in the same order: no deadlock."""
+    names: dict[tuple[int, str], str] = {}
+    for item in inbound:
+        key = (item.values["clinic_id"], item.wa_id)
+        names[key] = item.contact_name or names.get(key, "")
+    return dict(sorted(names.items()))
 
 
 def _touch_conversations(cursor: CursorWrapper, new: list[_Inbound], now: dt.datetime) -> None:
@@ -555,6 +625,145 @@ def _touch_sql() -> str:
         f"UPDATE {quote(Conversation._meta.db_table)} SET {quote('last_inbound_at')} = %s, "  # noqa: S608
         f"{quote('last_activity_at')} = %s, {name} = CASE WHEN %s = '' THEN {name} ELSE %s END "
         f"WHERE {quote('id')} = %s"
+    )
+
+
+def _store_at_once(
+    cursor: CursorWrapper,
+    body: str,
+    clinic_id: int | None,
+    unique: list[_Inbound],
+    now: dt.datetime,
+    schedule: bool,
+) -> tuple[int, list[_Inbound]]:
+    """PostgreSQL: a new event's messages stored in one statement (`_at_once_sql`); the event's
+    id and the new messages. The same rows as `_store_in_steps`, with one difference: the touch
+    is part of the conversations' upsert (a statement cannot update a row twice), so a
+    conversation counts as touched when one of its messages had not been stored when the
+    statement began. Only a redelivery racing its first delivery sees a difference: both touch.
+    """
+    db = cursor.db
+    message_ids: dict[tuple[int, str], list[str | None]] = {}
+    for item in unique:
+        message_ids.setdefault((item.values["clinic_id"], item.wa_id), []).append(
+            item.values["wa_message_id"]
+        )
+    at = Conversation._meta.get_field("last_inbound_at").get_db_prep_save(now, db)
+    event = {"body": body, "signature_valid": True, "clinic_id": clinic_id, "processed_at": now}
+    params = inserts.row_params(WebhookEvent, event, now, db)
+    # The columns left to a default of None are NULL in the statement, not parameters (see
+    # inserts.nulls); which they are follows from the rows themselves, so the SQL and the
+    # parameters always agree.
+    given = frozenset({*unique[0].values, "conversation_id", "webhook_event_id"})
+    message_nulls = dict.fromkeys(inserts.nulls(Message, given), ())
+    conversation_nulls = dict.fromkeys(inserts.nulls(Conversation, _SENDER_GIVEN), ())
+    for (sender_clinic_id, wa_id), name in _senders(unique).items():
+        row = {"clinic_id": sender_clinic_id, "wa_id": wa_id, "contact_name": name}
+        row["last_activity_at"] = now
+        touch = [message_ids[sender_clinic_id, wa_id], at]
+        expressions = {**conversation_nulls, "last_inbound_at": touch}
+        params += inserts.row_params(Conversation, row, now, db, expressions)
+    for item in unique:
+        sender = [item.values["clinic_id"], item.wa_id]
+        expressions = {"conversation_id": sender, "webhook_event_id": (), **message_nulls}
+        params += inserts.row_params(Message, item.values, now, db, expressions)
+    turns = _turn_rows_sql(now, db) if schedule else None
+    if turns is not None:
+        params += turns[1]
+    sql = _at_once_sql(len(message_ids), len(unique), turns and turns[0], given)
+    cursor.execute(sql, params)
+    rows = cursor.fetchall()
+    conversation_ids = {(row[2], row[3]): row[1] for row in rows}
+    for item in unique:
+        item.values["conversation_id"] = conversation_ids[item.values["clinic_id"], item.wa_id]
+    return rows[0][0], _stored(unique, {row[4] for row in rows if row[4] is not None})
+
+
+def _turn_rows_sql(now: dt.datetime, db: BaseDatabaseWrapper) -> tuple[str, list] | None:
+    """The task rows of `schedule_turns` for every conversation the statement stored a message
+    of (its WITH query `m`), or None when the turns' task is not on the database backend."""
+    return task_rows.enqueue_each_sql(
+        processing.run_turns,
+        "(SELECT DISTINCT conversation_id FROM m)",
+        "conversation_id",
+        _TURN_REST,
+        now,
+        db,
+    )
+
+
+def _can_store_at_once(parsed: _Parsed, unique: list[_Inbound]) -> bool:
+    """A new event's payload `_store_at_once` takes: on PostgreSQL, messages and no statuses,
+    within the statement's parameter limit (an upper bound of its parameters here)."""
+    return (
+        bool(unique)
+        and not parsed.statuses
+        and 64 + len(unique) * _params_per_message() <= inserts.MAX_PARAMS
+        and connection.vendor == "postgresql"
+    )
+
+
+@functools.cache
+def _params_per_message() -> int:
+    return len(inserts.columns(Conversation)) + len(inserts.columns(Message))
+
+
+# The conversation columns `_store_at_once` gives (the rest are the model's defaults).
+_SENDER_GIVEN = frozenset(
+    {"clinic_id", "wa_id", "contact_name", "last_activity_at", "last_inbound_at"}
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _at_once_sql(senders: int, messages: int, turns: str | None, given: frozenset[str]) -> str:
+    """ev: the event row; c: the conversations' upsert and touch (a sender's conversation is
+    touched when one of its messages is not in the table yet); m: the messages' insert, each
+    with its conversation and event from c and ev; the turns' task rows (`turns`) for the
+    conversations m stored a message of. `given`: the message columns the rows give. The
+    result: a row per conversation and stored message (a conversation without one: a null
+    message), each with the event's id."""
+    q = connection.ops.quote_name
+    conv, msg = inserts.columns(Conversation), inserts.columns(Message)
+    table = q(Conversation._meta.db_table)
+    message_table = q(Message._meta.db_table)
+    fresh = (
+        f"CASE WHEN EXISTS (SELECT FROM unnest(%s::varchar[]) AS w(id) WHERE w.id IS NULL OR "  # noqa: S608
+        f"NOT EXISTS (SELECT FROM {message_table} AS x WHERE x.{msg['wa_message_id']} = w.id)) "
+        f"THEN %s::timestamptz END"
+    )
+    conversation_row = inserts.row_sql(
+        Conversation, {**inserts.nulls(Conversation, _SENDER_GIVEN), "last_inbound_at": fresh}
+    )
+    touched = f"excluded.{conv['last_inbound_at']} IS NULL"
+    upsert = (
+        f"ON CONFLICT ({conv['clinic_id']}, {conv['wa_id']}) DO UPDATE SET "
+        f"{conv['last_inbound_at']} = COALESCE(excluded.{conv['last_inbound_at']}, "
+        f"{table}.{conv['last_inbound_at']}), "
+        f"{conv['last_activity_at']} = CASE WHEN {touched} THEN {table}.{conv['last_activity_at']} "
+        f"ELSE excluded.{conv['last_activity_at']} END, "
+        # The name only changes with a new message, and when WhatsApp sent one.
+        f"{conv['contact_name']} = CASE WHEN {touched} OR excluded.{conv['contact_name']} = '' "
+        f"THEN {table}.{conv['contact_name']} ELSE excluded.{conv['contact_name']} END"
+    )
+    of_sender = f"(SELECT id FROM c WHERE {conv['clinic_id']} = %s AND {conv['wa_id']} = %s)"  # noqa: S608
+    message_row = inserts.row_sql(
+        Message,
+        {
+            "conversation_id": of_sender,
+            "webhook_event_id": "(SELECT id FROM ev)",
+            **inserts.nulls(Message, given),
+        },
+    )
+    turn_rows = f", t AS ({turns})" if turns else ""
+    return (
+        f"WITH ev AS ({inserts.one_row_sql(WebhookEvent)} RETURNING id), "  # noqa: S608
+        f"c AS ({inserts.into_sql(Conversation)} VALUES {', '.join([conversation_row] * senders)} "
+        f"{upsert} RETURNING id, {conv['clinic_id']}, {conv['wa_id']}), "
+        f"m AS ({inserts.into_sql(Message)} VALUES {', '.join([message_row] * messages)} "
+        f"ON CONFLICT ({msg['wa_message_id']}) DO NOTHING "
+        f"RETURNING {msg['conversation_id']}, {msg['wa_message_id']}){turn_rows} "
+        f"SELECT (SELECT id FROM ev), c.id, c.{conv['clinic_id']}, c.{conv['wa_id']}, "
+        f"m.{msg['wa_message_id']} FROM c LEFT JOIN m ON m.{msg['conversation_id']} = c.id"
     )
 
 

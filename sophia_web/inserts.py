@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from django.db import connection, models
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -54,12 +54,33 @@ def columns(model: type[models.Model]) -> dict[str, str]:
 # Keyed by row count too: a payload carries a handful of messages at most.
 @functools.lru_cache(maxsize=256)
 def _sql(model: type[models.Model], rows: int, tail: str) -> str:
+    one_row = row_sql(model)
+    return f"{into_sql(model)} VALUES {', '.join([one_row] * rows)} {tail}"
+
+
+def into_sql(model: type[models.Model]) -> str:
+    """`INSERT INTO <table> (<columns>)` for `model`, the columns in `row_sql`'s order."""
     quote = connection.ops.quote_name
-    fields = _fields(model)
-    columns = ", ".join(quote(f.column) for f in fields)
-    one_row = "(" + ", ".join(["%s"] * len(fields)) + ")"
-    table = quote(model._meta.db_table)
-    return f"INSERT INTO {table} ({columns}) VALUES {', '.join([one_row] * rows)} {tail}"  # noqa: S608
+    columns = ", ".join(quote(f.column) for f in _fields(model))
+    return f"INSERT INTO {quote(model._meta.db_table)} ({columns})"
+
+
+def row_sql(
+    model: type[models.Model], expressions: Mapping[str, str] | None = None, *, casts: bool = False
+) -> str:
+    """One row's values for `into_sql`: a parameter per column, or for a column named (by
+    attname) in `expressions` that SQL instead, its own parameters in that place (`row_params`
+    takes them). `casts` casts each parameter to its column's type, for an INSERT … SELECT,
+    where PostgreSQL cannot infer it from the column as it does in VALUES."""
+    expressions = expressions or {}
+    return (
+        "("
+        + ", ".join(
+            expressions.get(f.attname) or (f"%s::{f.cast_db_type(connection)}" if casts else "%s")
+            for f in _fields(model)
+        )
+        + ")"
+    )
 
 
 def insert(
@@ -111,6 +132,23 @@ def values_of(instance: models.Model) -> dict:
     return {f.attname: getattr(instance, f.attname) for f in _fields(type(instance))}
 
 
+@functools.cache
+def nulls(model: type[models.Model], given: frozenset[str]) -> dict[str, str]:
+    """`row_sql` expressions writing NULL for the columns an INSERT of `model` leaves to a
+    default of None when the caller gives only `given` (attnames), for `row_params` too (their
+    parameters: none). psycopg converts a statement of at most 50 parameters once per process
+    (its MAX_CACHED_STATEMENT_PARAMS) and every other one on each execute, which costs a large
+    statement (bot.webhook's store) more than sending it."""
+    return {
+        f.attname: "NULL"
+        for f in _fields(model)
+        if f.attname not in given
+        and not getattr(f, "auto_now", False)
+        and not getattr(f, "auto_now_add", False)
+        and f.get_default() is None
+    }
+
+
 def one_row_sql(model: type[models.Model]) -> str:
     """The INSERT of one row of `model` (its parameters: `row_params`), for a caller that
     makes it part of a larger statement (clinics.services' booking on PostgreSQL)."""
@@ -118,12 +156,19 @@ def one_row_sql(model: type[models.Model]) -> str:
 
 
 def row_params(
-    model: type[models.Model], values: dict, now: dt.datetime, db: BaseDatabaseWrapper
+    model: type[models.Model],
+    values: dict,
+    now: dt.datetime,
+    db: BaseDatabaseWrapper,
+    expressions: Mapping[str, Sequence] | None = None,
 ) -> list:
-    """One row's parameters, in `one_row_sql`'s column order, prepared for `db`."""
-    return [
-        field.get_db_prep_save(
-            values[field.attname] if field.attname in values else _default(field, now), db
-        )
-        for field in _fields(model)
-    ]
+    """One row's parameters, in `row_sql`'s column order, prepared for `db`; for a column
+    named in `expressions`, that expression's parameters (`row_sql`'s `expressions`)."""
+    params: list = []
+    for field in _fields(model):
+        if expressions is not None and field.attname in expressions:
+            params += expressions[field.attname]
+        else:
+            value = values[field.attname] if field.attname in values else _default(field, now)
+            params.append(field.get_db_prep_save(value, db))
+    return params

@@ -20,9 +20,11 @@ library's `enqueue` unchanged.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Sequence
 
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
 from django.tasks import Task
 from django.utils.json import normalize_json
@@ -41,18 +43,10 @@ def enqueue_many(
     """
     if not calls:
         return []
-    backend = task.get_backend()
-    if not isinstance(backend, DatabaseBackend) or backend.options.get("id_function"):
+    backend = _database_backend(task)
+    if backend is None:
         return [task.enqueue(*args).id for args in calls]
-    backend.validate_task(task)
-    run_after = task.run_after if task.run_after is not None else get_date_max()
-    fixed = {
-        "priority": task.priority,
-        "task_path": task.module_path,
-        "queue_name": task.queue_name,
-        "run_after": run_after,
-        "backend_name": backend.alias,
-    }
+    fixed = _fixed_fields(task, backend)
     # The ids are made here (the model's own default): nothing needs reading back.
     rows = [
         {
@@ -64,3 +58,63 @@ def enqueue_many(
     ]
     inserts.insert(cursor, DBTaskResult, rows, now, returning=())
     return [row["id"] for row in rows]
+
+
+def enqueue_each_sql(
+    task: Task, source: str, column: str, rest: tuple, now: dt.datetime, db: BaseDatabaseWrapper
+) -> tuple[str, list] | None:
+    """PostgreSQL: an INSERT … SELECT that queues `task(<column>, *rest)` for each row of
+    `source` (a table, or a query in parentheses, whose `column` gives the first argument), and
+    its parameters, for a caller's larger statement (bot.webhook stores a payload in one). The
+    rows are `enqueue_many`'s; PostgreSQL makes their ids (`gen_random_uuid()`, a version 4
+    UUID like the model's default). None when the task is not on the database backend."""
+    backend = _database_backend(task)
+    if backend is None:
+        return None
+    # The first argument, unknown until the statement runs, replaces a null in the template.
+    template = DBTaskResult._meta.get_field("args_kwargs").get_db_prep_save(
+        normalize_json({"args": [None, *rest], "kwargs": {}}), db
+    )
+    fixed = _fixed_fields(task, backend)
+    nulls = inserts.nulls(DBTaskResult, _GIVEN)
+    expressions = {"id": (), "args_kwargs": [template], **dict.fromkeys(nulls, ())}
+    params = inserts.row_params(DBTaskResult, fixed, now, db, expressions)
+    return _each_sql(source, db.ops.quote_name(column)), params
+
+
+# The columns `enqueue_each_sql` gives: `_fixed_fields`', the id and the arguments.
+_GIVEN = frozenset(
+    {"priority", "task_path", "queue_name", "run_after", "backend_name", "id", "args_kwargs"}
+)
+
+
+@functools.lru_cache(maxsize=16)
+def _each_sql(source: str, column: str) -> str:
+    expressions = {
+        "id": "gen_random_uuid()",
+        "args_kwargs": f"jsonb_set(%s::jsonb, '{{args,0}}', to_jsonb(s.{column}))",
+        **inserts.nulls(DBTaskResult, _GIVEN),
+    }
+    values = inserts.row_sql(DBTaskResult, expressions, casts=True)[1:-1]
+    # `source` and `column` are the caller's constants; every value is a parameter.
+    return f"{inserts.into_sql(DBTaskResult)} SELECT {values} FROM {source} AS s"  # noqa: S608
+
+
+def _database_backend(task: Task) -> DatabaseBackend | None:
+    """The task's backend when it is django-tasks-db's with the model's own ids, else None."""
+    backend = task.get_backend()
+    if not isinstance(backend, DatabaseBackend) or backend.options.get("id_function"):
+        return None
+    backend.validate_task(task)
+    return backend
+
+
+def _fixed_fields(task: Task, backend: DatabaseBackend) -> dict:
+    """The fields the library's `enqueue` sets that are the same for every call of `task`."""
+    return {
+        "priority": task.priority,
+        "task_path": task.module_path,
+        "queue_name": task.queue_name,
+        "run_after": task.run_after if task.run_after is not None else get_date_max(),
+        "backend_name": backend.alias,
+    }

@@ -38,3 +38,34 @@ def test_it_writes_without_reading_back_when_asked_for_no_columns():
 
     stored = WebhookEvent.objects.order_by("body").values_list("body", "signature_valid")
     assert list(stored) == [("[]", False), ("{}", True)]
+
+
+@pytest.mark.django_db
+def test_it_writes_null_for_the_columns_left_to_a_default_of_none():
+    now = timezone.now()
+    given = frozenset({"clinic_id", "wa_id"})
+    nulls = inserts.nulls(Conversation, given)
+    # Not the ones given, not those with a default of their own, not the times set on save.
+    assert set(nulls) == {
+        "patient_id",
+        "assigned_to_id",
+        "rate_limited_until",
+        "last_inbound_at",
+        "closed_at",
+    }
+    clinic_id = (
+        Conversation._meta.get_field("clinic")
+        .related_model.objects.create(slug="n", name="N", phone_number_id="1")
+        .pk
+    )
+    values = {"clinic_id": clinic_id, "wa_id": "573"}
+    expressions = dict.fromkeys(nulls, ())
+    sql = f"{inserts.into_sql(Conversation)} VALUES {inserts.row_sql(Conversation, nulls)}"
+    params = inserts.row_params(Conversation, values, now, connection, expressions)
+    assert len(params) == sql.count("%s")
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+    row = Conversation.objects.get()
+    assert (row.created_at, row.updated_at, row.context) == (now, now, {})
+    assert row.patient_id is None and row.closed_at is None

@@ -45,6 +45,27 @@ def test_it_writes_the_row_the_library_writes(queued, args):
     assert row.task.func is queued.func
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="a PostgreSQL statement")
+@pytest.mark.parametrize(
+    ("queued", "rest"),
+    [(run_turns, (0,)), (_prioritised, ("ñandú",)), (run_turns.using(priority=-5), (2,))],
+    ids=["run_turns", "other_task", "using"],
+)
+def test_it_writes_the_library_row_for_each_row_of_a_query(queued, rest):
+    by_library = {queued.enqueue(n, *rest).id: n for n in (5, 6)}
+    now = timezone.now()
+    sql, params = task_rows.enqueue_each_sql(
+        queued, "(SELECT 5 AS n UNION ALL SELECT 6)", "n", rest, now, connection
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+    by_hand = DBTaskResult.objects.exclude(pk__in=by_library).order_by("args_kwargs")
+    assert [_values(row.pk) for row in by_hand] == [_values(pk) for pk in by_library]
+    assert {row.enqueued_at for row in by_hand} == {now}
+    assert len({row.pk for row in by_hand}) == 2  # the database made an id for each
+
+
 def test_it_keeps_a_delayed_tasks_run_after():
     later = timezone.now() + timezone.timedelta(minutes=5)
     delayed = run_turns.using(run_after=later)

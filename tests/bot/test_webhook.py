@@ -558,11 +558,19 @@ async def test_it_refuses_a_3_mb_body_under_asgi(clinic, asgi_thread_connections
 def test_it_stores_the_messages_again_when_the_database_refuses_a_statement(client, clinic, caplog):
     body = payload(change(clinic.phone_number_id, [text_message("wamid.A")]))
 
-    def refused(cursor, task, calls, now):
-        cursor.execute(f'UPDATE "{Message._meta.db_table}" SET "text" = NULL')
+    refuse = f'UPDATE "{Message._meta.db_table}" SET "text" = NULL'
+    # Inside one statement the UPDATE would not see the new message: a row it refuses instead.
+    refuse_in_one = f'INSERT INTO "{Message._meta.db_table}" ("text") VALUES (NULL)'
+
+    def refused(cursor, task, calls, now):  # the turns' own statement, after the messages
+        cursor.execute(refuse)
         return []
 
-    with mock.patch("bot.webhook.task_rows.enqueue_many", side_effect=refused):
+    with (
+        mock.patch("bot.webhook.task_rows.enqueue_many", side_effect=refused),
+        # Or, on PostgreSQL, the part of the store's one statement that queues them.
+        mock.patch("bot.webhook.task_rows.enqueue_each_sql", return_value=(refuse_in_one, [])),
+    ):
         response = post(client, body)
 
     assert response.status_code == 200
@@ -576,7 +584,11 @@ def test_it_keeps_the_messages_when_the_turn_cannot_be_queued(client, clinic, ca
     from bot import periodic
 
     body = payload(change(clinic.phone_number_id, [text_message("wamid.A")]))
-    with mock.patch("bot.webhook.task_rows.enqueue_many", side_effect=RuntimeError("queue down")):
+    down = RuntimeError("queue down")
+    with (
+        mock.patch("bot.webhook.task_rows.enqueue_many", side_effect=down),
+        mock.patch("bot.webhook.task_rows.enqueue_each_sql", side_effect=down),
+    ):
         response = post(client, body)
 
     assert response.status_code == 200

@@ -4,13 +4,16 @@ These tests (and tests/bot/test_webhook.py) run on PostgreSQL, and once more on 
 embedded demo's database, by `test_it_passes_the_webhook_tests_on_sqlite`.
 """
 
+import datetime as dt
 import threading
 from unittest import mock
 
 import pytest
+import time_machine
 from django.db import connection, connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from django_tasks_db.models import DBTaskResult
 
 from bot import webhook
@@ -153,7 +156,7 @@ def test_it_upserts_many_senders_in_one_statement(client, clinic, other_clinic):
         assert post(client, body).status_code == 200
 
     upsert = f'INSERT INTO "{Conversation._meta.db_table}"'
-    assert sum(q["sql"].startswith(upsert) for q in queries) == 1
+    assert sum(upsert in q["sql"] for q in queries) == 1
     assert Conversation.objects.filter(clinic=clinic).count() == 3
     assert Conversation.objects.filter(clinic=other_clinic).count() == 1
     for message in Message.objects.select_related("conversation"):
@@ -218,30 +221,53 @@ def test_it_stores_a_message_in_a_handful_of_statements(client, clinic):
     with CaptureQueriesContext(connection) as queries:
         post(client, payload(change(clinic.phone_number_id, [text_message("wamid.1")])))
 
-    # Event, conversation upsert, message insert (RETURNING says it is new), conversation
-    # touch, turn task; the clinic comes from the cache. Around them the test's savepoint
-    # (production: BEGIN).
     words = [q["sql"].split(None, 1)[0].upper() for q in queries]
-    expected = "SAVEPOINT INSERT INSERT INSERT UPDATE INSERT RELEASE"
-    assert words == expected.split()
+    if connection.vendor == "postgresql":
+        # One statement (bot.webhook._store_at_once); the test's savepoint around it.
+        assert words == ["SAVEPOINT", "WITH", "RELEASE"]
+    else:
+        # Event, conversation upsert, message insert (RETURNING says it is new), conversation
+        # touch, turn task; the clinic comes from the cache. Around them the test's savepoint
+        # (production: BEGIN).
+        assert words == ["SAVEPOINT", "INSERT", "INSERT", "INSERT", "UPDATE", "INSERT", "RELEASE"]
     assert Message.objects.count() == 2
+    assert queued_turns() == list(Conversation.objects.values_list("pk", flat=True)) * 2
 
 
 @on_postgresql
 @pytest.mark.django_db(transaction=True)
-def test_it_stores_a_message_delivered_twice_at_once_once(clinic, caplog):
-    """Two requests with the same message, both inside their transaction at the same time.
+def test_it_stores_a_message_in_one_statement_outside_a_transaction(client, clinic):
+    """In production the request is in autocommit: the one statement is its own transaction
+    (no BEGIN, no COMMIT of Django's, no savepoint)."""
+    post(client, payload(change(clinic.phone_number_id, [text_message("wamid.0")])))  # warm
+
+    with CaptureQueriesContext(connection) as queries:
+        post(client, payload(change(clinic.phone_number_id, [text_message("wamid.1")])))
+
+    assert [q["sql"].split(None, 1)[0].upper() for q in queries] == ["WITH"]
+    assert Message.objects.count() == 2
+    assert len(queued_turns()) == 2
+
+
+@on_postgresql
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("store", ["_store_at_once", "_store_messages"])
+def test_it_stores_a_message_delivered_twice_at_once_once(clinic, caplog, monkeypatch, store):
+    """Two requests with the same message, both storing it at the same time: in one statement
+    each (PostgreSQL's usual way), or each inside its transaction of a statement per table.
 
     The second's conversation upsert and message insert wait for the first's commit, then the
     insert does nothing: no error, no savepoint, no second turn.
     """
+    if store == "_store_messages":
+        monkeypatch.setattr(webhook, "_can_store_at_once", lambda *args: False)
     body = payload(change(clinic.phone_number_id, [text_message("wamid.RACE")]))
     before = duplicates()
     both_inside = threading.Barrier(2, timeout=10)
-    real_store = webhook._store_messages
+    real_store = getattr(webhook, store)
 
     def store_together(*args, **kwargs):
-        both_inside.wait()  # each has written its event row and holds its transaction open
+        both_inside.wait()  # each is about to store (in steps: holding its event row's transaction)
         return real_store(*args, **kwargs)
 
     statuses: list[int] = []
@@ -252,7 +278,7 @@ def test_it_stores_a_message_delivered_twice_at_once_once(clinic, caplog):
         finally:
             connections.close_all()
 
-    with mock.patch("bot.webhook._store_messages", store_together):
+    with mock.patch(f"bot.webhook.{store}", store_together):
         threads = [threading.Thread(target=deliver) for _ in range(2)]
         for thread in threads:
             thread.start()
@@ -269,3 +295,114 @@ def test_it_stores_a_message_delivered_twice_at_once_once(clinic, caplog):
 
 def test_it_passes_the_webhook_tests_on_sqlite(tmp_path):
     run_on_sqlite(tmp_path, "tests/bot/test_webhook.py", "tests/bot/test_webhook_dedup.py")
+
+
+def _rows_after(client, bodies: list[dict], start) -> dict:
+    """Every row the webhook wrote for `bodies` (posted a minute apart from `start`), without
+    the ids the database chose: a conversation by its clinic and number, an event by its order.
+    """
+    for minute, body in enumerate(bodies):
+        with time_machine.travel(start + dt.timedelta(minutes=minute), tick=False):
+            assert post(client, body).status_code == 200
+    conversations = {c.pk: (c.clinic_id, c.wa_id) for c in Conversation.objects.all()}
+    events = {
+        pk: n
+        for n, pk in enumerate(WebhookEvent.objects.order_by("pk").values_list("pk", flat=True))
+    }
+
+    def fields(row, *skip: str) -> dict:
+        return {
+            f.attname: getattr(row, f.attname)
+            for f in row._meta.concrete_fields
+            if f.attname not in ("id", *skip)
+        }
+
+    return {
+        "conversations": sorted(
+            (conversations[c.pk], fields(c)) for c in Conversation.objects.all()
+        ),
+        "messages": [
+            (
+                conversations[m.conversation_id],
+                events[m.webhook_event_id],
+                fields(m, "conversation_id", "webhook_event_id"),
+            )
+            for m in Message.objects.order_by("pk")
+        ],
+        "events": [fields(e) for e in WebhookEvent.objects.order_by("pk")],
+        "turns": sorted(
+            [
+                (
+                    conversations[t.args_kwargs["args"][0]],
+                    t.args_kwargs["args"][1:],
+                    t.args_kwargs["kwargs"],
+                    fields(t, "args_kwargs"),
+                )
+                for t in DBTaskResult.objects.all()
+            ],
+            key=repr,
+        ),
+    }
+
+
+@on_postgresql
+def test_it_writes_the_same_rows_in_one_statement_as_in_steps(client, clinic, other_clinic):
+    """PostgreSQL's one-statement store and the store in steps (SQLite's, and PostgreSQL's for
+    statuses and replays) write the same rows, column by column, for payloads that take every
+    rule: new and existing conversations, names sent and not, redeliveries (all or some of a
+    payload), a message twice in one payload, one without an id, two clinics in one payload."""
+    start = timezone.now().replace(microsecond=0)
+
+    def existing() -> None:
+        with time_machine.travel(start - dt.timedelta(days=1), tick=False):
+            Conversation.objects.create(
+                clinic=clinic, wa_id="57304", state="menu", contact_name="Dora"
+            )
+
+    existing()
+    bodies = [
+        payload(
+            change(clinic.phone_number_id, [text_message("w1", sender="57301")]),
+            change(clinic.phone_number_id, [text_message("w2", sender="57302")], contacts=[{}]),
+        ),
+        payload(
+            change(
+                clinic.phone_number_id,
+                [text_message("w1", sender="57301"), text_message("w3", sender="57301")],
+                contacts=[{"profile": {"name": "Ana"}, "wa_id": "57301"}],
+            )
+        ),
+        payload(
+            change(
+                clinic.phone_number_id,
+                [text_message("w2", sender="57302")],
+                contacts=[{"profile": {"name": "Beto"}, "wa_id": "57302"}],
+            )
+        ),
+        payload(
+            change(
+                clinic.phone_number_id,
+                [
+                    without_id(),
+                    text_message("w4", sender="57304"),
+                    text_message("w4", sender="57304"),
+                ],
+            ),
+            change(other_clinic.phone_number_id, [text_message("o1", sender="57301")]),
+        ),
+    ]
+    in_one = _rows_after(client, bodies, start)
+    for model in (DBTaskResult, Message, WebhookEvent, Conversation):
+        model.objects.all().delete()
+    existing()
+    with mock.patch.object(webhook, "_can_store_at_once", return_value=False):
+        in_steps = _rows_after(client, bodies, start)
+
+    assert in_one == in_steps
+    assert len(in_one["messages"]) == 6 and len(in_one["turns"]) == 6
+    rows = dict(in_one["conversations"])
+    assert rows[clinic.pk, "57301"]["contact_name"] == "Ana"
+    assert rows[clinic.pk, "57302"]["contact_name"] == ""  # "Beto" came with a redelivery
+    assert rows[clinic.pk, "57302"]["last_inbound_at"] == start
+    assert rows[clinic.pk, "57304"]["state"] == "menu"
+    assert rows[clinic.pk, "57304"]["last_inbound_at"] == start + dt.timedelta(minutes=3)
