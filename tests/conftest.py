@@ -140,11 +140,13 @@ def doctor(clinic, specialty) -> Doctor:
 
 @pytest.fixture
 def slots(doctor) -> list[Slot]:
-    """Thirty free 20-minute slots from tomorrow 08:00 Bogotá (13:00 UTC)."""
-    start = (timezone.now() + dt.timedelta(days=1)).replace(
-        hour=13, minute=0, second=0, microsecond=0
-    )
-    return make_slots(doctor, start, 30)
+    """Thirty free 20-minute slots from tomorrow 08:00 in the clinic (Bogotá: 13:00 UTC).
+
+    Tomorrow in the clinic's time zone: from 00:00 to 05:00 UTC, UTC's tomorrow is the day
+    after Bogotá's, and tests that ask for "tomorrow" there would find no slot."""
+    tz = doctor.clinic.tz
+    tomorrow = timezone.localdate(timezone=tz) + dt.timedelta(days=1)
+    return make_slots(doctor, dt.datetime.combine(tomorrow, dt.time(8), tzinfo=tz), 30)
 
 
 @pytest.fixture
