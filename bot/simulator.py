@@ -313,7 +313,7 @@ def page(request: HttpRequest) -> HttpResponse:
         ok = bool(_PHONE.match(number))
         group = group_name(clinic.phone_number_id, number)
         # The sequence number first: a bubble stored while the page renders is replayed.
-        seq = live.last_sequence(group) if ok else 0
+        seq = live.page_sequences([group])[group] if ok else 0
         items = items_after(clinic.phone_number_id, number, 0) if ok else []
         phones.append(
             {

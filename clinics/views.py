@@ -124,7 +124,7 @@ def live_group(clinic) -> str:
 
 def _live_context(request: HttpRequest) -> dict:
     group = live_group(request.clinic)
-    return {"live_group": group, "live_seq": live.last_sequence(group)}
+    return {"live_group": group, "live_seq": live.page_sequences([group])[group]}
 
 
 # --- calendar ---------------------------------------------------------------------------------

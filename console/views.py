@@ -1,7 +1,8 @@
 """The receptionist's console: inbox, conversation, staff actions, quick bookings, stats.
 
-Pages render with the sequence numbers of their live groups *before* reading data, so the
-websocket's first resync replays anything that committed while the page was being built.
+Pages render with the sequence numbers of their live groups *before* reading data, and count as
+watching those groups from then on (`live.page_sequences`), so the websocket's first resync
+replays anything that committed while the page was being built or its socket was joining.
 Actions answer htmx with the same out-of-band fragments the websocket sends (idempotent), so
 the acting user's screen is right even if the socket is down.
 """
@@ -67,7 +68,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 def _live_seq(groups: list[str]) -> str:
-    return json.dumps({group: live.last_sequence(group) for group in groups})
+    return json.dumps(live.page_sequences(groups))
 
 
 def _inbox_context(request: HttpRequest) -> dict:

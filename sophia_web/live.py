@@ -28,6 +28,7 @@ import hmac
 import json
 import logging
 import queue
+import secrets
 import threading
 import time
 from collections import deque
@@ -134,7 +135,12 @@ class _Store:
                     self._redis = client  # last: its scripts are ready when it is seen
         return self._redis
 
-    def watch(self, groups: Iterable[str], channel: str, seconds: float) -> None:
+    def watch(
+        self, groups: Iterable[str], channel: str, seconds: float, *, last: bool = False
+    ) -> list[int]:
+        """Register the watch; with `last`, then read each group's newest number (after the
+        watch is in place: every later event of these groups is numbered and kept)."""
+        groups = list(groups)
         expiry = time.time() + seconds
         client = self._client()
         if client is not None:
@@ -142,11 +148,15 @@ class _Store:
                 for group in groups:
                     pipe.zadd(_watchers_key(group), {channel: expiry})
                     pipe.expire(_watchers_key(group), int(WATCH_TTL_SECONDS) + 1)
-                pipe.execute()
-            return
+                if last:
+                    for group in groups:
+                        pipe.get(_seq_key(group))
+                results = pipe.execute()
+            return [int(value or 0) for value in results[2 * len(groups) :]]
         with self._lock:
             for group in groups:
                 self._watchers.setdefault(group, {})[channel] = expiry
+            return [self._seq.get(group, 0) for group in groups] if last else []
 
     def watching(self, groups: list[str], *, gap: bool) -> set[str]:
         now = time.time()
@@ -438,6 +448,26 @@ def watch(groups: Iterable[str], channel: str, seconds: float = WATCH_TTL_SECOND
     """Register a socket (`channel`) as watching `groups` for the next `seconds` (an open socket
     refreshes it; a closed one leaves RECONNECT_GRACE_SECONDS for its page to come back)."""
     _store.watch(groups, channel, seconds)
+
+
+def page_sequences(groups: Iterable[str]) -> dict[str, int]:
+    """For a page about to render `groups`: their newest sequence numbers, read once the page
+    itself counts as watching them (for RECONNECT_GRACE_SECONDS, one Redis round trip).
+
+    A page renders its data after reading the numbers, and its socket joins a moment after it
+    loads. An event between the two would be unwatched, hence neither rendered nor kept, and
+    the socket's first resync would find a gap and reload the page (a receptionist's
+    half-written reply with it). Watched from the start, such an event is kept in the backlog,
+    and the resync replays it.
+    """
+    groups = list(dict.fromkeys(groups))
+    channel = f"page.{secrets.token_hex(8)}"
+    try:
+        numbers = _store.watch(groups, channel, RECONNECT_GRACE_SECONDS, last=True)
+    except Exception:  # Redis blinked: the page still renders, and may reload on its resync
+        logger.warning("live: could not register the page of %s", groups, exc_info=True)
+        return dict.fromkeys(groups, 0)
+    return dict(zip(groups, numbers, strict=True))
 
 
 # --- the embedded demo's relay ----------------------------------------------------------------

@@ -117,6 +117,23 @@ def test_it_counts_an_unwatched_event_as_missed_so_a_page_reloads():
     assert live.last_sequence("clinic-6") == 3
 
 
+def test_it_keeps_what_happens_between_a_pages_render_and_its_socket(time_machine):
+    time_machine.move_to("2026-12-02 10:00:00+00:00", tick=False)
+    live.send_now("clinic-7", "inbox.row", "<p>1</p>")
+    # The page reads its numbers, and counts as watching from then on: the producers render
+    # and keep an event that commits before its socket joins.
+    assert live.page_sequences(["clinic-7", "conversation-3"]) == {
+        "clinic-7": 1,
+        "conversation-3": 0,
+    }
+    assert live.watching(["clinic-7", "conversation-3"]) == {"clinic-7", "conversation-3"}
+    live.send_now("clinic-7", "inbox.row", "<p>2</p>")
+    assert [e["seq"] for e in live.events_after("clinic-7", 1)] == [2]  # replayed, no reload
+    # A page that never opens its socket stops counting after the reconnect grace.
+    time_machine.shift(live.RECONNECT_GRACE_SECONDS + 1)
+    assert live.watching(["clinic-7"]) == set()
+
+
 def test_it_forgets_a_watch_that_is_not_refreshed(time_machine):
     time_machine.move_to("2026-12-02 10:00:00+00:00", tick=False)
     live.watch(["agenda-3"], "channel-c")
