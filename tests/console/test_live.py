@@ -55,6 +55,32 @@ def test_it_asks_once_who_watches_the_conversations_that_wait_together(
     assert live.last_sequence(f"clinic-{clinic.pk}") == 1
 
 
+def test_it_asks_once_who_watches_for_a_burst_after_its_first_change(
+    clinic, conversation, monkeypatch
+):
+    others = [
+        Conversation.objects.create(clinic=clinic, wa_id=f"57300888000{n}") for n in range(20)
+    ]
+    asked: list[list[str]] = []
+    real_watching = live.watching
+    monkeypatch.setattr(
+        live,
+        "watching",
+        lambda groups, **kw: asked.append(list(groups)) or real_watching(asked[-1], **kw),
+    )
+    # A long interval, so that the burst below surely falls inside it on a busy machine.
+    monkeypatch.setattr(console_live._conversations, "every", 1.0)
+
+    console_live.publish([conversation.pk], clinic_id=clinic.pk)  # after a quiet spell: at once
+    live.publisher.drain()
+    for other in others:  # a burst: they wait for the rest of the interval, together
+        console_live.publish([other.pk], clinic_id=clinic.pk)
+    live.publisher.drain()
+
+    assert [len(set(groups)) for groups in asked] == [2, 21]  # the inbox and each one
+    assert console_live.CONVERSATIONS_EVERY > 0
+
+
 def test_it_publishes_the_others_when_one_conversation_fails(clinic, conversation, monkeypatch):
     other = Conversation.objects.create(clinic=clinic, wa_id="573009990009", contact_name="Luis")
     live.watch([f"conversation-{conversation.pk}", f"conversation-{other.pk}"], "test-channel", 60)
