@@ -227,7 +227,7 @@ def _process(
     if duplicates:
         logger.info("webhook event %s: %d duplicate message(s) ignored", event_id, duplicates)
         metrics.WEBHOOK_DUPLICATES.inc(duplicates)
-    new_conversations = list(dict.fromkeys(item.values["conversation_id"] for item in new))
+    new_conversations = _conversations_of(new)
     # A payload is one clinic's (one phone number) in practice: then the live views need not
     # look the conversations' clinic up. (After the commit: on_commit runs it at once.)
     only = {item.values["clinic_id"] for item in parsed.inbound}
@@ -273,8 +273,7 @@ def _store_in_steps(
     one marked processed), each status, the conversations' upsert, the messages' insert, the
     touch and the turns' task rows. The event's id and the new messages."""
     if replay is None:
-        event = {"body": body, "signature_valid": True, "clinic_id": parsed.clinic_id}
-        event["processed_at"] = now
+        event = _event_row(body or "", parsed.clinic_id, now)
         event_id = inserts.insert(cursor, WebhookEvent, [event], now)[0][0]
     else:
         WebhookEvent.objects.filter(pk=replay.pk).update(
@@ -288,10 +287,20 @@ def _store_in_steps(
     if replay is not None:
         unique = _not_stored_before(event_id, unique)
     new = _store_messages(cursor, parsed.inbound, unique, now)
-    conversations = list(dict.fromkeys(item.values["conversation_id"] for item in new))
+    conversations = _conversations_of(new)
     if schedule and conversations:
         schedule_turns(cursor, conversations, now)
     return event_id, new
+
+
+def _event_row(body: str, clinic_id: int | None, now: dt.datetime) -> dict:
+    """A new event's row: its raw body, checked signature and clinic, processed now."""
+    return {"body": body, "signature_valid": True, "clinic_id": clinic_id, "processed_at": now}
+
+
+def _conversations_of(messages: list[_Inbound]) -> list[int]:
+    """The conversations of these stored messages, once each, in order."""
+    return list(dict.fromkeys(item.values["conversation_id"] for item in messages))
 
 
 def _phone_number_id(value: dict) -> str:
@@ -572,7 +581,7 @@ def _upsert_conversations(
     request inserted it concurrently (DO NOTHING would return nothing for that row).
     """
     rows = [
-        {"clinic_id": clinic_id, "wa_id": wa_id, "contact_name": name, "last_activity_at": now}
+        _sender_row(clinic_id, wa_id, name, now)
         for (clinic_id, wa_id), name in _senders(inbound).items()
     ]
     quote = connection.ops.quote_name
@@ -599,6 +608,11 @@ def _senders(inbound: list[_Inbound]) -> dict[tuple[int, str], str]:
         key = (item.values["clinic_id"], item.wa_id)
         names[key] = item.contact_name or names.get(key, "")
     return dict(sorted(names.items()))
+
+
+def _sender_row(clinic_id: int, wa_id: str, name: str, now: dt.datetime) -> dict:
+    """A sender's conversation row for the upsert (the model's defaults for the rest)."""
+    return {"clinic_id": clinic_id, "wa_id": wa_id, "contact_name": name, "last_activity_at": now}
 
 
 def _touch_conversations(cursor: CursorWrapper, new: list[_Inbound], now: dt.datetime) -> None:
@@ -649,19 +663,20 @@ def _store_at_once(
             item.values["wa_message_id"]
         )
     at = Conversation._meta.get_field("last_inbound_at").get_db_prep_save(now, db)
-    event = {"body": body, "signature_valid": True, "clinic_id": clinic_id, "processed_at": now}
-    params = inserts.row_params(WebhookEvent, event, now, db)
+    params = inserts.row_params(WebhookEvent, _event_row(body, clinic_id, now), now, db)
+    senders = [
+        (_sender_row(sender_clinic, wa_id, name, now), message_ids[sender_clinic, wa_id])
+        for (sender_clinic, wa_id), name in _senders(unique).items()
+    ]
     # The columns left to a default of None are NULL in the statement, not parameters (see
     # inserts.nulls); which they are follows from the rows themselves, so the SQL and the
     # parameters always agree.
-    given = frozenset({*unique[0].values, "conversation_id", "webhook_event_id"})
-    message_nulls = dict.fromkeys(inserts.nulls(Message, given), ())
-    conversation_nulls = dict.fromkeys(inserts.nulls(Conversation, _SENDER_GIVEN), ())
-    for (sender_clinic_id, wa_id), name in _senders(unique).items():
-        row = {"clinic_id": sender_clinic_id, "wa_id": wa_id, "contact_name": name}
-        row["last_activity_at"] = now
-        touch = [message_ids[sender_clinic_id, wa_id], at]
-        expressions = {**conversation_nulls, "last_inbound_at": touch}
+    sender_given = frozenset({*senders[0][0], "last_inbound_at"})
+    message_given = frozenset({*unique[0].values, "conversation_id", "webhook_event_id"})
+    conversation_nulls = dict.fromkeys(inserts.nulls(Conversation, sender_given), ())
+    message_nulls = dict.fromkeys(inserts.nulls(Message, message_given), ())
+    for row, ids in senders:
+        expressions = {**conversation_nulls, "last_inbound_at": [ids, at]}
         params += inserts.row_params(Conversation, row, now, db, expressions)
     for item in unique:
         sender = [item.values["clinic_id"], item.wa_id]
@@ -670,7 +685,7 @@ def _store_at_once(
     turns = _turn_rows_sql(now, db) if schedule else None
     if turns is not None:
         params += turns[1]
-    sql = _at_once_sql(len(message_ids), len(unique), turns and turns[0], given)
+    sql = _at_once_sql(len(senders), len(unique), turns and turns[0], sender_given, message_given)
     cursor.execute(sql, params)
     rows = cursor.fetchall()
     conversation_ids = {(row[2], row[3]): row[1] for row in rows}
@@ -708,18 +723,19 @@ def _params_per_message() -> int:
     return len(inserts.columns(Conversation)) + len(inserts.columns(Message))
 
 
-# The conversation columns `_store_at_once` gives (the rest are the model's defaults).
-_SENDER_GIVEN = frozenset(
-    {"clinic_id", "wa_id", "contact_name", "last_activity_at", "last_inbound_at"}
-)
-
-
 @functools.lru_cache(maxsize=64)
-def _at_once_sql(senders: int, messages: int, turns: str | None, given: frozenset[str]) -> str:
+def _at_once_sql(
+    senders: int,
+    messages: int,
+    turns: str | None,
+    sender_given: frozenset[str],
+    message_given: frozenset[str],
+) -> str:
     """ev: the event row; c: the conversations' upsert and touch (a sender's conversation is
     touched when one of its messages is not in the table yet); m: the messages' insert, each
     with its conversation and event from c and ev; the turns' task rows (`turns`) for the
-    conversations m stored a message of. `given`: the message columns the rows give. The
+    conversations m stored a message of. `sender_given`, `message_given`: the columns the
+    conversation and message rows give (the others left to a default of None are NULL). The
     result: a row per conversation and stored message (a conversation without one: a null
     message), each with the event's id."""
     q = connection.ops.quote_name
@@ -732,7 +748,7 @@ def _at_once_sql(senders: int, messages: int, turns: str | None, given: frozense
         f"THEN %s::timestamptz END"
     )
     conversation_row = inserts.row_sql(
-        Conversation, {**inserts.nulls(Conversation, _SENDER_GIVEN), "last_inbound_at": fresh}
+        Conversation, {**inserts.nulls(Conversation, sender_given), "last_inbound_at": fresh}
     )
     touched = f"excluded.{conv['last_inbound_at']} IS NULL"
     upsert = (
@@ -751,7 +767,7 @@ def _at_once_sql(senders: int, messages: int, turns: str | None, given: frozense
         {
             "conversation_id": of_sender,
             "webhook_event_id": "(SELECT id FROM ev)",
-            **inserts.nulls(Message, given),
+            **inserts.nulls(Message, message_given),
         },
     )
     turn_rows = f", t AS ({turns})" if turns else ""

@@ -39,9 +39,11 @@ def _fields(model: type[models.Model]) -> tuple[models.Field, ...]:
 
 
 def _default(field: models.Field, now: dt.datetime) -> object:
-    if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
-        return now
-    return field.get_default()
+    return now if _set_on_save(field) else field.get_default()
+
+
+def _set_on_save(field: models.Field) -> bool:
+    return getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)
 
 
 def columns(model: type[models.Model]) -> dict[str, str]:
@@ -142,10 +144,7 @@ def nulls(model: type[models.Model], given: frozenset[str]) -> dict[str, str]:
     return {
         f.attname: "NULL"
         for f in _fields(model)
-        if f.attname not in given
-        and not getattr(f, "auto_now", False)
-        and not getattr(f, "auto_now_add", False)
-        and f.get_default() is None
+        if f.attname not in given and not _set_on_save(f) and f.get_default() is None
     }
 
 

@@ -76,24 +76,20 @@ def enqueue_each_sql(
         normalize_json({"args": [None, *rest], "kwargs": {}}), db
     )
     fixed = _fixed_fields(task, backend)
-    nulls = inserts.nulls(DBTaskResult, _GIVEN)
+    # The columns given: the fixed ones, the id and the arguments (the rest: NULL or defaults).
+    given = frozenset({*fixed, "id", "args_kwargs"})
+    nulls = inserts.nulls(DBTaskResult, given)
     expressions = {"id": (), "args_kwargs": [template], **dict.fromkeys(nulls, ())}
     params = inserts.row_params(DBTaskResult, fixed, now, db, expressions)
-    return _each_sql(source, db.ops.quote_name(column)), params
-
-
-# The columns `enqueue_each_sql` gives: `_fixed_fields`', the id and the arguments.
-_GIVEN = frozenset(
-    {"priority", "task_path", "queue_name", "run_after", "backend_name", "id", "args_kwargs"}
-)
+    return _each_sql(source, db.ops.quote_name(column), given), params
 
 
 @functools.lru_cache(maxsize=16)
-def _each_sql(source: str, column: str) -> str:
+def _each_sql(source: str, column: str, given: frozenset[str]) -> str:
     expressions = {
         "id": "gen_random_uuid()",
         "args_kwargs": f"jsonb_set(%s::jsonb, '{{args,0}}', to_jsonb(s.{column}))",
-        **inserts.nulls(DBTaskResult, _GIVEN),
+        **inserts.nulls(DBTaskResult, given),
     }
     values = inserts.row_sql(DBTaskResult, expressions, casts=True)[1:-1]
     # `source` and `column` are the caller's constants; every value is a parameter.
